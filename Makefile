@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 5000
+# One process, threads for the sockets (see README: "Why threads").
+THREADS ?= 100
+
+.PHONY: run test retrain install install-test clean
+
+$(BIN)/.installed: requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(BIN)/.installed-test: requirements-test.txt $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -r requirements-test.txt
+	touch $@
+
+install: $(BIN)/.installed
+install-test: $(BIN)/.installed-test
+
+run: install
+	$(BIN)/flask --app app db upgrade
+	$(BIN)/python -m chatbot.train --if-missing
+	@echo "Serving on http://$(HOST):$(PORT)"
+	$(BIN)/gunicorn --worker-class gthread --workers 1 --threads $(THREADS) \
+		--bind $(HOST):$(PORT) --access-logfile - app:app
+
+retrain: install
+	$(BIN)/flask --app app db upgrade
+	$(BIN)/python -m chatbot.train
+
+test: install-test
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache

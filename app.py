@@ -1,0 +1,7 @@
+"""Entry point: ``flask --app app ...`` and ``gunicorn app:app`` use this."""
+from chatbot import create_app, socketio
+
+app = create_app()
+
+if __name__ == "__main__":
+    socketio.run(app, host="127.0.0.1", port=5000)

@@ -1,0 +1,40 @@
+"""The chatbot's Flask application factory."""
+from pathlib import Path
+
+from flask import Flask
+
+from .config import PROJECT_ROOT, Config, load_secret_key
+from .extensions import csrf, db, login_manager, migrate, socketio
+
+MIGRATIONS_DIR = str(PROJECT_ROOT / "migrations")
+
+
+def create_app(test_config=None):
+    """Create and configure the app (Flask's app-factory pattern).
+
+    ``test_config`` is a mapping that overrides the environment, for tests.
+    """
+    # Import the modules that register Socket.IO handlers before the first
+    # socketio.init_app: Flask-SocketIO only replays handlers it saw then.
+    from . import chat, cli, review
+
+    app = Flask(__name__, instance_path=str(PROJECT_ROOT / "instance"))
+    app.config.from_object(Config)
+    if test_config:
+        app.config.update(test_config)
+    Path(app.instance_path).mkdir(parents=True, exist_ok=True)
+    if not app.config["SECRET_KEY"]:
+        app.config["SECRET_KEY"] = load_secret_key(app.instance_path)
+    if not app.config["SQLALCHEMY_DATABASE_URI"]:
+        app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + str(Path(app.instance_path) / "chatbot.db")
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
+    csrf.init_app(app)
+    login_manager.init_app(app)
+    socketio.init_app(app, max_http_buffer_size=16 * app.config["MAX_MESSAGE_CHARS"] + 1024)
+
+    chat.init_app(app)
+    review.init_app(app)
+    cli.init_app(app)
+    return app

@@ -1,0 +1,87 @@
+"""``flask --app app`` commands: reviewers and CSV import/export."""
+import os
+
+import click
+import sqlalchemy as sa
+from flask import current_app
+from flask.cli import with_appcontext
+
+from . import morph
+from .database import REVIEWED, ROUTE_IMPORT, Exchange, Reviewer, utcnow
+from .extensions import db
+from .pairs import PairsFileError, read_pairs_csv, reviewed_pairs, write_pairs_csv
+
+PASSWORD_ENV = "CHATBOT_ADMIN_PASSWORD"
+MIN_PASSWORD_CHARS = 8
+
+
+@click.command("create-admin")
+@click.argument("name")
+@with_appcontext
+def create_admin(name):
+    """Create a reviewer NAME, or reset their password.
+
+    The password is prompted for, or read from $CHATBOT_ADMIN_PASSWORD for scripts.
+    """
+    password = os.environ.get(PASSWORD_ENV) or click.prompt(
+        "Password", hide_input=True, confirmation_prompt=True)
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise click.ClickException(f"the password needs at least {MIN_PASSWORD_CHARS} characters")
+    reviewer = db.session.execute(sa.select(Reviewer).filter_by(username=name)).scalar_one_or_none()
+    created = reviewer is None
+    if created:
+        reviewer = Reviewer(username=name)
+        db.session.add(reviewer)
+    reviewer.set_password(password)
+    db.session.commit()
+    click.echo(f"{'created' if created else 'updated password of'} reviewer {name!r}")
+
+
+@click.command("import-pairs")
+@click.argument("path", type=click.Path(dir_okay=False))
+@with_appcontext
+def import_pairs(path):
+    """Import a Q,A[,label] CSV as reviewed training pairs.
+
+    Bad rows are reported with their line numbers and skipped; pairs already
+    in the database are not added twice.  A file that cannot be read imports
+    nothing.
+    """
+    try:
+        pairs, errors = read_pairs_csv(path, max_chars=current_app.config["MAX_MESSAGE_CHARS"])
+    except PairsFileError as exc:
+        raise click.ClickException(f"{exc}; nothing was imported") from exc
+    for line, reason in errors:
+        click.echo(f"line {line}: skipped: {reason}", err=True)
+
+    existing = set(db.session.execute(
+        sa.select(Exchange.question, Exchange.answer).where(Exchange.route == ROUTE_IMPORT)).all())
+    now, added, duplicates = utcnow(), 0, 0
+    for pair in pairs:
+        if (pair.question, pair.answer) in existing:
+            duplicates += 1
+            continue
+        existing.add((pair.question, pair.answer))
+        db.session.add(Exchange(
+            question=pair.question, question_key=morph.question_key(pair.question)[:1000],
+            answer=pair.answer, route=ROUTE_IMPORT, status=REVIEWED, reviewer="import",
+            reviewed_at=now, session_id=None))
+        added += 1
+    db.session.commit()
+    click.echo(f"imported {added} pairs from {path}; {len(errors)} bad rows skipped; "
+               f"{duplicates} already present")
+
+
+@click.command("export-pairs")
+@click.argument("path", type=click.Path(dir_okay=False, writable=True))
+@with_appcontext
+def export_pairs(path):
+    """Write the reviewed pairs (corrections applied) to a Q,A,label CSV."""
+    pairs = reviewed_pairs()
+    write_pairs_csv(path, pairs)
+    click.echo(f"exported {len(pairs)} reviewed pairs to {path}")
+
+
+def init_app(app):
+    for command in (create_admin, import_pairs, export_pairs):
+        app.cli.add_command(command)

@@ -1,0 +1,52 @@
+"""Configuration from environment variables, with safe defaults.
+
+Every setting can be overridden by an environment variable of the same name.
+SECRET_KEY is never in the source: without the variable, one is generated
+once into the instance folder (see ``load_secret_key``).
+"""
+import os
+import secrets
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _int(name, default):
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise RuntimeError(f"environment variable {name} must be an integer, got {value!r}") from None
+
+
+class Config:
+    """Defaults for a single small self-hosted server."""
+
+    SECRET_KEY = os.environ.get("SECRET_KEY") or None
+    SQLALCHEMY_DATABASE_URI = os.environ.get("DATABASE_URL") or None  # default set in create_app
+    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+    MODEL_DIR = os.environ.get("MODEL_DIR") or str(PROJECT_ROOT / "models")
+    STARTER_PAIRS = os.environ.get("STARTER_PAIRS") or str(PROJECT_ROOT / "chatbot" / "data" / "starter_pairs.csv")
+    MAX_MESSAGE_CHARS = _int("MAX_MESSAGE_CHARS", 500)
+    # Flask-Admin's look, and cookies that scripts cannot read or send cross-site.
+    FLASK_ADMIN_SWATCH = "cerulean"
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    REMEMBER_COOKIE_HTTPONLY = True
+    REMEMBER_COOKIE_SAMESITE = "Lax"
+    WTF_CSRF_TIME_LIMIT = None  # a token lives as long as the login session
+
+
+def load_secret_key(instance_path) -> str:
+    """Read the instance folder's secret key, creating it (mode 600) on first run."""
+    path = Path(instance_path) / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    return key

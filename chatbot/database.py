@@ -1,0 +1,87 @@
+"""Database tables: every chat exchange, and the reviewers who correct them."""
+from datetime import datetime, timezone
+
+import sqlalchemy as sa
+from flask_login import UserMixin
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from .extensions import db
+
+UNREVIEWED = "unreviewed"
+REVIEWED = "reviewed"
+NEEDS_DELETION = "needs_deletion"
+STATUS_LABELS = {UNREVIEWED: "미검토", REVIEWED: "검토 완료", NEEDS_DELETION: "삭제 필요"}
+
+ROUTE_MODEL = "model"      # written by the seq2seq model
+ROUTE_MEMORY = "memory"    # a reviewed answer to the same question
+ROUTE_FALLBACK = "fallback"  # no model loaded yet
+ROUTE_IMPORT = "import"    # a pair imported from CSV, never asked in a chat
+ROUTES = (ROUTE_MODEL, ROUTE_MEMORY, ROUTE_FALLBACK, ROUTE_IMPORT)
+
+
+def utcnow():
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Exchange(db.Model):
+    """One question and the answer the bot gave, with its review state."""
+
+    id = db.Column(db.Integer, primary_key=True)
+    question = db.Column(db.Text, nullable=False)
+    # question_key ignores spacing, punctuation and particles (morph.question_key),
+    # so a reviewed answer is found again for the same question asked differently.
+    question_key = db.Column(db.String(1000), nullable=False, index=True)
+    answer = db.Column(db.Text, nullable=False)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow, index=True)
+    session_id = db.Column(db.String(64), nullable=True, index=True)
+    model_version = db.Column(db.String(64), nullable=True)
+    route = db.Column(db.Enum(*ROUTES, name="exchange_route", native_enum=False, create_constraint=True),
+                      nullable=False, default=ROUTE_MODEL)
+    status = db.Column(db.Enum(*STATUS_LABELS, name="exchange_status", native_enum=False, create_constraint=True),
+                       nullable=False, default=UNREVIEWED, index=True)
+    corrected_answer = db.Column(db.Text, nullable=True)
+    reviewer = db.Column(db.String(80), nullable=True)
+    reviewed_at = db.Column(db.DateTime, nullable=True)
+
+    @property
+    def final_answer(self) -> str:
+        """The answer to learn from: the correction if there is one."""
+        return self.corrected_answer or self.answer
+
+    def mark(self, status, reviewer_name):
+        """Set the review status, recording who did it and when."""
+        self.status = status
+        self.reviewer = reviewer_name
+        self.reviewed_at = utcnow()
+
+    def __repr__(self):
+        return f"<Exchange {self.id} {self.status}>"
+
+
+class Reviewer(UserMixin, db.Model):
+    """A person allowed into /admin. Passwords are stored only as hashes."""
+
+    id = db.Column(db.Integer, primary_key=True)
+    username = db.Column(db.String(80), unique=True, nullable=False)
+    password_hash = db.Column(db.String(256), nullable=False)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+
+    def set_password(self, password: str):
+        self.password_hash = generate_password_hash(password)
+
+    def check_password(self, password: str) -> bool:
+        return check_password_hash(self.password_hash, password)
+
+    def __repr__(self):
+        return f"<Reviewer {self.username}>"
+
+
+def reviewed_answer(key: str):
+    """The newest reviewed answer for a question key, or None."""
+    row = db.session.execute(
+        sa.select(Exchange)
+        .where(Exchange.question_key == key, Exchange.status == REVIEWED)
+        .order_by(Exchange.reviewed_at.desc().nulls_last(), Exchange.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    return row.final_answer if row else None

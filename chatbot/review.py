@@ -1,0 +1,421 @@
+"""The reviewers' side: login, and the Flask-Admin screens at /admin.
+
+Everything here is built per app in ``init_app`` (Flask-Admin views hold a
+blueprint and a reference to their ``Admin``, so one instance can serve only
+one app); create_app may be called many times in one process.
+
+CSRF: every admin form, the bulk-action form included, derives from
+``ReviewSecureForm``, Flask-Admin's ``SecureForm`` made to use Flask-WTF's
+token.  So a POST is checked twice with the same token: first by the app-wide
+``CSRFProtect`` before the view runs, then by the form's own ``csrf_token``
+field when Flask-Admin validates it.
+"""
+import gettext as _stdlib_gettext
+import logging
+from datetime import datetime, time, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import flask_admin
+import sqlalchemy as sa
+from flask import (Blueprint, current_app, flash, redirect, render_template, request,
+                   url_for)
+from flask_admin import Admin, AdminIndexView, expose
+from flask_admin.actions import action
+from flask_admin.contrib.sqla import ModelView
+from flask_admin.contrib.sqla import filters as sqla_filters
+from flask_admin.form import SecureForm
+from flask_admin.theme import Bootstrap4Theme
+from flask_login import current_user, login_user, logout_user
+from flask_wtf import FlaskForm
+from flask_wtf.csrf import CSRFError, generate_csrf, validate_csrf
+from werkzeug.security import check_password_hash, generate_password_hash
+from wtforms import PasswordField, StringField, TextAreaField
+from wtforms.csrf.core import CSRF
+from wtforms.validators import DataRequired, Length, Optional
+
+from .database import (NEEDS_DELETION, REVIEWED, ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_MEMORY,
+                       ROUTE_MODEL, STATUS_LABELS, UNREVIEWED, Exchange, Reviewer)
+from .extensions import db, login_manager
+
+log = logging.getLogger(__name__)
+
+ADMIN_NAME = "한마디 검토"
+LOGIN_FAILED = "아이디 또는 비밀번호가 올바르지 않습니다"
+ROUTE_LABELS = {
+    ROUTE_MODEL: "모델",
+    ROUTE_MEMORY: "검토된 답변",
+    ROUTE_FALLBACK: "기본 응답",
+    ROUTE_IMPORT: "가져온 쌍",
+}
+
+# ---------------------------------------------------------------------------
+# Korean for Flask-Admin's own words ("List", "Save", "With selected", ...).
+# Flask-Babel is not installed, so Flask-Admin would show English; its Korean
+# catalog ships with it and the standard library can read it.
+_FLASK_ADMIN_LOCALES = Path(flask_admin.__file__).resolve().parent / "translations"
+_ko = _stdlib_gettext.translation("admin", localedir=str(_FLASK_ADMIN_LOCALES),
+                                  languages=["ko"], fallback=True)
+
+
+def ko_gettext(string, **variables):
+    text = _ko.gettext(str(string))
+    return text % variables if variables else text
+
+
+def ko_ngettext(singular, plural, num, **variables):
+    variables.setdefault("num", num)
+    text = _ko.ngettext(str(singular), str(plural), num)
+    return text % variables
+
+
+# ---------------------------------------------------------------------------
+# CSRF for Flask-Admin forms
+
+class _FlaskWTFCSRF(CSRF):
+    """A WTForms CSRF implementation that uses Flask-WTF's session token,
+    the same token ``CSRFProtect`` checks on every POST."""
+
+    def generate_csrf_token(self, csrf_token_field):
+        return generate_csrf()
+
+    def validate_csrf_token(self, form, field):
+        # Raises wtforms.ValidationError when the token is missing or wrong.
+        validate_csrf(field.data)
+
+
+class ReviewSecureForm(SecureForm):
+    """Flask-Admin's SecureForm, checked against Flask-WTF's token.
+
+    Plain SecureForm keeps its own token, which the app-wide CSRFProtect
+    would reject as invalid; this one shares the token, so both checks pass
+    for a real form and both fail for a forged one.
+    """
+
+    class Meta:
+        csrf_class = _FlaskWTFCSRF
+
+        @property
+        def csrf(self):
+            return current_app.config.get("WTF_CSRF_ENABLED", True)
+
+
+# ---------------------------------------------------------------------------
+# Login
+
+class LoginForm(FlaskForm):
+    username = StringField("아이디", validators=[DataRequired("아이디를 입력하세요."), Length(max=80)])
+    password = PasswordField("비밀번호", validators=[DataRequired("비밀번호를 입력하세요."), Length(max=1024)])
+
+
+class LogoutForm(FlaskForm):
+    """Only a CSRF token: logging out is a POST, so other sites cannot do it."""
+
+
+# Checked when the username does not exist, so that a wrong name takes as
+# long as a wrong password and does not reveal which accounts exist.
+_DUMMY_HASH = generate_password_hash("not-a-real-password")
+
+
+def safe_next(target):
+    """``target`` if it is a path on this site (like ``/admin/exchange/?page=2``), else None."""
+    if not target or not isinstance(target, str):
+        return None
+    if not target.startswith("/") or target.startswith("//"):
+        return None
+    if any(ch == "\\" or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in target):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return None
+    return target
+
+
+def _after_login_url():
+    return safe_next(request.values.get("next")) or url_for("admin.index")
+
+
+def _load_reviewer(user_id):
+    try:
+        return db.session.get(Reviewer, int(user_id))
+    except (TypeError, ValueError):
+        return None
+
+
+def _create_auth_blueprint():
+    bp = Blueprint("auth", __name__)
+
+    @bp.route("/login", methods=["GET", "POST"])
+    def login():
+        if current_user.is_authenticated:
+            return redirect(_after_login_url())
+        form = LoginForm()
+        status = 200
+        if form.validate_on_submit():
+            reviewer = db.session.execute(
+                sa.select(Reviewer).filter_by(username=form.username.data.strip())
+            ).scalar_one_or_none()
+            if reviewer is None:
+                check_password_hash(_DUMMY_HASH, form.password.data)
+            elif reviewer.check_password(form.password.data):
+                login_user(reviewer)
+                log.info("reviewer %s logged in", reviewer.username)
+                return redirect(_after_login_url())
+            log.warning("failed login for %r from %s", form.username.data[:80], request.remote_addr)
+            flash(LOGIN_FAILED, "danger")
+            status = 401
+        elif request.method == "POST":
+            status = 400
+        form.password.data = ""
+        return render_template("auth/login.html", form=form,
+                               next=safe_next(request.values.get("next")) or ""), status
+
+    @bp.route("/logout", methods=["GET", "POST"])
+    def logout():
+        # GET only shows a button: a link or image on another site must not be
+        # able to log a reviewer out. The POST carries the CSRF token.
+        form = LogoutForm()
+        if form.validate_on_submit():
+            logout_user()
+            flash("로그아웃했습니다.", "info")
+            return redirect(url_for("auth.login"))
+        if request.method == "POST":
+            return render_template("auth/logout.html", form=form), 400
+        return render_template("auth/logout.html", form=form)
+
+    @bp.errorhandler(CSRFError)
+    def csrf_error(error):
+        flash("보안 토큰이 없거나 만료되었습니다. 다시 시도하세요.", "danger")
+        if request.endpoint == "auth.logout":
+            return render_template("auth/logout.html", form=LogoutForm(formdata=None)), 400
+        return render_template("auth/login.html", form=LoginForm(formdata=None),
+                               next=safe_next(request.values.get("next")) or ""), 400
+
+    return bp
+
+
+# ---------------------------------------------------------------------------
+# Flask-Admin views
+
+class _ReviewerOnly:
+    """Mixin: the view needs a logged-in reviewer; others go to the login page."""
+
+    def is_accessible(self):
+        return current_user.is_authenticated
+
+    def inaccessible_callback(self, name, **kwargs):
+        flash(login_manager.login_message, login_manager.login_message_category)
+        target = request.full_path if request.query_string else request.path
+        return redirect(url_for("auth.login", next=target))
+
+    def render(self, template, **kwargs):
+        # Flask-Admin's own strings in Korean (applied after its defaults).
+        self._template_args.update(_gettext=ko_gettext, _ngettext=ko_ngettext)
+        return super().render(template, **kwargs)
+
+
+class ReviewIndexView(_ReviewerOnly, AdminIndexView):
+    @expose("/")
+    def index(self):
+        counts = dict(db.session.execute(
+            sa.select(Exchange.status, sa.func.count()).group_by(Exchange.status)).all())
+        rows = [(status, label, counts.get(status, 0)) for status, label in STATUS_LABELS.items()]
+        return self.render("admin/review_index.html", status_rows=rows)
+
+
+class StatusFilter(sqla_filters.FilterEqual):
+    def operation(self):
+        return "같음"
+
+
+class CreatedBetweenFilter(sqla_filters.DateBetweenFilter):
+    """From the first day's start to the end of the last day (both included)."""
+
+    def apply(self, query, value, alias=None):
+        start, end = value
+        column = self.get_column(alias)
+        return query.filter(column >= datetime.combine(start, time.min),
+                            column < datetime.combine(end + timedelta(days=1), time.min))
+
+    def operation(self):
+        return "기간"
+
+
+def _empty_to_none(value):
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+def _format_status(view, context, model, name):
+    return STATUS_LABELS.get(model.status, model.status)
+
+
+def _format_route(view, context, model, name):
+    return ROUTE_LABELS.get(model.route, model.route)
+
+
+def _format_time(view, context, model, name):
+    value = getattr(model, name)
+    return value.strftime("%Y-%m-%d %H:%M") if value else ""
+
+
+class ExchangeView(_ReviewerOnly, ModelView):
+    """The list of chat exchanges, for reviewers to correct and mark."""
+
+    form_base_class = ReviewSecureForm
+    edit_template = "admin/exchange_edit.html"
+
+    can_create = False
+    can_delete = False  # "needs deletion" is a status, nothing is erased here
+    can_edit = True
+    can_view_details = True
+    can_export = False
+    page_size = 50
+    can_set_page_size = True
+
+    column_list = ("question", "answer", "corrected_answer", "status", "route", "model_version",
+                   "session_id", "created_at", "reviewer", "reviewed_at")
+    column_details_list = ("id",) + column_list + ("question_key",)
+    column_labels = {
+        "id": "번호",
+        "question": "질문",
+        "question_key": "질문 키",
+        "answer": "답변",
+        "corrected_answer": "수정한 답변",
+        "status": "상태",
+        "route": "경로",
+        "model_version": "모델 버전",
+        "session_id": "세션",
+        "created_at": "생성 시각 (UTC)",
+        "reviewer": "검토자",
+        "reviewed_at": "검토 시각 (UTC)",
+    }
+    column_formatters = {
+        "status": _format_status,
+        "route": _format_route,
+        "created_at": _format_time,
+        "reviewed_at": _format_time,
+    }
+    column_formatters_detail = column_formatters
+    column_sortable_list = ("status", "route", "created_at", "reviewer", "reviewed_at")
+    column_default_sort = [("created_at", True), ("id", True)]
+    column_searchable_list = ("question", "answer", "corrected_answer")
+    column_filters = (
+        StatusFilter(Exchange.status, "상태", options=tuple(STATUS_LABELS.items())),
+        CreatedBetweenFilter(Exchange.created_at, "생성일 (UTC)"),
+    )
+
+    # Only these two fields exist in the edit form, so nothing else can be
+    # changed through it, whatever a request sends.
+    form_columns = ("corrected_answer", "status")
+    form_overrides = {"corrected_answer": TextAreaField}
+    form_choices = {"status": list(STATUS_LABELS.items())}
+    form_args = {
+        "corrected_answer": {
+            "label": "수정한 답변",
+            "description": "비워 두면 원래 답변을 그대로 씁니다.",
+            "filters": [_empty_to_none],
+            "validators": [Optional(), Length(max=2000)],
+        },
+        "status": {"label": "상태"},
+    }
+    form_widget_args = {"corrected_answer": {"rows": 4}}
+
+    def on_model_change(self, form, model, is_created):
+        if form.status.data != form.status.object_data:
+            model.mark(form.status.data, current_user.username)
+
+    # -- bulk actions -------------------------------------------------------
+
+    def _bulk_mark(self, ids, status):
+        wanted = set()
+        for value in ids:
+            try:
+                wanted.add(int(value))
+            except (TypeError, ValueError):
+                continue
+        if not wanted:
+            flash("선택한 항목이 없습니다.", "warning")
+            return
+        label = STATUS_LABELS[status]
+        try:
+            rows = db.session.scalars(sa.select(Exchange).where(Exchange.id.in_(wanted))).all()
+            changed = [row for row in rows if row.status != status]
+            for row in changed:
+                row.mark(status, current_user.username)
+            db.session.commit()
+        except Exception as exc:
+            db.session.rollback()
+            if not self.handle_view_exception(exc):
+                raise
+            log.exception("bulk mark %s failed", status)
+            flash(f"상태를 바꾸지 못했습니다: {exc}", "danger")
+            return
+        message = f"{len(changed)}건을 '{label}'(으)로 표시했습니다."
+        if len(rows) > len(changed):
+            message += f" 이미 '{label}'인 {len(rows) - len(changed)}건은 그대로 두었습니다."
+        flash(message, "success")
+
+    @action("mark_reviewed", "검토 완료로 표시", "선택한 대화를 검토 완료로 표시할까요?")
+    def action_mark_reviewed(self, ids):
+        self._bulk_mark(ids, REVIEWED)
+
+    @action("mark_needs_deletion", "삭제 필요로 표시", "선택한 대화를 삭제 필요로 표시할까요?")
+    def action_mark_needs_deletion(self, ids):
+        self._bulk_mark(ids, NEEDS_DELETION)
+
+    @action("mark_unreviewed", "미검토로 되돌리기", "선택한 대화를 미검토로 되돌릴까요?")
+    def action_mark_unreviewed(self, ids):
+        self._bulk_mark(ids, UNREVIEWED)
+
+
+# ---------------------------------------------------------------------------
+
+def _local_swatch(name):
+    """The Bootswatch theme to use, if Flask-Admin ships it without fetching
+    anything from the internet (some swatches @import Google Fonts)."""
+    static = Path(flask_admin.__file__).resolve().parent / "static" / "bootstrap" / "bootstrap4" / "swatch"
+    css = static / (name or "") / "bootstrap.min.css"
+    try:
+        text = css.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        log.warning("FLASK_ADMIN_SWATCH %r not found; using the default look", name)
+        return "default"
+    if "@import url(http" in text.replace('"', "").replace("'", ""):
+        log.warning("FLASK_ADMIN_SWATCH %r loads fonts from the internet; using the default look", name)
+        return "default"
+    return name
+
+
+def init_app(app):
+    """Register login and the /admin screens on ``app``."""
+    login_manager.user_loader(_load_reviewer)
+    login_manager.login_view = "auth.login"
+    login_manager.login_message = "로그인이 필요합니다."
+    login_manager.login_message_category = "warning"
+
+    auth_bp = _create_auth_blueprint()
+    app.register_blueprint(auth_bp)
+
+    theme = Bootstrap4Theme(swatch=_local_swatch(app.config.get("FLASK_ADMIN_SWATCH", "default")),
+                            fluid=True, base_template="admin/review_base.html")
+    admin = Admin(app, name=ADMIN_NAME, theme=theme,
+                  index_view=ReviewIndexView(name="현황", url="/admin"))
+    admin.add_view(ExchangeView(Exchange, db.session, name="대화 검토", endpoint="exchange"))
+    app.extensions["review_admin"] = admin
+
+    private_blueprints = {auth_bp.name} | {view.endpoint for view in admin._views}
+
+    @app.after_request
+    def _private_page_headers(response):
+        # Review pages hold users' messages: no caching, no framing.
+        if request.blueprint in private_blueprints and not (request.endpoint or "").endswith(".static"):
+            response.headers.setdefault("Cache-Control", "no-store")
+            response.headers.setdefault("X-Frame-Options", "DENY")
+            response.headers.setdefault("Referrer-Policy", "same-origin")
+            response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        return response
+
+    return admin

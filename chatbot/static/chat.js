@@ -1,0 +1,261 @@
+/* 한마디 chat client.
+ *
+ * Talks Socket.IO (v5 protocol, socket.io-client 4.x in vendor/) to the
+ * Flask-SocketIO server:
+ *   emit  "message" {text}
+ *   on    "reply"   {id, question, answer, route, model_version}
+ *   on    "error"   {message, code}
+ *
+ * Everything from the user or the server goes into the page with
+ * textContent, never innerHTML.  No inline scripts or styles are needed,
+ * so the page runs under "script-src 'self'; style-src 'self'".
+ */
+(function () {
+  "use strict";
+
+  var REPLY_TIMEOUT_MS = 90000; // give up waiting (and unlock the box) after this
+  var COUNTER_FROM = 0.8; // show the counter from 80% of the limit
+  var STICK_PX = 48; // "at the bottom" if within this many pixels of it
+
+  var list = document.getElementById("messages");
+  var form = document.getElementById("composer");
+  var input = document.getElementById("input");
+  var button = document.getElementById("send");
+  var counter = document.getElementById("counter");
+  var status = document.getElementById("status");
+
+  var maxChars = parseInt(form.getAttribute("data-max-chars"), 10) || 0;
+
+  var connected = false;
+  var composing = false; // an IME composition (Korean, Japanese, ...) is open
+  var pending = null; // {text, bubble, timer}: the message awaiting its reply
+  var typing = null; // the "…" bubble
+  var stick = true; // keep the list scrolled to the newest message
+
+  /* ---- message list ---------------------------------------------------- */
+
+  function scrollToEnd() {
+    list.scrollTop = list.scrollHeight;
+  }
+
+  function append(node) {
+    // The typing indicator always stays last.
+    if (typing && typing.parentNode === list && node !== typing) {
+      list.insertBefore(node, typing);
+    } else {
+      list.appendChild(node);
+    }
+    if (stick) scrollToEnd();
+    return node;
+  }
+
+  function bubble(who, text) {
+    var row = document.createElement("div");
+    row.className = "msg " + who;
+    var p = document.createElement("p");
+    p.className = "bubble";
+    var label = document.createElement("span");
+    label.className = "sr-only";
+    label.textContent = who === "user" ? "나: " : "한마디: ";
+    p.appendChild(label);
+    p.appendChild(document.createTextNode(text));
+    row.appendChild(p);
+    return append(row);
+  }
+
+  function notice(text) {
+    var p = document.createElement("p");
+    p.className = "notice";
+    p.textContent = text;
+    return append(p);
+  }
+
+  function showTyping() {
+    if (typing) return;
+    typing = document.createElement("div");
+    typing.className = "msg bot typing";
+    var p = document.createElement("p");
+    p.className = "bubble";
+    var label = document.createElement("span");
+    label.className = "sr-only";
+    label.textContent = "답변을 쓰는 중";
+    p.appendChild(label);
+    for (var i = 0; i < 3; i++) {
+      var dot = document.createElement("span");
+      dot.className = "dot";
+      dot.setAttribute("aria-hidden", "true");
+      p.appendChild(dot);
+    }
+    typing.appendChild(p);
+    append(typing);
+  }
+
+  function hideTyping() {
+    if (typing && typing.parentNode) typing.parentNode.removeChild(typing);
+    typing = null;
+  }
+
+  list.addEventListener("scroll", function () {
+    stick = list.scrollHeight - list.scrollTop - list.clientHeight < STICK_PX;
+  });
+
+  // The list shrinks when the on-screen keyboard opens or the textarea grows;
+  // stay on the newest message if we were there.
+  if (window.ResizeObserver) {
+    new ResizeObserver(function () {
+      if (stick) scrollToEnd();
+    }).observe(list);
+  }
+
+  /* ---- input box ------------------------------------------------------- */
+
+  function canSend() {
+    return connected && !pending && input.value.trim() !== "";
+  }
+
+  function refresh() {
+    button.disabled = !canSend();
+
+    var n = input.value.length;
+    if (maxChars && n >= Math.floor(maxChars * COUNTER_FROM)) {
+      counter.textContent = n + " / " + maxChars;
+      counter.classList.toggle("full", n >= maxChars);
+      counter.hidden = false;
+    } else {
+      counter.hidden = true;
+    }
+
+    // Grow with the text up to the CSS max-height (CSSOM is allowed by CSP).
+    input.style.height = "auto";
+    input.style.height = input.scrollHeight + 2 + "px";
+  }
+
+  function send() {
+    if (!canSend()) return;
+    var text = input.value.trim();
+    if (maxChars && text.length > maxChars) return; // maxlength normally stops this
+
+    stick = true;
+    var sent = bubble("user", text);
+    pending = {
+      text: input.value,
+      bubble: sent,
+      timer: window.setTimeout(function () {
+        finish();
+        notice("답변이 늦어지고 있어요. 잠시 후 다시 시도해 주세요.");
+      }, REPLY_TIMEOUT_MS),
+    };
+    input.value = "";
+    showTyping();
+    refresh();
+    socket.emit("message", { text: text });
+  }
+
+  // Ends the wait for a reply; returns what was being waited for.
+  function finish() {
+    var done = pending;
+    if (done) window.clearTimeout(done.timer);
+    pending = null;
+    hideTyping();
+    refresh();
+    return done;
+  }
+
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    send();
+    input.focus();
+  });
+
+  input.addEventListener("compositionstart", function () {
+    composing = true;
+  });
+  input.addEventListener("compositionend", function () {
+    composing = false;
+  });
+
+  input.addEventListener("keydown", function (event) {
+    if (event.key !== "Enter" || event.shiftKey) return; // Shift+Enter: newline
+    // Enter that confirms a Hangul syllable must not send half a word.
+    // keyCode 229 covers Safari, which reports isComposing=false here.
+    if (event.isComposing || composing || event.keyCode === 229) return;
+    event.preventDefault();
+    send();
+  });
+
+  input.addEventListener("input", refresh);
+
+  /* ---- connection ------------------------------------------------------ */
+
+  var STATES = {
+    connected: "연결됨",
+    connecting: "연결 중…",
+    disconnected: "연결 끊김",
+  };
+
+  function setState(state) {
+    connected = state === "connected";
+    if (status.getAttribute("data-state") !== state) {
+      status.setAttribute("data-state", state);
+      status.textContent = STATES[state];
+    }
+    refresh();
+  }
+
+  if (typeof window.io !== "function") {
+    setState("disconnected");
+    notice("채팅 스크립트를 불러오지 못했어요. 페이지를 새로 고쳐 주세요.");
+    return;
+  }
+
+  // WebSocket first; fall back to long-polling if a proxy blocks WebSocket.
+  var socket = window.io({ transports: ["websocket", "polling"], tryAllTransports: true });
+
+  socket.on("connect", function () {
+    setState("connected");
+  });
+
+  socket.on("disconnect", function (reason) {
+    setState("disconnected");
+    if (finish()) notice("연결이 끊겨 답변을 받지 못했어요. 다시 보내 주세요.");
+    // The server closed us on purpose: the client will not retry by itself.
+    if (reason === "io server disconnect") notice("서버가 연결을 끊었어요. 페이지를 새로 고쳐 주세요.");
+  });
+
+  // Socket.IO retries on its own (1 s, 2 s, ... up to 5 s apart): show
+  // "연결 중…" during each attempt and "연결 끊김" while waiting for the next.
+  socket.on("connect_error", function () {
+    setState("disconnected");
+  });
+
+  socket.io.on("reconnect_attempt", function () {
+    setState("connecting");
+  });
+
+  socket.on("reply", function (data) {
+    finish();
+    var answer = data && data.answer != null ? String(data.answer) : "";
+    var row = bubble("bot", answer);
+    if (data && data.route) row.setAttribute("data-route", String(data.route));
+    if (data && data.id != null) row.setAttribute("data-id", String(data.id));
+  });
+
+  socket.on("error", function (data) {
+    var refused = finish();
+    var message = data && data.message ? String(data.message) : "메시지를 처리하지 못했어요.";
+    if (refused) {
+      // Take the refused message back: drop its bubble and, unless the user
+      // has started typing something else, put the text back in the box.
+      if (refused.bubble.parentNode) refused.bubble.parentNode.removeChild(refused.bubble);
+      if (input.value === "") {
+        input.value = refused.text;
+        refresh();
+      }
+    }
+    var n = notice(message);
+    if (data && data.code) n.setAttribute("data-code", String(data.code));
+  });
+
+  setState("connecting");
+  refresh();
+})();
