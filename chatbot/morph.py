@@ -16,6 +16,7 @@ import functools
 import os
 import re
 import sys
+import threading
 import unicodedata
 
 BOUNDARY = "▁"  # U+2581, marks a space between words
@@ -50,6 +51,10 @@ def _java(name):
     classes = {"okt": tag.Okt, "komoran": tag.Komoran, "hannanum": tag.Hannanum, "kkma": tag.Kkma}
     return classes[name]()
 
+
+# One tagger is shared per process, and neither MeCab's Tagger nor the Java
+# taggers promise to be thread-safe; analysis takes microseconds, so take turns.
+_TAGGER_LOCK = threading.Lock()
 
 BACKENDS = ("mecab", "okt", "komoran", "hannanum", "kkma", "whitespace")
 
@@ -104,7 +109,10 @@ def analyze(text: str, backend: str | None = None):
     text = normalize(text)
     if not text:
         return []
-    return list(_aligned(text, get_tagger(backend).pos(text)))
+    tagger = get_tagger(backend)
+    with _TAGGER_LOCK:
+        morphs = tagger.pos(text)
+    return list(_aligned(text, morphs))
 
 
 def tokenize(text: str, backend: str | None = None) -> list[str]:

@@ -208,8 +208,30 @@
     return;
   }
 
+  // One id per browser tab session, kept across reloads, so the server can
+  // group this conversation's exchanges.
+  function chatSessionId() {
+    var key = "hanmadi.session";
+    try {
+      var id = window.sessionStorage.getItem(key);
+      if (!id) {
+        id = Array.prototype.map.call(window.crypto.getRandomValues(new Uint8Array(16)), function (b) {
+          return ("0" + b.toString(16)).slice(-2);
+        }).join("");
+        window.sessionStorage.setItem(key, id);
+      }
+      return id;
+    } catch (e) {
+      return null; // storage disabled: the server falls back to the socket id
+    }
+  }
+
   // WebSocket first; fall back to long-polling if a proxy blocks WebSocket.
-  var socket = window.io({ transports: ["websocket", "polling"], tryAllTransports: true });
+  var socket = window.io({
+    transports: ["websocket", "polling"],
+    tryAllTransports: true,
+    auth: { session: chatSessionId() }
+  });
 
   socket.on("connect", function () {
     setState("connected");

@@ -1,0 +1,429 @@
+"""The chatbot's neural model: a GRU encoder-decoder with Luong attention.
+
+Everything the server and the trainer need lives here, top to bottom:
+
+1. ModelConfig   - the hyperparameters, saved next to the weights
+2. Vocab         - morpheme <-> id, saved as JSON
+3. Seq2Seq       - embedding, bidirectional GRU encoder, GRU decoder + attention
+4. greedy_decode / beam_decode - turning a question into reply ids
+5. save_model / Chatbot.load   - the model directory (model.pt, vocab.json, config.json)
+
+Tensors are batch-first: src (B, S), tgt (B, T).  The model is small on
+purpose: it trains on a few hundred pairs on a laptop CPU in a minute or two.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from chatbot import morph
+
+MODEL_FILE = "model.pt"
+VOCAB_FILE = "vocab.json"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+
+
+class ModelLoadError(Exception):
+    """A model directory is missing, incomplete, corrupt or does not fit the code."""
+
+
+# -----------------------------------------------------------------------------
+# config
+
+
+@dataclass
+class ModelConfig:
+    embed_dim: int = 128
+    hidden_dim: int = 256  # size of encoder outputs and decoder state
+    layers: int = 1
+    dropout: float = 0.2
+    bidirectional: bool = True  # encoder reads the question both ways
+    shared_embedding: bool = True  # encoder and decoder use one embedding table
+    attention: str = "general"  # Luong score: "general" or "concat"
+    max_src_len: int = 40  # longer questions are cut (bounds the server's work)
+    max_reply_len: int = 30  # in morphemes, word-boundary tokens included
+    decoding: str = "beam"  # "greedy" or "beam"
+    beam_size: int = 4
+    length_penalty: float = 1.0  # beam score = log p / len ** length_penalty
+    no_repeat_ngram: int = 3  # 0 turns it off
+    seed: int = 1337
+
+    def __post_init__(self):
+        if self.attention not in ("general", "concat"):
+            raise ValueError(f"attention must be 'general' or 'concat', not {self.attention!r}")
+        if self.decoding not in ("greedy", "beam"):
+            raise ValueError(f"decoding must be 'greedy' or 'beam', not {self.decoding!r}")
+        if self.bidirectional and self.hidden_dim % 2:
+            raise ValueError("hidden_dim must be even with a bidirectional encoder")
+        if min(self.embed_dim, self.hidden_dim, self.layers, self.beam_size, self.max_reply_len) < 1:
+            raise ValueError("sizes must be positive")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        """Build a config, ignoring keys this version does not know.
+
+        A model trained by a newer version may carry extra settings; they are
+        dropped so the model still loads.  Missing keys take the defaults.
+        """
+        if not isinstance(data, dict):
+            raise ValueError("config must be a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# -----------------------------------------------------------------------------
+# vocabulary
+
+PAD, BOS, EOS, UNK = 0, 1, 2, 3
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
+
+
+class Vocab:
+    """Maps morphemes to ids; the first four ids are the special tokens."""
+
+    def __init__(self, tokens: list[str]):
+        if tokens[: len(SPECIALS)] != SPECIALS:
+            raise ValueError(f"vocabulary must start with {SPECIALS}")
+        if len(set(tokens)) != len(tokens):
+            raise ValueError("vocabulary has duplicate tokens")
+        self.itos = list(tokens)
+        self.stoi = {tok: i for i, tok in enumerate(self.itos)}
+
+    @classmethod
+    def build(cls, token_lists, min_freq: int = 1, max_size: int | None = None) -> "Vocab":
+        """Most frequent tokens first, ties broken alphabetically, so the same
+        data always gives the same ids.  max_size counts non-special tokens."""
+        counts = Counter(tok for tokens in token_lists for tok in tokens)
+        for special in SPECIALS:
+            counts.pop(special, None)
+        ranked = sorted((tok for tok, n in counts.items() if n >= min_freq), key=lambda t: (-counts[t], t))
+        if max_size is not None:
+            ranked = ranked[:max_size]
+        return cls(SPECIALS + ranked)
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def encode(self, tokens, add_eos: bool = False) -> list[int]:
+        ids = [self.stoi.get(tok, UNK) for tok in tokens]
+        return ids + [EOS] if add_eos else ids
+
+    def decode(self, ids) -> list[str]:
+        """Ids to tokens, stopping at </s> and dropping the other specials."""
+        out = []
+        for i in ids:
+            i = int(i)
+            if i == EOS:
+                break
+            if i >= len(SPECIALS):
+                out.append(self.itos[i])
+        return out
+
+    def save(self, path) -> None:
+        Path(path).write_text(json.dumps({"tokens": self.itos}, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path) -> "Vocab":
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls(data["tokens"])
+
+
+# -----------------------------------------------------------------------------
+# the network
+
+
+class Memory(NamedTuple):
+    """What the decoder attends to: encoder outputs, their projected keys, and
+    a mask that is False on padding."""
+
+    values: torch.Tensor  # (B, S, H)
+    keys: torch.Tensor  # (B, S, H)
+    mask: torch.Tensor  # (B, S) bool
+
+    def expand(self, k: int) -> "Memory":
+        """Repeat a single source k times (one row per beam hypothesis)."""
+        return Memory(*(t.expand(k, *t.shape[1:]) for t in self))
+
+
+class Attention(nn.Module):
+    """Luong attention (Luong et al. 2015): score each encoder output against
+    the decoder's current state; padding gets zero weight."""
+
+    def __init__(self, hidden_dim: int, method: str):
+        super().__init__()
+        self.method = method
+        if method == "general":  # score = h_t . W h_s
+            self.w_key = nn.Linear(hidden_dim, hidden_dim, bias=False)
+        else:  # concat: score = v . tanh(W_q h_t + W_k h_s)
+            self.w_key = nn.Linear(hidden_dim, hidden_dim)
+            self.w_query = nn.Linear(hidden_dim, hidden_dim, bias=False)
+            self.v = nn.Linear(hidden_dim, 1, bias=False)
+
+    def keys(self, values):
+        # Projected once per question, not once per decoding step.
+        return self.w_key(values)
+
+    def forward(self, query, memory: Memory):
+        # query (B, T, H) -> context (B, T, H)
+        if self.method == "general":
+            scores = query @ memory.keys.transpose(1, 2)  # (B, T, S)
+        else:
+            q = self.w_query(query).unsqueeze(2)  # (B, T, 1, H)
+            scores = self.v(torch.tanh(q + memory.keys.unsqueeze(1))).squeeze(-1)
+        scores = scores.masked_fill(~memory.mask.unsqueeze(1), float("-inf"))
+        weights = torch.softmax(scores, dim=-1)
+        return weights @ memory.values
+
+
+class Seq2Seq(nn.Module):
+    def __init__(self, config: ModelConfig, vocab_size: int):
+        super().__init__()
+        self.config = config
+        c = config
+        self.embed = nn.Embedding(vocab_size, c.embed_dim, padding_idx=PAD)
+        self.dec_embed = self.embed if c.shared_embedding else nn.Embedding(vocab_size, c.embed_dim, padding_idx=PAD)
+        directions = 2 if c.bidirectional else 1
+        inner_dropout = c.dropout if c.layers > 1 else 0.0  # GRU dropout only acts between layers
+        self.encoder = nn.GRU(c.embed_dim, c.hidden_dim // directions, c.layers, batch_first=True,
+                              bidirectional=c.bidirectional, dropout=inner_dropout)
+        # The encoder's last state (both directions joined) starts the decoder.
+        self.bridge = nn.Linear(c.hidden_dim, c.hidden_dim)
+        self.decoder = nn.GRU(c.embed_dim, c.hidden_dim, c.layers, batch_first=True, dropout=inner_dropout)
+        self.attention = Attention(c.hidden_dim, c.attention)
+        self.combine = nn.Linear(2 * c.hidden_dim, c.hidden_dim)  # [state; context] -> attentional state
+        self.out = nn.Linear(c.hidden_dim, vocab_size)
+        self.drop = nn.Dropout(c.dropout)
+
+    def encode(self, src, src_lengths):
+        """src (B, S) padded ids -> (Memory, decoder start state (layers, B, H))."""
+        x = self.drop(self.embed(src))
+        packed = nn.utils.rnn.pack_padded_sequence(x, src_lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, hidden = self.encoder(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=src.size(1))
+        if self.config.bidirectional:  # (2*layers, B, H/2) -> (layers, B, H)
+            hidden = hidden.view(self.config.layers, 2, *hidden.shape[1:])
+            hidden = torch.cat([hidden[:, 0], hidden[:, 1]], dim=-1)
+        hidden = torch.tanh(self.bridge(hidden)).contiguous()
+        return Memory(out, self.attention.keys(out), src != PAD), hidden
+
+    def decode(self, tgt_in, hidden, memory: Memory):
+        """Run the decoder over tgt_in (B, T); returns logits (B, T, V) and the new state.
+
+        Luong attention is computed after the GRU step, so with teacher forcing
+        all T steps run in one GRU call; generation calls it with T=1.
+        """
+        out, hidden = self.decoder(self.drop(self.dec_embed(tgt_in)), hidden)
+        context = self.attention(out, memory)
+        attended = torch.tanh(self.combine(torch.cat([out, context], dim=-1)))
+        return self.out(self.drop(attended)), hidden
+
+    def forward(self, src, src_lengths, tgt_in):
+        """Teacher forcing: logits (B, T, V) for predicting tgt_in shifted by one."""
+        memory, hidden = self.encode(src, src_lengths)
+        logits, _ = self.decode(tgt_in, hidden, memory)
+        return logits
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+# -----------------------------------------------------------------------------
+# decoding
+
+
+def _banned(tokens: list[int], no_repeat_ngram: int, boundary_id: int | None) -> set[int]:
+    """Tokens that may not come next after `tokens` (the reply so far)."""
+    banned = {PAD, BOS, UNK}  # <unk> would vanish from the text; <s> never follows
+    if not tokens:
+        banned.add(EOS)  # never an empty reply
+    if boundary_id is not None and (not tokens or tokens[-1] == boundary_id):
+        banned.add(boundary_id)  # no leading or double spaces
+    n = no_repeat_ngram
+    if n > 0 and len(tokens) >= n - 1:
+        prefix = tuple(tokens[len(tokens) - n + 1:])
+        for i in range(len(tokens) - n + 1):
+            if tuple(tokens[i:i + n - 1]) == prefix:
+                banned.add(tokens[i + n - 1])
+    return banned
+
+
+def _step_logprobs(model, last_tokens, hidden, memory, histories, no_repeat_ngram, boundary_id, force_eos):
+    logits, hidden = model.decode(last_tokens, hidden, memory)
+    logp = F.log_softmax(logits[:, -1].float(), dim=-1)
+    for row, tokens in enumerate(histories):
+        if force_eos:
+            keep = logp[row, EOS].clone()
+            logp[row] = float("-inf")
+            logp[row, EOS] = keep
+            continue
+        banned = _banned(tokens, no_repeat_ngram, boundary_id)
+        if len(banned) >= logp.size(1):  # nothing left (a toy vocabulary): allow stopping
+            banned.discard(EOS)
+        logp[row, list(banned)] = float("-inf")
+    return logp, hidden
+
+
+def _encode_one(model, src_ids):
+    device = next(model.parameters()).device
+    src_ids = list(src_ids)[: model.config.max_src_len] or [EOS]
+    src = torch.tensor([src_ids], dtype=torch.long, device=device)
+    return model.encode(src, torch.tensor([len(src_ids)]))
+
+
+@torch.inference_mode()
+def greedy_decode(model: Seq2Seq, src_ids, max_len: int, no_repeat_ngram: int = 0,
+                  boundary_id: int | None = None) -> list[int]:
+    """Pick the most likely next token until </s> or max_len tokens."""
+    memory, hidden = _encode_one(model, src_ids)
+    device = memory.values.device
+    tokens: list[int] = []
+    for step in range(max_len + 1):
+        last = torch.tensor([[tokens[-1] if tokens else BOS]], device=device)
+        logp, hidden = _step_logprobs(model, last, hidden, memory, [tokens], no_repeat_ngram,
+                                      boundary_id, force_eos=step == max_len)
+        tok = int(logp[0].argmax())
+        if tok == EOS:
+            break
+        tokens.append(tok)
+    return tokens
+
+
+@torch.inference_mode()
+def beam_decode(model: Seq2Seq, src_ids, max_len: int, beam_size: int = 4, length_penalty: float = 1.0,
+                no_repeat_ngram: int = 0, boundary_id: int | None = None) -> list[int]:
+    """Beam search; finished replies are ranked by log p / length ** length_penalty
+    so that short replies do not win just for being short."""
+    memory, hidden = _encode_one(model, src_ids)
+    device = memory.values.device
+    beams: list[tuple[list[int], float]] = [([], 0.0)]  # (tokens, summed log prob)
+    finished: list[tuple[float, list[int]]] = []
+    for step in range(max_len + 1):
+        last = torch.tensor([[toks[-1] if toks else BOS] for toks, _ in beams], device=device)
+        logp, hidden = _step_logprobs(model, last, hidden, memory.expand(len(beams)), [t for t, _ in beams],
+                                      no_repeat_ngram, boundary_id, force_eos=step == max_len)
+        scores = logp + torch.tensor([s for _, s in beams], device=device).unsqueeze(1)
+        top = scores.view(-1).topk(min(2 * beam_size, scores.numel()))
+        vocab_size = scores.size(1)
+        next_beams, origins = [], []
+        for score, index in zip(top.values.tolist(), top.indices.tolist()):
+            if score == float("-inf"):
+                break
+            origin, tok = divmod(index, vocab_size)
+            tokens = beams[origin][0]
+            if tok == EOS:
+                finished.append((score / (len(tokens) + 1) ** length_penalty, tokens))
+            else:
+                next_beams.append((tokens + [tok], score))
+                origins.append(origin)
+            if len(next_beams) == beam_size:
+                break
+        if len(finished) >= beam_size or not next_beams:
+            break
+        beams = next_beams
+        hidden = hidden[:, torch.tensor(origins, device=device)]
+    if not finished:
+        finished = [(s / max(len(t), 1) ** length_penalty, t) for t, s in beams]
+    return max(finished, key=lambda f: f[0])[1]
+
+
+def generate(model: Seq2Seq, src_ids, config: ModelConfig | None = None, boundary_id: int | None = None) -> list[int]:
+    """Decode with the settings in config (the model's own by default)."""
+    c = config or model.config
+    if c.decoding == "greedy":
+        return greedy_decode(model, src_ids, c.max_reply_len, c.no_repeat_ngram, boundary_id)
+    return beam_decode(model, src_ids, c.max_reply_len, c.beam_size, c.length_penalty, c.no_repeat_ngram, boundary_id)
+
+
+# -----------------------------------------------------------------------------
+# the model directory
+
+
+def save_model(model_dir, model: Seq2Seq, vocab: Vocab, config: ModelConfig) -> None:
+    """Write model.pt (state_dict), vocab.json and config.json into model_dir."""
+    model_dir = Path(model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save(state, model_dir / MODEL_FILE)
+    vocab.save(model_dir / VOCAB_FILE)
+    (model_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def load_model(model_dir, device="cpu") -> tuple[Seq2Seq, Vocab, ModelConfig]:
+    """Read a model directory back; every failure becomes a ModelLoadError."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelLoadError(f"model directory {model_dir} does not exist")
+    for name in (MODEL_FILE, VOCAB_FILE, CONFIG_FILE):
+        if not (model_dir / name).is_file():
+            raise ModelLoadError(f"model directory {model_dir} has no {name}")
+    try:
+        config = ModelConfig.from_dict(json.loads((model_dir / CONFIG_FILE).read_text(encoding="utf-8")))
+    except (ValueError, TypeError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"bad {CONFIG_FILE} in {model_dir}: {e}") from e
+    try:
+        vocab = Vocab.load(model_dir / VOCAB_FILE)
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"bad {VOCAB_FILE} in {model_dir}: {e}") from e
+    try:
+        state = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle garbage, ...: torch raises many kinds
+        raise ModelLoadError(f"cannot read {MODEL_FILE} in {model_dir}: {e}") from e
+    model = Seq2Seq(config, len(vocab))
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise ModelLoadError(f"{MODEL_FILE} in {model_dir} does not match its config/vocab: {e}") from e
+    return model.to(device).eval(), vocab, config
+
+
+class Chatbot:
+    """A loaded model that answers questions; safe to share between threads.
+
+    reply() only reads the weights (eval mode, inference mode) and keeps its
+    state in local variables, so concurrent calls do not interfere.
+    """
+
+    def __init__(self, model: Seq2Seq, vocab: Vocab, config: ModelConfig, version: str = "",
+                 metrics: dict | None = None):
+        self.model = model.eval()
+        self.vocab = vocab
+        self.config = config
+        self.version = version
+        self.metrics = metrics or {}
+        self._boundary_id = vocab.stoi.get(morph.BOUNDARY)
+
+    @classmethod
+    def load(cls, model_dir, device="cpu") -> "Chatbot":
+        """Load a model directory (a `current` symlink is followed; version is
+        the real directory's name).  Raises ModelLoadError."""
+        model_dir = Path(model_dir).resolve()
+        model, vocab, config = load_model(model_dir, device)
+        try:
+            metrics = json.loads((model_dir / METRICS_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            metrics = {}  # metrics are informative only
+        return cls(model, vocab, config, version=model_dir.name, metrics=metrics)
+
+    def reply_tokens(self, tokens: list[str]) -> list[str]:
+        ids = generate(self.model, self.vocab.encode(tokens, add_eos=True), self.config, self._boundary_id)
+        return self.vocab.decode(ids)
+
+    def reply(self, text: str) -> str:
+        return morph.detokenize(self.reply_tokens(morph.tokenize(text)))
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))

@@ -1,0 +1,415 @@
+"""Train a new chatbot model and publish it as a new version.
+
+    python -m chatbot.train                      # the app's pairs (what `make retrain` runs)
+    python -m chatbot.train --pairs data.csv     # a Q,A[,label] CSV instead
+    python -m chatbot.train --if-missing         # only if there is no usable model yet
+
+Steps: gather (question, answer) pairs, split train/dev by a stable hash of
+the question, split both sides into morphemes, build the vocabulary from the
+training pairs, train with Adam + teacher forcing, keep the epoch with the
+best dev loss (after min_epochs), score decoded dev replies (chrF, BLEU),
+then write everything into a hidden temp dir that is renamed into place and
+made `current`.
+Any failure removes the temp dir and leaves `current` as it was.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from chatbot import morph, versions
+from chatbot.model import (BOS, EOS, PAD, Chatbot, ModelConfig, ModelLoadError, Seq2Seq, Vocab, generate,
+                           perplexity, save_model)
+
+# -----------------------------------------------------------------------------
+# default training config; the model's own settings are ModelConfig's defaults.
+# Both can be overridden by run_training(**overrides) and (some) by CLI flags.
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 80
+    max_steps: int | None = None  # stop after this many optimizer steps (tests)
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.1
+    # Early stopping.  On a few hundred pairs the dev loss bottoms out after
+    # ~8 epochs, long before the model has learned its own training answers
+    # (~25 epochs), and those are what the bot must know.  So the best
+    # dev-loss epoch is chosen from min_epochs on.
+    min_epochs: int = 30
+    patience: int = 5  # epochs without a better dev loss before stopping
+    dev_percent: int = 10  # share of questions held out for dev metrics
+    min_freq: int = 1  # small data: keep every morpheme seen in training
+    max_vocab: int | None = None
+    device: str = "auto"  # auto = cuda when available
+    threads: int = 0  # CPU threads for torch; 0 = half the cores (the server keeps the rest)
+    samples: int = 5  # sample dev replies shown in the log and metrics.json
+    quiet: bool = False  # no progress bar
+    activate: bool = True  # point `current` at the new model
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or (self.max_steps is not None and self.max_steps < 1):
+            raise ValueError("epochs, batch_size and max_steps must be at least 1")
+        if not 0 <= self.dev_percent <= 100:
+            raise ValueError("dev_percent must be between 0 and 100")
+
+
+class TrainingError(Exception):
+    """Training cannot start (no data, bad settings); nothing was written."""
+
+
+# -----------------------------------------------------------------------------
+# data
+
+
+def is_dev(question: str, dev_percent: int) -> bool:
+    """Stable across runs and machines (unlike hash()), and the same question
+    always lands on the same side, whatever its answers."""
+    key = morph.normalize(question).lower().encode("utf-8")
+    return int(hashlib.md5(key).hexdigest(), 16) % 100 < dev_percent
+
+
+def split_pairs(pairs, dev_percent: int):
+    train, dev = [], []
+    for q, a in pairs:
+        (dev if is_dev(q, dev_percent) else train).append((q, a))
+    return train, dev
+
+
+def tokenize_pairs(pairs):
+    """Morphemes of both sides; pairs where either side is empty are dropped."""
+    out = []
+    for q, a in pairs:
+        q_tokens, a_tokens = morph.tokenize(q), morph.tokenize(a)
+        if q_tokens and a_tokens:
+            out.append((q_tokens, a_tokens, a))
+    return out
+
+
+def make_examples(tokenized, vocab: Vocab, config: ModelConfig):
+    """(source ids ending in </s>, target ids) cut to the model's length limits."""
+    return [(vocab.encode(q, add_eos=True)[: config.max_src_len], vocab.encode(a)[: config.max_reply_len])
+            for q, a, _ in tokenized]
+
+
+def make_batches(examples, batch_size: int, rng: random.Random):
+    """Shuffled batches of similar length (less padding): shuffle, sort within
+    chunks of 50 batches by length, then shuffle the batch order."""
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    chunk = batch_size * 50
+    batches = []
+    for i in range(0, len(order), chunk):
+        part = sorted(order[i:i + chunk], key=lambda j: (len(examples[j][0]), len(examples[j][1])))
+        batches += [part[k:k + batch_size] for k in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples, device):
+    """Pad a batch: src (B, S), src_lengths (B,), tgt_in = <s> + reply, tgt_out = reply + </s>."""
+    src_len = max(len(s) for s, _ in examples)
+    tgt_len = max(len(t) for _, t in examples) + 1
+    src = torch.full((len(examples), src_len), PAD, dtype=torch.long)
+    tgt_in = torch.full((len(examples), tgt_len), PAD, dtype=torch.long)
+    tgt_out = torch.full((len(examples), tgt_len), PAD, dtype=torch.long)
+    for i, (s, t) in enumerate(examples):
+        src[i, : len(s)] = torch.tensor(s)
+        tgt_in[i, : len(t) + 1] = torch.tensor([BOS] + t)
+        tgt_out[i, : len(t) + 1] = torch.tensor(t + [EOS])
+    lengths = torch.tensor([len(s) for s, _ in examples])
+    return src.to(device), lengths, tgt_in.to(device), tgt_out.to(device)
+
+
+# -----------------------------------------------------------------------------
+# evaluation
+
+
+@torch.inference_mode()
+def evaluate_loss(model, examples, batch_size, device) -> float:
+    """Mean cross-entropy per reply token (no label smoothing, so exp() is perplexity)."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        src, lengths, tgt_in, tgt_out = collate(examples[i:i + batch_size], device)
+        logits = model(src, lengths, tgt_in)
+        total += F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD, reduction="sum").item()
+        count += (tgt_out != PAD).sum().item()
+    model.train()
+    return total / max(count, 1)
+
+
+def reply_metrics(model, vocab, tokenized, config, samples: int = 0):
+    """Decode each question and score the replies against the references."""
+    import sacrebleu
+
+    boundary_id = vocab.stoi.get(morph.BOUNDARY)
+    model.eval()
+    hyps, refs, shown = [], [], []
+    for q_tokens, _a_tokens, answer in tokenized:
+        ids = vocab.encode(q_tokens, add_eos=True)
+        hyps.append(morph.detokenize(vocab.decode(generate(model, ids, config, boundary_id))))
+        refs.append(morph.normalize(answer))
+        if len(shown) < samples:
+            shown.append({"question": morph.detokenize(q_tokens), "reference": refs[-1], "reply": hyps[-1]})
+    if not hyps:
+        return None, None, shown
+    chrf = sacrebleu.corpus_chrf(hyps, [refs]).score
+    bleu = sacrebleu.corpus_bleu(hyps, [refs], tokenize="ko-mecab").score
+    return round(chrf, 2), round(bleu, 2), shown
+
+
+# -----------------------------------------------------------------------------
+# training
+
+
+def _split_overrides(overrides):
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = set(overrides) - train_fields - model_fields
+    if unknown:
+        raise TypeError(f"unknown training settings: {', '.join(sorted(unknown))}")
+    tc = TrainConfig(**{k: v for k, v in overrides.items() if k in train_fields})
+    mc = ModelConfig(**{k: v for k, v in overrides.items() if k in model_fields})
+    return tc, mc
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("--device cuda was asked for but CUDA is not available")
+    if name not in ("cpu", "cuda"):
+        raise TrainingError(f"unknown device {name!r} (auto, cpu or cuda)")
+    return torch.device(name)
+
+
+def run_training(pairs, models_root, **overrides) -> Path:
+    """Train on (question, answer) pairs and publish a new version under
+    models_root; returns its directory.  overrides are TrainConfig or
+    ModelConfig fields.  Raises TrainingError before writing anything when
+    there is nothing to train on; on any other failure the temp dir is removed
+    and `current` is untouched."""
+    tc, mc = _split_overrides(overrides)
+    device = _pick_device(tc.device)
+    if device.type == "cpu":
+        # A model this small gains little from more threads, and they fight
+        # with the web server (and each other) for a small machine's cores.
+        torch.set_num_threads(tc.threads or max(1, min(4, (os.cpu_count() or 2) // 2)))
+
+    pairs = [(str(q), str(a)) for q, a in pairs]
+    if not pairs:
+        raise TrainingError("no training pairs: add some question/answer pairs first")
+    train_pairs, dev_pairs = split_pairs(pairs, tc.dev_percent)
+    train_tok, dev_tok = tokenize_pairs(train_pairs), tokenize_pairs(dev_pairs)
+    if not train_tok:
+        raise TrainingError(f"the training split is empty ({len(pairs)} pairs, {len(dev_pairs)} held out for dev)")
+    vocab = Vocab.build([t for q, a, _ in train_tok for t in (q, a)], tc.min_freq, tc.max_vocab)
+    train_ex, dev_ex = make_examples(train_tok, vocab, mc), make_examples(dev_tok, vocab, mc)
+
+    temp_dir = versions.make_temp_dir(models_root)
+    try:
+        with open(temp_dir / "train.log", "w", encoding="utf-8") as log_file:
+            def log(line):
+                print(line, flush=True)
+                log_file.write(line + "\n")
+                log_file.flush()
+
+            metrics = _train(tc, mc, device, vocab, train_tok, dev_tok, train_ex, dev_ex, temp_dir, log)
+        version_dir = versions.publish(temp_dir, models_root)
+    except BaseException:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    if tc.activate:
+        versions.activate(models_root, version_dir.name)
+    print(f"new model: {version_dir}" + (" (now current)" if tc.activate else ""), flush=True)
+    return version_dir
+
+
+def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, train_ex, dev_ex, out_dir, log) -> dict:
+    torch.manual_seed(mc.seed)
+    rng = random.Random(mc.seed)
+    model = Seq2Seq(mc, len(vocab)).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.learning_rate)
+    log(f"{len(train_ex)} train / {len(dev_ex)} dev pairs, vocab {len(vocab)}, "
+        f"{model.num_params():,} parameters, device {device}, {torch.get_num_threads()} threads")
+
+    started = time.time()
+    step, epoch, best_loss, best_epoch, best_state, bad_epochs = 0, 0, math.inf, 0, None, 0
+    model.train()
+    while epoch < tc.epochs and (tc.max_steps is None or step < tc.max_steps):
+        epoch += 1
+        epoch_start, total, batches = time.time(), 0.0, make_batches(train_ex, tc.batch_size, rng)
+        bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=tc.quiet or not sys.stderr.isatty())
+        for n, batch in enumerate(bar, start=1):
+            src, lengths, tgt_in, tgt_out = collate([train_ex[i] for i in batch], device)
+            logits = model(src, lengths, tgt_in)
+            loss = F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD,
+                                   label_smoothing=tc.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            step += 1
+            total += loss.item()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if tc.max_steps is not None and step >= tc.max_steps:
+                break
+        bar.close()
+        train_loss = total / n
+
+        line = f"epoch {epoch:3d} | step {step:5d} | train loss {train_loss:.3f}"
+        if dev_ex:
+            dev_loss = evaluate_loss(model, dev_ex, tc.batch_size, device)
+            line += f" | dev loss {dev_loss:.3f} | dev ppl {perplexity(dev_loss):8.2f}"
+        else:  # nothing held out: keep the last epoch
+            dev_loss = -epoch
+        mark = ""
+        if epoch < tc.min_epochs or dev_loss < best_loss:  # before min_epochs: keep the latest
+            if epoch >= tc.min_epochs and dev_ex:
+                mark = " *"
+            best_loss, best_epoch, bad_epochs = dev_loss, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        log(line + f" | {time.time() - epoch_start:.1f}s" + mark)
+        if epoch >= tc.min_epochs and bad_epochs >= tc.patience:
+            log(f"no better dev loss for {tc.patience} epochs: stopping")
+            break
+    train_seconds = time.time() - started
+
+    if best_state is not None:  # None only if every dev loss was NaN
+        model.load_state_dict(best_state)
+    model.eval()
+    dev_chrf, dev_bleu, samples = reply_metrics(model, vocab, dev_tok, mc, tc.samples)
+    train_chrf, _, _ = reply_metrics(model, vocab, train_tok[:100], mc)
+    metrics = {
+        "train_pairs": len(train_ex),
+        "dev_pairs": len(dev_ex),
+        "vocab_size": len(vocab),
+        "epochs": epoch,
+        "best_epoch": best_epoch,
+        "steps": step,
+        "train_seconds": round(train_seconds, 1),
+        "device": str(device),
+        "dev_loss": round(best_loss, 4) if dev_ex else None,
+        "dev_ppl": round(perplexity(best_loss), 2) if dev_ex else None,
+        "dev_chrf": dev_chrf,
+        "dev_bleu": dev_bleu,
+        "train_chrf": train_chrf,  # on up to 100 training questions: did it learn them?
+        "params": model.num_params(),
+        "seed": mc.seed,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "train_config": dataclasses.asdict(tc),
+        "samples": samples,
+    }
+    log(f"best epoch {best_epoch} | dev chrF {dev_chrf} | dev BLEU {dev_bleu} | train chrF {train_chrf} "
+        f"| {train_seconds:.0f}s")
+    for s in samples:
+        log(f"  Q: {s['question']}\n     ref: {s['reference']}\n     bot: {s['reply']}")
+
+    save_model(out_dir, model.cpu(), vocab, mc)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return metrics
+
+
+# -----------------------------------------------------------------------------
+# command line
+
+
+def has_usable_model(models_root) -> bool:
+    """True when `current` points at a model that loads."""
+    path = versions.current_dir(models_root)
+    if path is None:
+        return False
+    try:
+        Chatbot.load(path)
+    except ModelLoadError:
+        return False
+    return True
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m chatbot.train", description=__doc__.split("\n")[0])
+    p.add_argument("--pairs", metavar="FILE.csv", help="train on a Q,A[,label] CSV instead of the app's data")
+    p.add_argument("--models-dir",
+                   help="models root (default: the app's MODEL_DIR; with --pairs: $MODEL_DIR or ./models)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--dev-percent", type=int, help="percent of questions held out for dev metrics (default 10)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch")
+    p.add_argument("--if-missing", action="store_true", help="do nothing if `current` already holds a usable model")
+    p.add_argument("--no-activate", action="store_true", help="publish the model but leave `current` alone")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    flags = ("epochs", "max_steps", "batch_size", "seed", "device", "dev_percent", "threads")
+    overrides = {k: v for k, v in vars(args).items() if k in flags and v is not None}
+    overrides.update(quiet=args.quiet, activate=not args.no_activate)
+    try:
+        app = None
+        if args.pairs:
+            models_root = Path(args.models_dir or os.environ.get("MODEL_DIR") or "models")
+        else:
+            from chatbot import create_app  # the app and its database only when training on its data
+
+            app = create_app()
+            models_root = Path(args.models_dir or app.config["MODEL_DIR"])
+        if args.if_missing and has_usable_model(models_root):
+            print(f"{versions.current_dir(models_root)} is already usable; not training")
+            return 0
+        if app is None:
+            from chatbot.pairs import PairsFileError, read_pairs_csv  # here: it loads Flask and SQLAlchemy
+
+            try:
+                rows, errors = read_pairs_csv(args.pairs)
+            except PairsFileError as e:
+                raise TrainingError(str(e)) from e
+            for line, reason in errors:
+                print(f"{args.pairs}: line {line}: {reason} (skipped)", file=sys.stderr)
+            pairs = [(row.question, row.answer) for row in rows]
+        else:
+            with app.app_context():
+                from chatbot.pairs import training_pairs
+
+                pairs = training_pairs()
+        run_training(pairs, models_root, **overrides)
+    except (TrainingError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: no model was published", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print("error: training failed; no model was published", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

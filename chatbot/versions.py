@@ -1,0 +1,98 @@
+"""Trained models on disk: one directory per version, `current` picks one.
+
+    models/
+        20250101-120000/      model.pt vocab.json config.json metrics.json train.log
+        20250101-120000-2/    a second model published in the same second
+        .tmp-20250101-1205...  a training run in progress (hidden)
+        current -> 20250101-120000-2
+
+A model is written into a hidden temp dir and renamed into place when
+complete, and `current` is swapped with os.replace, so a reader never sees a
+half-written model or a missing `current`.  Rolling back is activate(old_name).
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+CURRENT = "current"
+TIME_FORMAT = "%Y%m%d-%H%M%S"
+
+
+def _natural_key(name: str):
+    # "…-10" must sort after "…-2".
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _is_version_dir(path: Path) -> bool:
+    return (path.is_dir() and not path.is_symlink()
+            and not path.name.startswith(".") and path.name != CURRENT)
+
+
+def current_dir(models_root) -> Path | None:
+    """The directory `current` points at, or None if it is missing or dangling."""
+    link = Path(models_root) / CURRENT
+    if not link.exists():  # exists() follows the link, so a dangling one is False
+        return None
+    return link.resolve()
+
+
+def list_versions(models_root) -> list[str]:
+    """Names of the version directories, oldest first (temp dirs and `current` left out)."""
+    root = Path(models_root)
+    if not root.is_dir():
+        return []
+    return sorted((p.name for p in root.iterdir() if _is_version_dir(p)), key=_natural_key)
+
+
+def make_temp_dir(models_root) -> Path:
+    """A fresh hidden directory inside models_root, so publishing is a rename
+    within one file system (atomic)."""
+    root = Path(models_root)
+    root.mkdir(parents=True, exist_ok=True)
+    prefix = f".tmp-{time.strftime(TIME_FORMAT)}-{os.getpid()}-"
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+
+
+def publish(temp_dir, models_root) -> Path:
+    """Rename temp_dir to a new timestamped version directory and return it.
+
+    The name is claimed with os.mkdir, which fails if it exists, so two
+    trainers finishing in the same second get `…` and `…-2`; the temp dir
+    then replaces our own empty placeholder in one os.rename.
+    """
+    root = Path(models_root)
+    base = time.strftime(TIME_FORMAT)
+    n = 1
+    while True:
+        target = root / (base if n == 1 else f"{base}-{n}")
+        try:
+            os.mkdir(target)
+            break
+        except FileExistsError:
+            n += 1
+    try:
+        os.rename(temp_dir, target)
+    except BaseException:
+        os.rmdir(target)
+        raise
+    return target
+
+
+def activate(models_root, name: str) -> Path:
+    """Point `current` at version `name` atomically (new symlink, then os.replace)."""
+    root = Path(models_root)
+    if not name or "/" in name or os.sep in name or not _is_version_dir(root / name):
+        raise ValueError(f"{name!r} is not a model version in {root}")
+    tmp_link = root / f".current-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    os.symlink(name, tmp_link)  # relative, so the models dir can be moved
+    try:
+        os.replace(tmp_link, root / CURRENT)
+    except BaseException:
+        tmp_link.unlink()
+        raise
+    return root / name

@@ -1,0 +1,235 @@
+"""Tests for chatbot/train.py and chatbot/versions.py (tiny, fast training runs)."""
+import csv
+import json
+import os
+import re
+
+import pytest
+import torch
+
+from chatbot import train, versions
+from chatbot.model import Chatbot
+
+PAIRS = [
+    ("안녕하세요", "안녕하세요. 반가워요."),
+    ("반가워", "저도 반가워요."),
+    ("오늘 날씨 어때?", "맑고 따뜻해요."),
+    ("비 올까?", "우산을 챙기세요."),
+    ("배고파", "맛있는 거 드세요."),
+    ("점심 뭐 먹지?", "비빔밥 어때요?"),
+    ("저녁 메뉴 추천해줘", "따뜻한 국수 어때요?"),
+    ("심심해", "산책 어때요?"),
+    ("주말에 뭐 하지?", "영화 보러 가요."),
+    ("피곤해", "푹 쉬세요."),
+    ("잠이 안 와", "따뜻한 우유를 마셔 보세요."),
+    ("고마워", "천만에요."),
+    ("잘 자", "좋은 꿈 꾸세요."),
+    ("좋은 아침", "좋은 아침이에요!"),
+    ("커피 마실까?", "좋아요. 한 잔 해요."),
+    ("운동하기 싫어", "조금만 걸어 봐요."),
+    ("시험 망쳤어", "다음에 잘하면 돼요."),
+    ("생일 축하해줘", "생일 축하해요!"),
+    ("너 이름이 뭐야?", "저는 챗봇이에요."),
+    ("몇 살이야?", "비밀이에요."),
+]
+NAME = re.compile(r"^\d{8}-\d{6}(-\d+)?$")
+FAST = ["--max-steps", "3", "--quiet"]
+
+
+@pytest.fixture
+def pairs_csv(tmp_path):
+    path = tmp_path / "pairs.csv"
+    with open(path, "w", encoding="utf-8-sig", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Q", "A", "label"])
+        writer.writerows([q, a, 0] for q, a in PAIRS)
+    return path
+
+
+@pytest.fixture
+def models(tmp_path):
+    return tmp_path / "models"
+
+
+def hidden_entries(root):
+    return [p.name for p in root.iterdir() if p.name.startswith(".")]
+
+
+def fixed_clock(monkeypatch, stamp="20250101-120000"):
+    monkeypatch.setattr(versions.time, "strftime", lambda fmt, *a: stamp)
+
+
+# --- data --------------------------------------------------------------------
+
+
+def test_dev_split_is_stable_and_by_question():
+    a = train.split_pairs(PAIRS * 2, 30)
+    assert a == train.split_pairs(PAIRS * 2, 30)
+    dev_questions = {q for q, _ in a[1]}
+    assert dev_questions and not dev_questions & {q for q, _ in a[0]}
+    assert train.is_dev("안녕하세요", 30) == train.is_dev("  안녕하세요 ", 30)
+    assert train.split_pairs(PAIRS, 0)[1] == [] and train.split_pairs(PAIRS, 100)[0] == []
+
+
+# --- command line ------------------------------------------------------------
+
+
+def test_cli_trains_publishes_and_activates(pairs_csv, models, monkeypatch):
+    monkeypatch.chdir(pairs_csv.parent)
+    monkeypatch.delenv("MODEL_DIR", raising=False)
+    assert train.main(["--pairs", str(pairs_csv), "--models-dir", str(models), *FAST]) == 0
+
+    [name] = versions.list_versions(models)
+    assert NAME.match(name)
+    assert os.readlink(models / "current") == name  # relative link
+    assert versions.current_dir(models) == (models / name).resolve()
+    assert hidden_entries(models) == []
+    files = sorted(p.name for p in (models / name).iterdir())
+    assert files == ["config.json", "metrics.json", "model.pt", "train.log", "vocab.json"]
+
+    metrics = json.loads((models / name / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["steps"] == 3 and metrics["train_pairs"] + metrics["dev_pairs"] == len(PAIRS)
+    for key in ("vocab_size", "epochs", "train_seconds", "device", "dev_loss", "dev_chrf", "dev_bleu",
+                "params", "seed", "created_at"):
+        assert key in metrics
+    assert "epoch" in (models / name / "train.log").read_text(encoding="utf-8")
+
+    bot = Chatbot.load(models / "current")
+    assert bot.version == name and bot.reply("안녕하세요").strip()
+
+
+def test_models_dir_from_env(pairs_csv, tmp_path, monkeypatch):
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "env-models"))
+    assert train.main(["--pairs", str(pairs_csv), "--no-activate", *FAST]) == 0
+    assert len(versions.list_versions(tmp_path / "env-models")) == 1
+    assert versions.current_dir(tmp_path / "env-models") is None  # --no-activate
+
+
+def test_two_runs_in_the_same_second_get_different_dirs(pairs_csv, models, monkeypatch):
+    fixed_clock(monkeypatch)
+    args = ["--pairs", str(pairs_csv), "--models-dir", str(models), *FAST]
+    assert train.main(args) == 0
+    assert train.main(args) == 0
+    assert versions.list_versions(models) == ["20250101-120000", "20250101-120000-2"]
+    assert versions.current_dir(models).name == "20250101-120000-2"
+
+
+def test_if_missing_does_nothing_when_current_is_usable(pairs_csv, models):
+    args = ["--pairs", str(pairs_csv), "--models-dir", str(models), "--if-missing", *FAST]
+    assert train.main(args) == 0  # no model yet: trains
+    before = versions.list_versions(models)
+    assert len(before) == 1
+    assert train.main(args) == 0
+    assert versions.list_versions(models) == before
+
+
+def test_empty_csv_fails_and_writes_nothing(tmp_path, models, capsys):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("Q,A,label\n", encoding="utf-8")
+    assert train.main(["--pairs", str(empty), "--models-dir", str(models), *FAST]) != 0
+    assert "no training pairs" in capsys.readouterr().err
+    assert not models.exists()
+
+
+def test_empty_train_split_fails(pairs_csv, models, capsys):
+    assert train.main(["--pairs", str(pairs_csv), "--models-dir", str(models), "--dev-percent", "100", *FAST]) != 0
+    assert "training split is empty" in capsys.readouterr().err
+    assert not models.exists()
+
+
+def test_missing_csv_fails(tmp_path, models):
+    assert train.main(["--pairs", str(tmp_path / "nope.csv"), "--models-dir", str(models)]) != 0
+
+
+@pytest.mark.parametrize("error, code", [(RuntimeError("boom"), 1), (KeyboardInterrupt(), 130)])
+def test_failed_run_leaves_current_alone(pairs_csv, models, monkeypatch, error, code):
+    assert train.main(["--pairs", str(pairs_csv), "--models-dir", str(models), *FAST]) == 0
+    before, current = versions.list_versions(models), versions.current_dir(models)
+
+    def explode(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", explode)  # fails mid-step
+    assert train.main(["--pairs", str(pairs_csv), "--models-dir", str(models), *FAST]) == code
+    assert versions.list_versions(models) == before
+    assert versions.current_dir(models) == current
+    assert hidden_entries(models) == []
+
+
+# --- run_training ------------------------------------------------------------
+
+TINY = dict(embed_dim=16, hidden_dim=32, max_steps=6, batch_size=4, max_reply_len=10, dev_percent=30,
+            quiet=True, activate=False)
+
+
+def test_same_seed_same_metrics(models):
+    a = train.run_training(PAIRS, models, seed=3, **TINY)
+    b = train.run_training(PAIRS, models, seed=3, **TINY)
+    c = train.run_training(PAIRS, models, seed=4, **TINY)
+    metrics = [json.loads((d / "metrics.json").read_text(encoding="utf-8")) for d in (a, b, c)]
+    keys = ("train_pairs", "dev_pairs", "vocab_size", "steps", "dev_loss", "dev_chrf", "dev_bleu", "samples")
+    assert metrics[0]["dev_pairs"] > 0
+    assert [metrics[0][k] for k in keys] == [metrics[1][k] for k in keys]
+    assert metrics[0]["dev_loss"] != metrics[2]["dev_loss"]
+    assert (a / "model.pt").read_bytes() == (b / "model.pt").read_bytes()
+    assert versions.current_dir(models) is None
+
+
+def test_run_training_rejects_unknown_settings(models):
+    with pytest.raises(TypeError, match="bogus"):
+        train.run_training(PAIRS, models, bogus=1)
+    with pytest.raises(train.TrainingError):
+        train.run_training([], models)
+    assert not models.exists()
+
+
+def test_greedy_decoding_and_early_stop(models):
+    out = train.run_training(PAIRS, models, **{**TINY, "max_steps": None, "epochs": 4, "min_epochs": 1,
+                                               "patience": 1, "decoding": "greedy"})
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert 1 <= metrics["best_epoch"] <= metrics["epochs"] <= 4
+    assert all(s["reply"] for s in metrics["samples"])
+
+
+# --- versions ----------------------------------------------------------------
+
+
+def test_versions_layout(tmp_path, monkeypatch):
+    root = tmp_path / "models"
+    assert versions.current_dir(root) is None and versions.list_versions(root) == []
+    fixed_clock(monkeypatch)
+    names = []
+    for _ in range(11):
+        temp = versions.make_temp_dir(root)
+        assert temp.parent == root and temp.name.startswith(".tmp-")
+        (temp / "model.pt").write_text("x")
+        names.append(versions.publish(temp, root).name)
+    assert names[:3] == ["20250101-120000", "20250101-120000-2", "20250101-120000-3"]
+    versions.make_temp_dir(root)  # an unfinished run is not a version
+    assert versions.list_versions(root) == names  # "-10" sorts after "-9"
+
+    versions.activate(root, names[0])
+    versions.activate(root, names[1])
+    assert versions.current_dir(root) == (root / names[1]).resolve()
+    for bad in ["nope", "current", "", "../models", ".tmp-x"]:
+        with pytest.raises(ValueError):
+            versions.activate(root, bad)
+    assert versions.current_dir(root).name == names[1]
+
+    (root / names[1] / "model.pt").unlink()
+    (root / names[1]).rmdir()
+    assert versions.current_dir(root) is None  # dangling
+
+
+def test_cli_trains_on_the_apps_pairs(app, monkeypatch):
+    """What `make run` / `make retrain` do: starter + reviewed pairs, the app's MODEL_DIR."""
+    import chatbot
+
+    monkeypatch.setattr(chatbot, "create_app", lambda: app)
+    models = app.config["MODEL_DIR"]
+    assert train.main(["--if-missing", *FAST]) == 0
+    [name] = versions.list_versions(models)
+    metrics = json.loads((versions.current_dir(models) / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["train_pairs"] > 100
+    assert train.main(["--if-missing", *FAST]) == 0  # already there: nothing new
+    assert versions.list_versions(models) == [name]
