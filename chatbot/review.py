@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import flask_admin
+from markupsafe import Markup
 import sqlalchemy as sa
 from flask import (Blueprint, current_app, flash, redirect, render_template, request,
                    url_for)
@@ -256,6 +257,12 @@ def _format_route(view, context, model, name):
     return ROUTE_LABELS.get(model.route, model.route)
 
 
+def _format_text(view, context, model, name):
+    """User text, escaped, in a span that keeps its line breaks."""
+    value = getattr(model, name)
+    return Markup('<span class="review-text">{}</span>').format(value) if value else ""
+
+
 def _format_time(view, context, model, name):
     value = getattr(model, name)
     return value.strftime("%Y-%m-%d %H:%M") if value else ""
@@ -293,6 +300,9 @@ class ExchangeView(_ReviewerOnly, ModelView):
         "reviewed_at": "검토 시각 (UTC)",
     }
     column_formatters = {
+        "question": _format_text,
+        "answer": _format_text,
+        "corrected_answer": _format_text,
         "status": _format_status,
         "route": _format_route,
         "created_at": _format_time,
