@@ -32,7 +32,8 @@ def create_app(test_config=None):
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
     csrf.init_app(app)
     login_manager.init_app(app)
-    socketio.init_app(app, max_http_buffer_size=16 * app.config["MAX_MESSAGE_CHARS"] + 1024)
+    socketio.init_app(app, async_mode=app.config["SOCKETIO_ASYNC_MODE"],
+                      max_http_buffer_size=16 * app.config["MAX_MESSAGE_CHARS"] + 1024)
 
     chat.init_app(app)
     review.init_app(app)

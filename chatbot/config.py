@@ -21,6 +21,23 @@ def _int(name, default):
         raise RuntimeError(f"environment variable {name} must be an integer, got {value!r}") from None
 
 
+def _float(name, default):
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise RuntimeError(f"environment variable {name} must be a number, got {value!r}") from None
+
+
+def _bool(name, default):
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
 class Config:
     """Defaults for a single small self-hosted server."""
 
@@ -30,10 +47,25 @@ class Config:
     MODEL_DIR = os.environ.get("MODEL_DIR") or str(PROJECT_ROOT / "models")
     STARTER_PAIRS = os.environ.get("STARTER_PAIRS") or str(PROJECT_ROOT / "chatbot" / "data" / "starter_pairs.csv")
     MAX_MESSAGE_CHARS = _int("MAX_MESSAGE_CHARS", 500)
+    # Per Socket.IO connection: events a second on average, and the burst
+    # allowed at once (token bucket). MESSAGE_RATE=0 turns the limit off.
+    MESSAGE_RATE = _float("MESSAGE_RATE", 5.0)
+    MESSAGE_BURST = _int("MESSAGE_BURST", 10)
+    # Failed logins: after LOGIN_MAX_FAILURES for one address and user name
+    # (or 4x that for one address, any names) within LOGIN_WINDOW_SECONDS,
+    # logins from there are refused (429) until the window has passed.
+    LOGIN_MAX_FAILURES = _int("LOGIN_MAX_FAILURES", 5)
+    LOGIN_WINDOW_SECONDS = _int("LOGIN_WINDOW_SECONDS", 300)
+    # "threading" (the default, see README "Why threads"); another mode
+    # ("eventlet", "gevent") needs a server of that kind.
+    SOCKETIO_ASYNC_MODE = os.environ.get("SOCKETIO_ASYNC_MODE") or "threading"
     # Flask-Admin's look, and cookies that scripts cannot read or send cross-site.
     FLASK_ADMIN_SWATCH = "cerulean"
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SAMESITE = "Lax"
+    # Set SESSION_COOKIE_SECURE=1 when the site is served over HTTPS.
+    SESSION_COOKIE_SECURE = _bool("SESSION_COOKIE_SECURE", False)
+    REMEMBER_COOKIE_SECURE = SESSION_COOKIE_SECURE
     REMEMBER_COOKIE_HTTPONLY = True
     REMEMBER_COOKIE_SAMESITE = "Lax"
     WTF_CSRF_TIME_LIMIT = None  # a token lives as long as the login session

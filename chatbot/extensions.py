@@ -7,8 +7,9 @@ from flask_wtf import CSRFProtect
 
 db = SQLAlchemy()
 migrate = Migrate()
-# Threading mode: each event runs in its own thread, and PyTorch releases the
-# GIL while it computes, so one slow reply never holds up other chats.
-socketio = SocketIO(async_mode="threading")
+# Threading mode by default (Config.SOCKETIO_ASYNC_MODE): each event runs in
+# its own thread, and PyTorch releases the GIL while it computes, so one slow
+# reply never holds up other chats.
+socketio = SocketIO()
 login_manager = LoginManager()
 csrf = CSRFProtect()
