@@ -2,8 +2,8 @@
 
 Everything the server and the trainer need lives here, top to bottom:
 
-1. ModelConfig   - the hyperparameters, saved next to the weights
-2. Vocab         - morpheme <-> id, saved as JSON
+1. ModelConfig   - the hyperparameters and the tokenizer, saved next to the weights
+2. Vocab         - morpheme (or word) <-> id, saved as JSON
 3. Seq2Seq       - embedding, bidirectional GRU encoder, GRU decoder + attention
 4. greedy_decode / beam_decode - turning a question into reply ids
 5. save_model / Chatbot.load   - the model directory (model.pt, vocab.json, config.json)
@@ -49,6 +49,7 @@ class ModelConfig:
     dropout: float = 0.2
     bidirectional: bool = True  # encoder reads the question both ways
     shared_embedding: bool = True  # encoder and decoder use one embedding table
+    tie_output: bool = False  # the output layer reuses the (decoder) embedding table
     attention: str = "general"  # Luong score: "general" or "concat"
     max_src_len: int = 40  # longer questions are cut (bounds the server's work)
     max_reply_len: int = 30  # in morphemes, word-boundary tokens included
@@ -57,8 +58,11 @@ class ModelConfig:
     length_penalty: float = 1.0  # beam score = log p / len ** length_penalty
     no_repeat_ngram: int = 3  # 0 turns it off
     seed: int = 1337
+    tokenizer: str = "mecab"  # morph backend the model was trained with; reply() uses the same
 
     def __post_init__(self):
+        if self.tokenizer not in morph.BACKENDS:
+            raise ValueError(f"tokenizer must be one of {', '.join(morph.BACKENDS)}, not {self.tokenizer!r}")
         if self.attention not in ("general", "concat"):
             raise ValueError(f"attention must be 'general' or 'concat', not {self.attention!r}")
         if self.decoding not in ("greedy", "beam"):
@@ -204,7 +208,12 @@ class Seq2Seq(nn.Module):
         self.decoder = nn.GRU(c.embed_dim, c.hidden_dim, c.layers, batch_first=True, dropout=inner_dropout)
         self.attention = Attention(c.hidden_dim, c.attention)
         self.combine = nn.Linear(2 * c.hidden_dim, c.hidden_dim)  # [state; context] -> attentional state
-        self.out = nn.Linear(c.hidden_dim, vocab_size)
+        if c.tie_output:  # project to embed_dim and score against the embedding table (Press & Wolf 2017)
+            self.out_proj = nn.Linear(c.hidden_dim, c.embed_dim)
+            self.out = nn.Linear(c.embed_dim, vocab_size)
+            self.out.weight = self.dec_embed.weight
+        else:
+            self.out = nn.Linear(c.hidden_dim, vocab_size)
         self.drop = nn.Dropout(c.dropout)
 
     def encode(self, src, src_lengths):
@@ -227,8 +236,10 @@ class Seq2Seq(nn.Module):
         """
         out, hidden = self.decoder(self.drop(self.dec_embed(tgt_in)), hidden)
         context = self.attention(out, memory)
-        attended = torch.tanh(self.combine(torch.cat([out, context], dim=-1)))
-        return self.out(self.drop(attended)), hidden
+        attended = self.drop(torch.tanh(self.combine(torch.cat([out, context], dim=-1))))
+        if self.config.tie_output:
+            attended = self.out_proj(attended)
+        return self.out(attended), hidden
 
     def forward(self, src, src_lengths, tgt_in):
         """Teacher forcing: logits (B, T, V) for predicting tgt_in shifted by one."""
@@ -422,7 +433,7 @@ class Chatbot:
         return self.vocab.decode(ids)
 
     def reply(self, text: str) -> str:
-        return morph.detokenize(self.reply_tokens(morph.tokenize(text)))
+        return morph.detokenize(self.reply_tokens(morph.tokenize(text, self.config.tokenizer)))
 
 
 def perplexity(loss: float) -> float:

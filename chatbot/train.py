@@ -50,6 +50,7 @@ class TrainConfig:
     learning_rate: float = 2e-3
     grad_clip: float = 1.0
     label_smoothing: float = 0.1
+    lr_decay: float = 1.0  # multiply the learning rate by this when the dev loss does not improve
     # Early stopping.  On a few hundred pairs the dev loss bottoms out after
     # ~8 epochs, long before the model has learned its own training answers
     # (~25 epochs), and those are what the bot must know.  So the best
@@ -80,10 +81,11 @@ class TrainingError(Exception):
 # data
 
 
-def is_dev(question: str, dev_percent: int) -> bool:
+def is_dev(question: str, dev_percent: int, salt: str = "") -> bool:
     """Stable across runs and machines (unlike hash()), and the same question
-    always lands on the same side, whatever its answers."""
-    key = morph.normalize(question).lower().encode("utf-8")
+    always lands on the same side, whatever its answers.  A different salt
+    gives an independent split (the benchmark holds out its test set with one)."""
+    key = (salt + morph.normalize(question).lower()).encode("utf-8")
     return int(hashlib.md5(key).hexdigest(), 16) % 100 < dev_percent
 
 
@@ -94,11 +96,12 @@ def split_pairs(pairs, dev_percent: int):
     return train, dev
 
 
-def tokenize_pairs(pairs):
-    """Morphemes of both sides; pairs where either side is empty are dropped."""
+def tokenize_pairs(pairs, backend: str | None = None):
+    """Morphemes (or words, backend "whitespace") of both sides; pairs where
+    either side is empty are dropped."""
     out = []
     for q, a in pairs:
-        q_tokens, a_tokens = morph.tokenize(q), morph.tokenize(a)
+        q_tokens, a_tokens = morph.tokenize(q, backend), morph.tokenize(a, backend)
         if q_tokens and a_tokens:
             out.append((q_tokens, a_tokens, a))
     return out
@@ -208,6 +211,7 @@ def run_training(pairs, models_root, **overrides) -> Path:
     ModelConfig fields.  Raises TrainingError before writing anything when
     there is nothing to train on; on any other failure the temp dir is removed
     and `current` is untouched."""
+    overrides.setdefault("tokenizer", (os.environ.get("MORPH_BACKEND") or "mecab").lower())
     tc, mc = _split_overrides(overrides)
     device = _pick_device(tc.device)
     if device.type == "cpu":
@@ -219,7 +223,7 @@ def run_training(pairs, models_root, **overrides) -> Path:
     if not pairs:
         raise TrainingError("no training pairs: add some question/answer pairs first")
     train_pairs, dev_pairs = split_pairs(pairs, tc.dev_percent)
-    train_tok, dev_tok = tokenize_pairs(train_pairs), tokenize_pairs(dev_pairs)
+    train_tok, dev_tok = tokenize_pairs(train_pairs, mc.tokenizer), tokenize_pairs(dev_pairs, mc.tokenizer)
     if not train_tok:
         raise TrainingError(f"the training split is empty ({len(pairs)} pairs, {len(dev_pairs)} held out for dev)")
     vocab = Vocab.build([t for q, a, _ in train_tok for t in (q, a)], tc.min_freq, tc.max_vocab)
@@ -249,11 +253,15 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
     rng = random.Random(mc.seed)
     model = Seq2Seq(mc, len(vocab)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=tc.learning_rate)
+    # Cut the learning rate by lr_decay each time the dev loss fails to improve (1.0: constant).
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=tc.lr_decay, patience=0) \
+        if tc.lr_decay < 1.0 and dev_ex else None
     log(f"{len(train_ex)} train / {len(dev_ex)} dev pairs, vocab {len(vocab)}, "
         f"{model.num_params():,} parameters, device {device}, {torch.get_num_threads()} threads")
 
     started = time.time()
     step, epoch, best_loss, best_epoch, best_state, bad_epochs = 0, 0, math.inf, 0, None, 0
+    history = []  # (epoch, train loss, dev loss or None) for loss.png
     model.train()
     while epoch < tc.epochs and (tc.max_steps is None or step < tc.max_steps):
         epoch += 1
@@ -282,6 +290,9 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
             line += f" | dev loss {dev_loss:.3f} | dev ppl {perplexity(dev_loss):8.2f}"
         else:  # nothing held out: keep the last epoch
             dev_loss = -epoch
+        history.append((epoch, train_loss, dev_loss if dev_ex else None))
+        if scheduler is not None:
+            scheduler.step(dev_loss)
         mark = ""
         if epoch < tc.min_epochs or dev_loss < best_loss:  # before min_epochs: keep the latest
             if epoch >= tc.min_epochs and dev_ex:
@@ -316,6 +327,9 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
         "dev_bleu": dev_bleu,
         "train_chrf": train_chrf,  # on up to 100 training questions: did it learn them?
         "params": model.num_params(),
+        "tokenizer": mc.tokenizer,
+        "history": [{"epoch": e, "train_loss": round(t, 4), "dev_loss": None if d is None else round(d, 4)}
+                    for e, t, d in history],
         "seed": mc.seed,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "train_config": dataclasses.asdict(tc),
@@ -327,8 +341,29 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
         log(f"  Q: {s['question']}\n     ref: {s['reference']}\n     bot: {s['reply']}")
 
     save_model(out_dir, model.cpu(), vocab, mc)
+    plot_losses(history, best_epoch if dev_ex else None, out_dir / "loss.png")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return metrics
+
+
+def plot_losses(history, best_epoch, path) -> None:
+    """Train and dev loss per epoch as a PNG (matplotlib's Agg canvas, no pyplot state)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.subplots()
+    epochs = [e for e, _, _ in history]
+    ax.plot(epochs, [t for _, t, _ in history], marker=".", label="train (label-smoothed)")
+    if any(d is not None for _, _, d in history):
+        ax.plot(epochs, [d for _, _, d in history], marker=".", label="dev")
+    if best_epoch:
+        ax.axvline(best_epoch, color="gray", linestyle=":", label=f"kept: epoch {best_epoch}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("cross-entropy per token")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 # -----------------------------------------------------------------------------

@@ -33,7 +33,8 @@ def test_config_round_trip_ignores_unknown_keys():
     assert ModelConfig.from_dict({}) == ModelConfig()
 
 
-@pytest.mark.parametrize("bad", [{"decoding": "sampling"}, {"attention": "dot"}, {"hidden_dim": 33}, {"layers": 0}])
+@pytest.mark.parametrize("bad", [{"decoding": "sampling"}, {"attention": "dot"}, {"hidden_dim": 33}, {"layers": 0},
+                                 {"tokenizer": "spacy"}])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         ModelConfig(**bad)
@@ -73,7 +74,8 @@ def test_vocab_rejects_missing_specials():
 
 
 @pytest.mark.parametrize("overrides", [{}, {"attention": "concat", "shared_embedding": False},
-                                       {"bidirectional": False, "layers": 2}])
+                                       {"bidirectional": False, "layers": 2}, {"tie_output": True},
+                                       {"tie_output": True, "shared_embedding": False}])
 def test_forward_shapes_and_padding_is_ignored(overrides):
     torch.manual_seed(0)
     model = Seq2Seq(ModelConfig(**{**TINY, **overrides}), vocab_size=20).eval()
@@ -84,6 +86,21 @@ def test_forward_shapes_and_padding_is_ignored(overrides):
     assert logits.shape == (2, 3, 20)
     alone = model(torch.tensor([short]), torch.tensor([3]), tgt_in[:1])
     assert torch.allclose(logits[0], alone[0], atol=1e-5)  # padding changed nothing
+
+
+def test_tied_output_shares_the_embedding():
+    model = Seq2Seq(ModelConfig(**TINY, tie_output=True), vocab_size=20)
+    assert model.out.weight is model.dec_embed.weight
+    assert model.num_params() < Seq2Seq(ModelConfig(**TINY), vocab_size=20).num_params()
+
+
+def test_reply_uses_the_models_tokenizer(monkeypatch):
+    bot = tiny_bot(tokenizer="whitespace")
+    seen = []
+    real_tokenize = morph.tokenize
+    monkeypatch.setattr(morph, "tokenize", lambda text, backend=None: seen.append(backend) or real_tokenize(text, backend))
+    bot.reply("오늘 날씨")
+    assert seen == ["whitespace"]
 
 
 def test_same_seed_same_weights():

@@ -85,12 +85,13 @@ def test_cli_trains_publishes_and_activates(pairs_csv, models, monkeypatch):
     assert versions.current_dir(models) == (models / name).resolve()
     assert hidden_entries(models) == []
     files = sorted(p.name for p in (models / name).iterdir())
-    assert files == ["config.json", "metrics.json", "model.pt", "train.log", "vocab.json"]
+    assert files == ["config.json", "loss.png", "metrics.json", "model.pt", "train.log", "vocab.json"]
+    assert (models / name / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     metrics = json.loads((models / name / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["steps"] == 3 and metrics["train_pairs"] + metrics["dev_pairs"] == len(PAIRS)
     for key in ("vocab_size", "epochs", "train_seconds", "device", "dev_loss", "dev_chrf", "dev_bleu",
-                "params", "seed", "created_at"):
+                "params", "seed", "created_at", "tokenizer", "history"):
         assert key in metrics
     assert "epoch" in (models / name / "train.log").read_text(encoding="utf-8")
 
@@ -181,6 +182,36 @@ def test_run_training_rejects_unknown_settings(models):
     with pytest.raises(train.TrainingError):
         train.run_training([], models)
     assert not models.exists()
+
+
+def test_whitespace_model_records_and_uses_its_tokenizer(models, monkeypatch):
+    out = train.run_training(PAIRS, models, tokenizer="whitespace", **TINY)
+    bot = Chatbot.load(out)
+    assert bot.config.tokenizer == "whitespace"
+    assert "오늘" in bot.vocab.stoi and "어때?" in bot.vocab.stoi  # words, not morphemes
+    seen = []
+    real_tokenize = train.morph.tokenize
+    monkeypatch.setattr(train.morph, "tokenize", lambda text, backend=None: seen.append(backend)
+                        or real_tokenize(text, backend))
+    monkeypatch.setenv("MORPH_BACKEND", "mecab")
+    assert bot.reply("오늘 날씨 어때?").strip()
+    assert seen == ["whitespace"]
+
+
+def test_tokenizer_defaults_to_morph_backend(models, monkeypatch):
+    monkeypatch.setenv("MORPH_BACKEND", "whitespace")
+    assert Chatbot.load(train.run_training(PAIRS, models, **TINY)).config.tokenizer == "whitespace"
+    monkeypatch.delenv("MORPH_BACKEND")
+    assert Chatbot.load(train.run_training(PAIRS, models, **TINY)).config.tokenizer == "mecab"
+
+
+def test_loss_history_and_lr_decay(models):
+    out = train.run_training(PAIRS, models, **{**TINY, "max_steps": None, "epochs": 3, "min_epochs": 1,
+                                               "lr_decay": 0.5})
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
+    assert all(h["train_loss"] > 0 and h["dev_loss"] > 0 for h in metrics["history"])
+    assert (out / "loss.png").stat().st_size > 1000
 
 
 def test_greedy_decoding_and_early_stop(models):
