@@ -7,7 +7,7 @@ PORT   ?= 5000
 # One process, threads for the sockets (see README: "Why threads").
 THREADS ?= 100
 
-.PHONY: run test retrain install install-test clean
+.PHONY: run test retrain install install-test clean bench-quality
 
 $(BIN)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,12 @@ $(BIN)/.installed: requirements.txt
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	touch $@
 
-$(BIN)/.installed-test: requirements-test.txt $(BIN)/.installed
+$(BIN)/.installed-test: requirements-test.txt requirements-bench.txt $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -r requirements-test.txt
+	touch $@
+
+$(BIN)/.installed-bench: requirements-bench.txt $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
 	touch $@
 
 install: $(BIN)/.installed
@@ -35,6 +39,11 @@ retrain: install
 
 test: install-test
 	$(BIN)/python -m pytest -q
+
+# Answer-quality benchmark (bench/README.md): all rows take ~30 min on 2 cores; not run in CI.
+# Extra flags: make bench-quality BENCH_ARGS="--train a.csv --test b.csv"
+bench-quality: $(BIN)/.installed-bench
+	$(BIN)/python -m bench.quality $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
