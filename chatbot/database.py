@@ -18,6 +18,10 @@ ROUTE_FALLBACK = "fallback"  # no model loaded yet
 ROUTE_IMPORT = "import"    # a pair imported from CSV, never asked in a chat
 ROUTES = (ROUTE_MODEL, ROUTE_MEMORY, ROUTE_FALLBACK, ROUTE_IMPORT)
 
+FEEDBACK_UP = "up"      # 👍 from the person who asked
+FEEDBACK_DOWN = "down"  # 👎: the exchange goes first in the review list
+FEEDBACK_LABELS = {FEEDBACK_UP: "👍", FEEDBACK_DOWN: "👎"}
+
 
 def utcnow():
     return datetime.now(timezone.utc).replace(tzinfo=None)
@@ -42,6 +46,9 @@ class Exchange(db.Model):
     corrected_answer = db.Column(db.Text, nullable=True)
     reviewer = db.Column(db.String(80), nullable=True)
     reviewed_at = db.Column(db.DateTime, nullable=True)
+    # The asker's 👍/👎 on the reply (None: no opinion given).
+    feedback = db.Column(db.Enum(*FEEDBACK_LABELS, name="exchange_feedback", native_enum=False, create_constraint=True),
+                         nullable=True)
 
     @property
     def final_answer(self) -> str:
@@ -85,3 +92,14 @@ def reviewed_answer(key: str):
         .limit(1)
     ).scalar_one_or_none()
     return row.final_answer if row else None
+
+
+def review_queue_order():
+    """The review list's order: 👎 not yet reviewed first, then the rest not
+    yet reviewed, then everything else; newest first within each group.
+
+    A 👎 leaves the top once reviewed, so handled rows never bury new ones.
+    """
+    rank = sa.case((sa.and_(Exchange.feedback == FEEDBACK_DOWN, Exchange.status == UNREVIEWED), 0),
+                   (Exchange.status == UNREVIEWED, 1), else_=2)
+    return [rank, Exchange.created_at.desc(), Exchange.id.desc()]

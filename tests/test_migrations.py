@@ -1,0 +1,41 @@
+"""The migrations: the newest matches the models, and each one can be undone."""
+import flask_migrate
+import sqlalchemy as sa
+
+from chatbot.extensions import db
+
+
+def columns(app):
+    with app.app_context():
+        return {c["name"] for c in sa.inspect(db.engine).get_columns("exchange")}
+
+
+def test_feedback_migration_upgrades_and_downgrades(app):
+    assert "feedback" in columns(app)
+    with app.app_context():
+        flask_migrate.downgrade(revision="91205e2f4baf")
+    assert "feedback" not in columns(app)
+    with app.app_context():
+        flask_migrate.upgrade()
+        db.session.execute(sa.text(
+            "INSERT INTO exchange (question, question_key, answer, created_at, route, status, feedback) "
+            "VALUES ('q', 'q', 'a', '2024-01-01', 'model', 'unreviewed', 'down')"))
+        db.session.commit()
+    assert "feedback" in columns(app)
+
+
+def test_feedback_values_are_checked_by_the_database(app):
+    import pytest
+    with app.app_context(), pytest.raises(sa.exc.IntegrityError):
+        db.session.execute(sa.text(
+            "INSERT INTO exchange (question, question_key, answer, created_at, route, status, feedback) "
+            "VALUES ('q', 'q', 'a', '2024-01-01', 'model', 'unreviewed', 'meh')"))
+        db.session.commit()
+
+
+def test_models_match_the_migrations(app):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    with app.app_context(), db.engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), db.metadata)
+    assert diff == []
