@@ -1,19 +1,34 @@
 """The chat page and its Socket.IO events.
 
-Protocol: the client emits ``message`` with ``{"text": "..."}`` (a bare
-string works too).  The server answers the sender with ``reply``
-``{id, question, answer, route, model_version}``, or with ``error``
-``{code, message}`` when the message is refused; a refused message is not
-stored and the connection stays open.
+Protocol (client → server, then what the server answers the sender with):
+
+- ``message`` ``{"text": "..."}`` (a bare string works too) → ``reply``
+  ``{id, question, answer, route, model_version, feedback}``; the exchange is
+  stored under the connection's chat session.
+- ``history`` → ``history`` ``{"exchanges": [...]}``: this chat session's
+  latest exchanges, oldest first, in the ``reply`` format.  The chat session
+  is the id the browser sent as ``auth: {session}`` when connecting (kept in
+  the tab's sessionStorage, so it survives a reload); nobody else's rows.
+- ``feedback`` ``{"id": 12, "value": "up" | "down" | null}`` → ``feedback``
+  ``{id, value}``; only for exchanges of the same chat session.
+
+Anything refused (bad input, another session's exchange, too many events,
+an unknown event, a packet that does not decode) is answered with ``error``
+``{code, message, event}`` and changes nothing; the connection stays open.
+Every event counts against a per-connection token bucket (``MESSAGE_RATE``
+events a second, bursts of ``MESSAGE_BURST``); over it, the code is
+``rate_limited`` with ``retry_after`` seconds.
 """
+import functools
 import logging
 import re
 
-from flask import Blueprint, current_app, render_template, request, session
+import sqlalchemy as sa
+from flask import Blueprint, current_app, render_template, request, send_from_directory, session
 from flask_socketio import emit
 
-from . import morph
-from .database import Exchange
+from . import guard, morph
+from .database import FEEDBACK_LABELS, Exchange
 from .extensions import db, socketio
 from .responder import Responder
 
@@ -22,6 +37,20 @@ bp = Blueprint("chat", __name__)
 
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+HISTORY_LIMIT = 100  # exchanges sent back after a reload
+_BUCKET = "chatbot.rate_bucket"  # key in the connection's WSGI environ
+_MAX_ROW_ID = 2**63 - 1
+
+MESSAGES = {
+    "rate_limited": "메시지를 너무 빨리 보내고 있어요. {wait}초 뒤에 다시 보내 주세요.",
+    "unknown_event": "알 수 없는 요청입니다.",
+    "bad_packet": "요청을 읽을 수 없습니다.",
+    "reserved_event": "알 수 없는 요청입니다.",
+    "too_many_attachments": "요청을 읽을 수 없습니다.",
+    "bad_feedback": '평가는 {"id": 번호, "value": "up" 또는 "down"} 형식이어야 합니다.',
+    "not_found": "이 대화에서 찾을 수 없는 답변입니다.",
+    "server_error": "답변을 만들지 못했습니다. 잠시 후 다시 시도해 주세요.",
+}
 
 
 class MessageError(ValueError):
@@ -52,8 +81,65 @@ def validate_message(data, max_chars: int) -> str:
     return text
 
 
+def validate_feedback(args):
+    """``(id, value)`` from a ``feedback`` event's arguments, or raise MessageError."""
+    data = args[0] if len(args) == 1 else None
+    if not isinstance(data, dict) or "value" not in data:
+        raise MessageError("bad_feedback", MESSAGES["bad_feedback"])
+    row_id, value = data.get("id"), data.get("value")
+    if isinstance(row_id, bool) or not isinstance(row_id, int) or not 0 < row_id <= _MAX_ROW_ID:
+        raise MessageError("bad_feedback", MESSAGES["bad_feedback"])
+    if value is not None and (not isinstance(value, str) or value not in FEEDBACK_LABELS):
+        raise MessageError("bad_feedback", MESSAGES["bad_feedback"])
+    return row_id, value
+
+
 def responder() -> Responder:
     return current_app.extensions["chatbot.responder"]
+
+
+def chat_session_id() -> str:
+    return session.get("chat_session") or request.sid
+
+
+def send_error(code, message=None, **extra):
+    event = request.event["message"]
+    payload = {"code": code, "message": message or MESSAGES[code], "event": None if event == "*" else event}
+    payload.update(extra)
+    emit("error", payload)
+
+
+def exchange_payload(row: Exchange) -> dict:
+    return {"id": row.id, "question": row.question, "answer": row.answer, "route": row.route,
+            "model_version": row.model_version, "feedback": row.feedback}
+
+
+def _new_bucket():
+    config = current_app.config
+    return guard.TokenBucket(config["MESSAGE_RATE"], config["MESSAGE_BURST"])
+
+
+def client_event(handler):
+    """A Socket.IO event handler behind the connection's rate limit, that
+    answers any unexpected failure with an ``error`` event."""
+
+    @functools.wraps(handler)
+    def wrapper(*args):
+        bucket = request.environ.get(_BUCKET) or request.environ.setdefault(_BUCKET, _new_bucket())
+        wait = bucket.take()
+        if wait:
+            seconds = max(1, round(wait + 0.49))
+            send_error("rate_limited", MESSAGES["rate_limited"].format(wait=seconds), retry_after=round(wait, 2))
+            return None
+        try:
+            return handler(*args)
+        except Exception:
+            db.session.rollback()
+            log.exception("failed to handle a %r event", request.event["message"])
+            send_error("server_error")
+            return None
+
+    return wrapper
 
 
 @bp.route("/")
@@ -61,37 +147,80 @@ def index():
     return render_template("chat.html", max_chars=current_app.config["MAX_MESSAGE_CHARS"])
 
 
+@bp.route("/favicon.ico")
+def favicon():
+    return send_from_directory(current_app.static_folder, "favicon.ico", mimetype="image/vnd.microsoft.icon",
+                               max_age=7 * 24 * 3600)
+
+
 @socketio.on("connect")
 def on_connect(auth=None):
     """Remember the browser's chat session id (kept across reloads), else the socket id."""
     wanted = auth.get("session") if isinstance(auth, dict) else None
     session["chat_session"] = wanted if isinstance(wanted, str) and _SESSION_ID.match(wanted) else request.sid
+    request.environ[_BUCKET] = _new_bucket()
 
 
 @socketio.on("message")
-def on_message(data):
+@client_event
+def on_message(*args):
     try:
-        text = validate_message(data, current_app.config["MAX_MESSAGE_CHARS"])
+        if len(args) != 1:
+            raise MessageError("bad_type", '메시지는 {"text": "..."} 형식의 문자열 하나여야 합니다.')
+        text = validate_message(args[0], current_app.config["MAX_MESSAGE_CHARS"])
     except MessageError as exc:
-        emit("error", {"code": exc.code, "message": exc.message})
+        send_error(exc.code, exc.message)
         return
+    key = morph.question_key(text)
+    answer = responder().answer(text, key)
+    row = Exchange(question=text, question_key=key[:1000], answer=answer.text,
+                   session_id=chat_session_id(), model_version=answer.model_version, route=answer.route)
+    db.session.add(row)
+    db.session.commit()
+    emit("reply", exchange_payload(row))
+
+
+@socketio.on("history")
+@client_event
+def on_history(*args):
+    """This chat session's latest exchanges, oldest first (after a reload)."""
+    rows = db.session.execute(
+        sa.select(Exchange).where(Exchange.session_id == chat_session_id())
+        .order_by(Exchange.id.desc()).limit(HISTORY_LIMIT)
+    ).scalars().all()
+    emit("history", {"exchanges": [exchange_payload(row) for row in reversed(rows)]})
+
+
+@socketio.on("feedback")
+@client_event
+def on_feedback(*args):
+    """👍/👎 on a reply of this chat session; 👎 puts it first in the review list."""
     try:
-        key = morph.question_key(text)
-        answer = responder().answer(text, key)
-        row = Exchange(question=text, question_key=key[:1000], answer=answer.text,
-                       session_id=session.get("chat_session", request.sid),
-                       model_version=answer.model_version, route=answer.route)
-        db.session.add(row)
-        db.session.commit()
-    except Exception:
-        db.session.rollback()
-        log.exception("failed to answer a message")
-        emit("error", {"code": "server_error", "message": "답변을 만들지 못했습니다. 잠시 후 다시 시도해 주세요."})
+        row_id, value = validate_feedback(args)
+    except MessageError as exc:
+        send_error(exc.code, exc.message)
         return
-    emit("reply", {"id": row.id, "question": row.question, "answer": row.answer,
-                   "route": row.route, "model_version": row.model_version})
+    row = db.session.get(Exchange, row_id)
+    if row is None or row.session_id != chat_session_id():
+        send_error("not_found")  # the same answer for others' rows as for missing ones
+        return
+    row.feedback = value
+    db.session.commit()
+    emit("feedback", {"id": row.id, "value": row.feedback})
+
+
+@socketio.on("*")
+@client_event
+def on_other_event(event, *args):
+    """Unknown event names, and packets that did not decode (guard.MALFORMED_EVENT)."""
+    if event == guard.MALFORMED_EVENT:
+        reason = args[0] if args and args[0] in MESSAGES else "bad_packet"
+        send_error(reason)
+    else:
+        send_error("unknown_event")
 
 
 def init_app(app):
     app.register_blueprint(bp)
     app.extensions["chatbot.responder"] = Responder(app.config["MODEL_DIR"])
+    guard.harden(socketio)

@@ -158,3 +158,222 @@ def test_a_corrupt_model_does_not_replace_the_serving_one(app):
     name, reply = ask(sock, "안녕")
     assert name == "reply" and reply["model_version"] == good.name
     assert os.readlink(os.path.join(models, "current")) == broken.name
+
+
+# -- history, feedback, rate limit, malformed packets ---------------------------
+
+def raw(sock, encoded):
+    """Feed the server a raw Socket.IO packet, as if it came off the wire."""
+    socketio.server._handle_eio_message(sock.eio_sid, encoded)
+    return sock.get_received()
+
+
+def error_codes(received):
+    return [m["args"][0]["code"] for m in received if m["name"] == "error"]
+
+
+def test_history_returns_only_this_sessions_exchanges_oldest_first(app):
+    mine = connect(app, "my-session-123")
+    ask(mine, "안녕")
+    ask(mine, "배고파")
+    other = connect(app, "other-session-456")
+    ask(other, "비밀 질문")
+
+    again = connect(app, "my-session-123")  # the same tab after a reload
+    again.emit("history")
+    [received] = again.get_received()
+    assert received["name"] == "history"
+    exchanges = received["args"][0]["exchanges"]
+    assert [x["question"] for x in exchanges] == ["안녕", "배고파"]
+    assert all(set(x) == {"id", "question", "answer", "route", "model_version", "feedback"} for x in exchanges)
+
+    fresh = connect(app, "brand-new-session")
+    fresh.emit("history")
+    assert fresh.get_received()[0]["args"][0]["exchanges"] == []
+
+
+def test_history_without_a_session_id_is_only_this_socket(app):
+    first = socketio.test_client(app)  # no auth: the socket id is the chat session
+    ask(first, "안녕")
+    second = socketio.test_client(app)
+    second.emit("history")
+    assert second.get_received()[0]["args"][0]["exchanges"] == []
+
+
+@pytest.mark.parametrize("session_id", ["short", "x" * 65, "../../etc", "a b c d e f g h", 12345678, None])
+def test_bad_session_ids_fall_back_to_the_socket_id(app, session_id):
+    sock = socketio.test_client(app, flask_test_client=app.test_client(), auth={"session": session_id})
+    ask(sock, "안녕")
+    [row] = rows(app)
+    assert row.session_id != session_id and len(row.session_id) >= 8
+
+
+def test_feedback_is_stored_for_the_own_session_only(app):
+    sock = connect(app, "my-session-123")
+    _, reply = ask(sock, "안녕")
+    assert reply["feedback"] is None
+    sock.emit("feedback", {"id": reply["id"], "value": "down"})
+    assert sock.get_received() == [{"name": "feedback", "args": [{"id": reply["id"], "value": "down"}],
+                                    "namespace": "/"}]
+    assert rows(app)[0].feedback == "down"
+    sock.emit("feedback", {"id": reply["id"], "value": "up"})
+    sock.get_received()
+    assert rows(app)[0].feedback == "up"
+    sock.emit("feedback", {"id": reply["id"], "value": None})  # taken back
+    sock.get_received()
+    assert rows(app)[0].feedback is None
+
+    stranger = connect(app, "stranger-session")
+    stranger.emit("feedback", {"id": reply["id"], "value": "down"})
+    [received] = stranger.get_received()
+    assert received["name"] == "error" and received["args"][0]["code"] == "not_found"
+    stranger.emit("feedback", {"id": 999999, "value": "down"})
+    assert error_codes(stranger.get_received()) == ["not_found"]  # same answer: nothing revealed
+    assert rows(app)[0].feedback is None
+
+    # history carries the feedback
+    sock.emit("feedback", {"id": reply["id"], "value": "down"})
+    sock.get_received()
+    sock.emit("history")
+    assert sock.get_received()[0]["args"][0]["exchanges"][0]["feedback"] == "down"
+
+
+@pytest.mark.parametrize("args", [
+    (), ("down",), ({"id": "1", "value": "down"},), ({"id": True, "value": "down"},),
+    ({"id": 1.0, "value": "down"},), ({"id": -1, "value": "down"},), ({"id": 2**70, "value": "down"},),
+    ({"id": 1, "value": "meh"},), ({"id": 1, "value": ["down"]},), ({"id": 1},), ({"value": "down"},),
+    ({"id": 1, "value": "down"}, "extra"), (None,), ([1, "down"],),
+])
+def test_bad_feedback_gets_an_error(app, args):
+    sock = connect(app)
+    _, reply = ask(sock, "안녕")
+    sock.emit("feedback", *args)
+    received = sock.get_received()
+    assert len(received) == 1 and received[0]["name"] == "error"
+    error = received[0]["args"][0]
+    assert error["code"] in {"bad_feedback", "not_found"} and error["event"] == "feedback"
+    assert rows(app)[0].feedback is None
+
+
+def test_feedback_down_puts_the_exchange_first_in_the_review_queue(app):
+    from chatbot.database import review_queue_order
+    sock = connect(app)
+    _, first = ask(sock, "첫 질문")
+    ask(sock, "둘째 질문")
+    ask(sock, "셋째 질문")
+    sock.emit("feedback", {"id": first["id"], "value": "down"})
+    sock.get_received()
+    with app.app_context():
+        order = db.session.execute(sa.select(Exchange.question).order_by(*review_queue_order())).scalars().all()
+    assert order == ["첫 질문", "셋째 질문", "둘째 질문"]
+
+
+def test_message_rate_limit(app):
+    app.config.update(MESSAGE_RATE=1.0, MESSAGE_BURST=3)
+    sock = connect(app)
+    names = [ask(sock, {"text": f"질문 {i}"})[0] for i in range(3)]
+    assert names == ["reply"] * 3
+    name, error = ask(sock, {"text": "하나 더"})
+    assert name == "error" and error["code"] == "rate_limited" and error["event"] == "message"
+    assert 0 < error["retry_after"] <= 1.0 and "초 뒤에" in error["message"]
+    assert len(rows(app)) == 3
+    assert sock.is_connected()
+    other = connect(app, "another-tab-123")  # the limit is per connection
+    assert ask(other, {"text": "안녕"})[0] == "reply"
+
+
+def test_rate_limit_can_be_turned_off(app):
+    app.config.update(MESSAGE_RATE=0, MESSAGE_BURST=1)
+    sock = connect(app)
+    assert all(ask(sock, {"text": "", })[1]["code"] == "empty" for _ in range(30))
+
+
+def test_token_bucket_refills():
+    from chatbot.guard import TokenBucket
+    now = [0.0]
+    bucket = TokenBucket(2.0, 3, clock=lambda: now[0])
+    assert [bucket.take() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert bucket.take() == pytest.approx(0.5)
+    now[0] = 0.5
+    assert bucket.take() == 0.0
+    assert bucket.take() > 0
+    now[0] = 100.0
+    assert [bucket.take() for _ in range(4)][:3] == [0.0, 0.0, 0.0]  # never more than the burst
+
+
+def test_unknown_events_get_an_error(app):
+    sock = connect(app)
+    sock.emit("hack", {"text": "안녕"})
+    sock.emit("reply", {"id": 1})
+    assert error_codes(sock.get_received()) == ["unknown_event", "unknown_event"]
+    assert rows(app) == []
+
+
+# Socket.IO packets as the server sees them after Engine.IO: "2" is an event,
+# "5" a binary event, "3" an acknowledgement.
+@pytest.mark.parametrize("packet, code", [
+    ('2["message",{"text":', "bad_packet"),                  # JSON cut short
+    ("2" + "[" * 5000 + "]" * 5000, "bad_packet"),            # nested past the recursion limit
+    ('2{"text":"안녕"}', "bad_packet"),                       # not a list
+    ("2[]", "bad_packet"),                                    # no event name
+    ('2[123,"안녕"]', "bad_packet"),                          # event name not a string
+    ("2[null]", "bad_packet"),
+    ('2"message"', "bad_packet"),
+    ('2["connect",{},{"session":"someone-elses"}]', "reserved_event"),
+    ('2["disconnect","client"]', "reserved_event"),
+    ("2" + "9" * 101 + '["message","x"]', "bad_packet"),     # absurd ack id
+    ('52-["message",{"_placeholder":true,"num":0}]', None),   # waits for 2 attachments: nothing yet
+    ('599999-["message"]', "too_many_attachments"),
+    ('4{"message":"x"}', "bad_packet"),                      # CONNECT_ERROR is server-to-client only
+    ("9garbage", "bad_packet"),
+    ("x", "bad_packet"),
+    ("", "bad_packet"),
+])
+def test_malformed_packets_get_an_error_and_change_nothing(app, packet, code):
+    sock = connect(app, "fuzz-session-1")
+    received = raw(sock, packet)
+    assert error_codes(received) == ([code] if code else [])
+    assert sock.is_connected()
+    assert rows(app) == []
+    if code is None:
+        return
+    assert ask(sock, {"text": "안녕"})[0] == "reply"
+    assert [row.session_id for row in rows(app)] == ["fuzz-session-1"]  # a fake connect changed nothing
+
+
+def test_binary_attachment_that_points_nowhere(app):
+    sock = connect(app)
+    assert raw(sock, '51-["message",{"_placeholder":true,"num":5}]') == []
+    assert error_codes(raw(sock, b"\x00\x01")) == ["bad_packet"]
+    assert rows(app) == []
+
+
+def test_binary_message_is_the_wrong_type(app):
+    sock = connect(app)
+    name, error = ask(sock, b"\xff\xfe")
+    assert (name, error["code"]) == ("error", "bad_type")
+
+
+@pytest.mark.parametrize("args", [("a", "b"), ({"text": "안녕"}, {"text": "또"})])
+def test_message_with_several_arguments_is_refused(app, args):
+    sock = connect(app)
+    sock.emit("message", *args)
+    assert error_codes(sock.get_received()) == ["bad_type"]
+    assert rows(app) == []
+
+
+def test_errors_say_which_event_they_answer(app):
+    sock = connect(app)
+    _, error = ask(sock, {"text": ""})
+    assert error["event"] == "message"
+    sock.emit("nope")
+    assert sock.get_received()[0]["args"][0]["event"] is None
+
+
+def test_a_failing_handler_answers_server_error(app, monkeypatch):
+    sock = connect(app)
+    responder = app.extensions["chatbot.responder"]
+    monkeypatch.setattr(responder, "answer", lambda *a, **k: 1 / 0)
+    name, error = ask(sock, {"text": "안녕"})
+    assert (name, error["code"]) == ("error", "server_error")
+    assert rows(app) == [] and sock.is_connected()

@@ -1,0 +1,137 @@
+"""Socket.IO hardening: what a client sends can be wrong, never harmful.
+
+Three guards, installed on the app's Socket.IO server by ``harden``:
+
+- ``GuardedPacket`` decodes Socket.IO packets.  A packet that is not a
+  well-formed event (JSON that does not parse or nests too deep, an event name
+  that is not a string, a reserved name such as ``connect`` or ``disconnect``
+  sent as an event, too many binary attachments, an unknown packet type)
+  becomes the event ``MALFORMED_EVENT``, which the chat answers with an
+  ``error`` event.  Without this python-socketio would log a traceback and
+  answer nothing, or, for reserved names, call the connect/disconnect handler.
+- WebSocket frames are limited to ``max_http_buffer_size`` while they arrive
+  (threading mode: python-engineio gives simple-websocket no limit, so a huge
+  frame would be buffered whole before being refused), and a frame that is not
+  an Engine.IO packet ends the connection cleanly instead of raising in the
+  server.  Long-polling bodies are already limited by python-engineio (400).
+- ``TokenBucket``: the per-connection message rate limit (used in chat.py).
+"""
+import logging
+import threading
+import time
+
+from engineio.async_drivers._websocket_wsgi import SimpleWebSocketWSGI
+from socketio import packet as sio_packet
+
+log = logging.getLogger(__name__)
+
+# The event a malformed packet turns into; its one argument says why.
+MALFORMED_EVENT = "\x00malformed"
+MAX_ATTACHMENTS = 4  # the chat uses none; a few are harmless
+_RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "__disconnect_final"})
+_CLIENT_PACKET_TYPES = frozenset({sio_packet.CONNECT, sio_packet.DISCONNECT, sio_packet.EVENT,
+                                  sio_packet.ACK, sio_packet.BINARY_EVENT, sio_packet.BINARY_ACK})
+_EVENT_TYPES = (sio_packet.EVENT, sio_packet.BINARY_EVENT)
+
+
+class GuardedPacket(sio_packet.Packet):
+    """A Socket.IO packet whose bad events decode to ``MALFORMED_EVENT``."""
+
+    def __init__(self, *args, encoded_packet=None, **kwargs):
+        super().__init__(*args, encoded_packet=encoded_packet, **kwargs)
+        if encoded_packet is not None and not encoded_packet:  # Packet skips decoding ""
+            self._malformed("bad_packet")
+
+    def _malformed(self, reason):
+        self.packet_type = sio_packet.EVENT
+        self.data = [MALFORMED_EVENT, reason]
+        self.id = None  # no acknowledgement for what could not be read
+        self.attachments = []
+        return 0
+
+    def decode(self, encoded_packet):
+        try:
+            count = super().decode(encoded_packet)
+        except (ValueError, TypeError, RecursionError, IndexError):
+            # JSON errors are ValueErrors; deep nesting is a RecursionError.
+            # From a client that is not connected the event is ignored.
+            return self._malformed("bad_packet")
+        if self.packet_type not in _CLIENT_PACKET_TYPES:
+            return self._malformed("bad_packet")
+        if self.packet_type in _EVENT_TYPES:
+            data = self.data
+            if not (isinstance(data, list) and data and isinstance(data[0], str)):
+                return self._malformed("bad_packet")
+            if data[0] in _RESERVED_EVENTS:
+                return self._malformed("reserved_event")
+            if count > MAX_ATTACHMENTS:
+                return self._malformed("too_many_attachments")
+        return count
+
+    def add_attachment(self, attachment):
+        try:
+            return super().add_attachment(attachment)
+        except (IndexError, KeyError, TypeError, RecursionError):
+            # a placeholder pointing at no attachment
+            if self.packet_type not in _EVENT_TYPES:
+                raise
+            self.data = [MALFORMED_EVENT, "bad_packet"]
+            self.id = None
+            return True
+
+
+_ENGINEIO_TYPES = frozenset("0123456")
+
+
+class BoundedWebSocket(SimpleWebSocketWSGI):
+    """python-engineio's threading WebSocket, with a frame size limit and a
+    clean close for frames that are not Engine.IO packets."""
+
+    def __init__(self, handler, server, **kwargs):
+        kwargs.setdefault("max_message_size", server.max_http_buffer_size)
+        super().__init__(handler, server, **kwargs)
+
+    def wait(self):
+        data = super().wait()  # None once the connection is closed (or a frame was too big)
+        if isinstance(data, str) and (not data or data[0] not in _ENGINEIO_TYPES):
+            log.info("closing a WebSocket that sent a frame that is not an Engine.IO packet")
+            return None
+        return data
+
+
+def harden(socketio):
+    """Install the guards on a Flask-SocketIO extension after ``init_app``."""
+    server = socketio.server
+    server.packet_class = GuardedPacket
+    eio = server.eio
+    if eio.async_mode == "threading" and eio._async.get("websocket") is SimpleWebSocketWSGI:
+        # eio._async is the driver module's shared dict: replace, don't mutate.
+        eio._async = {**eio._async, "websocket": BoundedWebSocket}
+
+
+class TokenBucket:
+    """``rate`` events a second on average, up to ``burst`` at once.
+
+    ``take()`` returns 0.0 when the event may go ahead, else the seconds until
+    it could.  A rate of 0 or less turns the limit off.
+    """
+
+    def __init__(self, rate: float, burst: int, clock=time.monotonic):
+        self.rate = float(rate)
+        self.burst = max(1, int(burst))
+        self.tokens = float(self.burst)
+        self.clock = clock
+        self.stamp = clock()
+        self._lock = threading.Lock()
+
+    def take(self) -> float:
+        if self.rate <= 0:
+            return 0.0
+        with self._lock:
+            now = self.clock()
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return 0.0
+            return (1 - self.tokens) / self.rate
