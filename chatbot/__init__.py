@@ -16,7 +16,7 @@ def create_app(test_config=None):
     """
     # Import the modules that register Socket.IO handlers before the first
     # socketio.init_app: Flask-SocketIO only replays handlers it saw then.
-    from . import chat, cli, review
+    from . import chat, cli, review, security
 
     app = Flask(__name__, instance_path=str(PROJECT_ROOT / "instance"))
     app.config.from_object(Config)
@@ -38,4 +38,5 @@ def create_app(test_config=None):
     chat.init_app(app)
     review.init_app(app)
     cli.init_app(app)
+    security.init_app(app)  # last: its middleware wraps Socket.IO's too
     return app

@@ -35,14 +35,17 @@ from wtforms import PasswordField, StringField, TextAreaField
 from wtforms.csrf.core import CSRF
 from wtforms.validators import DataRequired, Length, Optional
 
-from .database import (NEEDS_DELETION, REVIEWED, ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_MEMORY,
-                       ROUTE_MODEL, STATUS_LABELS, UNREVIEWED, Exchange, Reviewer)
+from . import security
+from .database import (FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED, ROUTE_FALLBACK,
+                       ROUTE_IMPORT, ROUTE_MEMORY, ROUTE_MODEL, STATUS_LABELS, UNREVIEWED, Exchange,
+                       Reviewer, review_queue_order)
 from .extensions import db, login_manager
 
 log = logging.getLogger(__name__)
 
 ADMIN_NAME = "한마디 검토"
 LOGIN_FAILED = "아이디 또는 비밀번호가 올바르지 않습니다"
+LOGIN_THROTTLED = "로그인 시도가 너무 많습니다. {minutes}분 뒤에 다시 시도하세요."
 ROUTE_LABELS = {
     ROUTE_MODEL: "모델",
     ROUTE_MEMORY: "검토된 답변",
@@ -136,6 +139,21 @@ def _after_login_url():
     return safe_next(request.values.get("next")) or url_for("admin.index")
 
 
+def _throttle() -> security.LoginThrottle:
+    return current_app.extensions["chatbot.login_throttle"]
+
+
+def _throttled(wait, form):
+    minutes = max(1, int(wait // 60 + (1 if wait % 60 else 0)))
+    log.warning("login refused for %r from %s: too many failures", form.username.data[:80], request.remote_addr)
+    flash(LOGIN_THROTTLED.format(minutes=minutes), "danger")
+    form.password.data = ""
+    response = current_app.make_response((
+        render_template("auth/login.html", form=form, next=safe_next(request.values.get("next")) or ""), 429))
+    response.headers["Retry-After"] = str(int(wait) + 1)
+    return response
+
+
 def _load_reviewer(user_id):
     try:
         return db.session.get(Reviewer, int(user_id))
@@ -153,12 +171,17 @@ def _create_auth_blueprint():
         form = LoginForm()
         status = 200
         if form.validate_on_submit():
-            reviewer = db.session.execute(
-                sa.select(Reviewer).filter_by(username=form.username.data.strip())
-            ).scalar_one_or_none()
+            # Counted as a failure before the password is checked (taken back
+            # if it is right), so parallel guesses cannot pass the limit.
+            address, name = request.remote_addr or "-", form.username.data.strip()
+            wait = _throttle().begin(address, name)
+            if wait:
+                return _throttled(wait, form)
+            reviewer = db.session.execute(sa.select(Reviewer).filter_by(username=name)).scalar_one_or_none()
             if reviewer is None:
                 check_password_hash(_DUMMY_HASH, form.password.data)
             elif reviewer.check_password(form.password.data):
+                _throttle().succeeded(address, name)
                 login_user(reviewer)
                 log.info("reviewer %s logged in", reviewer.username)
                 return redirect(_after_login_url())
@@ -221,10 +244,12 @@ class ReviewIndexView(_ReviewerOnly, AdminIndexView):
         counts = dict(db.session.execute(
             sa.select(Exchange.status, sa.func.count()).group_by(Exchange.status)).all())
         rows = [(status, label, counts.get(status, 0)) for status, label in STATUS_LABELS.items()]
-        return self.render("admin/review_index.html", status_rows=rows)
+        disliked = db.session.scalar(sa.select(sa.func.count()).select_from(Exchange).where(
+            Exchange.feedback == FEEDBACK_DOWN, Exchange.status == UNREVIEWED))
+        return self.render("admin/review_index.html", status_rows=rows, disliked=disliked)
 
 
-class StatusFilter(sqla_filters.FilterEqual):
+class ChoiceFilter(sqla_filters.FilterEqual):
     def operation(self):
         return "같음"
 
@@ -263,13 +288,24 @@ def _format_text(view, context, model, name):
     return Markup('<span class="review-text">{}</span>').format(value) if value else ""
 
 
+def _format_feedback(view, context, model, name):
+    value = FEEDBACK_LABELS.get(model.feedback)
+    return Markup('<span title="{}">{}</span>').format(
+        "싫어요" if model.feedback == FEEDBACK_DOWN else "좋아요", value) if value else ""
+
+
 def _format_time(view, context, model, name):
     value = getattr(model, name)
     return value.strftime("%Y-%m-%d %H:%M") if value else ""
 
 
 class ExchangeView(_ReviewerOnly, ModelView):
-    """The list of chat exchanges, for reviewers to correct and mark."""
+    """The list of chat exchanges, for reviewers to correct and mark.
+
+    Unsorted, the list is the review queue (``review_queue_order``): 👎 not yet
+    reviewed first, then the rest not yet reviewed, then the others; newest
+    first within each.  A column heading sorts by that column instead.
+    """
 
     form_base_class = ReviewSecureForm
     edit_template = "admin/exchange_edit.html"
@@ -282,7 +318,7 @@ class ExchangeView(_ReviewerOnly, ModelView):
     page_size = 50
     can_set_page_size = True
 
-    column_list = ("question", "answer", "corrected_answer", "status", "route", "model_version",
+    column_list = ("question", "answer", "corrected_answer", "feedback", "status", "route", "model_version",
                    "session_id", "created_at", "reviewer", "reviewed_at")
     column_details_list = ("id",) + column_list + ("question_key",)
     column_labels = {
@@ -292,6 +328,7 @@ class ExchangeView(_ReviewerOnly, ModelView):
         "answer": "답변",
         "corrected_answer": "수정한 답변",
         "status": "상태",
+        "feedback": "평가",
         "route": "경로",
         "model_version": "모델 버전",
         "session_id": "세션",
@@ -304,17 +341,18 @@ class ExchangeView(_ReviewerOnly, ModelView):
         "answer": _format_text,
         "corrected_answer": _format_text,
         "status": _format_status,
+        "feedback": _format_feedback,
         "route": _format_route,
         "created_at": _format_time,
         "reviewed_at": _format_time,
     }
     column_formatters_detail = column_formatters
-    column_sortable_list = ("status", "route", "created_at", "reviewer", "reviewed_at")
-    column_default_sort = [("created_at", True), ("id", True)]
+    column_sortable_list = ("status", "feedback", "route", "created_at", "reviewer", "reviewed_at")
     column_searchable_list = ("question", "answer", "corrected_answer")
     column_filters = (
-        StatusFilter(Exchange.status, "상태", options=tuple(STATUS_LABELS.items())),
+        ChoiceFilter(Exchange.status, "상태", options=tuple(STATUS_LABELS.items())),
         CreatedBetweenFilter(Exchange.created_at, "생성일 (UTC)"),
+        ChoiceFilter(Exchange.feedback, "평가", options=tuple(FEEDBACK_LABELS.items())),
     )
 
     # Only these two fields exist in the edit form, so nothing else can be
@@ -332,6 +370,11 @@ class ExchangeView(_ReviewerOnly, ModelView):
         "status": {"label": "상태"},
     }
     form_widget_args = {"corrected_answer": {"rows": 4}}
+
+    def _apply_sorting(self, query, joins, sort_column, sort_desc):
+        if sort_column is None:  # no column chosen: the review queue
+            return query.order_by(*review_queue_order()), joins
+        return super()._apply_sorting(query, joins, sort_column, sort_desc)
 
     def on_model_change(self, form, model, is_created):
         if form.status.data != form.status.object_data:
@@ -406,12 +449,16 @@ def init_app(app):
     login_manager.login_message = "로그인이 필요합니다."
     login_manager.login_message_category = "warning"
 
+    app.extensions["chatbot.login_throttle"] = security.LoginThrottle(
+        app.config["LOGIN_MAX_FAILURES"], app.config["LOGIN_WINDOW_SECONDS"])
     auth_bp = _create_auth_blueprint()
     app.register_blueprint(auth_bp)
 
     theme = Bootstrap4Theme(swatch=_local_swatch(app.config.get("FLASK_ADMIN_SWATCH", "default")),
                             fluid=True, base_template="admin/review_base.html")
-    admin = Admin(app, name=ADMIN_NAME, theme=theme,
+    # Flask-Admin puts this nonce on every <script> it renders; the response's
+    # CSP then allows that nonce (chatbot/security.py).
+    admin = Admin(app, name=ADMIN_NAME, theme=theme, csp_nonce_generator=security.csp_nonce,
                   index_view=ReviewIndexView(name="현황", url="/admin"))
     admin.add_view(ExchangeView(Exchange, db.session, name="대화 검토", endpoint="exchange"))
     app.extensions["review_admin"] = admin

@@ -389,3 +389,52 @@ def test_reviewer_loader_ignores_bad_ids(app, reviewer):
         assert _load_reviewer("not-a-number") is None
         assert _load_reviewer("999") is None
         assert isinstance(_load_reviewer(str(reviewer.id)), Reviewer)
+
+
+# -- 👍/👎 and the review queue ----------------------------------------------------
+
+def test_list_puts_thumbs_down_first_then_unreviewed_then_newest(app, logged_in):
+    add_exchange(app, "Q-new-unreviewed", minutes_ago=0)
+    add_exchange(app, "Q-old-down", minutes_ago=300, feedback="down")
+    add_exchange(app, "Q-reviewed-down", minutes_ago=1, feedback="down", status=REVIEWED)
+    add_exchange(app, "Q-up-unreviewed", minutes_ago=10, feedback="up")
+    add_exchange(app, "Q-reviewed", minutes_ago=2, status=REVIEWED)
+    add_exchange(app, "Q-newer-down", minutes_ago=200, feedback="down")
+    html = list_page(logged_in)
+    expected = ["Q-newer-down", "Q-old-down", "Q-new-unreviewed", "Q-up-unreviewed", "Q-reviewed-down", "Q-reviewed"]
+    positions = [html.index(q + "<") for q in expected]
+    assert positions == sorted(positions), list(zip(expected, positions))
+    assert "👎" in html and "👍" in html and "평가" in html
+
+
+def test_a_column_heading_still_sorts_by_that_column(app, logged_in):
+    add_exchange(app, "Q-down", minutes_ago=100, feedback="down")
+    add_exchange(app, "Q-newest", minutes_ago=0)
+    html = list_page(logged_in)
+    link = re.search(r'href="([^"]*sort=\d+[^"]*)"[^>]*>\s*생성 시각', html).group(1).replace("&amp;", "&")
+    sorted_html = list_page(logged_in, link[len("/admin/exchange/"):])
+    if sorted_html.index("Q-newest<") > sorted_html.index("Q-down<"):  # ascending first: click again
+        link = re.search(r'href="([^"]*sort=\d+[^"]*)"[^>]*>\s*생성 시각', sorted_html).group(1).replace("&amp;", "&")
+        sorted_html = list_page(logged_in, link[len("/admin/exchange/"):])
+    assert sorted_html.index("Q-newest<") < sorted_html.index("Q-down<")
+    ascending = list_page(logged_in, "?sort=8")
+    assert ascending.index("Q-down<") < ascending.index("Q-newest<")
+
+
+def test_filter_by_feedback(app, logged_in):
+    add_exchange(app, "싫어요 받은 질문", feedback="down")
+    add_exchange(app, "좋아요 받은 질문", feedback="up")
+    add_exchange(app, "평가 없는 질문")
+    html = list_page(logged_in, "?flt0_2=down")
+    assert "싫어요 받은 질문" in html
+    assert "좋아요 받은 질문" not in html and "평가 없는 질문" not in html
+
+
+def test_index_counts_unreviewed_thumbs_down(app, logged_in):
+    add_exchange(app, "하나", feedback="down")
+    add_exchange(app, "둘", feedback="down", status=REVIEWED)
+    html = logged_in.get("/admin/").get_data(as_text=True)
+    assert "👎 받은 미검토" in html
+    link = re.search(r'href="(/admin/exchange/\?[^"]*flt1_2=down[^"]*)"', html).group(1).replace("&amp;", "&")
+    listed = list_page(logged_in, link[len("/admin/exchange/"):])
+    assert "하나" in listed and ">둘<" not in listed

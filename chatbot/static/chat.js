@@ -1,10 +1,11 @@
 /* 한마디 chat client.
  *
  * Talks Socket.IO (v5 protocol, socket.io-client 4.x in vendor/) to the
- * Flask-SocketIO server:
- *   emit  "message" {text}
- *   on    "reply"   {id, question, answer, route, model_version}
- *   on    "error"   {message, code}
+ * Flask-SocketIO server (protocol in chatbot/chat.py):
+ *   emit  "message"  {text}        on "reply"    {id, question, answer, route, model_version, feedback}
+ *   emit  "history"                on "history"  {exchanges: [reply, ...]}  (this tab's chat, after a reload)
+ *   emit  "feedback" {id, value}   on "feedback" {id, value}   value: "up" | "down" | null
+ *   on    "error"    {code, message, event}
  *
  * Everything from the user or the server goes into the page with
  * textContent, never innerHTML.  No inline scripts or styles are needed,
@@ -31,6 +32,7 @@
   var pending = null; // {text, bubble, timer}: the message awaiting its reply
   var typing = null; // the "…" bubble
   var stick = true; // keep the list scrolled to the newest message
+  var historyAsked = false; // the history is asked for once per page load
 
   /* ---- message list ---------------------------------------------------- */
 
@@ -49,7 +51,7 @@
     return node;
   }
 
-  function bubble(who, text) {
+  function makeBubble(who, text) {
     var row = document.createElement("div");
     row.className = "msg " + who;
     var p = document.createElement("p");
@@ -60,8 +62,76 @@
     p.appendChild(label);
     p.appendChild(document.createTextNode(text));
     row.appendChild(p);
-    return append(row);
+    return row;
   }
+
+  function bubble(who, text) {
+    return append(makeBubble(who, text));
+  }
+
+  /* ---- 👍 / 👎 ---------------------------------------------------------- */
+
+  var FEEDBACK = [
+    { value: "up", icon: "👍", label: "좋은 답변" },
+    { value: "down", icon: "👎", label: "아쉬운 답변" },
+  ];
+
+  // A bot reply: its bubble and, when it has an id, the two feedback buttons.
+  function makeReply(data) {
+    var answer = data && data.answer != null ? String(data.answer) : "";
+    var row = makeBubble("bot", answer);
+    if (data && data.route) row.setAttribute("data-route", String(data.route));
+    if (!data || data.id == null) return row;
+    row.setAttribute("data-id", String(data.id));
+    var group = document.createElement("div");
+    group.className = "feedback";
+    group.setAttribute("role", "group");
+    group.setAttribute("aria-label", "답변 평가");
+    FEEDBACK.forEach(function (f) {
+      var b = document.createElement("button");
+      b.type = "button";
+      b.className = "fb fb-" + f.value;
+      b.setAttribute("data-value", f.value);
+      b.setAttribute("aria-label", f.label);
+      b.setAttribute("title", f.label);
+      b.setAttribute("aria-pressed", "false");
+      b.textContent = f.icon;
+      group.appendChild(b);
+    });
+    row.appendChild(group);
+    showFeedback(row, data.feedback);
+    return row;
+  }
+
+  function showFeedback(row, value) {
+    var buttons = row.querySelectorAll(".fb");
+    for (var i = 0; i < buttons.length; i++) {
+      buttons[i].setAttribute("aria-pressed", buttons[i].getAttribute("data-value") === value ? "true" : "false");
+      buttons[i].disabled = false;
+    }
+    row.setAttribute("data-feedback", value || "");
+  }
+
+  function replyRow(id) {
+    var rows = list.querySelectorAll(".msg.bot[data-id]");
+    for (var i = 0; i < rows.length; i++) {
+      if (rows[i].getAttribute("data-id") === String(id)) return rows[i];
+    }
+    return null;
+  }
+
+  list.addEventListener("click", function (event) {
+    var b = event.target.closest ? event.target.closest(".fb") : null;
+    if (!b || b.disabled || !connected) return;
+    var row = b.closest(".msg");
+    var id = parseInt(row.getAttribute("data-id"), 10);
+    if (!id) return;
+    // Pressing the pressed button again takes the opinion back.
+    var value = b.getAttribute("aria-pressed") === "true" ? null : b.getAttribute("data-value");
+    var buttons = row.querySelectorAll(".fb");
+    for (var i = 0; i < buttons.length; i++) buttons[i].disabled = true;
+    socket.emit("feedback", { id: id, value: value });
+  });
 
   function notice(text) {
     var p = document.createElement("p");
@@ -235,6 +305,29 @@
 
   socket.on("connect", function () {
     setState("connected");
+    if (!historyAsked) {
+      historyAsked = true;
+      socket.emit("history");
+    }
+  });
+
+  // This tab's earlier exchanges (after a reload), put before anything the
+  // page shows already; rows already shown are skipped.
+  socket.on("history", function (data) {
+    var exchanges = data && Array.isArray(data.exchanges) ? data.exchanges : [];
+    var first = list.firstChild;
+    exchanges.forEach(function (x) {
+      if (!x || x.id == null || replyRow(x.id)) return;
+      list.insertBefore(makeBubble("user", x.question != null ? String(x.question) : ""), first);
+      list.insertBefore(makeReply(x), first);
+    });
+    stick = true;
+    scrollToEnd();
+  });
+
+  socket.on("feedback", function (data) {
+    var row = data ? replyRow(data.id) : null;
+    if (row) showFeedback(row, data.value || null);
   });
 
   socket.on("disconnect", function (reason) {
@@ -256,15 +349,18 @@
 
   socket.on("reply", function (data) {
     finish();
-    var answer = data && data.answer != null ? String(data.answer) : "";
-    var row = bubble("bot", answer);
-    if (data && data.route) row.setAttribute("data-route", String(data.route));
-    if (data && data.id != null) row.setAttribute("data-id", String(data.id));
+    append(makeReply(data));
   });
 
   socket.on("error", function (data) {
-    var refused = finish();
+    var event = data && data.event;
     var message = data && data.message ? String(data.message) : "메시지를 처리하지 못했어요.";
+    if (event === "feedback") {
+      // Unlock the buttons again; the opinion shown stays what the server has.
+      var rows = list.querySelectorAll(".msg.bot[data-id]");
+      for (var i = 0; i < rows.length; i++) showFeedback(rows[i], rows[i].getAttribute("data-feedback") || null);
+    }
+    var refused = event === "message" ? finish() : null;
     if (refused) {
       // Take the refused message back: drop its bubble and, unless the user
       // has started typing something else, put the text back in the box.
