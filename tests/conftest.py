@@ -1,5 +1,8 @@
-"""Shared fixtures: an app on a real SQLite file with the real migrations."""
+"""Shared fixtures: an app on a real SQLite file with the real migrations,
+and for the end-to-end tests a real browser (Debian's chromium via Playwright)."""
+import os
 import re
+import shutil
 from pathlib import Path
 
 import flask_migrate
@@ -50,3 +53,45 @@ def csrf_token(html: str) -> str:
         re.search(r'value="([^"]+)"[^>]*name="csrf_token"', html)
     assert match, "no csrf_token in the page"
     return match.group(1)
+
+
+# -- the browser -------------------------------------------------------------------
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-dev-shm-usage"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "browser: drives a real chromium against a real server")
+    config.addinivalue_line("markers", "fuzz: sends malformed Socket.IO traffic to a real server")
+
+
+def chromium_path():
+    """Debian's chromium (``make test`` installs it), or $CHROMIUM."""
+    for candidate in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser"):
+        if candidate and shutil.which(candidate):
+            return shutil.which(candidate)
+    return None
+
+
+def _missing(reason):
+    # In CI a missing browser is a broken set-up, not a reason to test less.
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{reason} (CI=true: browser tests must run; `make test` installs chromium)", pytrace=False)
+    pytest.skip(f"{reason}; run `make test` as root to install it, or set CHROMIUM=/path/to/chromium")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    executable = chromium_path()
+    if executable is None:
+        _missing("chromium not found")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("the playwright package is not installed (requirements-test.txt)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()

@@ -1,0 +1,99 @@
+"""A real server for end-to-end tests: gunicorn's gthread worker, as ``make run``
+starts it, on a free 127.0.0.1 port, with its own SQLite file and model dir.
+
+It can be stopped and started again on the same port (a server restart).
+"""
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prepare(workdir: Path, with_model=True, **config):
+    """Create the database (migrated) and, if asked, a tiny trained model."""
+    import flask_migrate
+
+    from chatbot import create_app
+    from chatbot.extensions import db
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    app = create_app({"SECRET_KEY": "live-test", "SQLALCHEMY_DATABASE_URI": "sqlite:///" + str(workdir / "chatbot.db"),
+                      "MODEL_DIR": str(workdir / "models"), **config})
+    with app.app_context():
+        flask_migrate.upgrade()
+        db.engine.dispose()
+    if with_model:
+        from test_chat import tiny_model
+        tiny_model(workdir / "models")
+    return app
+
+
+class LiveServer:
+    def __init__(self, workdir: Path, port=None, threads=32, env=None):
+        self.workdir = Path(workdir)
+        self.port = port or free_port()
+        self.threads = threads
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.workdir / "server.log"
+        self.env = {**os.environ, "SECRET_KEY": "live-test",
+                    "DATABASE_URL": "sqlite:///" + str(self.workdir / "chatbot.db"),
+                    "MODEL_DIR": str(self.workdir / "models"), "MORPH_BACKEND": os.environ.get("MORPH_BACKEND", "mecab"),
+                    **(env or {})}
+        self.process = None
+
+    def start(self, timeout=60):
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--workers", "1",
+             "--threads", str(self.threads), "--no-control-socket", "--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", "2",
+             "app:app"],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.url + "/", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"server did not start in {timeout}s:\n{self.log()}")
+
+    def alive(self) -> bool:
+        if self.process is None or self.process.poll() is not None:
+            return False
+        try:
+            with urllib.request.urlopen(self.url + "/", timeout=5) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
