@@ -4,10 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
-# One process, threads for the sockets (see README: "Why threads").
-THREADS ?= 100
+# One process; each connected WebSocket holds one of its threads (README: "Why threads").
+THREADS ?= 1000
 
-.PHONY: run test retrain install install-test clean bench-quality browser
+.PHONY: run serve bench-serve test retrain install install-test clean bench-quality browser
 
 $(BIN)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,9 +29,13 @@ install-test: $(BIN)/.installed-test
 run: install
 	$(BIN)/flask --app app db upgrade
 	$(BIN)/python -m chatbot.train --if-missing
+	@$(MAKE) --no-print-directory serve
+
+# Only the server (run does the set-up first); bench/serve.py starts it this way.
+serve:
 	@echo "Serving on http://$(HOST):$(PORT)"
 	$(BIN)/gunicorn --worker-class gthread --workers 1 --threads $(THREADS) \
-		--bind $(HOST):$(PORT) --access-logfile - app:app
+		--bind $(HOST):$(PORT) app:app
 
 retrain: install
 	$(BIN)/flask --app app db upgrade
@@ -59,3 +63,7 @@ bench-quality: $(BIN)/.installed-bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Serving benchmark (bench/README.md): a few minutes; not run in CI.
+bench-serve: $(BIN)/.installed-bench
+	$(BIN)/python -m bench.serve $(BENCH_ARGS)

@@ -1,0 +1,294 @@
+"""Serving benchmark: reply latency, throughput and memory under load.
+
+    make bench-serve                      # or: python -m bench.serve --help
+
+Starts the real server the way the README runs it (`make serve`: gunicorn,
+gthread worker) on 127.0.0.1 with a trained model and a scratch SQLite
+database, then for each client count N connects N python-socketio clients
+that each ask a question, wait for the reply, think for a moment and ask
+again, for a fixed time.  It records reply latency (p50/p95/p99), replies per
+second, errors, peak server RSS, and checks that the database holds exactly
+one row per answered message.  It also measures process start to first
+reply, and the RSS that 200 idle connected sockets add.
+
+Every mode in MODES runs the same load on the same machine in one run, so
+their ratio is meaningful even on a noisy shared machine.  Results go to
+bench/results/serve.json and a table is printed.
+"""
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import socketio
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "bench" / "scratch" / "models"
+QUESTIONS = ["안녕하세요", "배고파", "오늘 날씨 어때?", "심심해", "너 누구야", "주말에 뭐 하지",
+             "피곤해", "영화 추천해 줘", "고마워", "잘 자", "비 온대", "커피 마실까", "스트레스 받아",
+             "운동하기 싫다", "시험 망했어", "점심 뭐 먹지", "좋은 아침", "우울해", "노래 추천", "산책 갈까"]
+
+# The server as configured by default, and the plain alternative: one reply
+# computed at a time, no batching.
+MODES = {
+    "default": {},
+    "plain": {"REPLY_WORKERS": "1", "REPLY_BATCH_MAX": "1"},
+}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_model(models_dir: Path):
+    """Train the default model on the starter pairs once, as `make run` does."""
+    if not (models_dir / "current").exists():
+        subprocess.run([sys.executable, "-m", "chatbot.train", "--if-missing", "--quiet",
+                        "--pairs", str(ROOT / "chatbot" / "data" / "starter_pairs.csv"),
+                        "--models-dir", str(models_dir)], cwd=ROOT, check=True)
+
+
+class Server:
+    """`make serve` in its own process group, with its database and RSS."""
+
+    def __init__(self, mode_env, models_dir, workdir):
+        self.port = free_port()
+        self.db_path = Path(workdir) / "serve.db"
+        self.env = dict(os.environ, MODEL_DIR=str(models_dir), DATABASE_URL=f"sqlite:///{self.db_path}",
+                        PORT=str(self.port), HOST="127.0.0.1", **mode_env)
+        subprocess.run([sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"], cwd=ROOT,
+                       env=self.env, check=True, capture_output=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(Path(workdir) / "server.log", "w")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(["make", "--no-print-directory", "serve"], cwd=ROOT, env=self.env,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server processes (gunicorn master + worker), not make."""
+        try:
+            procs = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return 0.0
+        total = 0
+        for proc in procs:
+            try:
+                if proc.name() != "make":
+                    total += proc.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total / 2**20
+
+    def rows(self) -> int:
+        with sqlite3.connect(self.db_path, timeout=30) as con:
+            return con.execute("select count(*) from exchange").fetchone()[0]
+
+    def stop(self):
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def wait_until_up(url, timeout=120.0):
+    """Poll the chat page until the server answers (a Socket.IO connect to a
+    closed port does not retry cleanly)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+async def connect(url):
+    client = socketio.AsyncClient(reconnection=False)
+    await client.connect(url, transports=["websocket"], wait_timeout=10)
+    return client
+
+
+async def ask(client, inbox, text, timeout=30.0):
+    """Send one message; return (event name, seconds) or ("timeout", None)."""
+    start = time.perf_counter()
+    await client.emit("message", {"text": text})
+    try:
+        name = await asyncio.wait_for(inbox.get(), timeout)
+    except asyncio.TimeoutError:
+        return "timeout", None
+    return name, time.perf_counter() - start
+
+
+async def chatter(url, stop_at, think, stats, rng):
+    try:
+        client = await connect(url)
+    except Exception:
+        stats["errors"] += 1
+        stats["connect_errors"] += 1
+        return
+    inbox = asyncio.Queue()
+    client.on("reply", lambda data: inbox.put_nowait("reply"))
+    client.on("error", lambda data: inbox.put_nowait("error"))
+    await asyncio.sleep(rng.uniform(0, think[1]))  # do not all start at once
+    while time.monotonic() < stop_at:
+        stats["sent"] += 1
+        name, seconds = await ask(client, inbox, rng.choice(QUESTIONS))
+        if name == "reply":
+            stats["latencies"].append(seconds)
+        else:
+            stats["errors"] += 1
+            if name == "timeout":  # a late reply would confuse the next question
+                break
+        await asyncio.sleep(rng.uniform(*think))
+    await client.disconnect()
+
+
+async def load_run(server, clients, seconds, think, seed):
+    stats = {"sent": 0, "errors": 0, "connect_errors": 0, "latencies": []}
+    rows_before = server.rows()
+    peak = [server.rss_mb()]
+
+    async def sample_rss():
+        while True:
+            peak.append(server.rss_mb())
+            await asyncio.sleep(0.25)
+
+    sampler = asyncio.create_task(sample_rss())
+    started = time.monotonic()
+    stop_at = started + seconds
+    rng = random.Random(seed)
+    await asyncio.gather(*(chatter(server.url, stop_at, think, stats, random.Random(rng.random()))
+                           for _ in range(clients)))
+    elapsed = time.monotonic() - started
+    sampler.cancel()
+    latencies = sorted(stats["latencies"])
+    replies = len(latencies)
+    stored = server.rows() - rows_before
+
+    def pct(p):
+        return round(1000 * latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))], 1) if latencies else None
+
+    return {"clients": clients, "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
+            "replies_per_s": round(replies / elapsed, 1), "errors": stats["errors"],
+            "lost_rows": abs(replies - stored), "rss_mb": round(max(peak), 1),
+            "sent": stats["sent"], "replies": replies, "rows_stored": stored,
+            "connect_errors": stats["connect_errors"], "seconds": round(elapsed, 1)}
+
+
+async def startup(server):
+    """Seconds from process start to the first reply."""
+    await asyncio.to_thread(wait_until_up, server.url)
+    client = await connect(server.url)
+    inbox = asyncio.Queue()
+    client.on("reply", lambda data: inbox.put_nowait("reply"))
+    client.on("error", lambda data: inbox.put_nowait("error"))
+    name, _ = await ask(client, inbox, "안녕하세요", timeout=60)
+    seconds = time.monotonic() - server.started
+    await client.disconnect()
+    if name != "reply":
+        raise RuntimeError(f"first message got {name}, not a reply")
+    return round(seconds, 2)
+
+
+async def idle_rss_delta(server, count=200):
+    await asyncio.sleep(1)
+    before = server.rss_mb()
+    clients = await asyncio.gather(*(connect(server.url) for _ in range(count)))
+    await asyncio.sleep(3)
+    after = server.rss_mb()
+    await asyncio.gather(*(c.disconnect() for c in clients))
+    return round(after - before, 1)
+
+
+async def bench_mode(name, mode_env, args):
+    with tempfile.TemporaryDirectory() as workdir:
+        server = Server(mode_env, args.models_dir, workdir)
+        try:
+            result = {"mode": name, "startup_s": await startup(server)}
+            result["idle_rss_mb"] = round(server.rss_mb(), 1)
+            result["idle200_rss_delta_mb"] = await idle_rss_delta(server)
+            runs = []
+            for clients in args.clients:
+                run = await load_run(server, clients, args.seconds, args.think, args.seed)
+                print(f"  {name:8} {clients:4} clients: p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, "
+                      f"{run['replies_per_s']} replies/s, {run['errors']} errors, {run['lost_rows']} lost rows, "
+                      f"{run['rss_mb']} MB", flush=True)
+                runs.append(run)
+                await asyncio.sleep(2)  # let the last replies and disconnects settle
+            result["runs"] = runs
+        finally:
+            server.stop()
+    return result
+
+
+def table(runs):
+    lines = ["| clients | p50 ms | p95 ms | p99 ms | replies/s | errors | lost rows | RSS MB |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        lines.append(f"| {r['clients']} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['replies_per_s']} "
+                     f"| {r['errors']} | {r['lost_rows']} | {r['rss_mb']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", default="1,10,50,200", help="comma-separated client counts")
+    parser.add_argument("--seconds", type=float, default=20.0, help="load time per client count")
+    parser.add_argument("--think", default="0.2,1.0", help="think time range between messages, seconds")
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated: " + ", ".join(MODES))
+    parser.add_argument("--models-dir", type=Path, default=MODELS,
+                        help="a models dir with `current` (default: train one on the starter pairs)")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
+    args = parser.parse_args(argv)
+    args.clients = [int(n) for n in args.clients.split(",")]
+    args.think = tuple(float(x) for x in args.think.split(","))
+    ensure_model(args.models_dir)
+
+    results = {}
+    for name in args.modes.split(","):
+        print(f"mode {name}: {MODES[name] or 'as configured'}", flush=True)
+        results[name] = asyncio.run(bench_mode(name, MODES[name], args))
+
+    default = results.get("default") or next(iter(results.values()))
+    report = {"runs": default["runs"], "startup_s": default["startup_s"],
+              "idle_rss_mb": default["idle_rss_mb"], "idle200_rss_delta_mb": default["idle200_rss_delta_mb"],
+              "modes": results, "cpu_count": os.cpu_count(), "seconds_per_run": args.seconds,
+              "think_s": list(args.think), "model": os.readlink(args.models_dir / "current")}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+
+    for name, result in results.items():
+        print(f"\n### {name}: start to first reply {result['startup_s']} s, idle RSS {result['idle_rss_mb']} MB, "
+              f"200 idle sockets add {result['idle200_rss_delta_mb']} MB\n")
+        print(table(result["runs"]))
+    if "default" in results and "plain" in results:
+        print("\n| clients | replies/s default / plain | p99 plain / default |\n|---:|---:|---:|")
+        for d, p in zip(results["default"]["runs"], results["plain"]["runs"]):
+            rate = d["replies_per_s"] / p["replies_per_s"] if p["replies_per_s"] else float("nan")
+            tail = p["p99_ms"] / d["p99_ms"] if d["p99_ms"] and p["p99_ms"] else float("nan")
+            print(f"| {d['clients']} | {rate:.2f} | {tail:.2f} |")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
