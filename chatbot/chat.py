@@ -224,3 +224,4 @@ def init_app(app):
     app.register_blueprint(bp)
     app.extensions["chatbot.responder"] = Responder(app.config["MODEL_DIR"])
     guard.harden(socketio)
+    app.wsgi_app = guard.SocketIOShield(app.wsgi_app, socketio.server.eio.max_http_buffer_size)

@@ -14,8 +14,17 @@ Three guards, installed on the app's Socket.IO server by ``harden``:
   frame would be buffered whole before being refused), and a frame that is not
   an Engine.IO packet ends the connection cleanly instead of raising in the
   server.  Long-polling bodies are already limited by python-engineio (400).
+- ``SocketIOShield`` refuses long-polling POSTs over the payload limit before
+  python-engineio sees them: python-engineio 4.15 answers those by closing the
+  session and waiting for its queue to drain, which for a client that does not
+  poll again never happens, so every such request would hold a server thread
+  forever.  It refuses bodies python-engineio cannot decode (it would log a
+  traceback and drop them), and turns its KeyError for a request to a session
+  that has just closed (a 500) into a 400.
 - ``TokenBucket``: the per-connection message rate limit (used in chat.py).
 """
+import io
+import json
 import logging
 import threading
 import time
@@ -64,6 +73,10 @@ class GuardedPacket(sio_packet.Packet):
                 return self._malformed("bad_packet")
             if data[0] in _RESERVED_EVENTS:
                 return self._malformed("reserved_event")
+            if data[0] == "*":
+                # Flask-SocketIO registers the catch-all handler under "*": an
+                # event named "*" would reach it without its name and crash it.
+                return self._malformed("unknown_event")
             if count > MAX_ATTACHMENTS:
                 return self._malformed("too_many_attachments")
         return count
@@ -91,12 +104,87 @@ class BoundedWebSocket(SimpleWebSocketWSGI):
         kwargs.setdefault("max_message_size", server.max_http_buffer_size)
         super().__init__(handler, server, **kwargs)
 
+    def close(self):
+        # python-engineio's writer thread closes the WebSocket when the
+        # session ends; if the socket is already gone (the client closed it,
+        # or it was refused above) that raised OSError in the thread.
+        try:
+            super().close()
+        except OSError:
+            pass
+
     def wait(self):
         data = super().wait()  # None once the connection is closed (or a frame was too big)
-        if isinstance(data, str) and (not data or data[0] not in _ENGINEIO_TYPES):
+        if isinstance(data, str) and not _engineio_decodable(data):
             log.info("closing a WebSocket that sent a frame that is not an Engine.IO packet")
             return None
         return data
+
+
+def _engineio_decodable(frame: str) -> bool:
+    """Whether python-engineio can decode this text frame without raising.
+
+    It reads the first character as the packet type, and tries JSON on the
+    rest unless that starts with a digit (as every Socket.IO packet does); JSON
+    nested too deep raises RecursionError there, outside its error handling.
+    """
+    if not frame or frame[0] not in _ENGINEIO_TYPES:
+        return False
+    if len(frame) > 1 and not frame[1].isnumeric() and frame[1] in "[{":
+        try:
+            json.loads(frame[1:])
+        except RecursionError:
+            return False
+        except ValueError:
+            pass
+    return True
+
+
+class SocketIOShield:
+    """WSGI middleware in front of Flask-SocketIO's, for its path only."""
+
+    def __init__(self, wsgi_app, max_bytes, path="/socket.io"):
+        self.wsgi_app = wsgi_app
+        self.max_bytes = max_bytes
+        self.path = path
+
+    @staticmethod
+    def _refuse(start_response, status, text):
+        body = text.encode()
+        start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
+                                ("Content-Length", str(len(body)))])
+        return [body]
+
+    def __call__(self, environ, start_response):
+        if not environ.get("PATH_INFO", "").startswith(self.path):
+            return self.wsgi_app(environ, start_response)
+        if environ.get("REQUEST_METHOD") == "POST":
+            if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+                return self._refuse(start_response, "411 Length Required", "Content-Length required")
+            try:
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                length = -1
+            if length < 0:
+                return self._refuse(start_response, "400 Bad Request", "Bad Content-Length")
+            if length > self.max_bytes:
+                return self._refuse(start_response, "413 Payload Too Large", "Payload too large")
+            # Read the (small) body here: python-engineio logs a traceback and
+            # drops a body that is not UTF-8 or holds a packet it cannot decode.
+            body = environ["wsgi.input"].read(length) if length else b""
+            try:
+                packets = body.decode("utf-8").split("\x1e")
+            except UnicodeDecodeError:
+                packets = None
+            if packets is None or (body and not all(_engineio_decodable(p) for p in packets)):
+                return self._refuse(start_response, "400 Bad Request", "Bad payload")
+            environ["wsgi.input"] = io.BytesIO(body)
+        try:
+            return self.wsgi_app(environ, start_response)
+        except KeyError:
+            # python-engineio's _get_socket: "Session is disconnected"
+            # (raised before any response was started)
+            return self._refuse(start_response, "400 Bad Request", "Session is disconnected")
 
 
 def harden(socketio):

@@ -377,3 +377,46 @@ def test_a_failing_handler_answers_server_error(app, monkeypatch):
     name, error = ask(sock, {"text": "안녕"})
     assert (name, error["code"]) == ("error", "server_error")
     assert rows(app) == [] and sock.is_connected()
+
+
+def test_an_event_named_star_is_unknown(app):
+    # Flask-SocketIO keeps its catch-all handler under "*"
+    sock = connect(app)
+    sock.emit("*", {"text": "안녕"})
+    assert error_codes(sock.get_received()) == ["unknown_event"]
+
+
+def polling_session(client):
+    import json
+    opened = client.get("/socket.io/?EIO=4&transport=polling")
+    assert opened.status_code == 200
+    return "/socket.io/?EIO=4&transport=polling&sid=" + json.loads(opened.get_data(as_text=True)[1:])["sid"]
+
+
+@pytest.mark.parametrize("body, status", [
+    (b"4" + b"a" * 20000, 413),            # over max_http_buffer_size
+    (b"\xff\xfe garbage", 400),             # not UTF-8
+    (b"4" + b"[" * 3000, 400),              # JSON nested past the recursion limit
+])
+def test_long_polling_bodies_the_server_cannot_take_are_refused_at_once(app, body, status):
+    client = app.test_client()
+    url = polling_session(client)
+    assert client.post(url, data=body, content_type="text/plain;charset=UTF-8").status_code == status
+    # the session was left alone: it can still connect
+    assert client.post(url, data=b"40", content_type="text/plain;charset=UTF-8").status_code == 200
+
+
+def test_long_polling_post_to_a_closed_session_is_a_400(app):
+    client = app.test_client()
+    url = polling_session(client)
+    sid = url.rsplit("=", 1)[1]
+    socketio.server.eio.sockets[sid].closed = True
+    assert client.post(url, data=b"40", content_type="text/plain;charset=UTF-8").status_code == 400
+
+
+def test_engineio_frames_that_would_raise_are_recognised():
+    from chatbot.guard import _engineio_decodable
+    for good in ["4", "40", '42["message","x"]', "2", "3", '4{"a":1}', "4x", "6"]:
+        assert _engineio_decodable(good), good
+    for bad in ["", "x", "hello", "b%%%", "9", "4" + "[" * 5000, "4" + '{"a":' * 5000]:
+        assert not _engineio_decodable(bad), bad
