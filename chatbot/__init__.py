@@ -16,7 +16,7 @@ def create_app(test_config=None):
     """
     # Import the modules that register Socket.IO handlers before the first
     # socketio.init_app: Flask-SocketIO only replays handlers it saw then.
-    from . import chat, cli, review, security
+    from . import chat, cli, database, review, security
 
     app = Flask(__name__, instance_path=str(PROJECT_ROOT / "instance"))
     app.config.from_object(Config)
@@ -29,6 +29,7 @@ def create_app(test_config=None):
         app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + str(Path(app.instance_path) / "chatbot.db")
 
     db.init_app(app)
+    database.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
     csrf.init_app(app)
     login_manager.init_app(app)

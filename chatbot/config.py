@@ -47,6 +47,11 @@ class Config:
     MODEL_DIR = os.environ.get("MODEL_DIR") or str(PROJECT_ROOT / "models")
     STARTER_PAIRS = os.environ.get("STARTER_PAIRS") or str(PROJECT_ROOT / "chatbot" / "data" / "starter_pairs.csv")
     MAX_MESSAGE_CHARS = _int("MAX_MESSAGE_CHARS", 500)
+    # Replies computed at once (default: one per CPU core), each on
+    # TORCH_THREADS threads.  The models are small: more threads per reply
+    # only fight each other when many chats are answered at once.
+    REPLY_WORKERS = _int("REPLY_WORKERS", os.cpu_count() or 1)
+    TORCH_THREADS = _int("TORCH_THREADS", 1)
     # Per Socket.IO connection: events a second on average, and the burst
     # allowed at once (token bucket). MESSAGE_RATE=0 turns the limit off.
     MESSAGE_RATE = _float("MESSAGE_RATE", 5.0)
@@ -56,6 +61,10 @@ class Config:
     # logins from there are refused (429) until the window has passed.
     LOGIN_MAX_FAILURES = _int("LOGIN_MAX_FAILURES", 5)
     LOGIN_WINDOW_SECONDS = _int("LOGIN_WINDOW_SECONDS", 300)
+    # Behind a reverse proxy (nginx, Caddy): how many proxies set
+    # X-Forwarded-For/-Proto, so the client's address is the real one (for the
+    # login limit). 0: the address is the TCP peer's; never trust headers.
+    PROXY_COUNT = _int("PROXY_COUNT", 0)
     # "threading" (the default, see README "Why threads"); another mode
     # ("eventlet", "gevent") needs a server of that kind.
     SOCKETIO_ASYNC_MODE = os.environ.get("SOCKETIO_ASYNC_MODE") or "threading"

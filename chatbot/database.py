@@ -3,6 +3,7 @@ from datetime import datetime, timezone
 
 import sqlalchemy as sa
 from flask_login import UserMixin
+from sqlalchemy import event
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .extensions import db
@@ -103,3 +104,22 @@ def review_queue_order():
     rank = sa.case((sa.and_(Exchange.feedback == FEEDBACK_DOWN, Exchange.status == UNREVIEWED), 0),
                    (Exchange.status == UNREVIEWED, 1), else_=2)
     return [rank, Exchange.created_at.desc(), Exchange.id.desc()]
+
+
+def _tune_sqlite(dbapi_connection, _record):
+    """WAL lets readers and the writer work at once, and synchronous=NORMAL
+    syncs the log at checkpoints instead of on every commit: a power cut can
+    lose the last few exchanges, never corrupt the file.  busy_timeout makes
+    concurrent writers wait their turn instead of failing."""
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def init_app(app):
+    """Per-connection settings for SQLite; other databases need none."""
+    with app.app_context():
+        if db.engine.dialect.name == "sqlite":
+            event.listen(db.engine, "connect", _tune_sqlite)

@@ -30,8 +30,12 @@ class Answer:
 class Responder:
     """Holds the current model and reloads it when ``current`` moves."""
 
-    def __init__(self, models_root):
+    def __init__(self, models_root, workers=1, torch_threads=1):
         self.models_root = Path(models_root)
+        self.torch_threads = torch_threads
+        # At most `workers` replies are computed at once; the other requests
+        # wait here rather than all competing for the cores.
+        self._computing = threading.BoundedSemaphore(max(1, workers))
         self._lock = threading.Lock()
         self._bot = None
         self._target = None  # the link target the loaded model came from
@@ -55,8 +59,11 @@ class Responder:
         with self._lock:
             if target in (self._target, self._failed_target):
                 return self._bot
+            import torch
+
             from .model import Chatbot, ModelLoadError
 
+            torch.set_num_threads(self.torch_threads)
             try:
                 bot = Chatbot.load(self.models_root / target)
             except ModelLoadError as exc:
@@ -76,5 +83,6 @@ class Responder:
             return Answer(reviewed, ROUTE_MEMORY, version)
         if bot is None:
             return Answer(FALLBACK_ANSWER, ROUTE_FALLBACK, None)
-        text = bot.reply(question)
+        with self._computing:
+            text = bot.reply(question)
         return Answer(text or FALLBACK_ANSWER, ROUTE_MODEL, version)
