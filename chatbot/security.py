@@ -148,7 +148,7 @@ class LoginThrottle:
 
 
 def init_app(app):
-    """Security headers on every response."""
+    """Security headers on every response; the client's address behind a proxy."""
 
     @app.after_request
     def _content_security_policy(response):
@@ -156,3 +156,7 @@ def init_app(app):
         return response
 
     app.wsgi_app = SecurityHeadersMiddleware(app.wsgi_app)
+    proxies = app.config.get("PROXY_COUNT", 0)
+    if proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)

@@ -95,8 +95,12 @@ def test_secure_cookie_can_be_required(monkeypatch):
 
 
 def test_no_secret_key_in_source():
-    files = subprocess.run(["git", "ls-files", "*.py", "*.html", "*.cfg", "*.ini", "*.toml", "*.txt"],
-                           cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    listed = subprocess.run(["git", "ls-files", "*.py", "*.html", "*.cfg", "*.ini", "*.toml", "*.txt"],
+                            cwd=ROOT, capture_output=True, text=True)
+    files = listed.stdout.split() if listed.returncode == 0 else [
+        str(p.relative_to(ROOT)) for folder in ("chatbot", "migrations", "scripts", "tests")
+        for p in (ROOT / folder).rglob("*") if p.suffix in (".py", ".html", ".cfg", ".ini", ".toml", ".txt")]
+    assert files
     for name in files:
         text = (ROOT / name).read_text(encoding="utf-8", errors="replace")
         assert not re.search(r"""SECRET_KEY\s*=\s*["'][^"']+["']""", text), name
@@ -200,3 +204,37 @@ def test_csrf_on_every_admin_post(logged_in, app):
     row = get_row(app, row_id)
     assert row.status == "unreviewed" and row.corrected_answer is None
     assert logged_in.get("/admin/").status_code == 200  # still logged in: logout needed a token
+
+
+def test_behind_a_proxy_the_login_limit_counts_the_client_address(tmp_path, make_reviewer):
+    from chatbot import create_app
+    from chatbot.extensions import db
+    import flask_migrate
+    app = create_app({"TESTING": True, "SECRET_KEY": "x", "PROXY_COUNT": 1, "LOGIN_MAX_FAILURES": 2,
+                      "SQLALCHEMY_DATABASE_URI": "sqlite:///" + str(tmp_path / "proxy.db"),
+                      "MODEL_DIR": str(tmp_path / "models")})
+    with app.app_context():
+        flask_migrate.upgrade()
+    try:
+        for address, expected in [("203.0.113.1", 401), ("203.0.113.1", 401), ("203.0.113.1", 429),
+                                  ("198.51.100.7", 401)]:
+            client = app.test_client()
+            headers = {"X-Forwarded-For": address}
+            token = token_in(client.get("/login", headers=headers).get_data(as_text=True))
+            response = client.post("/login", headers=headers,
+                                   data={"csrf_token": token, "username": "kim", "password": "wrong password"})
+            assert response.status_code == expected, address
+    finally:
+        with app.app_context():
+            db.engine.dispose()
+
+
+def test_without_proxy_count_forwarded_headers_are_ignored(client, make_reviewer):
+    make_reviewer("kim", PASSWORD)
+    statuses = []
+    for i in range(6):
+        headers = {"X-Forwarded-For": f"10.0.0.{i}"}  # a client cannot pick a fresh address
+        token = token_in(client.get("/login", headers=headers).get_data(as_text=True))
+        statuses.append(client.post("/login", headers=headers, data={
+            "csrf_token": token, "username": "kim", "password": "wrong password"}).status_code)
+    assert statuses == [401] * 5 + [429]
