@@ -222,6 +222,8 @@ def on_other_event(event, *args):
 
 def init_app(app):
     app.register_blueprint(bp)
-    app.extensions["chatbot.responder"] = Responder(app.config["MODEL_DIR"])
+    app.extensions["chatbot.responder"] = Responder(
+        app.config["MODEL_DIR"], workers=app.config["REPLY_WORKERS"], batch_max=app.config["REPLY_BATCH_MAX"],
+        window_ms=app.config["REPLY_BATCH_WINDOW_MS"], torch_threads=app.config["TORCH_THREADS"])
     guard.harden(socketio)
     app.wsgi_app = guard.SocketIOShield(app.wsgi_app, socketio.server.eio.max_http_buffer_size)

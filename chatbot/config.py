@@ -47,10 +47,13 @@ class Config:
     MODEL_DIR = os.environ.get("MODEL_DIR") or str(PROJECT_ROOT / "models")
     STARTER_PAIRS = os.environ.get("STARTER_PAIRS") or str(PROJECT_ROOT / "chatbot" / "data" / "starter_pairs.csv")
     MAX_MESSAGE_CHARS = _int("MAX_MESSAGE_CHARS", 500)
-    # Replies computed at once (default: one per CPU core), each on
-    # TORCH_THREADS threads.  The models are small: more threads per reply
-    # only fight each other when many chats are answered at once.
+    # Reply workers (default: one per CPU core), each decoding up to
+    # REPLY_BATCH_MAX questions that arrived together, waiting at most
+    # REPLY_BATCH_WINDOW_MS for company, on TORCH_THREADS threads.  The models
+    # are small: more threads per reply only fight each other under load.
     REPLY_WORKERS = _int("REPLY_WORKERS", os.cpu_count() or 1)
+    REPLY_BATCH_MAX = _int("REPLY_BATCH_MAX", 8)
+    REPLY_BATCH_WINDOW_MS = _float("REPLY_BATCH_WINDOW_MS", 0.0)
     TORCH_THREADS = _int("TORCH_THREADS", 1)
     # Per Socket.IO connection: events a second on average, and the burst
     # allowed at once (token bucket). MESSAGE_RATE=0 turns the limit off.

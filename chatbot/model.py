@@ -287,75 +287,131 @@ def _step_logprobs(model, last_tokens, hidden, memory, histories, no_repeat_ngra
     return logp, hidden
 
 
-def _encode_one(model, src_ids):
+def _encode_many(model, sources):
+    """Encode several questions at once (padded; packing keeps padding out)."""
     device = next(model.parameters()).device
-    src_ids = list(src_ids)[: model.config.max_src_len] or [EOS]
-    src = torch.tensor([src_ids], dtype=torch.long, device=device)
-    return model.encode(src, torch.tensor([len(src_ids)]))
+    sources = [list(ids)[: model.config.max_src_len] or [EOS] for ids in sources]
+    src = torch.full((len(sources), max(map(len, sources))), PAD, dtype=torch.long, device=device)
+    for row, ids in enumerate(sources):
+        src[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return model.encode(src, torch.tensor([len(ids) for ids in sources]))
+
+
+def _rows(memory: Memory, index) -> Memory:
+    """The memory rows for each decoder row (its question's)."""
+    return Memory(*(t[index] for t in memory))
 
 
 @torch.inference_mode()
+def greedy_decode_batch(model: Seq2Seq, sources, max_len: int, no_repeat_ngram: int = 0,
+                        boundary_id: int | None = None) -> list[list[int]]:
+    """Greedy decoding of several questions together: the most likely next
+    token for each, until its </s> or max_len tokens."""
+    memory, hidden = _encode_many(model, sources)
+    device = memory.values.device
+    replies: list[list[int]] = [[] for _ in sources]
+    active = list(range(len(sources)))  # questions still being decoded
+    for step in range(max_len + 1):
+        last = torch.tensor([[replies[q][-1] if replies[q] else BOS] for q in active], device=device)
+        logp, hidden = _step_logprobs(model, last, hidden, _rows(memory, torch.tensor(active, device=device)),
+                                      [replies[q] for q in active], no_repeat_ngram, boundary_id,
+                                      force_eos=step == max_len)
+        keep = []
+        for row, tok in enumerate(logp.argmax(dim=1).tolist()):
+            if tok != EOS:
+                replies[active[row]].append(tok)
+                keep.append(row)
+        if not keep:
+            break
+        active = [active[row] for row in keep]
+        hidden = hidden[:, torch.tensor(keep, device=device)]
+    return replies
+
+
+@torch.inference_mode()
+def beam_decode_batch(model: Seq2Seq, sources, max_len: int, beam_size: int = 4, length_penalty: float = 1.0,
+                      no_repeat_ngram: int = 0, boundary_id: int | None = None) -> list[list[int]]:
+    """Beam search for several questions together: every live hypothesis of
+    every question is one decoder row.  Finished replies are ranked by
+    log p / length ** length_penalty so that short replies do not win just
+    for being short."""
+    memory, hidden = _encode_many(model, sources)
+    device = memory.values.device
+    beams = [[([], 0.0)] for _ in sources]  # per question: (tokens, summed log prob)
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in sources]
+    active = list(range(len(sources)))
+    for step in range(max_len + 1):
+        owners = [q for q in active for _ in beams[q]]  # the question of each row
+        hyps = [h for q in active for h in beams[q]]
+        last = torch.tensor([[toks[-1] if toks else BOS] for toks, _ in hyps], device=device)
+        logp, hidden = _step_logprobs(model, last, hidden, _rows(memory, torch.tensor(owners, device=device)),
+                                      [t for t, _ in hyps], no_repeat_ngram, boundary_id, force_eos=step == max_len)
+        scores = logp + torch.tensor([s for _, s in hyps], device=device).unsqueeze(1)
+        vocab_size = scores.size(1)
+        next_active, origins, first = [], [], 0
+        for q in active:
+            width = len(beams[q])
+            block = scores[first: first + width].reshape(-1)
+            top = block.topk(min(2 * beam_size, block.numel()))
+            next_beams = []
+            for score, index in zip(top.values.tolist(), top.indices.tolist()):
+                if score == float("-inf"):
+                    break
+                origin, tok = divmod(index, vocab_size)
+                tokens = beams[q][origin][0]
+                if tok == EOS:
+                    finished[q].append((score / (len(tokens) + 1) ** length_penalty, tokens))
+                else:
+                    next_beams.append((tokens + [tok], score))
+                    origins.append(first + origin)
+                if len(next_beams) == beam_size:
+                    break
+            if len(finished[q]) >= beam_size or not next_beams:
+                del origins[len(origins) - len(next_beams):]  # this question is done
+                if not finished[q]:
+                    finished[q] = [(s / max(len(t), 1) ** length_penalty, t) for t, s in beams[q]]
+            else:
+                beams[q] = next_beams
+                next_active.append(q)
+            first += width
+        if not next_active:
+            break
+        active = next_active
+        hidden = hidden[:, torch.tensor(origins, device=device)]
+    for q in active:  # out of steps (cannot happen with force_eos, but be safe)
+        if not finished[q]:
+            finished[q] = [(s / max(len(t), 1) ** length_penalty, t) for t, s in beams[q]]
+    return [max(f, key=lambda item: item[0])[1] for f in finished]
+
+
 def greedy_decode(model: Seq2Seq, src_ids, max_len: int, no_repeat_ngram: int = 0,
                   boundary_id: int | None = None) -> list[int]:
-    """Pick the most likely next token until </s> or max_len tokens."""
-    memory, hidden = _encode_one(model, src_ids)
-    device = memory.values.device
-    tokens: list[int] = []
-    for step in range(max_len + 1):
-        last = torch.tensor([[tokens[-1] if tokens else BOS]], device=device)
-        logp, hidden = _step_logprobs(model, last, hidden, memory, [tokens], no_repeat_ngram,
-                                      boundary_id, force_eos=step == max_len)
-        tok = int(logp[0].argmax())
-        if tok == EOS:
-            break
-        tokens.append(tok)
-    return tokens
+    """Greedy decoding of one question."""
+    return greedy_decode_batch(model, [src_ids], max_len, no_repeat_ngram, boundary_id)[0]
 
 
-@torch.inference_mode()
 def beam_decode(model: Seq2Seq, src_ids, max_len: int, beam_size: int = 4, length_penalty: float = 1.0,
                 no_repeat_ngram: int = 0, boundary_id: int | None = None) -> list[int]:
-    """Beam search; finished replies are ranked by log p / length ** length_penalty
-    so that short replies do not win just for being short."""
-    memory, hidden = _encode_one(model, src_ids)
-    device = memory.values.device
-    beams: list[tuple[list[int], float]] = [([], 0.0)]  # (tokens, summed log prob)
-    finished: list[tuple[float, list[int]]] = []
-    for step in range(max_len + 1):
-        last = torch.tensor([[toks[-1] if toks else BOS] for toks, _ in beams], device=device)
-        logp, hidden = _step_logprobs(model, last, hidden, memory.expand(len(beams)), [t for t, _ in beams],
-                                      no_repeat_ngram, boundary_id, force_eos=step == max_len)
-        scores = logp + torch.tensor([s for _, s in beams], device=device).unsqueeze(1)
-        top = scores.view(-1).topk(min(2 * beam_size, scores.numel()))
-        vocab_size = scores.size(1)
-        next_beams, origins = [], []
-        for score, index in zip(top.values.tolist(), top.indices.tolist()):
-            if score == float("-inf"):
-                break
-            origin, tok = divmod(index, vocab_size)
-            tokens = beams[origin][0]
-            if tok == EOS:
-                finished.append((score / (len(tokens) + 1) ** length_penalty, tokens))
-            else:
-                next_beams.append((tokens + [tok], score))
-                origins.append(origin)
-            if len(next_beams) == beam_size:
-                break
-        if len(finished) >= beam_size or not next_beams:
-            break
-        beams = next_beams
-        hidden = hidden[:, torch.tensor(origins, device=device)]
-    if not finished:
-        finished = [(s / max(len(t), 1) ** length_penalty, t) for t, s in beams]
-    return max(finished, key=lambda f: f[0])[1]
+    """Beam search for one question."""
+    return beam_decode_batch(model, [src_ids], max_len, beam_size, length_penalty, no_repeat_ngram,
+                             boundary_id)[0]
+
+
+def generate_batch(model: Seq2Seq, sources, config: ModelConfig | None = None,
+                   boundary_id: int | None = None) -> list[list[int]]:
+    """Decode several questions with the settings in config (the model's own by default)."""
+    if not sources:
+        return []
+    c = config or model.config
+    if c.decoding == "greedy":
+        return greedy_decode_batch(model, sources, c.max_reply_len, c.no_repeat_ngram, boundary_id)
+    return beam_decode_batch(model, sources, c.max_reply_len, c.beam_size, c.length_penalty, c.no_repeat_ngram,
+                             boundary_id)
 
 
 def generate(model: Seq2Seq, src_ids, config: ModelConfig | None = None, boundary_id: int | None = None) -> list[int]:
-    """Decode with the settings in config (the model's own by default)."""
-    c = config or model.config
-    if c.decoding == "greedy":
-        return greedy_decode(model, src_ids, c.max_reply_len, c.no_repeat_ngram, boundary_id)
-    return beam_decode(model, src_ids, c.max_reply_len, c.beam_size, c.length_penalty, c.no_repeat_ngram, boundary_id)
+    """Decode one question with the settings in config (the model's own by default)."""
+    return generate_batch(model, [src_ids], config, boundary_id)[0]
 
 
 # -----------------------------------------------------------------------------
@@ -433,7 +489,14 @@ class Chatbot:
         return self.vocab.decode(ids)
 
     def reply(self, text: str) -> str:
-        return morph.detokenize(self.reply_tokens(morph.tokenize(text, self.config.tokenizer)))
+        return self.reply_batch([text])[0]
+
+    def reply_batch(self, texts: list[str]) -> list[str]:
+        """Replies to several questions, decoded together (the server batches
+        chats that arrive at the same time)."""
+        sources = [self.vocab.encode(morph.tokenize(text, self.config.tokenizer), add_eos=True) for text in texts]
+        replies = generate_batch(self.model, sources, self.config, self._boundary_id)
+        return [morph.detokenize(self.vocab.decode(ids)) for ids in replies]
 
 
 def perplexity(loss: float) -> float:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import morph
+from .batching import ReplyBatcher
 from .database import ROUTE_FALLBACK, ROUTE_MEMORY, ROUTE_MODEL, reviewed_answer
 
 log = logging.getLogger(__name__)
@@ -30,12 +31,12 @@ class Answer:
 class Responder:
     """Holds the current model and reloads it when ``current`` moves."""
 
-    def __init__(self, models_root, workers=1, torch_threads=1):
+    def __init__(self, models_root, workers=1, batch_max=8, window_ms=0.0, torch_threads=1):
         self.models_root = Path(models_root)
         self.torch_threads = torch_threads
-        # At most `workers` replies are computed at once; the other requests
-        # wait here rather than all competing for the cores.
-        self._computing = threading.BoundedSemaphore(max(1, workers))
+        # `workers` threads compute the replies, several questions per model
+        # call when chats arrive together; the chats' own threads just wait.
+        self._batcher = ReplyBatcher(workers, batch_max, window_ms)
         self._lock = threading.Lock()
         self._bot = None
         self._target = None  # the link target the loaded model came from
@@ -83,6 +84,5 @@ class Responder:
             return Answer(reviewed, ROUTE_MEMORY, version)
         if bot is None:
             return Answer(FALLBACK_ANSWER, ROUTE_FALLBACK, None)
-        with self._computing:
-            text = bot.reply(question)
+        text = self._batcher.reply(bot, question)
         return Answer(text or FALLBACK_ANSWER, ROUTE_MODEL, version)

@@ -1,0 +1,93 @@
+"""The reply batcher: one model call for questions that arrive together."""
+import threading
+import time
+
+import pytest
+
+from chatbot.batching import ReplyBatcher
+
+
+class SlowBot:
+    """Stands in for model.Chatbot: records the batches it was given."""
+
+    def __init__(self, seconds=0.05):
+        self.seconds = seconds
+        self.batches = []
+
+    def reply_batch(self, texts):
+        self.batches.append(list(texts))
+        time.sleep(self.seconds)
+        return [f"re: {t}" for t in texts]
+
+
+def ask_all(batcher, bot, texts):
+    replies = [None] * len(texts)
+
+    def ask(i):
+        replies[i] = batcher.reply(bot, texts[i])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(texts))]
+    for t in threads:
+        t.start()
+        time.sleep(0.002)
+    for t in threads:
+        t.join(10)
+    return replies
+
+
+def test_each_caller_gets_its_own_reply():
+    bot = SlowBot()
+    texts = [f"질문 {i}" for i in range(20)]
+    assert ask_all(ReplyBatcher(workers=2, batch_max=8), bot, texts) == [f"re: {t}" for t in texts]
+
+
+def test_questions_waiting_together_are_batched():
+    bot = SlowBot(seconds=0.1)
+    ask_all(ReplyBatcher(workers=1, batch_max=8), bot, [str(i) for i in range(12)])
+    assert max(len(b) for b in bot.batches) > 1
+    assert all(len(b) <= 8 for b in bot.batches)
+    assert sum(len(b) for b in bot.batches) == 12
+
+
+def test_batch_max_one_answers_one_at_a_time():
+    bot = SlowBot(seconds=0.01)
+    ask_all(ReplyBatcher(workers=1, batch_max=1), bot, [str(i) for i in range(6)])
+    assert [len(b) for b in bot.batches] == [1] * 6
+
+
+def test_a_lone_question_does_not_wait_for_company():
+    bot = SlowBot(seconds=0)
+    batcher = ReplyBatcher(workers=1, batch_max=8)
+    batcher.reply(bot, "warm-up")
+    start = time.monotonic()
+    assert batcher.reply(bot, "안녕") == "re: 안녕"
+    assert time.monotonic() - start < 0.05
+
+
+def test_a_failing_model_raises_in_the_caller_and_the_worker_survives():
+    class BrokenBot:
+        def reply_batch(self, texts):
+            raise RuntimeError("model exploded")
+
+    batcher = ReplyBatcher(workers=1, batch_max=4)
+    with pytest.raises(RuntimeError, match="model exploded"):
+        batcher.reply(BrokenBot(), "안녕")
+    assert batcher.reply(SlowBot(seconds=0), "안녕") == "re: 안녕"
+
+
+def test_requests_for_different_models_are_not_mixed():
+    old, new = SlowBot(seconds=0.05), SlowBot(seconds=0.05)
+    batcher = ReplyBatcher(workers=1, batch_max=8)
+    replies = [None] * 6
+
+    def ask(i):
+        replies[i] = batcher.reply(old if i % 2 else new, str(i))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert replies == [f"re: {i}" for i in range(6)]
+    assert sorted(t for b in old.batches for t in b) == ["1", "3", "5"]
+    assert sorted(t for b in new.batches for t in b) == ["0", "2", "4"]
