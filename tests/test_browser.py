@@ -223,7 +223,7 @@ def test_history_survives_a_reload_and_stays_in_its_tab(live, context):
     answers = [t.strip() for t in bubble_texts(page, "bot")]
     page.reload()
     page.wait_for_selector(CONNECTED)
-    page.wait_for_function("document.querySelectorAll('.msg.bot[data-id]').length === 2", timeout=10000)
+    page.wait_for_function("() => document.querySelectorAll('.msg.bot[data-id]').length === 2", timeout=10000)
     assert bubble_texts(page, "user") == ["날씨 어때", "비 와"]
     assert [t.strip() for t in bubble_texts(page, "bot")] == answers
     shot(page, "chat-mobile-after-reload")
