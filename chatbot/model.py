@@ -274,16 +274,19 @@ def _banned(tokens: list[int], no_repeat_ngram: int, boundary_id: int | None) ->
 def _step_logprobs(model, last_tokens, hidden, memory, histories, no_repeat_ngram, boundary_id, force_eos):
     logits, hidden = model.decode(last_tokens, hidden, memory)
     logp = F.log_softmax(logits[:, -1].float(), dim=-1)
+    if force_eos:  # out of length: </s> is the only way on
+        eos = logp[:, EOS].clone()
+        logp.fill_(float("-inf"))
+        logp[:, EOS] = eos
+        return logp, hidden
+    rows, cols = [], []  # every banned (row, token), masked in one indexing call
     for row, tokens in enumerate(histories):
-        if force_eos:
-            keep = logp[row, EOS].clone()
-            logp[row] = float("-inf")
-            logp[row, EOS] = keep
-            continue
         banned = _banned(tokens, no_repeat_ngram, boundary_id)
         if len(banned) >= logp.size(1):  # nothing left (a toy vocabulary): allow stopping
             banned.discard(EOS)
-        logp[row, list(banned)] = float("-inf")
+        rows.extend([row] * len(banned))
+        cols.extend(banned)
+    logp[rows, cols] = float("-inf")
     return logp, hidden
 
 
