@@ -6,6 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 5000
 # One process; each connected WebSocket holds one of its threads (README: "Why threads").
 THREADS ?= 1000
+MALLOC_ARENA_MAX ?= 2
 
 .PHONY: run serve bench-serve test retrain install install-test clean bench-quality browser
 
@@ -32,9 +33,11 @@ run: install
 	@$(MAKE) --no-print-directory serve
 
 # Only the server (run does the set-up first); bench/serve.py starts it this way.
+# MALLOC_ARENA_MAX: glibc gives busy threads their own malloc arenas; two are
+# plenty here and keep memory flat under load (bench/README.md).
 serve:
 	@echo "Serving on http://$(HOST):$(PORT)"
-	$(BIN)/gunicorn --worker-class gthread --workers 1 --threads $(THREADS) \
+	MALLOC_ARENA_MAX=$(MALLOC_ARENA_MAX) $(BIN)/gunicorn --worker-class gthread --workers 1 --threads $(THREADS) \
 		--bind $(HOST):$(PORT) app:app
 
 retrain: install
