@@ -214,12 +214,29 @@ def test_loss_history_and_lr_decay(models):
     assert (out / "loss.png").stat().st_size > 1000
 
 
-def test_greedy_decoding_and_early_stop(models):
+@pytest.mark.parametrize("select_by", ["chrf", "loss"])
+def test_greedy_decoding_and_early_stop(models, select_by):
     out = train.run_training(PAIRS, models, **{**TINY, "max_steps": None, "epochs": 4, "min_epochs": 1,
-                                               "patience": 1, "decoding": "greedy"})
+                                               "patience": 1, "decoding": "greedy", "select_by": select_by})
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert 1 <= metrics["best_epoch"] <= metrics["epochs"] <= 4
     assert all(s["reply"] for s in metrics["samples"])
+    assert metrics["select_by"] == select_by
+    chrfs = [h["dev_chrf"] for h in metrics["history"]]
+    if select_by == "chrf":  # the kept epoch has the best dev chrF
+        assert metrics["selection_dev_chrf"] == max(chrfs[:metrics["epochs"]])
+    else:
+        assert chrfs == [None] * metrics["epochs"]
+
+
+def test_epochs_scale_with_data_size():
+    auto = train.auto_epochs
+    assert (auto(train.TrainConfig(), 458).epochs, auto(train.TrainConfig(), 458).min_epochs) == (80, 30)
+    assert (auto(train.TrainConfig(), 8697).epochs, auto(train.TrainConfig(), 8697).min_epochs) == (11, 4)
+    assert auto(train.TrainConfig(), 10**6).epochs == 10
+    assert auto(train.TrainConfig(epochs=3, min_epochs=0), 458).epochs == 3
+    with pytest.raises(ValueError):
+        train.TrainConfig(select_by="bleu")
 
 
 # --- versions ----------------------------------------------------------------
