@@ -1,4 +1,4 @@
-"""``flask --app app`` commands: reviewers and CSV import/export."""
+"""``flask --app app`` commands: reviewers, CSV import/export, retraining."""
 import os
 
 import click
@@ -82,6 +82,40 @@ def export_pairs(path):
     click.echo(f"exported {len(pairs)} reviewed pairs to {path}")
 
 
+@click.command("retrain", context_settings={"ignore_unknown_options": True})
+@click.option("--force", is_flag=True, help="activate the new model even if the quality gate refuses it")
+@click.option("--margin", type=float, default=None,
+              help="dev chrF points the new model may lose to current (default: QUALITY_GATE_MARGIN)")
+@click.argument("train_args", nargs=-1, type=click.UNPROCESSED)
+@with_appcontext
+def retrain_command(force, margin, train_args):
+    """Train a new model on the app's pairs, one run at a time, with the quality gate.
+
+    Extra arguments after -- go to `python -m chatbot.train` (after RETRAIN_ARGS).
+    Exit status: 0 activated or kept back by the gate, 1 failed, 75 another retrain is running.
+    """
+    from . import models_admin, retrain
+
+    root = current_app.config["MODEL_DIR"]
+    fd = retrain.try_lock(root)
+    if fd is None:
+        click.echo("error: another retrain is running", err=True)
+        raise SystemExit(retrain.BUSY_EXIT)
+    try:
+        pairs_csv = retrain.state_dir(root) / "pairs.csv"
+        count = models_admin.export_training_pairs(pairs_csv)
+        click.echo(f"{count} training pairs (starter + reviewed + imported)")
+    except BaseException:
+        os.close(fd)
+        raise
+    margin = current_app.config["QUALITY_GATE_MARGIN"] if margin is None else margin
+    status = retrain.run(root, pairs_csv, force=force, margin=margin, lock_fd=fd, pair_count=count,
+                         train_args=[*models_admin.train_args(), *train_args], on_line=click.echo)
+    click.echo(f"{status['state']}: {status['message']}")
+    if status["state"] not in (retrain.ACTIVATED, retrain.REFUSED):
+        raise SystemExit(1)
+
+
 def init_app(app):
-    for command in (create_admin, import_pairs, export_pairs):
+    for command in (create_admin, import_pairs, export_pairs, retrain_command):
         app.cli.add_command(command)

@@ -81,6 +81,11 @@ class Config:
     REMEMBER_COOKIE_HTTPONLY = True
     REMEMBER_COOKIE_SAMESITE = "Lax"
     WTF_CSRF_TIME_LIMIT = None  # a token lives as long as the login session
+    # Retraining (chatbot/retrain.py): a new model whose dev chrF is more than
+    # QUALITY_GATE_MARGIN points below current's is kept but not activated
+    # unless forced; RETRAIN_ARGS are extra flags for `python -m chatbot.train`.
+    QUALITY_GATE_MARGIN = _float("QUALITY_GATE_MARGIN", 2.0)
+    RETRAIN_ARGS = os.environ.get("RETRAIN_ARGS") or ""
 
 
 def load_secret_key(instance_path) -> str:

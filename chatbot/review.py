@@ -35,7 +35,7 @@ from wtforms import PasswordField, StringField, TextAreaField
 from wtforms.csrf.core import CSRF
 from wtforms.validators import DataRequired, Length, Optional
 
-from . import security
+from . import models_admin, security
 from .database import (FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED, ROUTE_FALLBACK,
                        ROUTE_IMPORT, ROUTE_MEMORY, ROUTE_MODEL, STATUS_LABELS, UNREVIEWED, Exchange,
                        Reviewer, review_queue_order)
@@ -424,6 +424,10 @@ class ExchangeView(_ReviewerOnly, ModelView):
         self._bulk_mark(ids, UNREVIEWED)
 
 
+class ReviewModelsView(_ReviewerOnly, models_admin.ModelsView):
+    """Model versions, rollback, delete and retrain (chatbot/models_admin.py)."""
+
+
 # ---------------------------------------------------------------------------
 
 def _local_swatch(name):
@@ -461,6 +465,8 @@ def init_app(app):
     admin = Admin(app, name=ADMIN_NAME, theme=theme, csp_nonce_generator=security.csp_nonce,
                   index_view=ReviewIndexView(name="현황", url="/admin"))
     admin.add_view(ExchangeView(Exchange, db.session, name="대화 검토", endpoint="exchange"))
+    admin.add_view(ReviewModelsView(name="모델", endpoint="models", url="/admin/models"))
+    models_admin.init_app(app)
     app.extensions["review_admin"] = admin
 
     private_blueprints = {auth_bp.name} | {view.endpoint for view in admin._views}

@@ -96,3 +96,37 @@ def activate(models_root, name: str) -> Path:
         tmp_link.unlink()
         raise
     return root / name
+
+
+class VersionInUse(ValueError):
+    """The version is `current`: it cannot be deleted."""
+
+
+def delete(models_root, name: str) -> None:
+    """Delete version `name`; never the one `current` points at.
+
+    The directory is first renamed to a hidden name (so it is no longer a
+    version and cannot be activated), then `current` is checked again: if it
+    was swapped to this version meanwhile, the rename is undone and the
+    delete refused.  Only then is the hidden directory removed.
+    """
+    import shutil
+
+    root = Path(models_root)
+    if not name or "/" in name or os.sep in name or not _is_version_dir(root / name):
+        raise ValueError(f"{name!r} is not a model version in {root}")
+    if _points_at(root, name):
+        raise VersionInUse(f"{name} is current; activate another version first")
+    hidden = root / f".deleting-{name}-{uuid.uuid4().hex[:8]}"
+    os.rename(root / name, hidden)
+    if _points_at(root, name):
+        os.rename(hidden, root / name)
+        raise VersionInUse(f"{name} is current; activate another version first")
+    shutil.rmtree(hidden)
+
+
+def _points_at(root: Path, name: str) -> bool:
+    try:
+        return os.readlink(root / CURRENT) == name
+    except OSError:
+        return False

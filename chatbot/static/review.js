@@ -24,3 +24,54 @@
     }
   }, true);
 })();
+
+/* The models page (templates/admin/models.html): a confirm() before deleting
+ * a version, and the retrain panel kept live from the server's `retrain`
+ * events on the /admin Socket.IO namespace (only logged-in reviewers may
+ * join it).  Without Socket.IO the page still shows the state it was
+ * rendered with; every value is put in as text, never as HTML. */
+(function () {
+  "use strict";
+
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    var question = form && form.getAttribute && form.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) event.preventDefault();
+  }, true);
+
+  function setField(panel, name, text) {
+    var el = panel.querySelector('[data-field="' + name + '"]');
+    if (el) el.textContent = text;
+  }
+
+  function show(panel, s) {
+    var running = !!s.running;
+    setField(panel, "state_label", (s.state_label || "없음") + (running ? " (진행 중)" : ""));
+    var progress = "";
+    if (s.epoch) progress = "epoch " + s.epoch + (s.epochs ? " / " + s.epochs : "");
+    setField(panel, "progress", progress);
+    var loss = "";
+    if (s.train_loss !== null && s.train_loss !== undefined) {
+      loss = "train " + s.train_loss;
+      if (s.dev_loss !== null && s.dev_loss !== undefined) loss += " · dev " + s.dev_loss;
+    }
+    setField(panel, "loss", loss);
+    setField(panel, "eta", running && s.eta_seconds !== null && s.eta_seconds !== undefined
+      ? "최대 " + Math.round(s.eta_seconds) + "초" : "");
+    setField(panel, "message", s.message || "");
+    var log = document.getElementById("retrain-log");
+    if (log && typeof s.log_tail === "string") log.textContent = s.log_tail;
+    var button = document.getElementById("retrain-start");
+    if (button) button.disabled = running;
+    // A run just ended: reload once so the versions table shows the new model.
+    if (panel.getAttribute("data-was-running") === "1" && !running) window.location.reload();
+    panel.setAttribute("data-was-running", running ? "1" : "0");
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var panel = document.getElementById("retrain-panel");
+    if (!panel || typeof window.io !== "function") return;
+    var socket = window.io("/admin", { transports: ["websocket", "polling"] });
+    socket.on("retrain", function (status) { show(panel, status || {}); });
+  });
+})();
