@@ -3,7 +3,7 @@ from pathlib import Path
 
 from flask import Flask
 
-from .config import PROJECT_ROOT, Config, load_secret_key
+from .config import PROJECT_ROOT, Config, load_secret_key, normalise_database_url
 from .extensions import csrf, db, login_manager, migrate, socketio
 
 MIGRATIONS_DIR = str(PROJECT_ROOT / "migrations")
@@ -27,14 +27,22 @@ def create_app(test_config=None):
         app.config["SECRET_KEY"] = load_secret_key(app.instance_path)
     if not app.config["SQLALCHEMY_DATABASE_URI"]:
         app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + str(Path(app.instance_path) / "chatbot.db")
+    app.config["SQLALCHEMY_DATABASE_URI"] = normalise_database_url(app.config["SQLALCHEMY_DATABASE_URI"])
 
     db.init_app(app)
     database.init_app(app)
     migrate.init_app(app, db, directory=MIGRATIONS_DIR, render_as_batch=True)
     csrf.init_app(app)
     login_manager.init_app(app)
+    socketio_options = {}
+    if app.config["SOCKETIO_MESSAGE_QUEUE"]:
+        # Only when configured: Flask-SocketIO's test client cannot run on a queue.
+        socketio_options["message_queue"] = app.config["SOCKETIO_MESSAGE_QUEUE"]
+    else:  # socketio is module-global and keeps its options across init_app calls
+        socketio.server_options.pop("message_queue", None)
+        socketio.server_options.pop("client_manager", None)
     socketio.init_app(app, async_mode=app.config["SOCKETIO_ASYNC_MODE"],
-                      max_http_buffer_size=16 * app.config["MAX_MESSAGE_CHARS"] + 1024)
+                      max_http_buffer_size=16 * app.config["MAX_MESSAGE_CHARS"] + 1024, **socketio_options)
 
     chat.init_app(app)
     review.init_app(app)

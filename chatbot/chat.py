@@ -12,6 +12,9 @@ Protocol (client → server, then what the server answers the sender with):
 - ``feedback`` ``{"id": 12, "value": "up" | "down" | null}`` → ``feedback``
   ``{id, value}``; only for exchanges of the same chat session.
 
+Unprompted, the server sends ``model`` ``{"version": ...}`` when the process
+has loaded a newly activated model (chatbot/model_watch.py).
+
 Anything refused (bad input, another session's exchange, too many events,
 an unknown event, a packet that does not decode) is answered with ``error``
 ``{code, message, event}`` and changes nothing; the connection stays open.
@@ -30,6 +33,7 @@ from flask_socketio import emit
 from . import guard, morph
 from .database import FEEDBACK_LABELS, Exchange
 from .extensions import db, socketio
+from .model_watch import ModelWatcher
 from .responder import Responder
 
 log = logging.getLogger(__name__)
@@ -159,6 +163,9 @@ def on_connect(auth=None):
     wanted = auth.get("session") if isinstance(auth, dict) else None
     session["chat_session"] = wanted if isinstance(wanted, str) and _SESSION_ID.match(wanted) else request.sid
     request.environ[_BUCKET] = _new_bucket()
+    watcher = current_app.extensions.get("chatbot.model_watch")
+    if watcher is not None:
+        watcher.ensure_started()
 
 
 @socketio.on("message")
@@ -225,5 +232,8 @@ def init_app(app):
     app.extensions["chatbot.responder"] = Responder(
         app.config["MODEL_DIR"], workers=app.config["REPLY_WORKERS"], batch_max=app.config["REPLY_BATCH_MAX"],
         window_ms=app.config["REPLY_BATCH_WINDOW_MS"], torch_threads=app.config["TORCH_THREADS"])
+    if not app.testing:  # one thread per server process, from its first chat on
+        app.extensions["chatbot.model_watch"] = ModelWatcher(
+            app, app.extensions["chatbot.responder"], app.config["MODEL_WATCH_SECONDS"])
     guard.harden(socketio)
     app.wsgi_app = guard.SocketIOShield(app.wsgi_app, socketio.server.eio.max_http_buffer_size)

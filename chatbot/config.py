@@ -42,7 +42,9 @@ class Config:
     """Defaults for a single small self-hosted server."""
 
     SECRET_KEY = os.environ.get("SECRET_KEY") or None
-    SQLALCHEMY_DATABASE_URI = os.environ.get("DATABASE_URL") or None  # default set in create_app
+    # Any SQLAlchemy URL; postgresql:// (and postgres://) means psycopg 3
+    # (normalise_database_url).  Default, set in create_app: SQLite in instance/.
+    SQLALCHEMY_DATABASE_URI = os.environ.get("DATABASE_URL") or None
     SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
     MODEL_DIR = os.environ.get("MODEL_DIR") or str(PROJECT_ROOT / "models")
     STARTER_PAIRS = os.environ.get("STARTER_PAIRS") or str(PROJECT_ROOT / "chatbot" / "data" / "starter_pairs.csv")
@@ -71,6 +73,13 @@ class Config:
     # "threading" (the default, see README "Why threads"); another mode
     # ("eventlet", "gevent") needs a server of that kind.
     SOCKETIO_ASYNC_MODE = os.environ.get("SOCKETIO_ASYNC_MODE") or "threading"
+    # Several server processes: a message queue (redis://host:6379/0) through
+    # which they share Socket.IO events.  Unset: one process, no queue.
+    SOCKETIO_MESSAGE_QUEUE = os.environ.get("SOCKETIO_MESSAGE_QUEUE") or None
+    # Each server process checks <MODEL_DIR>/current this often (seconds) and,
+    # when it moved, loads the new model and sends its chats a `model` event.
+    # 0: no watcher (the model still reloads before the next reply).
+    MODEL_WATCH_SECONDS = _float("MODEL_WATCH_SECONDS", 2.0)
     # Flask-Admin's look, and cookies that scripts cannot read or send cross-site.
     FLASK_ADMIN_SWATCH = "cerulean"
     SESSION_COOKIE_HTTPONLY = True
@@ -86,6 +95,15 @@ class Config:
     # unless forced; RETRAIN_ARGS are extra flags for `python -m chatbot.train`.
     QUALITY_GATE_MARGIN = _float("QUALITY_GATE_MARGIN", 2.0)
     RETRAIN_ARGS = os.environ.get("RETRAIN_ARGS") or ""
+
+
+def normalise_database_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` URLs (the usual form) use psycopg 3:
+    SQLAlchemy would otherwise pick psycopg2, which is not installed."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
 
 
 def load_secret_key(instance_path) -> str:

@@ -65,6 +65,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 def pytest_configure(config):
     config.addinivalue_line("markers", "browser: drives a real chromium against a real server")
     config.addinivalue_line("markers", "fuzz: sends malformed Socket.IO traffic to a real server")
+    config.addinivalue_line("markers", "multiprocess: two servers on Redis and PostgreSQL (tests/services.py)")
 
 
 def chromium_path():

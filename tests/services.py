@@ -1,0 +1,145 @@
+"""Throwaway redis-server and PostgreSQL for the multi-process test.
+
+Each runs on 127.0.0.1 on a free port, with its data in a temp dir, and is
+stopped afterwards.  As root, missing Debian packages are installed first
+(``apt-get install redis-server postgresql``).  Without them (and no root to
+install them) the test is skipped with the reason, except under CI=true,
+where it fails.
+"""
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from live_server import free_port
+
+PACKAGES = {"redis-server": "redis-server", "postgresql": "postgresql"}
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def missing(reason):
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: the multi-process test must run)", pytrace=False)
+    pytest.skip(f"{reason}; run the tests as root to have them installed (apt-get install redis-server postgresql)")
+
+
+def pg_bin():
+    """The newest PostgreSQL server's bin dir (Debian keeps it off PATH)."""
+    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    return os.path.dirname(dirs[-1]) if dirs else None
+
+
+def ensure_installed():
+    """Install redis-server and postgresql with apt when missing and we are root."""
+    wanted = []
+    if shutil.which("redis-server") is None:
+        wanted.append(PACKAGES["redis-server"])
+    if pg_bin() is None:
+        wanted.append(PACKAGES["postgresql"])
+    if not wanted:
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        missing(f"{' and '.join(wanted)} not installed")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *wanted]):
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+        if run.returncode != 0:
+            missing(f"{' '.join(command)} failed: {run.stderr[-2000:]}")
+    if shutil.which("redis-server") is None or pg_bin() is None:
+        missing(f"{' and '.join(wanted)} still missing after apt-get install")
+
+
+def wait_for(check, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not start in {timeout}s")
+
+
+class Redis:
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = None
+
+    def start(self):
+        log = open(os.path.join(self.workdir, "redis.log"), "ab")
+        self.process = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
+             "--daemonize", "no", "--dir", self.workdir],
+            stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        import redis
+        client = redis.Redis.from_url(self.url, socket_timeout=1)
+
+        def ping():
+            if self.process.poll() is not None:
+                raise RuntimeError("redis-server exited: " + open(os.path.join(self.workdir, "redis.log")).read())
+            try:
+                return client.ping()
+            except redis.RedisError:
+                return False
+        wait_for(ping, 30, "redis-server")
+        client.close()
+        return self
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class Postgres:
+    """A cluster made with initdb in a temp dir owned by ``postgres``
+    (the server refuses to run as root), trust auth on 127.0.0.1 only."""
+
+    def __init__(self, workdir):
+        self.bin = pg_bin()
+        self.root = tempfile.mkdtemp(prefix="chatbot-pg-")
+        self.data = os.path.join(self.root, "data")
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/chatbot"
+        self.log = os.path.join(self.root, "server.log")
+
+    def _as_postgres(self, *command, timeout=120):
+        if os.geteuid() == 0:
+            command = ("runuser", "-u", "postgres", "--", *command)
+        run = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        if run.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{run.stdout[-2000:]}{run.stderr[-2000:]}")
+        return run
+
+    def start(self):
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+        os.chmod(self.root, 0o700)
+        self._as_postgres(os.path.join(self.bin, "initdb"), "-D", self.data, "-U", "postgres", "-A", "trust",
+                          "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")
+        # socket in the temp dir: /var/run/postgresql may not exist
+        self._as_postgres(os.path.join(self.bin, "pg_ctl"), "-D", self.data, "-l", self.log, "-w", "-t", "60",
+                          "-o", f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off", "start")
+        self._as_postgres(os.path.join(self.bin, "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
+                          "-U", "postgres", "chatbot")
+        return self
+
+    def stop(self):
+        try:
+            self._as_postgres(os.path.join(self.bin, "pg_ctl"), "-D", self.data, "-m", "immediate", "-w", "stop",
+                              timeout=60)
+        except (RuntimeError, subprocess.TimeoutExpired):
+            pass
+        shutil.rmtree(self.root, ignore_errors=True)

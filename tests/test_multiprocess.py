@@ -1,0 +1,232 @@
+"""Two server processes on Redis and PostgreSQL (README "Deployment"), as CI runs it.
+
+The test starts its own redis-server and PostgreSQL on 127.0.0.1 (installing
+the Debian packages first when missing, as root: tests/services.py), migrates
+PostgreSQL with ``flask db upgrade``, and runs two gunicorn processes on two
+ports sharing the database, the message queue, MODEL_DIR and SECRET_KEY.
+Clients on both chat; a model activation reaches both processes; one process
+is killed and its clients reconnect to the other (what a load balancer does)
+with nothing lost: every answered message is a row in PostgreSQL, and the
+messages sent after the reconnect are answered and stored too.
+"""
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+import sqlalchemy as sa
+
+import services
+from live_server import ROOT, LiveServer
+
+pytestmark = pytest.mark.multiprocess
+
+QUESTIONS = ["안녕하세요", "배고파", "날씨 어때", "심심해", "고마워", "너 누구야"]
+
+
+class Chat:
+    """A python-socketio client whose events land in a queue; it reconnects
+    only when told to, and to the URL it is given (the load balancer's job)."""
+
+    def __init__(self, name):
+        import socketio
+
+        self.name = name
+        self.session = f"multi-{name}-session"
+        self.events = queue.Queue()
+        self.client = socketio.Client(reconnection=False)
+        for event in ("reply", "history", "model", "error", "announcement"):
+            self.client.on(event, self._recorder(event))
+        self.url = None
+
+    def _recorder(self, event):
+        return lambda data=None: self.events.put((event, data))
+
+    def connect(self, url):
+        self.url = url
+        self.client.connect(url, auth={"session": self.session}, transports=["websocket"], wait_timeout=10)
+        return self
+
+    def wait(self, event, timeout=30, match=lambda data: True):
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{self.name} ({self.url}): no {event!r} in {timeout}s")
+            try:
+                name, data = self.events.get(timeout=left)
+            except queue.Empty:
+                continue
+            if name == "error":
+                raise AssertionError(f"{self.name}: error {data}")
+            if name == event and match(data):
+                return data
+
+    def ask(self, text):
+        self.client.emit("message", {"text": text})
+        reply = self.wait("reply", match=lambda data: data["question"] == text)
+        assert reply["answer"] and reply["id"], reply
+        return reply
+
+    def close(self):
+        try:
+            self.client.disconnect()
+        except Exception:
+            pass
+
+
+def flask_cli(*args, env):
+    run = subprocess.run([sys.executable, "-m", "flask", "--app", "app", *args], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="module")
+def backends():
+    services.ensure_installed()
+    workdir = tempfile.mkdtemp(prefix="chatbot-redis-")
+    redis = services.Redis(workdir).start()
+    postgres = services.Postgres(workdir)
+    try:
+        postgres.start()
+        yield redis, postgres
+    finally:
+        postgres.stop()
+        redis.stop()
+
+
+def test_two_processes_share_events_models_and_the_database(tmp_path, backends):
+    redis, postgres = backends
+    from chatbot import versions
+    from test_chat import tiny_model
+
+    models = tmp_path / "models"
+    first = tiny_model(models).name
+    second = tiny_model(models).name
+    versions.activate(models, first)
+
+    env = {"DATABASE_URL": postgres.url,  # the usual postgresql:// URL: config picks psycopg 3
+           "SOCKETIO_MESSAGE_QUEUE": redis.url, "MODEL_DIR": str(models), "SECRET_KEY": "shared-secret",
+           "MODEL_WATCH_SECONDS": "0.5", "REPLY_WORKERS": "1"}
+    flask_cli("db", "upgrade", env={**os.environ, **env})
+
+    servers = [LiveServer(tmp_path / name, env=env, threads=16) for name in ("a", "b")]
+    for server in servers:
+        server.workdir.mkdir()
+    chats = []
+    try:
+        for server in servers:
+            server.start()
+        a, b = servers
+        chats = [Chat(f"{s}{i}").connect(server.url) for s, server in (("a", a), ("b", b)) for i in range(2)]
+        answered = []  # every reply any client got
+
+        # clients on both processes chat, on the first model
+        for chat in chats:
+            for text in QUESTIONS[:2]:
+                reply = chat.ask(f"{text} #{chat.name}")
+                assert reply["model_version"] == first, reply
+                answered.append(reply)
+
+        # the message queue joins the processes: one emit reaches the clients of both
+        from flask_socketio import SocketIO
+        SocketIO(message_queue=redis.url).emit("announcement", {"text": "hello"})
+        for chat in chats:
+            assert chat.wait("announcement", timeout=15) == {"text": "hello"}
+
+        # an activation (here as the training job or `versions.activate` does it:
+        # move `current` in the shared MODEL_DIR) reaches both processes
+        versions.activate(models, second)
+        for chat in chats:
+            assert chat.wait("model", timeout=20) == {"version": second}
+        for chat in chats:
+            reply = chat.ask(f"{QUESTIONS[2]} #{chat.name}")
+            assert reply["model_version"] == second, reply
+            answered.append(reply)
+
+        # kill server a (gunicorn's master and its worker, as a crash would);
+        # its clients reconnect to b (same chat session) and lose nothing
+        import psutil
+        for process in [*psutil.Process(a.process.pid).children(recursive=True), psutil.Process(a.process.pid)]:
+            process.send_signal(signal.SIGKILL)
+        a.process.wait(timeout=10)
+        moved = [chat for chat in chats if chat.url == a.url]
+        deadline = time.monotonic() + 15
+        while any(chat.client.connected for chat in moved) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for chat in moved:
+            assert not chat.client.connected
+            chat.close()
+            chat.connect(b.url)
+            chat.client.emit("history")
+            history = chat.wait("history")["exchanges"]
+            mine = [r["id"] for r in answered if r["question"].endswith(f"#{chat.name}")]
+            assert [row["id"] for row in history] == mine
+        for chat in chats:
+            for text in QUESTIONS[3:]:
+                reply = chat.ask(f"{text} #{chat.name}")
+                assert reply["model_version"] == second
+                answered.append(reply)
+        assert b.alive()
+    finally:
+        for chat in chats:
+            chat.close()
+        for server in servers:
+            server.stop()
+
+    # every answered message is a row in PostgreSQL, from both processes' clients
+    engine = sa.create_engine(postgres.url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text("SELECT id, question, answer, session_id, model_version FROM exchange")).all()
+    engine.dispose()
+    stored = {row.id: row for row in rows}
+    assert len(rows) == len(answered) == 4 * len(QUESTIONS)  # 4 clients, each question once
+    for reply in answered:
+        row = stored[reply["id"]]
+        assert (row.question, row.answer, row.model_version) == (reply["question"], reply["answer"],
+                                                                   reply["model_version"])
+        assert row.session_id == f"multi-{reply['question'].split('#')[1]}-session"
+    for server in servers:
+        assert "Traceback" not in server.log(), server.log()
+
+
+# -- configuration, without any service ---------------------------------------------
+
+@pytest.mark.parametrize("url, expected", [
+    ("postgresql://bot:pw@db.example:5432/chatbot", "postgresql+psycopg://bot:pw@db.example:5432/chatbot"),
+    ("postgres://bot@db/chatbot", "postgresql+psycopg://bot@db/chatbot"),
+    ("postgresql+psycopg://bot@db/chatbot", "postgresql+psycopg://bot@db/chatbot"),
+    ("postgresql+psycopg2://bot@db/chatbot", "postgresql+psycopg2://bot@db/chatbot"),
+    ("sqlite:///instance/chatbot.db", "sqlite:///instance/chatbot.db"),
+])
+def test_database_urls_are_normalised(url, expected):
+    from chatbot.config import normalise_database_url
+    assert normalise_database_url(url) == expected
+
+
+def test_a_postgresql_url_uses_psycopg_3(tmp_path):
+    from chatbot import create_app
+    from chatbot.extensions import db
+    app = create_app({"SQLALCHEMY_DATABASE_URI": "postgresql://bot@127.0.0.1:1/chatbot", "SECRET_KEY": "x",
+                      "MODEL_DIR": str(tmp_path / "models")})
+    with app.app_context():
+        assert (db.engine.dialect.name, db.engine.dialect.driver) == ("postgresql", "psycopg")
+        db.engine.dispose()
+
+
+def test_the_message_queue_is_used_only_when_configured(tmp_path):
+    import socketio as python_socketio
+
+    from chatbot import create_app
+    from chatbot.extensions import socketio
+    config = {"SECRET_KEY": "x", "MODEL_DIR": str(tmp_path / "models"),
+              "SQLALCHEMY_DATABASE_URI": "sqlite:///" + str(tmp_path / "chatbot.db")}
+    create_app({**config, "SOCKETIO_MESSAGE_QUEUE": "redis://127.0.0.1:1/0"})  # connects lazily
+    assert isinstance(socketio.server.manager, python_socketio.RedisManager)
+    create_app(config)  # the global SocketIO forgets the queue again
+    assert not isinstance(socketio.server.manager, python_socketio.PubSubManager)
