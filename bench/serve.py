@@ -264,6 +264,7 @@ def main(argv=None):
     args.think = tuple(float(x) for x in args.think.split(","))
     ensure_model(args.models_dir)
 
+    load_before = os.getloadavg()
     results = {}
     for name in args.modes.split(","):
         print(f"mode {name}: {MODES[name] or 'as configured'}", flush=True)
@@ -272,7 +273,9 @@ def main(argv=None):
     default = results.get("default") or next(iter(results.values()))
     report = {"runs": default["runs"], "startup_s": default["startup_s"],
               "idle_rss_mb": default["idle_rss_mb"], "idle200_rss_delta_mb": default["idle200_rss_delta_mb"],
-              "modes": results, "cpu_count": os.cpu_count(), "seconds_per_run": args.seconds,
+              "modes": results, "cpu_count": os.cpu_count(),
+              "load_avg_before": [round(x, 2) for x in load_before],
+              "load_avg_after": [round(x, 2) for x in os.getloadavg()], "seconds_per_run": args.seconds,
               "think_s": list(args.think), "model": os.readlink(args.models_dir / "current")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
@@ -287,7 +290,9 @@ def main(argv=None):
             rate = d["replies_per_s"] / p["replies_per_s"] if p["replies_per_s"] else float("nan")
             tail = p["p99_ms"] / d["p99_ms"] if d["p99_ms"] and p["p99_ms"] else float("nan")
             print(f"| {d['clients']} | {rate:.2f} | {tail:.2f} |")
-    print(f"\nwrote {args.out}")
+    print(f"\nload average (1, 5, 15 min) before {report['load_avg_before']}, after {report['load_avg_after']}"
+          f" on {os.cpu_count()} cores")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
