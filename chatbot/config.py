@@ -11,24 +11,22 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _int(name, default):
+def _number(name, default, kind, what):
     value = os.environ.get(name)
     if value is None or value == "":
         return default
     try:
-        return int(value)
+        return kind(value)
     except ValueError:
-        raise RuntimeError(f"environment variable {name} must be an integer, got {value!r}") from None
+        raise RuntimeError(f"environment variable {name} must be {what}, got {value!r}") from None
+
+
+def _int(name, default):
+    return _number(name, default, int, "an integer")
 
 
 def _float(name, default):
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise RuntimeError(f"environment variable {name} must be a number, got {value!r}") from None
+    return _number(name, default, float, "a number")
 
 
 def _bool(name, default):
