@@ -1,8 +1,8 @@
-"""Throwaway redis-server and PostgreSQL for the multi-process test.
+"""Throwaway redis-server, PostgreSQL and nginx for the multi-process tests.
 
 Each runs on 127.0.0.1 on a free port, with its data in a temp dir, and is
 stopped afterwards.  As root, missing Debian packages are installed first
-(``apt-get install redis-server postgresql``).  Without them (and no root to
+(``apt-get install redis-server postgresql nginx``).  Without them (and no root to
 install them) the test is skipped with the reason, except under CI=true,
 where it fails.
 """
@@ -17,7 +17,7 @@ import pytest
 
 from live_server import free_port
 
-PACKAGES = {"redis-server": "redis-server", "postgresql": "postgresql"}
+PACKAGES = {"redis-server": "redis-server", "postgresql": "postgresql", "nginx": "nginx"}
 
 
 def in_ci() -> bool:
@@ -36,6 +36,10 @@ def pg_bin():
     return os.path.dirname(dirs[-1]) if dirs else None
 
 
+def nginx_bin():
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
+
+
 def ensure_installed():
     """Install redis-server and postgresql with apt when missing and we are root."""
     wanted = []
@@ -43,6 +47,8 @@ def ensure_installed():
         wanted.append(PACKAGES["redis-server"])
     if pg_bin() is None:
         wanted.append(PACKAGES["postgresql"])
+    if nginx_bin() is None:
+        wanted.append(PACKAGES["nginx"])
     if not wanted:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
@@ -52,7 +58,7 @@ def ensure_installed():
         run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
         if run.returncode != 0:
             missing(f"{' '.join(command)} failed: {run.stderr[-2000:]}")
-    if shutil.which("redis-server") is None or pg_bin() is None:
+    if shutil.which("redis-server") is None or pg_bin() is None or nginx_bin() is None:
         missing(f"{' and '.join(wanted)} still missing after apt-get install")
 
 
@@ -101,6 +107,49 @@ class Redis:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class Nginx:
+    """nginx with the README's configuration (its ```nginx block), the
+    upstream servers and the listen port replaced, everything in a temp dir."""
+
+    def __init__(self, workdir, config: str, upstreams):
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        for old, new in zip(("127.0.0.1:5001", "127.0.0.1:5002"), upstreams):
+            assert old in config, old
+            config = config.replace(old, new)
+        config = config.replace("listen 80;", f"listen 127.0.0.1:{self.port};")
+        self.conf = os.path.join(workdir, "nginx.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"daemon off; pid {workdir}/nginx.pid; error_log {workdir}/nginx-error.log;\n"
+                    f"events {{}}\nhttp {{ access_log {workdir}/nginx-access.log;\n"
+                    f"client_body_temp_path {workdir}/body; proxy_temp_path {workdir}/proxy;\n{config}\n}}\n")
+        self.process = None
+
+    def start(self):
+        check = subprocess.run([nginx_bin(), "-t", "-c", self.conf], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise RuntimeError("nginx -t: " + check.stderr)
+        self.process = subprocess.Popen([nginx_bin(), "-c", self.conf], stderr=subprocess.DEVNULL)
+        import urllib.request
+
+        def up():
+            if self.process.poll() is not None:
+                raise RuntimeError("nginx exited")
+            try:
+                with urllib.request.urlopen(self.url + "/", timeout=2) as response:
+                    return response.status == 200
+            except OSError:
+                return False
+        wait_for(up, 30, "nginx")
+        return self
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
 
 
 class Postgres:

@@ -151,10 +151,7 @@ def test_two_processes_share_events_models_and_the_database(tmp_path, backends):
 
         # kill server a (gunicorn's master and its worker, as a crash would);
         # its clients reconnect to b (same chat session) and lose nothing
-        import psutil
-        for process in [*psutil.Process(a.process.pid).children(recursive=True), psutil.Process(a.process.pid)]:
-            process.send_signal(signal.SIGKILL)
-        a.process.wait(timeout=10)
+        kill_server(a)
         moved = [chat for chat in chats if chat.url == a.url]
         deadline = time.monotonic() + 15
         while any(chat.client.connected for chat in moved) and time.monotonic() < deadline:
@@ -193,6 +190,71 @@ def test_two_processes_share_events_models_and_the_database(tmp_path, backends):
         assert row.session_id == f"multi-{reply['question'].split('#')[1]}-session"
     for server in servers:
         assert "Traceback" not in server.log(), server.log()
+
+
+def kill_server(server):
+    """SIGKILL gunicorn's worker and master, as a crash would."""
+    import psutil
+    for process in [*psutil.Process(server.process.pid).children(recursive=True), psutil.Process(server.process.pid)]:
+        process.send_signal(signal.SIGKILL)
+    server.process.wait(timeout=10)
+
+
+def test_nginx_from_the_readme_in_front_of_two_processes(tmp_path, backends):
+    """The README's nginx configuration: Socket.IO upgrades to a WebSocket through
+    it, a client sticks to one process, and when that one dies the same chat
+    session reconnects through nginx to the other, history and all."""
+    import re
+
+    import psutil
+    redis, postgres = backends
+    from test_chat import tiny_model
+
+    models = tmp_path / "models"
+    tiny_model(models)
+    env = {"DATABASE_URL": postgres.url, "SOCKETIO_MESSAGE_QUEUE": redis.url, "MODEL_DIR": str(models),
+           "SECRET_KEY": "shared-secret", "PROXY_COUNT": "1", "REPLY_WORKERS": "1"}
+    flask_cli("db", "upgrade", env={**os.environ, **env})
+    readme = (ROOT / "README.md").read_text()
+    config = re.search(r"```nginx\n(.*?)```", readme, re.S).group(1)
+    servers = [LiveServer(tmp_path / name, env=env, threads=16) for name in ("a", "b")]
+    nginx, chat = None, None
+    try:
+        for server in servers:
+            server.workdir.mkdir()
+            server.start()
+        nginx = services.Nginx(str(tmp_path), config, [f"127.0.0.1:{s.port}" for s in servers]).start()
+        chat = Chat("nginx")
+        chat.url = nginx.url
+        chat.client.connect(nginx.url, auth={"session": chat.session}, wait_timeout=10)  # polling, then upgrade
+        first = chat.ask("안녕하세요 #nginx")
+        deadline = time.monotonic() + 15
+        while chat.client.transport() != "websocket" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert chat.client.transport() == "websocket"
+        second = chat.ask("배고파 #nginx")
+
+        # the process holding the WebSocket is the sticky one: kill it
+        sticky = [s for s in servers if any(c.laddr.port == s.port and c.status == "ESTABLISHED"
+                                            for c in psutil.net_connections("tcp"))]
+        assert len(sticky) == 1, sticky
+        kill_server(sticky[0])
+        deadline = time.monotonic() + 15
+        while chat.client.connected and time.monotonic() < deadline:
+            time.sleep(0.1)
+        chat.close()
+        chat.connect(nginx.url)  # the page reconnects by itself; nginx picks the live process
+        chat.client.emit("history")
+        assert [row["id"] for row in chat.wait("history")["exchanges"]] == [first["id"], second["id"]]
+        third = chat.ask("고마워 #nginx")
+        assert third["id"] > second["id"]
+    finally:
+        if chat:
+            chat.close()
+        if nginx:
+            nginx.stop()
+        for server in servers:
+            server.stop()
 
 
 # -- configuration, without any service ---------------------------------------------
