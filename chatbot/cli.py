@@ -37,6 +37,28 @@ def create_admin(name):
     click.echo(f"{'created' if created else 'updated password of'} reviewer {name!r}")
 
 
+def add_imported_pairs(pairs):
+    """Store pairs as reviewed imported exchanges, skipping ones already imported.
+
+    Returns (added, duplicates); commits.
+    """
+    existing = set(db.session.execute(
+        sa.select(Exchange.question, Exchange.answer).where(Exchange.route == ROUTE_IMPORT)).all())
+    now, added, duplicates = utcnow(), 0, 0
+    for pair in pairs:
+        if (pair.question, pair.answer) in existing:
+            duplicates += 1
+            continue
+        existing.add((pair.question, pair.answer))
+        db.session.add(Exchange(
+            question=pair.question, question_key=morph.question_key(pair.question)[:1000],
+            answer=pair.answer, route=ROUTE_IMPORT, status=REVIEWED, reviewer="import",
+            reviewed_at=now, session_id=None))
+        added += 1
+    db.session.commit()
+    return added, duplicates
+
+
 @click.command("import-pairs")
 @click.argument("path", type=click.Path(dir_okay=False))
 @with_appcontext
@@ -54,20 +76,7 @@ def import_pairs(path):
     for line, reason in errors:
         click.echo(f"line {line}: skipped: {reason}", err=True)
 
-    existing = set(db.session.execute(
-        sa.select(Exchange.question, Exchange.answer).where(Exchange.route == ROUTE_IMPORT)).all())
-    now, added, duplicates = utcnow(), 0, 0
-    for pair in pairs:
-        if (pair.question, pair.answer) in existing:
-            duplicates += 1
-            continue
-        existing.add((pair.question, pair.answer))
-        db.session.add(Exchange(
-            question=pair.question, question_key=morph.question_key(pair.question)[:1000],
-            answer=pair.answer, route=ROUTE_IMPORT, status=REVIEWED, reviewer="import",
-            reviewed_at=now, session_id=None))
-        added += 1
-    db.session.commit()
+    added, duplicates = add_imported_pairs(pairs)
     click.echo(f"imported {added} pairs from {path}; {len(errors)} bad rows skipped; "
                f"{duplicates} already present")
 

@@ -56,14 +56,48 @@ class Exchange(db.Model):
         """The answer to learn from: the correction if there is one."""
         return self.corrected_answer or self.answer
 
-    def mark(self, status, reviewer_name):
-        """Set the review status, recording who did it and when."""
+    def mark(self, status, reviewer_name, action="status", old_status=None):
+        """Set the review status, recording who did it and when (and in the audit).
+
+        ``old_status``: the status before, when the row was already changed (a form).
+        """
+        old = old_status or self.status
         self.status = status
         self.reviewer = reviewer_name
         self.reviewed_at = utcnow()
+        audit(self, action, reviewer_name, old_status=old)
 
     def __repr__(self):
         return f"<Exchange {self.id} {self.status}>"
+
+
+AUDIT_ACTIONS = {"status": "상태 변경", "edit": "답변 수정", "group": "묶음 수정", "purge": "영구 삭제"}
+
+
+class ReviewAudit(db.Model):
+    """Who reviewed what, and when: one row per change a reviewer made.
+
+    exchange_id is a plain number, not a foreign key, so the history of a
+    purged exchange is kept.
+    """
+
+    __tablename__ = "review_audit"
+    id = db.Column(db.Integer, primary_key=True)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow, index=True)
+    reviewer = db.Column(db.String(80), nullable=False, index=True)
+    action = db.Column(db.String(20), nullable=False)
+    exchange_id = db.Column(db.Integer, nullable=True, index=True)
+    question = db.Column(db.Text, nullable=True)
+    old_status = db.Column(db.String(20), nullable=True)
+    new_status = db.Column(db.String(20), nullable=True)
+    corrected_answer = db.Column(db.Text, nullable=True)
+
+
+def audit(row, action, reviewer_name, old_status=None):
+    """Add an audit row for a change to ``row`` (committed with the change)."""
+    db.session.add(ReviewAudit(reviewer=reviewer_name or "-", action=action, exchange_id=row.id,
+                               question=row.question, old_status=old_status, new_status=row.status,
+                               corrected_answer=row.corrected_answer))
 
 
 class Reviewer(UserMixin, db.Model):

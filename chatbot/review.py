@@ -35,10 +35,10 @@ from wtforms import PasswordField, StringField, TextAreaField
 from wtforms.csrf.core import CSRF
 from wtforms.validators import DataRequired, Length, Optional
 
-from . import models_admin, security
-from .database import (FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED, ROUTE_FALLBACK,
-                       ROUTE_IMPORT, ROUTE_MEMORY, ROUTE_MODEL, STATUS_LABELS, UNREVIEWED, Exchange,
-                       Reviewer, review_queue_order)
+from . import models_admin, queue_admin, security
+from .database import (AUDIT_ACTIONS, FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED,
+                       ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_MEMORY, ROUTE_MODEL, STATUS_LABELS, UNREVIEWED,
+                       Exchange, ReviewAudit, Reviewer, audit, review_queue_order)
 from .extensions import db, login_manager
 
 log = logging.getLogger(__name__)
@@ -246,7 +246,8 @@ class ReviewIndexView(_ReviewerOnly, AdminIndexView):
         rows = [(status, label, counts.get(status, 0)) for status, label in STATUS_LABELS.items()]
         disliked = db.session.scalar(sa.select(sa.func.count()).select_from(Exchange).where(
             Exchange.feedback == FEEDBACK_DOWN, Exchange.status == UNREVIEWED))
-        return self.render("admin/review_index.html", status_rows=rows, disliked=disliked)
+        return self.render("admin/review_index.html", status_rows=rows, disliked=disliked,
+                           needs_deletion=counts.get(NEEDS_DELETION, 0))
 
 
 class ChoiceFilter(sqla_filters.FilterEqual):
@@ -378,7 +379,9 @@ class ExchangeView(_ReviewerOnly, ModelView):
 
     def on_model_change(self, form, model, is_created):
         if form.status.data != form.status.object_data:
-            model.mark(form.status.data, current_user.username)
+            model.mark(form.status.data, current_user.username, old_status=form.status.object_data)
+        elif form.corrected_answer.data != form.corrected_answer.object_data:
+            audit(model, "edit", current_user.username, old_status=model.status)
 
     # -- bulk actions -------------------------------------------------------
 
@@ -424,6 +427,36 @@ class ExchangeView(_ReviewerOnly, ModelView):
         self._bulk_mark(ids, UNREVIEWED)
 
 
+class ReviewQueueView(_ReviewerOnly, queue_admin.QueueView):
+    """Grouped unreviewed questions, the next-unreviewed flow, purge, CSV (chatbot/queue_admin.py)."""
+
+
+def _format_audit_status(view, context, model, name):
+    value = getattr(model, name)
+    return STATUS_LABELS.get(value, value or "")
+
+
+class AuditView(_ReviewerOnly, ModelView):
+    """Who reviewed what, and when (read only)."""
+
+    can_create = can_edit = can_delete = False
+    can_view_details = True
+    page_size = 100
+    column_default_sort = ("id", True)
+    column_list = ("created_at", "reviewer", "action", "exchange_id", "question", "old_status", "new_status",
+                   "corrected_answer")
+    column_labels = {"created_at": "시각 (UTC)", "reviewer": "검토자", "action": "작업", "exchange_id": "대화 번호",
+                     "question": "질문", "old_status": "이전 상태", "new_status": "새 상태",
+                     "corrected_answer": "수정한 답변"}
+    column_formatters = {
+        "created_at": _format_time, "question": _format_text, "corrected_answer": _format_text,
+        "old_status": _format_audit_status, "new_status": _format_audit_status,
+        "action": lambda v, c, m, n: AUDIT_ACTIONS.get(m.action, m.action),
+    }
+    column_filters = ("reviewer", "exchange_id")
+    column_searchable_list = ("question",)
+
+
 class ReviewModelsView(_ReviewerOnly, models_admin.ModelsView):
     """Model versions, rollback, delete and retrain (chatbot/models_admin.py)."""
 
@@ -465,6 +498,8 @@ def init_app(app):
     admin = Admin(app, name=ADMIN_NAME, theme=theme, csp_nonce_generator=security.csp_nonce,
                   index_view=ReviewIndexView(name="현황", url="/admin"))
     admin.add_view(ExchangeView(Exchange, db.session, name="대화 검토", endpoint="exchange"))
+    admin.add_view(ReviewQueueView(name="검토 대기열", endpoint="queue", url="/admin/queue"))
+    admin.add_view(AuditView(ReviewAudit, db.session, name="검토 기록", endpoint="audit"))
     admin.add_view(ReviewModelsView(name="모델", endpoint="models", url="/admin/models"))
     models_admin.init_app(app)
     app.extensions["review_admin"] = admin

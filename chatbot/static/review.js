@@ -75,3 +75,32 @@
     socket.on("retrain", function (status) { show(panel, status || {}); });
   });
 })();
+
+/* The review queue's group page (templates/admin/queue_group.html), for the
+ * keyboard: Ctrl+Enter (or Cmd+Enter) marks the group 검토 완료 with the
+ * correction typed; outside a text field, n skips to the next group and d
+ * marks the group 삭제 필요.  A Hangul syllable still being composed is left
+ * alone (isComposing). */
+(function () {
+  "use strict";
+
+  document.addEventListener("keydown", function (event) {
+    var form = document.getElementById("queue-group-form");
+    if (!form || event.isComposing || event.altKey) return;
+    var target = event.target;
+    var typing = target && (target.tagName === "TEXTAREA" || target.tagName === "INPUT" ||
+                            target.isContentEditable);
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      document.getElementById("queue-reviewed").click();
+    } else if (!typing && !event.ctrlKey && !event.metaKey) {
+      if (event.key === "n") {
+        event.preventDefault();
+        window.location.href = document.getElementById("queue-skip").href;
+      } else if (event.key === "d") {
+        event.preventDefault();
+        document.getElementById("queue-delete").click();
+      }
+    }
+  });
+})();

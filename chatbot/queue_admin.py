@@ -1,0 +1,187 @@
+"""The review queue at /admin/queue: grouped questions, next-unreviewed flow,
+purging needs-deletion rows, and CSV import/export.
+
+Unreviewed exchanges are grouped by ``question_key`` (morph.question_key:
+spacing, punctuation and particles ignored), so the same question asked in
+slightly different words is one group and one correction is applied to all
+of its rows.  Groups with a 👎 come first, then the biggest, then the newest.
+
+The "next" flow: ``/admin/queue/next?skip=N`` opens the N-th group in that
+order; marking a group removes it from the queue, so the same N is the next
+one, and 건너뛰기 (skip) is N+1.  Keys: Ctrl+Enter marks the group 검토
+완료 with the correction typed; outside the text box, ``n`` skips and ``d``
+marks 삭제 필요 (static/review.js).
+
+Every change is written to the ``review_audit`` table (``database.audit``).
+"""
+import csv
+import io
+import logging
+import os
+import tempfile
+from datetime import datetime
+
+import sqlalchemy as sa
+from flask import Response, current_app, flash, redirect, request, url_for
+from flask_admin import BaseView, expose
+from flask_login import current_user
+
+from .database import (FEEDBACK_DOWN, NEEDS_DELETION, REVIEWED, UNREVIEWED, Exchange, audit)
+from .extensions import db
+from .pairs import HEADER, PairsFileError, read_pairs_csv, reviewed_pairs
+
+log = logging.getLogger(__name__)
+
+MAX_GROUPS = 200
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+DECISIONS = {"reviewed": REVIEWED, "needs_deletion": NEEDS_DELETION}
+
+
+def unreviewed_groups(limit=MAX_GROUPS):
+    """[(key, rows count, 👎 count, newest time)] of unreviewed rows, in queue order."""
+    disliked = sa.func.sum(sa.case((Exchange.feedback == FEEDBACK_DOWN, 1), else_=0))
+    count = sa.func.count()
+    newest = sa.func.max(Exchange.created_at)
+    query = (sa.select(Exchange.question_key, count, disliked, newest)
+             .where(Exchange.status == UNREVIEWED)
+             .group_by(Exchange.question_key)
+             .order_by((disliked > 0).desc(), count.desc(), newest.desc(), Exchange.question_key)
+             .limit(limit))
+    return [tuple(row) for row in db.session.execute(query).all()]
+
+
+def group_rows(key):
+    return db.session.scalars(
+        sa.select(Exchange).where(Exchange.status == UNREVIEWED, Exchange.question_key == key)
+        .order_by(Exchange.created_at.desc(), Exchange.id.desc())).all()
+
+
+def apply_to_group(key, ids, status, correction, reviewer_name):
+    """Mark the listed unreviewed rows of group ``key``; returns how many changed.
+
+    Only rows that are still unreviewed, in this group and among ``ids`` (the
+    ones the reviewer saw) change: a row that arrived meanwhile waits.
+    """
+    rows = db.session.scalars(sa.select(Exchange).where(
+        Exchange.id.in_(ids), Exchange.question_key == key, Exchange.status == UNREVIEWED)).all()
+    for row in rows:
+        if status == REVIEWED and correction and correction != row.answer:
+            row.corrected_answer = correction
+        row.mark(status, reviewer_name, action="group")
+    db.session.commit()
+    return len(rows)
+
+
+def purge_needs_deletion(reviewer_name):
+    """Delete every needs-deletion row for good (each one is kept in the audit)."""
+    rows = db.session.scalars(sa.select(Exchange).where(Exchange.status == NEEDS_DELETION)).all()
+    for row in rows:
+        audit(row, "purge", reviewer_name, old_status=row.status)
+        db.session.delete(row)
+    db.session.commit()
+    return len(rows)
+
+
+def _ids(values):
+    result = set()
+    for value in values:
+        try:
+            result.add(int(value))
+        except (TypeError, ValueError):
+            continue
+    return result
+
+
+class QueueView(BaseView):
+    """Mixed with review._ReviewerOnly in review.init_app (login required)."""
+
+    @expose("/")
+    def index(self):
+        groups = []
+        for key, count, disliked, newest in unreviewed_groups():
+            rows = group_rows(key)[:3]
+            groups.append({"key": key, "count": count, "disliked": disliked, "newest": newest,
+                           "questions": [r.question for r in rows],
+                           "answers": sorted({r.answer for r in rows})})
+        return self.render("admin/queue.html", groups=groups)
+
+    @expose("/next")
+    def next(self):
+        skip = max(0, request.args.get("skip", 0, type=int) or 0)
+        groups = unreviewed_groups(limit=skip + 1)
+        if len(groups) <= skip:
+            flash("검토할 대화가 더 없습니다." if skip == 0 else "건너뛴 것 말고는 검토할 대화가 없습니다.", "info")
+            return redirect(url_for(".index"))
+        return redirect(url_for(".group", key=groups[skip][0], skip=skip))
+
+    @expose("/group", methods=["GET", "POST"])
+    def group(self):
+        key = request.values.get("key", "")
+        skip = max(0, request.values.get("skip", 0, type=int) or 0)
+        if request.method == "POST":
+            status = DECISIONS.get(request.form.get("decision"))
+            correction = (request.form.get("correction") or "").strip()[:2000] or None
+            if status is None:
+                flash("검토 결과를 고르세요.", "warning")
+                return redirect(url_for(".group", key=key, skip=skip))
+            changed = apply_to_group(key, _ids(request.form.getlist("ids")), status, correction,
+                                     current_user.username)
+            flash(f"{changed}건을 '{'검토 완료' if status == REVIEWED else '삭제 필요'}'(으)로 표시했습니다."
+                  + (" 수정한 답변을 모두에 적용했습니다." if correction and status == REVIEWED else ""), "success")
+            return redirect(url_for(".next", skip=skip))
+        rows = group_rows(key)
+        if not rows:
+            return redirect(url_for(".next", skip=skip))
+        answers = {}
+        for row in rows:
+            answers[row.answer] = answers.get(row.answer, 0) + 1
+        return self.render("admin/queue_group.html", key=key, rows=rows, skip=skip,
+                           answers=sorted(answers.items(), key=lambda kv: -kv[1]))
+
+    @expose("/purge", methods=["POST"])
+    def purge(self):
+        count = purge_needs_deletion(current_user.username)
+        log.info("%s purged %d needs-deletion exchanges", current_user.username, count)
+        flash(f"삭제 필요인 대화 {count}건을 영구히 지웠습니다.", "success")
+        return redirect(url_for("admin.index"))
+
+    @expose("/export.csv")
+    def export_csv(self):
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(HEADER)
+        for pair in reviewed_pairs():
+            writer.writerow([pair.question, pair.answer, ""])
+        name = f"reviewed-pairs-{datetime.now():%Y%m%d-%H%M%S}.csv"
+        return Response("\ufeff" + out.getvalue(), mimetype="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    @expose("/import", methods=["POST"])
+    def import_csv(self):
+        from .cli import add_imported_pairs
+
+        upload = request.files.get("file")
+        if upload is None or not upload.filename:
+            flash("가져올 CSV 파일을 고르세요.", "warning")
+            return redirect(url_for("admin.index"))
+        data = upload.stream.read(MAX_UPLOAD_BYTES + 1)
+        if len(data) > MAX_UPLOAD_BYTES:
+            flash(f"파일이 너무 큽니다 (최대 {MAX_UPLOAD_BYTES // 1024 // 1024}MB). 아무것도 가져오지 않았습니다.", "danger")
+            return redirect(url_for("admin.index"))
+        fd, path = tempfile.mkstemp(suffix=".csv")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            pairs, errors = read_pairs_csv(path, max_chars=current_app.config["MAX_MESSAGE_CHARS"])
+        except PairsFileError as exc:
+            flash(f"{str(exc).replace(path, upload.filename)}: 아무것도 가져오지 않았습니다.", "danger")
+            return redirect(url_for("admin.index"))
+        finally:
+            os.unlink(path)
+        added, duplicates = add_imported_pairs(pairs)
+        log.info("%s imported %d pairs from %s", current_user.username, added, upload.filename)
+        message = f"{added}쌍을 가져왔습니다. 이미 있던 {duplicates}쌍, 잘못된 {len(errors)}줄은 건너뛰었습니다."
+        if errors:
+            message += " (" + ", ".join(f"{line}줄: {reason}" for line, reason in errors[:5]) + ")"
+        flash(message, "success" if not errors else "warning")
+        return redirect(url_for("admin.index"))

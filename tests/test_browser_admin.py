@@ -1,0 +1,88 @@
+"""The models page and the review queue in a real browser, under the CSP:
+retrain with live progress over Socket.IO, rollback, and the keyboard flow
+of the review queue.  Skipped without chromium like tests/test_browser.py."""
+import re
+
+import pytest
+import sqlalchemy as sa
+
+from live_server import LiveServer, prepare
+from test_browser import PASSWORD, admin_login, assert_clean, context, shot  # noqa: F401 (fixture)
+from test_train import PAIRS
+
+pytestmark = pytest.mark.browser
+
+TINY_ARGS = "--max-steps 2 --epochs 2 --threads 1 --dev-percent 20"
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("live-admin")
+    starter = workdir / "starter.csv"
+    starter.write_text("Q,A\n" + "".join(f"{q},{a}\n" for q, a in PAIRS), encoding="utf-8")
+    app = prepare(workdir, STARTER_PAIRS=str(starter))
+    from chatbot.database import Reviewer
+    from chatbot.extensions import db
+    with app.app_context():
+        reviewer = Reviewer(username="kim")
+        reviewer.set_password(PASSWORD)
+        db.session.add(reviewer)
+        db.session.commit()
+        db.engine.dispose()
+    server = LiveServer(workdir, env={"STARTER_PAIRS": str(starter), "RETRAIN_ARGS": TINY_ARGS}).start()
+    server.app = app
+    server.models = workdir / "models"
+    yield server
+    server.stop()
+
+
+def test_retrain_button_shows_live_progress_and_rollback_works(live, context):
+    import os
+
+    from chatbot import retrain
+
+    first = os.readlink(live.models / "current")
+    page = admin_login(context(), live, "/admin/models/")
+    assert page.locator("#model-versions tbody tr").count() == 1
+    page.wait_for_function("() => document.querySelector('[data-field=\"state_label\"]').textContent.length > 0")
+    page.click("#retrain-start")
+    # Progress arrives over Socket.IO; when the run ends the page reloads with the new version.
+    page.wait_for_function(
+        "() => document.querySelectorAll('#model-versions tbody tr').length === 2"
+        " && /적용됨/.test(document.querySelector('[data-field=\"state_label\"]').textContent)", timeout=120000)
+    assert retrain.read_status(live.models)["state"] == retrain.ACTIVATED
+    new = os.readlink(live.models / "current")
+    assert new != first
+    assert page.locator("tr.table-success code").inner_text() == new
+    assert "new model:" in page.locator("#retrain-log").text_content()
+    shot(page, "admin-models")
+
+    page.locator(f'tr[data-version="{first}"] button', has_text="적용").click()
+    page.wait_for_selector(".alert-success")
+    assert os.readlink(live.models / "current") == first
+    assert page.locator("tr.table-success code").inner_text() == first
+    assert_clean(page)
+
+
+def test_review_queue_by_keyboard(live, context):
+    from chatbot import morph
+    from chatbot.database import REVIEWED, Exchange
+    from chatbot.extensions import db
+
+    with live.app.app_context():
+        for q in ("주말에 뭐 하지?", "주말에 뭐 하지", "주말 뭐 하지"):
+            db.session.add(Exchange(question=q, question_key=morph.question_key(q), answer="몰라요"))
+        db.session.commit()
+        db.engine.dispose()
+    page = admin_login(context(), live, "/admin/queue/")
+    page.click("#queue-next")
+    page.wait_for_selector("#queue-correction:focus")
+    page.keyboard.type("영화 보러 가요.")
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector(".alert-success")
+    with live.app.app_context():
+        rows = db.session.scalars(sa.select(Exchange).where(Exchange.question.like("주말%"))).all()
+        assert {(r.status, r.corrected_answer, r.reviewer) for r in rows} == {(REVIEWED, "영화 보러 가요.", "kim")}
+        db.engine.dispose()
+    shot(page, "admin-queue-after")
+    assert_clean(page)
