@@ -153,6 +153,9 @@ class ModelsView(BaseView):
             start_retrain(force=force)
         except retrain.RetrainBusy as exc:
             flash(str(exc), "warning")
+        except OSError as exc:
+            log.exception("could not start a retrain")
+            flash(f"재학습을 시작하지 못했습니다: {exc}", "danger")
         else:
             flash("재학습을 시작했습니다." + (" (품질 기준과 관계없이 적용)" if force else ""), "info")
         return redirect(url_for(".index"))
