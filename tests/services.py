@@ -167,7 +167,8 @@ class Postgres:
     def _as_postgres(self, *command, timeout=120):
         if os.geteuid() == 0:
             command = ("runuser", "-u", "postgres", "--", *command)
-        run = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        # cwd: the postgres user may not be allowed into the checkout's folder
+        run = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=self.root)
         if run.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} failed:\n{run.stdout[-2000:]}{run.stderr[-2000:]}")
         return run
