@@ -192,6 +192,39 @@ def test_two_processes_share_events_models_and_the_database(tmp_path, backends):
         assert "Traceback" not in server.log(), server.log()
 
 
+def test_the_migrations_on_postgresql(tmp_path, backends):
+    """Every migration upgrades and downgrades on PostgreSQL (non-native enums
+    as CHECK constraints, string lengths), and the result matches the models."""
+    import flask_migrate
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from chatbot import create_app
+    from chatbot.extensions import db
+    _, postgres = backends
+    app = create_app({"SQLALCHEMY_DATABASE_URI": postgres.url.replace("/chatbot", "/postgres"), "SECRET_KEY": "x",
+                      "MODEL_DIR": str(tmp_path / "models")})
+    with app.app_context():
+        try:
+            flask_migrate.upgrade()
+            with db.engine.connect() as connection:
+                assert compare_metadata(MigrationContext.configure(connection), db.metadata) == []
+                checks = {c["name"] for c in sa.inspect(connection).get_check_constraints("exchange")}
+            assert {"exchange_route", "exchange_status", "exchange_feedback"} <= checks
+            flask_migrate.downgrade(revision="base")
+            with db.engine.connect() as connection:
+                assert sa.inspect(connection).get_table_names() == ["alembic_version"]
+            flask_migrate.upgrade()
+            with pytest.raises(sa.exc.IntegrityError):
+                db.session.execute(sa.text(
+                    "INSERT INTO exchange (question, question_key, answer, created_at, route, status) "
+                    "VALUES ('q', 'q', 'a', now(), 'model', 'meh')"))
+            db.session.rollback()
+        finally:
+            db.session.remove()
+            db.engine.dispose()
+
+
 def kill_server(server):
     """SIGKILL gunicorn's worker and master, as a crash would."""
     import psutil
