@@ -27,7 +27,7 @@ def in_ci() -> bool:
 def missing(reason):
     if in_ci():
         pytest.fail(f"{reason} (CI=true: the multi-process test must run)", pytrace=False)
-    pytest.skip(f"{reason}; run the tests as root to have them installed (apt-get install redis-server postgresql)")
+    pytest.skip(f"{reason}; run the tests as root to have them installed (apt-get install redis-server postgresql nginx)")
 
 
 def pg_bin():
