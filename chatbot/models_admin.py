@@ -200,7 +200,10 @@ class _Watcher:
                 running = retrain.is_running(root)
                 if (stamp, running) != last:
                     last = (stamp, running)
-                    socketio.emit("retrain", status_payload(root), namespace=NAMESPACE)
+                    # Every process watches the same status file and tells its
+                    # own reviewers; through a message queue they would hear it
+                    # once per process.
+                    socketio.emit("retrain", status_payload(root), namespace=NAMESPACE, ignore_queue=True)
                 socketio.sleep(WATCH_SECONDS)
         except Exception:
             log.exception("retrain watcher stopped")
