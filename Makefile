@@ -38,7 +38,7 @@ run: install
 serve:
 	@echo "Serving on http://$(HOST):$(PORT)"
 	MALLOC_ARENA_MAX=$(MALLOC_ARENA_MAX) $(BIN)/gunicorn --worker-class gthread --workers 1 --threads $(THREADS) \
-		--bind $(HOST):$(PORT) app:app
+		--worker-connections $$(( $(THREADS) * 2 )) --bind $(HOST):$(PORT) app:app
 
 # One run at a time (a lock), with the quality gate (chatbot/retrain.py);
 # make retrain RETRAIN_FLAGS=--force activates even a worse model.
