@@ -232,7 +232,7 @@ def test_greedy_decoding_and_early_stop(models, select_by):
 def test_epochs_scale_with_data_size():
     auto = train.auto_epochs
     assert (auto(train.TrainConfig(), 458).epochs, auto(train.TrainConfig(), 458).min_epochs) == (80, 30)
-    assert (auto(train.TrainConfig(), 8697).epochs, auto(train.TrainConfig(), 8697).min_epochs) == (11, 4)
+    assert (auto(train.TrainConfig(), 8697).epochs, auto(train.TrainConfig(), 8697).min_epochs) == (12, 4)
     assert auto(train.TrainConfig(), 10**6).epochs == 10
     assert auto(train.TrainConfig(epochs=3, min_epochs=0), 458).epochs == 3
     with pytest.raises(ValueError):
