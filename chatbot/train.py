@@ -373,19 +373,20 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
         log(f"  Q: {s['question']}\n     ref: {s['reference']}\n     bot: {s['reply']}")
 
     save_model(out_dir, model.cpu(), vocab, mc)
-    plot_losses(history, best_epoch if dev_ex else None, out_dir / "loss.png")
+    plot_losses(history, best_epoch if dev_ex else None, out_dir / "loss.png", tc.label_smoothing)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return metrics
 
 
-def plot_losses(history, best_epoch, path) -> None:
+def plot_losses(history, best_epoch, path, label_smoothing: float = 0.0) -> None:
     """Train and dev loss per epoch as a PNG (matplotlib's Agg canvas, no pyplot state)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6, 4), dpi=100)
     ax = fig.subplots()
     epochs = [h[0] for h in history]
-    ax.plot(epochs, [h[1] for h in history], marker=".", label="train loss")
+    smoothed = f" (label smoothing {label_smoothing:g})" if label_smoothing else ""
+    ax.plot(epochs, [h[1] for h in history], marker=".", label="train loss" + smoothed)
     if any(h[2] is not None for h in history):
         ax.plot(epochs, [h[2] for h in history], marker=".", label="dev loss")
     if best_epoch:
