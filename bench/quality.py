@@ -10,10 +10,15 @@ Rows, all on the same split in one run:
                         cosine similarity -> the answer of the most similar training question
     seq2seq-whitespace  the default network and training, on whitespace-separated words, greedy decoding
     seq2seq-morph       the same on morphemes (the seed's method), greedy decoding
-    default             the project's default: the seq2seq-morph model with the default decoding
-                        (beam search, length normalisation, n-gram blocking); same weights, so
-                        the same training run and train_seconds
-    seq2seq-whitespace+beam  the whitespace model with the default decoding (for a fair comparison)
+    seq2seq-morph+beam  the same weights, writing every reply with the default beam search
+                        (length normalisation, n-gram blocking)
+    default             the project's default, as the server answers: the same weights pick
+                        among the answers of the 10 most similar training questions
+                        (similarity + 0.03 x mean log-probability), and write the reply with
+                        beam search when no training question is 0.3 alike (chatbot/retrieval.py)
+    seq2seq-whitespace+beam  the whitespace model writing with beam search (for a fair comparison)
+
+The seq2seq rows share one training run per tokenizer, hence the same train_seconds.
 
 The held-out test pairs are never seen by training: run_training() gets the
 training part only and takes its own dev split (early stopping) from it.
@@ -143,10 +148,15 @@ def train_seq2seq(train_pairs, models_root, tokenizer, args, overrides) -> Chatb
 
 
 def seq2seq_replies(bot: Chatbot, questions, **decoding) -> tuple[list[str], float]:
-    """Replies with the model's own settings, decoding fields overridden."""
+    """Replies with the model's own settings, decoding fields overridden
+    (64 questions per call, as identical as one at a time)."""
+    saved = bot.config
     bot.config = dataclasses.replace(bot.config, **decoding)
     started = time.time()
-    replies = [bot.reply(q) for q in questions]
+    try:
+        replies = [r for i in range(0, len(questions), 64) for r in bot.reply_batch(questions[i:i + 64])]
+    finally:
+        bot.config = saved
     return replies, time.time() - started
 
 
@@ -204,14 +214,18 @@ def run(args) -> dict:
         raise SystemExit(f"need training and test pairs (got {len(train_pairs)} and {len(test_pairs)})")
     test_train_overlap = {q for q, _ in test_pairs} & {q for q, _ in train_pairs}
     questions, references = [q for q, _ in test_pairs], [a for _, a in test_pairs]
+    known_answers = {a for _, a in train_pairs}
     overrides = {**(QUICK if args.quick else {})}
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key.strip()] = parse_value(value.strip())
     wanted = {"retrieval", "whitespace", "morph"} if args.rows == "all" else set(args.rows.split(","))
     defaults = ModelConfig()
-    best_decoding = {f: getattr(defaults, f) for f in ("decoding", "beam_size", "length_penalty", "no_repeat_ngram")}
-    greedy = {"decoding": "greedy", "no_repeat_ngram": 0}
+    beam = {f: getattr(defaults, f) for f in ("decoding", "beam_size", "length_penalty", "no_repeat_ngram")}
+    best_decoding = {**beam, **{f: getattr(defaults, f) for f in ("answer_candidates", "min_similarity",
+                                                                   "candidate_weight")}}
+    beam["answer_candidates"] = 0  # the network writes every reply
+    greedy = {"decoding": "greedy", "no_repeat_ngram": 0, "answer_candidates": 0}
 
     load_start = os.getloadavg()
     models_root = Path(args.keep_models) if args.keep_models else Path(tempfile.mkdtemp(prefix="bench-quality-"))
@@ -240,11 +254,15 @@ def run(args) -> dict:
             morph_bot = train_seq2seq(train_pairs, models_root, "mecab", args, overrides)
             replies, secs = seq2seq_replies(morph_bot, questions, **greedy)
             add("seq2seq-morph", replies, model_info(morph_bot), secs, decoding="greedy")
+            replies, secs = seq2seq_replies(morph_bot, questions, **beam)
+            add("seq2seq-morph+beam", replies, model_info(morph_bot), secs, decoding=beam)
             replies, secs = seq2seq_replies(morph_bot, questions, **best_decoding)
-            add(DEFAULT_ROW, replies, model_info(morph_bot), secs, decoding=best_decoding)
+            known = sum(r in known_answers for r in replies) / len(replies)
+            add(DEFAULT_ROW, replies, model_info(morph_bot), secs, decoding=best_decoding,
+                known_answer_share=round(known, 4))
         if ws_bot is not None:
-            replies, secs = seq2seq_replies(ws_bot, questions, **best_decoding)
-            add("seq2seq-whitespace+beam", replies, model_info(ws_bot), secs, decoding=best_decoding)
+            replies, secs = seq2seq_replies(ws_bot, questions, **beam)
+            add("seq2seq-whitespace+beam", replies, model_info(ws_bot), secs, decoding=beam)
     finally:
         if not args.keep_models:
             shutil.rmtree(models_root, ignore_errors=True)

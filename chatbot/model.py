@@ -57,6 +57,13 @@ class ModelConfig:
     beam_size: int = 4
     length_penalty: float = 1.0  # beam score = log p / len ** length_penalty
     no_repeat_ngram: int = 3  # 0 turns it off
+    # Known answers (chatbot/retrieval.py): the model picks among the answers of
+    # the answer_candidates most similar training questions, by similarity +
+    # candidate_weight * its mean log-probability per token; it writes its own
+    # reply when no training question is at least min_similarity alike.
+    answer_candidates: int = 10  # 0: always write the reply
+    min_similarity: float = 0.3
+    candidate_weight: float = 0.03
     seed: int = 1337
     tokenizer: str = "mecab"  # morph backend the model was trained with; reply() uses the same
 
@@ -71,6 +78,8 @@ class ModelConfig:
             raise ValueError("hidden_dim must be even with a bidirectional encoder")
         if min(self.embed_dim, self.hidden_dim, self.layers, self.beam_size, self.max_reply_len) < 1:
             raise ValueError("sizes must be positive")
+        if self.answer_candidates < 0 or not 0 <= self.min_similarity <= 1:
+            raise ValueError("answer_candidates must be >= 0 and min_similarity between 0 and 1")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -400,6 +409,27 @@ def beam_decode(model: Seq2Seq, src_ids, max_len: int, beam_size: int = 4, lengt
                              boundary_id)[0]
 
 
+@torch.inference_mode()
+def mean_logprobs(model: Seq2Seq, sources, replies) -> list[float]:
+    """How likely the model finds each reply to its source: the mean
+    log-probability per token, </s> included (teacher forcing, one batch)."""
+    if not sources:
+        return []
+    memory, hidden = _encode_many(model, sources)
+    device = memory.values.device
+    replies = [list(ids)[: model.config.max_reply_len] for ids in replies]
+    length = max(map(len, replies)) + 1
+    tgt_in = torch.full((len(replies), length), PAD, dtype=torch.long, device=device)
+    tgt_out = torch.full((len(replies), length), PAD, dtype=torch.long, device=device)
+    for row, ids in enumerate(replies):
+        tgt_in[row, : len(ids) + 1] = torch.tensor([BOS] + ids, dtype=torch.long)
+        tgt_out[row, : len(ids) + 1] = torch.tensor(ids + [EOS], dtype=torch.long)
+    logits, _ = model.decode(tgt_in, hidden, memory)
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, tgt_out.unsqueeze(-1)).squeeze(-1)
+    mask = tgt_out != PAD
+    return ((logp * mask).sum(1) / mask.sum(1)).tolist()
+
+
 def generate_batch(model: Seq2Seq, sources, config: ModelConfig | None = None,
                    boundary_id: int | None = None) -> list[list[int]]:
     """Decode several questions with the settings in config (the model's own by default)."""
@@ -467,8 +497,9 @@ class Chatbot:
     """
 
     def __init__(self, model: Seq2Seq, vocab: Vocab, config: ModelConfig, version: str = "",
-                 metrics: dict | None = None):
+                 metrics: dict | None = None, answers=None):
         self.model = model.eval()
+        self.answers = answers  # a retrieval.AnswerIndex, or None: always write the reply
         self.vocab = vocab
         self.config = config
         self.version = version
@@ -479,27 +510,53 @@ class Chatbot:
     def load(cls, model_dir, device="cpu") -> "Chatbot":
         """Load a model directory (a `current` symlink is followed; version is
         the real directory's name).  Raises ModelLoadError."""
+        from chatbot.retrieval import ANSWERS_FILE, AnswerIndex
+
         model_dir = Path(model_dir).resolve()
         model, vocab, config = load_model(model_dir, device)
         try:
             metrics = json.loads((model_dir / METRICS_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             metrics = {}  # metrics are informative only
-        return cls(model, vocab, config, version=model_dir.name, metrics=metrics)
-
-    def reply_tokens(self, tokens: list[str]) -> list[str]:
-        ids = generate(self.model, self.vocab.encode(tokens, add_eos=True), self.config, self._boundary_id)
-        return self.vocab.decode(ids)
+        answers = None
+        if (model_dir / ANSWERS_FILE).exists():  # models from before the index have none
+            try:
+                answers = AnswerIndex.load(model_dir / ANSWERS_FILE)
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+                raise ModelLoadError(f"bad {ANSWERS_FILE} in {model_dir}: {e}") from e
+        return cls(model, vocab, config, version=model_dir.name, metrics=metrics, answers=answers)
 
     def reply(self, text: str) -> str:
         return self.reply_batch([text])[0]
 
     def reply_batch(self, texts: list[str]) -> list[str]:
-        """Replies to several questions, decoded together (the server batches
+        """Replies to several questions, computed together (the server batches
         chats that arrive at the same time)."""
-        sources = [self.vocab.encode(morph.tokenize(text, self.config.tokenizer), add_eos=True) for text in texts]
-        replies = generate_batch(self.model, sources, self.config, self._boundary_id)
-        return [morph.detokenize(self.vocab.decode(ids)) for ids in replies]
+        return self.reply_tokens_batch([morph.tokenize(text, self.config.tokenizer) for text in texts])
+
+    def reply_tokens_batch(self, questions: list[list[str]]) -> list[str]:
+        """Replies to tokenized questions: a known answer the model picks, or its own."""
+        c = self.config
+        sources = [self.vocab.encode(q, add_eos=True) for q in questions]
+        replies: list[str | None] = [None] * len(questions)
+        if self.answers is not None and c.answer_candidates > 0:
+            hits = self.answers.search(questions, c.answer_candidates)
+            known = [i for i, h in enumerate(hits) if h and h[0][1] >= c.min_similarity]
+            flat = [(i, answer, sim) for i in known for answer, sim in hits[i]]
+            logps = mean_logprobs(self.model, [sources[i] for i, _, _ in flat],
+                                  [self.vocab.encode(morph.tokenize(a, c.tokenizer)) for _, a, _ in flat])
+            best: dict[int, tuple[float, str]] = {}
+            for (i, answer, sim), logp in zip(flat, logps):
+                score = sim + c.candidate_weight * logp
+                if i not in best or score > best[i][0]:
+                    best[i] = (score, answer)
+            for i, (_, answer) in best.items():
+                replies[i] = answer
+        todo = [i for i, r in enumerate(replies) if r is None]
+        written = generate_batch(self.model, [sources[i] for i in todo], c, self._boundary_id)
+        for i, ids in zip(todo, written):
+            replies[i] = morph.detokenize(self.vocab.decode(ids))
+        return replies
 
 
 def perplexity(loss: float) -> float:

@@ -34,8 +34,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from chatbot import morph, versions
-from chatbot.model import (BOS, EOS, PAD, Chatbot, ModelConfig, ModelLoadError, Seq2Seq, Vocab, generate,
-                           perplexity, save_model)
+from chatbot.model import (BOS, EOS, PAD, Chatbot, ModelConfig, ModelLoadError, Seq2Seq, Vocab, perplexity,
+                           save_model)
+from chatbot.retrieval import ANSWERS_FILE, AnswerIndex
 
 # -----------------------------------------------------------------------------
 # default training config; the model's own settings are ModelConfig's defaults.
@@ -180,19 +181,15 @@ def evaluate_loss(model, examples, batch_size, device) -> float:
     return total / max(count, 1)
 
 
-def reply_metrics(model, vocab, tokenized, config, samples: int = 0):
-    """Decode each question and score the replies against the references."""
+def reply_metrics(bot: Chatbot, tokenized, samples: int = 0):
+    """Answer each question as the server would and score the replies against the references."""
     import sacrebleu
 
-    boundary_id = vocab.stoi.get(morph.BOUNDARY)
-    model.eval()
-    hyps, refs, shown = [], [], []
-    for q_tokens, _a_tokens, answer in tokenized:
-        ids = vocab.encode(q_tokens, add_eos=True)
-        hyps.append(morph.detokenize(vocab.decode(generate(model, ids, config, boundary_id))))
-        refs.append(morph.normalize(answer))
-        if len(shown) < samples:
-            shown.append({"question": morph.detokenize(q_tokens), "reference": refs[-1], "reply": hyps[-1]})
+    bot.model.eval()
+    hyps = [h for i in range(0, len(tokenized), 64) for h in bot.reply_tokens_batch([q for q, _, _ in tokenized[i:i + 64]])]
+    refs = [morph.normalize(answer) for _, _, answer in tokenized]
+    shown = [{"question": morph.detokenize(q), "reference": ref, "reply": hyp}
+             for (q, _, _), ref, hyp in list(zip(tokenized, refs, hyps))[:samples]]
     if not hyps:
         return None, None, shown
     chrf = sacrebleu.corpus_chrf(hyps, [refs]).score
@@ -285,7 +282,8 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
     step, epoch, best_score, best_epoch, best_state, bad_epochs = 0, 0, math.inf, 0, None, 0
     best_loss = best_chrf = None
     history = []  # (epoch, train loss, dev loss or None, dev chrF or None) for loss.png and metrics.json
-    greedy = dataclasses.replace(mc, decoding="greedy")
+    # Epoch selection by chrF judges the network alone: greedy, no known answers.
+    greedy_bot = Chatbot(model, vocab, dataclasses.replace(mc, decoding="greedy", answer_candidates=0))
     model.train()
     while epoch < tc.epochs and (tc.max_steps is None or step < tc.max_steps):
         epoch += 1
@@ -314,7 +312,7 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
             dev_loss = evaluate_loss(model, dev_ex, tc.batch_size, device)
             line += f" | dev loss {dev_loss:.3f} | dev ppl {perplexity(dev_loss):8.2f}"
             if tc.select_by == "chrf":
-                dev_chrf = reply_metrics(model, vocab, dev_tok[:tc.chrf_dev_questions], greedy)[0]
+                dev_chrf = reply_metrics(greedy_bot, dev_tok[:tc.chrf_dev_questions])[0]
                 line += f" | dev chrF {dev_chrf:5.2f}"
                 model.train()
             score = -dev_chrf if dev_chrf is not None else dev_loss  # lower is better
@@ -340,8 +338,13 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
     if best_state is not None:  # None only if every dev loss was NaN
         model.load_state_dict(best_state)
     model.eval()
-    dev_chrf, dev_bleu, samples = reply_metrics(model, vocab, dev_tok, mc, tc.samples)
-    train_chrf, _, _ = reply_metrics(model, vocab, train_tok[:100], mc)
+    # Dev questions are answered as the server would, from the training pairs'
+    # answers (the dev pairs are not in that index); train chrF is the network
+    # alone: did it learn its training answers?
+    train_index = AnswerIndex([q for q, _, _ in train_tok], [a for _, _, a in train_tok])
+    dev_chrf, dev_bleu, samples = reply_metrics(Chatbot(model, vocab, mc, answers=train_index), dev_tok, tc.samples)
+    train_chrf, _, _ = reply_metrics(Chatbot(model, vocab, dataclasses.replace(mc, answer_candidates=0)),
+                                     train_tok[:100])
     metrics = {
         "train_pairs": len(train_ex),
         "dev_pairs": len(dev_ex),
@@ -373,6 +376,9 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
         log(f"  Q: {s['question']}\n     ref: {s['reference']}\n     bot: {s['reply']}")
 
     save_model(out_dir, model.cpu(), vocab, mc)
+    # The server picks among the answers of every pair, dev pairs included.
+    everything = train_tok + dev_tok
+    AnswerIndex([q for q, _, _ in everything], [a for _, _, a in everything]).save(out_dir / ANSWERS_FILE)
     plot_losses(history, best_epoch if dev_ex else None, out_dir / "loss.png", tc.label_smoothing)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return metrics

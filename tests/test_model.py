@@ -8,7 +8,7 @@ import torch
 
 from chatbot import morph
 from chatbot.model import (BOS, EOS, PAD, UNK, Chatbot, ModelConfig, ModelLoadError, Seq2Seq, Vocab,
-                           _banned, beam_decode, greedy_decode, save_model)
+                           _banned, beam_decode, generate, greedy_decode, save_model)
 
 SENTENCES = ["안녕하세요 반가워요", "오늘 날씨가 정말 좋네요", "점심 메뉴 추천해 주세요", "비빔밥 어때요?",
              "주말에 뭐 해요?", "영화 보러 가요", "배고파요", "저도 배고파요"]
@@ -125,8 +125,9 @@ def test_banned_tokens():
 def test_decoding_gives_nonempty_reply_within_max_len(decoding):
     bot = tiny_bot(decoding=decoding)
     for text in ["안녕하세요", "", "완전히 처음 보는 말"]:
-        tokens = bot.reply_tokens(morph.tokenize(text))
-        assert 1 <= len(tokens) <= bot.config.max_reply_len
+        ids = generate(bot.model, bot.vocab.encode(morph.tokenize(text), add_eos=True), bot.config,
+                       bot.vocab.stoi.get(morph.BOUNDARY))
+        assert 1 <= len(bot.vocab.decode(ids)) <= bot.config.max_reply_len
         assert bot.reply(text).strip()
 
 

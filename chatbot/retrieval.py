@@ -1,0 +1,105 @@
+"""Known answers: TF-IDF over the morphemes of the training questions.
+
+Why: on a few thousand pairs, a human-written answer to a similar question
+reads better than anything a small GRU writes (bench/README.md has the
+numbers).  The index finds the candidates; the network reads each one and
+picks among them, and writes the reply itself when nothing similar is known
+(see ``Chatbot.reply_batch``).
+
+The weighting is scikit-learn's ``TfidfVectorizer`` default (raw counts,
+smoothed idf, rows scaled to unit length, so a dot product is the cosine),
+done with a torch sparse matrix so the server needs nothing beyond torch.
+The index is saved in the model directory as ``answers.json``: the question
+tokens and the answers.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from chatbot import morph
+
+ANSWERS_FILE = "answers.json"
+
+
+def _terms(tokens) -> list[str]:
+    """What is matched: the tokens without the word-boundary marker."""
+    return [t for t in tokens if t != morph.BOUNDARY]
+
+
+class AnswerIndex:
+    """Finds the answers of the training questions most like a question."""
+
+    def __init__(self, questions: list[list[str]], answers: list[str]):
+        questions = [list(q) for q in questions]
+        if len(questions) != len(answers):
+            raise ValueError("questions and answers differ in length")
+        # Kept as one string per question (for save()): lists of tokens would
+        # cost the server several MB on ten thousand pairs.
+        self.questions = [" ".join(q) for q in questions]
+        self.answers = list(answers)
+        docs = [Counter(_terms(q)) for q in questions]
+        self.term_ids = {t: i for i, t in enumerate(sorted({t for d in docs for t in d}))}
+        df = Counter(t for d in docs for t in d)
+        n = len(docs)
+        self.idf = torch.ones(len(self.term_ids))
+        for t, i in self.term_ids.items():
+            self.idf[i] = math.log((1 + n) / (1 + df[t])) + 1
+        rows, cols, values = [], [], []
+        for r, d in enumerate(docs):
+            weights = {self.term_ids[t]: c * float(self.idf[self.term_ids[t]]) for t, c in d.items()}
+            norm = math.sqrt(sum(w * w for w in weights.values())) or 1.0
+            for c, w in sorted(weights.items()):
+                rows.append(r)
+                cols.append(c)
+                values.append(w / norm)
+        self.matrix = torch.sparse_coo_tensor(torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1),
+                                              torch.tensor(values, dtype=torch.float32),
+                                              (n, len(self.term_ids)), check_invariants=True).coalesce()
+
+    def __len__(self) -> int:
+        return len(self.answers)
+
+    def _vectors(self, token_lists) -> torch.Tensor:
+        """Unit-length TF-IDF vectors (terms, B) of the questions; unknown terms are ignored."""
+        out = torch.zeros(len(self.term_ids), len(token_lists))
+        for b, tokens in enumerate(token_lists):
+            for t, c in Counter(_terms(tokens)).items():
+                i = self.term_ids.get(t)
+                if i is not None:
+                    out[i, b] = c * self.idf[i]
+        return out / out.norm(dim=0, keepdim=True).clamp_min(1e-12)
+
+    def search(self, token_lists, k: int) -> list[list[tuple[str, float]]]:
+        """Up to k (answer, cosine similarity) per question, most similar first,
+        each answer once; [] for a question with no known term."""
+        if not token_lists or not self.answers or k <= 0:
+            return [[] for _ in token_lists]
+        with torch.inference_mode():
+            sims = (self.matrix @ self._vectors(token_lists)).T  # (B, n)
+            # Look a little deeper than k: some neighbours share an answer.
+            scores, rows = sims.topk(min(len(self.answers), 3 * k), dim=1)
+        results = []
+        for score_row, index_row in zip(scores.tolist(), rows.tolist()):
+            seen, hits = set(), []
+            for s, r in zip(score_row, index_row):
+                if s <= 0 or len(hits) == k:
+                    break
+                if self.answers[r] not in seen:
+                    seen.add(self.answers[r])
+                    hits.append((self.answers[r], s))
+            results.append(hits)
+        return results
+
+    def save(self, path) -> None:
+        data = {"questions": self.questions, "answers": self.answers}
+        Path(path).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path) -> "AnswerIndex":
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls([q.split(" ") if q else [] for q in data["questions"]], data["answers"])
