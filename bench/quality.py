@@ -12,10 +12,10 @@ Rows, all on the same split in one run:
     seq2seq-morph       the same on morphemes (the seed's method), greedy decoding
     seq2seq-morph+beam  the same weights, writing every reply with the default beam search
                         (length normalisation, n-gram blocking)
-    default             the project's default, as the server answers: the same weights pick
-                        among the answers of the 10 most similar training questions
-                        (similarity + 0.03 x mean log-probability), and write the reply with
-                        beam search when no training question is 0.3 alike (chatbot/retrieval.py)
+    default             the project's default, as the server answers: the answer of the most
+                        similar training question, similarity = the mean of the TF-IDF cosine
+                        and 0.5 x the cosine of the same weights' encoder states; the network
+                        writes the reply (beam search) when none is 0.3 alike (chatbot/retrieval.py)
     seq2seq-whitespace+beam  the whitespace model writing with beam search (for a fair comparison)
 
 The seq2seq rows share one training run per tokenizer, hence the same train_seconds.
@@ -113,6 +113,25 @@ def score(replies, references) -> dict:
         "top_reply_share": round(top_reply_share(replies), 4),
         "top_reply": Counter(replies).most_common(1)[0][0] if replies else "",
     }
+
+
+def chrf_win_share(replies, baseline, references, resamples: int = 200, seed: int = 0) -> float:
+    """Paired bootstrap (Koehn 2004): the share of resampled test sets on which
+    `replies` get a higher corpus chrF than `baseline`."""
+    import random
+
+    import sacrebleu
+
+    rng = random.Random(seed)
+    a, b = [morph.normalize(r) for r in replies], [morph.normalize(r) for r in baseline]
+    refs = [morph.normalize(r) for r in references]
+    wins = 0
+    for _ in range(resamples):
+        idx = [rng.randrange(len(refs)) for _ in refs]
+        sample_refs = [[refs[i] for i in idx]]
+        wins += sacrebleu.corpus_chrf([a[i] for i in idx], sample_refs).score > \
+            sacrebleu.corpus_chrf([b[i] for i in idx], sample_refs).score
+    return wins / resamples
 
 
 # -----------------------------------------------------------------------------
@@ -214,7 +233,7 @@ def run(args) -> dict:
         raise SystemExit(f"need training and test pairs (got {len(train_pairs)} and {len(test_pairs)})")
     test_train_overlap = {q for q, _ in test_pairs} & {q for q, _ in train_pairs}
     questions, references = [q for q, _ in test_pairs], [a for _, a in test_pairs]
-    known_answers = {a for _, a in train_pairs}
+    training_answers = {a for _, a in train_pairs}
     overrides = {**(QUICK if args.quick else {})}
     for item in args.set:
         key, _, value = item.partition("=")
@@ -222,10 +241,9 @@ def run(args) -> dict:
     wanted = {"retrieval", "whitespace", "morph"} if args.rows == "all" else set(args.rows.split(","))
     defaults = ModelConfig()
     beam = {f: getattr(defaults, f) for f in ("decoding", "beam_size", "length_penalty", "no_repeat_ngram")}
-    best_decoding = {**beam, **{f: getattr(defaults, f) for f in ("answer_candidates", "min_similarity",
-                                                                   "candidate_weight")}}
-    beam["answer_candidates"] = 0  # the network writes every reply
-    greedy = {"decoding": "greedy", "no_repeat_ngram": 0, "answer_candidates": 0}
+    best_decoding = {**beam, **{f: getattr(defaults, f) for f in ("known_answers", "state_weight", "min_similarity")}}
+    beam["known_answers"] = False  # the network writes every reply
+    greedy = {"decoding": "greedy", "no_repeat_ngram": 0, "known_answers": False}
 
     load_start = os.getloadavg()
     models_root = Path(args.keep_models) if args.keep_models else Path(tempfile.mkdtemp(prefix="bench-quality-"))
@@ -242,9 +260,10 @@ def run(args) -> dict:
               f"top share {row['top_reply_share']}", flush=True)
 
     try:
+        retrieval_replies = None
         if "retrieval" in wanted:
-            replies, info = retrieval_row(train_pairs, questions)
-            add("retrieval", replies, info)
+            retrieval_replies, info = retrieval_row(train_pairs, questions)
+            add("retrieval", retrieval_replies, info)
         ws_bot = morph_bot = None
         if "whitespace" in wanted:
             ws_bot = train_seq2seq(train_pairs, models_root, "whitespace", args, overrides)
@@ -257,9 +276,10 @@ def run(args) -> dict:
             replies, secs = seq2seq_replies(morph_bot, questions, **beam)
             add("seq2seq-morph+beam", replies, model_info(morph_bot), secs, decoding=beam)
             replies, secs = seq2seq_replies(morph_bot, questions, **best_decoding)
-            known = sum(r in known_answers for r in replies) / len(replies)
-            add(DEFAULT_ROW, replies, model_info(morph_bot), secs, decoding=best_decoding,
-                known_answer_share=round(known, 4))
+            extra = {"known_answer_share": round(sum(r in training_answers for r in replies) / len(replies), 4)}
+            if retrieval_replies is not None:
+                extra["chrf_beats_retrieval_share"] = chrf_win_share(replies, retrieval_replies, references)
+            add(DEFAULT_ROW, replies, model_info(morph_bot), secs, decoding=best_decoding, **extra)
         if ws_bot is not None:
             replies, secs = seq2seq_replies(ws_bot, questions, **beam)
             add("seq2seq-whitespace+beam", replies, model_info(ws_bot), secs, decoding=beam)

@@ -57,13 +57,13 @@ class ModelConfig:
     beam_size: int = 4
     length_penalty: float = 1.0  # beam score = log p / len ** length_penalty
     no_repeat_ngram: int = 3  # 0 turns it off
-    # Known answers (chatbot/retrieval.py): the model picks among the answers of
-    # the answer_candidates most similar training questions, by similarity +
-    # candidate_weight * its mean log-probability per token; it writes its own
-    # reply when no training question is at least min_similarity alike.
-    answer_candidates: int = 10  # 0: always write the reply
+    # Known answers (chatbot/retrieval.py): reply with the answer of the most
+    # similar training question, similarity = (TF-IDF cosine + state_weight *
+    # cosine of the encoder's question states) / (1 + state_weight); write the
+    # reply when none is at least min_similarity alike.
+    known_answers: bool = True  # False: always write the reply
+    state_weight: float = 0.5
     min_similarity: float = 0.3
-    candidate_weight: float = 0.03
     seed: int = 1337
     tokenizer: str = "mecab"  # morph backend the model was trained with; reply() uses the same
 
@@ -78,8 +78,8 @@ class ModelConfig:
             raise ValueError("hidden_dim must be even with a bidirectional encoder")
         if min(self.embed_dim, self.hidden_dim, self.layers, self.beam_size, self.max_reply_len) < 1:
             raise ValueError("sizes must be positive")
-        if self.answer_candidates < 0 or not 0 <= self.min_similarity <= 1:
-            raise ValueError("answer_candidates must be >= 0 and min_similarity between 0 and 1")
+        if self.state_weight < 0 or not 0 <= self.min_similarity <= 1:
+            raise ValueError("state_weight must be >= 0 and min_similarity between 0 and 1")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -409,27 +409,6 @@ def beam_decode(model: Seq2Seq, src_ids, max_len: int, beam_size: int = 4, lengt
                              boundary_id)[0]
 
 
-@torch.inference_mode()
-def mean_logprobs(model: Seq2Seq, sources, replies) -> list[float]:
-    """How likely the model finds each reply to its source: the mean
-    log-probability per token, </s> included (teacher forcing, one batch)."""
-    if not sources:
-        return []
-    memory, hidden = _encode_many(model, sources)
-    device = memory.values.device
-    replies = [list(ids)[: model.config.max_reply_len] for ids in replies]
-    length = max(map(len, replies)) + 1
-    tgt_in = torch.full((len(replies), length), PAD, dtype=torch.long, device=device)
-    tgt_out = torch.full((len(replies), length), PAD, dtype=torch.long, device=device)
-    for row, ids in enumerate(replies):
-        tgt_in[row, : len(ids) + 1] = torch.tensor([BOS] + ids, dtype=torch.long)
-        tgt_out[row, : len(ids) + 1] = torch.tensor(ids + [EOS], dtype=torch.long)
-    logits, _ = model.decode(tgt_in, hidden, memory)
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, tgt_out.unsqueeze(-1)).squeeze(-1)
-    mask = tgt_out != PAD
-    return ((logp * mask).sum(1) / mask.sum(1)).tolist()
-
-
 def generate_batch(model: Seq2Seq, sources, config: ModelConfig | None = None,
                    boundary_id: int | None = None) -> list[list[int]]:
     """Decode several questions with the settings in config (the model's own by default)."""
@@ -499,12 +478,15 @@ class Chatbot:
     def __init__(self, model: Seq2Seq, vocab: Vocab, config: ModelConfig, version: str = "",
                  metrics: dict | None = None, answers=None):
         self.model = model.eval()
-        self.answers = answers  # a retrieval.AnswerIndex, or None: always write the reply
         self.vocab = vocab
         self.config = config
         self.version = version
         self.metrics = metrics or {}
         self._boundary_id = vocab.stoi.get(morph.BOUNDARY)
+        self.answers = answers  # a retrieval.AnswerIndex, or None: always write the reply
+        # The encoder's states of the training questions, for known_similarities().
+        self._answer_states = self._question_states(
+            [vocab.encode(q, add_eos=True) for q in answers.question_tokens()]) if answers is not None else None
 
     @classmethod
     def load(cls, model_dir, device="cpu") -> "Chatbot":
@@ -535,28 +517,45 @@ class Chatbot:
         return self.reply_tokens_batch([morph.tokenize(text, self.config.tokenizer) for text in texts])
 
     def reply_tokens_batch(self, questions: list[list[str]]) -> list[str]:
-        """Replies to tokenized questions: a known answer the model picks, or its own."""
+        """Replies to tokenized questions: a known answer, or the network's own."""
         c = self.config
         sources = [self.vocab.encode(q, add_eos=True) for q in questions]
         replies: list[str | None] = [None] * len(questions)
-        if self.answers is not None and c.answer_candidates > 0:
-            hits = self.answers.search(questions, c.answer_candidates)
-            known = [i for i, h in enumerate(hits) if h and h[0][1] >= c.min_similarity]
-            flat = [(i, answer, sim) for i in known for answer, sim in hits[i]]
-            logps = mean_logprobs(self.model, [sources[i] for i, _, _ in flat],
-                                  [self.vocab.encode(morph.tokenize(a, c.tokenizer)) for _, a, _ in flat])
-            best: dict[int, tuple[float, str]] = {}
-            for (i, answer, sim), logp in zip(flat, logps):
-                score = sim + c.candidate_weight * logp
-                if i not in best or score > best[i][0]:
-                    best[i] = (score, answer)
-            for i, (_, answer) in best.items():
-                replies[i] = answer
+        if self.answers is not None and len(self.answers) and c.known_answers and questions:
+            similarity, rows = self.known_similarities(questions, sources).max(dim=1)
+            for i, (sim, row) in enumerate(zip(similarity.tolist(), rows.tolist())):
+                if sim >= c.min_similarity:
+                    replies[i] = self.answers.answers[row]
         todo = [i for i, r in enumerate(replies) if r is None]
         written = generate_batch(self.model, [sources[i] for i in todo], c, self._boundary_id)
         for i, ids in zip(todo, written):
             replies[i] = morph.detokenize(self.vocab.decode(ids))
         return replies
+
+    @torch.inference_mode()
+    def known_similarities(self, questions, sources) -> torch.Tensor:
+        """(B, n) similarity of each question to each training question: the
+        TF-IDF cosine, averaged with the cosine of the encoder's states (the
+        decoder's start state), which learned that differently worded questions
+        with one answer are alike; 0 where they share no word."""
+        c = self.config
+        similarity = self.answers.similarities(questions)
+        if c.state_weight:
+            states = self._question_states(sources) @ self._answer_states.T
+            # States alone do not make a match: questions of unknown words all
+            # encode alike.  They weigh in where the questions share a word.
+            mixed = (similarity + c.state_weight * states) / (1 + c.state_weight)
+            similarity = torch.where(similarity > 0, mixed, 0.0)
+        return similarity
+
+    @torch.inference_mode()
+    def _question_states(self, sources, batch: int = 256) -> torch.Tensor:
+        """Unit-length decoder start states (n, H) of encoded questions."""
+        out = []
+        for i in range(0, len(sources), batch):
+            _, hidden = _encode_many(self.model, sources[i:i + batch])
+            out.append(F.normalize(hidden[-1].float(), dim=-1).cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.config.hidden_dim)
 
 
 def perplexity(loss: float) -> float:

@@ -2,9 +2,9 @@
 
 Why: on a few thousand pairs, a human-written answer to a similar question
 reads better than anything a small GRU writes (bench/README.md has the
-numbers).  The index finds the candidates; the network reads each one and
-picks among them, and writes the reply itself when nothing similar is known
-(see ``Chatbot.reply_batch``).
+numbers).  ``Chatbot`` adds the network's own sense of which questions are
+alike to these word-based similarities, and writes the reply itself when no
+training question is alike (see ``Chatbot.reply_tokens_batch``).
 
 The weighting is scikit-learn's ``TfidfVectorizer`` default (raw counts,
 smoothed idf, rows scaled to unit length, so a dot product is the cosine),
@@ -64,6 +64,9 @@ class AnswerIndex:
     def __len__(self) -> int:
         return len(self.answers)
 
+    def question_tokens(self) -> list[list[str]]:
+        return [q.split(" ") if q else [] for q in self.questions]
+
     def _vectors(self, token_lists) -> torch.Tensor:
         """Unit-length TF-IDF vectors (terms, B) of the questions; unknown terms are ignored."""
         out = torch.zeros(len(self.term_ids), len(token_lists))
@@ -74,15 +77,19 @@ class AnswerIndex:
                     out[i, b] = c * self.idf[i]
         return out / out.norm(dim=0, keepdim=True).clamp_min(1e-12)
 
+    def similarities(self, token_lists) -> torch.Tensor:
+        """Cosine similarity (B, n) of each question to every training question;
+        a question with no known term is 0 to all."""
+        with torch.inference_mode():
+            return (self.matrix @ self._vectors(token_lists)).T.contiguous()
+
     def search(self, token_lists, k: int) -> list[list[tuple[str, float]]]:
         """Up to k (answer, cosine similarity) per question, most similar first,
         each answer once; [] for a question with no known term."""
         if not token_lists or not self.answers or k <= 0:
             return [[] for _ in token_lists]
-        with torch.inference_mode():
-            sims = (self.matrix @ self._vectors(token_lists)).T  # (B, n)
-            # Look a little deeper than k: some neighbours share an answer.
-            scores, rows = sims.topk(min(len(self.answers), 3 * k), dim=1)
+        # Look a little deeper than k: some neighbours share an answer.
+        scores, rows = self.similarities(token_lists).topk(min(len(self.answers), 3 * k), dim=1)
         results = []
         for score_row, index_row in zip(scores.tolist(), rows.tolist()):
             seen, hits = set(), []

@@ -283,7 +283,7 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
     best_loss = best_chrf = None
     history = []  # (epoch, train loss, dev loss or None, dev chrF or None) for loss.png and metrics.json
     # Epoch selection by chrF judges the network alone: greedy, no known answers.
-    greedy_bot = Chatbot(model, vocab, dataclasses.replace(mc, decoding="greedy", answer_candidates=0))
+    greedy_bot = Chatbot(model, vocab, dataclasses.replace(mc, decoding="greedy", known_answers=False))
     model.train()
     while epoch < tc.epochs and (tc.max_steps is None or step < tc.max_steps):
         epoch += 1
@@ -343,7 +343,7 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
     # alone: did it learn its training answers?
     train_index = AnswerIndex([q for q, _, _ in train_tok], [a for _, _, a in train_tok])
     dev_chrf, dev_bleu, samples = reply_metrics(Chatbot(model, vocab, mc, answers=train_index), dev_tok, tc.samples)
-    train_chrf, _, _ = reply_metrics(Chatbot(model, vocab, dataclasses.replace(mc, answer_candidates=0)),
+    train_chrf, _, _ = reply_metrics(Chatbot(model, vocab, dataclasses.replace(mc, known_answers=False)),
                                      train_tok[:100])
     metrics = {
         "train_pairs": len(train_ex),

@@ -36,6 +36,14 @@ def test_metric_definitions():
     assert quality.top_reply_share(["x", "y", "x", "z"]) == 0.5
 
 
+def test_paired_bootstrap():
+    refs = ["오늘은 날씨가 좋아요.", "점심은 비빔밥이에요.", "주말에는 쉬어요.", "영화 보러 가요."]
+    worse = ["비가 와요.", "배고파요.", "일해요.", "집에 있어요."]
+    assert quality.chrf_win_share(refs, worse, refs, resamples=20) == 1.0
+    assert quality.chrf_win_share(worse, refs, refs, resamples=20) == 0.0
+    assert quality.chrf_win_share(refs, refs, refs, resamples=20) == 0.0  # a tie is not a win
+
+
 def test_held_out_split_is_stable_and_disjoint(pairs):
     train, test = quality.split_test(pairs * 2, 20)
     assert (train, test) == quality.split_test(pairs * 2, 20)
@@ -71,3 +79,4 @@ def test_quick_run_writes_all_rows(pairs, tmp_path):
     assert len(log.read_text(encoding="utf-8").splitlines()) == 5  # one line per seq2seq row
     # The default picks among known answers where a training question is alike.
     assert 0 <= rows["default"]["known_answer_share"] <= 1
+    assert 0 <= rows["default"]["chrf_beats_retrieval_share"] <= 1

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from chatbot import morph
-from chatbot.model import Chatbot, ModelConfig, ModelLoadError, Seq2Seq, Vocab, mean_logprobs, save_model
+from chatbot.model import Chatbot, ModelConfig, ModelLoadError, Seq2Seq, Vocab, save_model
 from chatbot.retrieval import ANSWERS_FILE, AnswerIndex
 
 PAIRS = [("오늘 날씨 어때?", "맑고 따뜻해요."), ("오늘 날씨 좋다", "산책 가기 좋은 날이에요."),
@@ -75,45 +75,48 @@ def bot_with_index(**overrides):
     return Chatbot(Seq2Seq(config, len(vocab)), vocab, config, answers=index_of(PAIRS))
 
 
-def test_mean_logprobs_match_the_teacher_forced_loss():
-    bot = bot_with_index()
-    src = bot.vocab.encode(morph.tokenize("점심 뭐 먹지?"), add_eos=True)
-    replies = [bot.vocab.encode(morph.tokenize(a)) for _, a in PAIRS[:3]]
-    together = mean_logprobs(bot.model, [src] * 3, replies)
-    for reply, value in zip(replies, together):
-        tgt_in = torch.tensor([[1] + reply])
-        tgt_out = torch.tensor([reply + [2]])
-        with torch.inference_mode():
-            logits = bot.model(torch.tensor([src]), torch.tensor([len(src)]), tgt_in)
-        loss = torch.nn.functional.cross_entropy(logits[0], tgt_out[0])
-        assert value == pytest.approx(-loss.item(), abs=1e-4)
-        assert mean_logprobs(bot.model, [src], [reply])[0] == pytest.approx(value, abs=1e-5)
-
-
 def test_known_question_gets_a_known_answer_and_a_new_one_gets_written():
     bot = bot_with_index()
-    known_answers = {a for _, a in PAIRS}
-    assert bot.reply("춘천에 가고 싶어") in known_answers
-    written = bot.reply("양자역학")  # nothing alike: the network writes it
-    assert written.strip()
-    no_index = bot_with_index(answer_candidates=0)
-    assert bot.reply("양자역학") == no_index.reply("양자역학")
+    writer = bot_with_index(known_answers=False)
+    assert bot.reply("춘천에 가고 싶어") == "닭갈비 드시고 오세요."
+    assert bot.reply("춘천까지 가고 싶다") == "닭갈비 드시고 오세요."  # worded differently
+    # Nothing alike: the network writes it, exactly as it does without the index.
+    assert bot.reply("양자역학") == writer.reply("양자역학")
+    assert bot.reply("양자역학").strip()
     # A batch answers each question as it would alone.
-    questions = ["춘천에 가고 싶어", "양자역학", "점심 뭐 먹지?", "오늘 날씨 어때?"]
+    questions = ["춘천에 가고 싶어", "양자역학", "점심 뭐 먹지?", "오늘 날씨 어때?", "ㅋㅋㅋ"]
     assert bot.reply_batch(questions) == [bot.reply(q) for q in questions]
 
 
-def test_similarity_outweighs_the_networks_taste():
-    # An untrained network has no idea; the exact question's answer still wins.
+def test_every_training_question_gets_its_own_answer():
     bot = bot_with_index()
     for q, a in PAIRS:
-        if q != "점심 메뉴 추천해 줘":
-            assert bot.reply(q) == a
+        assert bot.reply(q) == a
 
 
-def test_min_similarity_one_means_always_write():
-    bot = bot_with_index(min_similarity=1.0)
-    assert bot.reply("춘천까지 가려면?") == bot_with_index(answer_candidates=0).reply("춘천까지 가려면?")
+def test_encoder_states_alone_never_make_a_match():
+    # Questions of unknown words encode alike; they share no word with any
+    # training question, so the network writes their replies.
+    bot = bot_with_index(state_weight=100.0)
+    sims = bot.known_similarities([morph.tokenize("ㅋㅋㅋ")], [bot.vocab.encode(morph.tokenize("ㅋㅋㅋ"), True)])
+    assert sims.shape == (1, len(PAIRS)) and not sims.any()
+    assert bot.reply("ㅋㅋㅋ") == bot_with_index(known_answers=False).reply("ㅋㅋㅋ")
+
+
+def test_state_weight_mixes_in_the_encoder_similarity():
+    q = morph.tokenize("점심 메뉴 뭐 먹지")
+    src = [bot_with_index().vocab.encode(q, True)]
+    words_only = bot_with_index(state_weight=0.0).known_similarities([q], src)
+    mixed = bot_with_index(state_weight=1.0).known_similarities([q], src)
+    assert torch.allclose(words_only, index_of(PAIRS).similarities([q]))
+    assert not torch.allclose(words_only, mixed)
+    assert ((mixed == 0) == (words_only == 0)).all()
+
+
+def test_high_min_similarity_means_write_unless_identical():
+    bot = bot_with_index(min_similarity=0.999, state_weight=0.0)
+    assert bot.reply("춘천까지 가려면?") == bot_with_index(known_answers=False).reply("춘천까지 가려면?")
+    assert bot.reply("춘천에 가고 싶어") == "닭갈비 드시고 오세요."
 
 
 def test_model_dir_answers_file(tmp_path):
