@@ -12,10 +12,10 @@ Rows, all on the same split in one run:
     seq2seq-morph       the same on morphemes (the seed's method), greedy decoding
     seq2seq-morph+beam  the same weights, writing every reply with the default beam search
                         (length normalisation, n-gram blocking)
-    default             the project's default, as the server answers: the answer of the most
-                        similar training question, similarity = the mean of the TF-IDF cosine
-                        and 0.5 x the cosine of the same weights' encoder states; the network
-                        writes the reply (beam search) when none is 0.3 alike (chatbot/retrieval.py)
+    default             the project's default, as the server answers: of the training questions
+                        with a TF-IDF cosine >= 0.3, the answer of the one with the best mean of
+                        that cosine and 0.5 x the cosine of the same weights' encoder states; the
+                        network writes the reply (beam search) when there is none (chatbot/retrieval.py)
     seq2seq-whitespace+beam  the whitespace model writing with beam search (for a fair comparison)
 
 The seq2seq rows share one training run per tokenizer, hence the same train_seconds.

@@ -6,9 +6,11 @@ Starts the real server the way the README runs it (`make serve`: gunicorn,
 gthread worker) on 127.0.0.1 with a trained model and a scratch SQLite
 database, then for each client count N connects N python-socketio clients
 that each ask a question, wait for the reply, think for a moment and ask
-again, for a fixed time.  It records reply latency (p50/p95/p99), replies per
-second, errors, peak server RSS, and checks that the database holds exactly
-one row per answered message.  It also measures process start to first
+again, for a fixed time.  Two in three questions are ones the starter pairs
+know (a known answer), one in three are new (the network writes the reply).
+It records reply latency (p50/p95/p99), replies per second, errors, peak
+server RSS, and checks that the database holds exactly one row per answered
+message.  It also measures process start to first
 reply, and the RSS that 200 idle connected sockets add.
 
 Every mode in MODES runs the same load on the same machine in one run, so
@@ -36,9 +38,14 @@ import socketio
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "bench" / "scratch" / "models"
-QUESTIONS = ["안녕하세요", "배고파", "오늘 날씨 어때?", "심심해", "너 누구야", "주말에 뭐 하지",
-             "피곤해", "영화 추천해 줘", "고마워", "잘 자", "비 온대", "커피 마실까", "스트레스 받아",
-             "운동하기 싫다", "시험 망했어", "점심 뭐 먹지", "좋은 아침", "우울해", "노래 추천", "산책 갈까"]
+# Questions the starter pairs know (answered from them) and, one in three,
+# questions they do not (the network writes the reply with beam search).
+KNOWN = ["안녕하세요", "배고파", "오늘 날씨 어때?", "심심해", "너 누구야", "주말에 뭐 하지",
+         "피곤해", "영화 추천해 줘", "고마워", "잘 자", "비 온대", "커피 마실까", "스트레스 받아",
+         "운동하기 싫다", "시험 망했어", "점심 뭐 먹지", "좋은 아침", "우울해", "노래 추천", "산책 갈까"]
+NEW = ["주식 사도 될까", "자동차 고장났어", "면접 떨어졌어", "컴퓨터가 느려", "머리 자를까",
+       "양자역학 공부 중", "환율 전망", "전세 계약 끝나", "보일러 고장", "세금 신고 언제야"]
+QUESTIONS = KNOWN + NEW
 
 # The server as configured by default, and the plain alternative: one reply
 # computed at a time, no batching.
@@ -92,6 +99,27 @@ class Server:
             except psutil.NoSuchProcess:
                 pass
         return total / 2**20
+
+    def memory_detail(self) -> list[dict]:
+        """Per server process: RSS split into anonymous memory and file-backed
+        pages (shared libraries, the mmapped Mecab dictionary: clean pages the
+        kernel can drop and read again)."""
+        detail = []
+        for proc in psutil.Process(self.proc.pid).children(recursive=True):
+            try:
+                if proc.name() == "make":
+                    continue
+                fields = {}
+                with open(f"/proc/{proc.pid}/smaps_rollup") as f:
+                    for line in f.readlines()[1:]:
+                        key, value = line.split(":", 1)
+                        fields[key] = int(value.split()[0]) / 1024
+            except (psutil.NoSuchProcess, OSError):
+                continue
+            detail.append({"pid": proc.pid, "threads": proc.num_threads(), "rss_mb": round(fields["Rss"], 1),
+                           "anon_mb": round(fields["Anonymous"], 1),
+                           "file_mb": round(fields["Rss"] - fields["Anonymous"], 1)})
+        return detail
 
     def rows(self) -> int:
         with sqlite3.connect(self.db_path, timeout=30) as con:
@@ -225,6 +253,7 @@ async def bench_mode(name, mode_env, args):
         try:
             result = {"mode": name, "startup_s": await startup(server)}
             result["idle_rss_mb"] = round(server.rss_mb(), 1)
+            result["idle_memory"] = server.memory_detail()
             result["idle200_rss_delta_mb"] = await idle_rss_delta(server)
             runs = []
             for clients in args.clients:
@@ -235,6 +264,7 @@ async def bench_mode(name, mode_env, args):
                 runs.append(run)
                 await asyncio.sleep(2)  # let the last replies and disconnects settle
             result["runs"] = runs
+            result["memory_after_runs"] = server.memory_detail()
         finally:
             server.stop()
     return result
@@ -276,7 +306,8 @@ def main(argv=None):
               "modes": results, "cpu_count": os.cpu_count(),
               "load_avg_before": [round(x, 2) for x in load_before],
               "load_avg_after": [round(x, 2) for x in os.getloadavg()], "seconds_per_run": args.seconds,
-              "think_s": list(args.think), "model": os.readlink(args.models_dir / "current")}
+              "think_s": list(args.think), "model": os.readlink(args.models_dir / "current"),
+              "questions": {"known": KNOWN, "new": NEW}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 

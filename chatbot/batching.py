@@ -15,7 +15,7 @@ from concurrent.futures import Future
 
 
 class ReplyBatcher:
-    """Compute ``bot.reply_batch(texts)`` on worker threads, batching requests."""
+    """Compute ``bot.reply_batch(texts, on_reply)`` on worker threads, batching requests."""
 
     def __init__(self, workers: int = 1, batch_max: int = 8, window_ms: float = 0.0):
         self.workers = max(1, workers)
@@ -61,11 +61,18 @@ class ReplyBatcher:
             for bot, text, future in batch:
                 by_bot.setdefault(id(bot), (bot, []))[1].append((text, future))
             for bot, requests in by_bot.values():
+                # A known answer goes out at once; it does not wait for the
+                # replies the network still has to write.
+                def answered(i, reply, requests=requests):
+                    requests[i][1].set_result(reply)
+
                 try:
-                    replies = bot.reply_batch([text for text, _ in requests])
+                    replies = bot.reply_batch([text for text, _ in requests], on_reply=answered)
                 except BaseException as exc:  # the waiting chats get the error, the worker lives on
                     for _, future in requests:
-                        future.set_exception(exc)
+                        if not future.done():
+                            future.set_exception(exc)
                 else:
                     for (_, future), reply in zip(requests, replies):
-                        future.set_result(reply)
+                        if not future.done():
+                            future.set_result(reply)

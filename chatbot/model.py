@@ -57,10 +57,10 @@ class ModelConfig:
     beam_size: int = 4
     length_penalty: float = 1.0  # beam score = log p / len ** length_penalty
     no_repeat_ngram: int = 3  # 0 turns it off
-    # Known answers (chatbot/retrieval.py): reply with the answer of the most
-    # similar training question, similarity = (TF-IDF cosine + state_weight *
-    # cosine of the encoder's question states) / (1 + state_weight); write the
-    # reply when none is at least min_similarity alike.
+    # Known answers (chatbot/retrieval.py): of the training questions with a
+    # TF-IDF cosine of at least min_similarity, send the answer of the one with
+    # the best (cosine + state_weight * cosine of the encoder's question
+    # states) / (1 + state_weight); write the reply when there is none.
     known_answers: bool = True  # False: always write the reply
     state_weight: float = 0.5
     min_similarity: float = 0.3
@@ -511,42 +511,49 @@ class Chatbot:
     def reply(self, text: str) -> str:
         return self.reply_batch([text])[0]
 
-    def reply_batch(self, texts: list[str]) -> list[str]:
+    def reply_batch(self, texts: list[str], on_reply=None) -> list[str]:
         """Replies to several questions, computed together (the server batches
-        chats that arrive at the same time)."""
-        return self.reply_tokens_batch([morph.tokenize(text, self.config.tokenizer) for text in texts])
+        chats that arrive at the same time).  ``on_reply(i, reply)``, if given,
+        is called as each reply is ready: known answers before written ones."""
+        return self.reply_tokens_batch([morph.tokenize(text, self.config.tokenizer) for text in texts], on_reply)
 
-    def reply_tokens_batch(self, questions: list[list[str]]) -> list[str]:
+    def reply_tokens_batch(self, questions: list[list[str]], on_reply=None) -> list[str]:
         """Replies to tokenized questions: a known answer, or the network's own."""
         c = self.config
         sources = [self.vocab.encode(q, add_eos=True) for q in questions]
         replies: list[str | None] = [None] * len(questions)
         if self.answers is not None and len(self.answers) and c.known_answers and questions:
-            similarity, rows = self.known_similarities(questions, sources).max(dim=1)
-            for i, (sim, row) in enumerate(zip(similarity.tolist(), rows.tolist())):
-                if sim >= c.min_similarity:
+            for i, row in enumerate(self.known_matches(questions, sources)):
+                if row is not None:
                     replies[i] = self.answers.answers[row]
+                    if on_reply is not None:
+                        on_reply(i, replies[i])
         todo = [i for i, r in enumerate(replies) if r is None]
         written = generate_batch(self.model, [sources[i] for i in todo], c, self._boundary_id)
         for i, ids in zip(todo, written):
             replies[i] = morph.detokenize(self.vocab.decode(ids))
+            if on_reply is not None:
+                on_reply(i, replies[i])
         return replies
 
     @torch.inference_mode()
-    def known_similarities(self, questions, sources) -> torch.Tensor:
-        """(B, n) similarity of each question to each training question: the
-        TF-IDF cosine, averaged with the cosine of the encoder's states (the
-        decoder's start state), which learned that differently worded questions
-        with one answer are alike; 0 where they share no word."""
+    def known_matches(self, questions, sources) -> list[int | None]:
+        """For each question, the training question whose answer to send, or None.
+
+        Candidates are the training questions that share a word with it and
+        whose TF-IDF cosine reaches min_similarity: the words must match.  Among them the best is the one
+        with the highest mean of that cosine and state_weight x the cosine of
+        the encoder's states (the decoder's start state), which learned that
+        differently worded questions with one answer are alike."""
         c = self.config
-        similarity = self.answers.similarities(questions)
+        words = self.answers.similarities(questions)
+        score = words
         if c.state_weight:
             states = self._question_states(sources) @ self._answer_states.T
-            # States alone do not make a match: questions of unknown words all
-            # encode alike.  They weigh in where the questions share a word.
-            mixed = (similarity + c.state_weight * states) / (1 + c.state_weight)
-            similarity = torch.where(similarity > 0, mixed, 0.0)
-        return similarity
+            score = (words + c.state_weight * states) / (1 + c.state_weight)
+        score = torch.where((words > 0) & (words >= c.min_similarity), score, -math.inf)
+        best, rows = score.max(dim=1)
+        return [row if value > -math.inf else None for value, row in zip(best.tolist(), rows.tolist())]
 
     @torch.inference_mode()
     def _question_states(self, sources, batch: int = 256) -> torch.Tensor:

@@ -7,7 +7,8 @@ alike to these word-based similarities, and writes the reply itself when no
 training question is alike (see ``Chatbot.reply_tokens_batch``).
 
 The weighting is scikit-learn's ``TfidfVectorizer`` default (raw counts,
-smoothed idf, rows scaled to unit length, so a dot product is the cosine),
+smoothed idf, rows scaled to unit length, so a dot product is the cosine;
+unlike it, a question's unknown words count, see ``_vectors``),
 done with a torch sparse matrix so the server needs nothing beyond torch.
 The index is saved in the model directory as ``answers.json``: the question
 tokens and the answers.
@@ -68,14 +69,23 @@ class AnswerIndex:
         return [q.split(" ") if q else [] for q in self.questions]
 
     def _vectors(self, token_lists) -> torch.Tensor:
-        """Unit-length TF-IDF vectors (terms, B) of the questions; unknown terms are ignored."""
+        """Unit-length TF-IDF vectors (terms, B) of the questions.
+
+        A word no training question has counts towards the length with the
+        highest idf: 양자역학 알아? is then not 'just like' 맛집 알아?, as it
+        would be if unknown words were dropped (scikit-learn drops them)."""
         out = torch.zeros(len(self.term_ids), len(token_lists))
+        unknown = torch.zeros(len(token_lists))
+        unseen_idf = math.log(1 + len(self.answers)) + 1  # smoothed idf of a term in no question
         for b, tokens in enumerate(token_lists):
             for t, c in Counter(_terms(tokens)).items():
                 i = self.term_ids.get(t)
                 if i is not None:
                     out[i, b] = c * self.idf[i]
-        return out / out.norm(dim=0, keepdim=True).clamp_min(1e-12)
+                else:
+                    unknown[b] += (c * unseen_idf) ** 2
+        norm = (out.pow(2).sum(dim=0) + unknown).sqrt()
+        return out / norm.clamp_min(1e-12)
 
     def similarities(self, token_lists) -> torch.Tensor:
         """Cosine similarity (B, n) of each question to every training question;

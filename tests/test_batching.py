@@ -14,10 +14,28 @@ class SlowBot:
         self.seconds = seconds
         self.batches = []
 
-    def reply_batch(self, texts):
+    def reply_batch(self, texts, on_reply=None):
         self.batches.append(list(texts))
         time.sleep(self.seconds)
         return [f"re: {t}" for t in texts]
+
+
+class KnownFirstBot:
+    """Known answers (texts starting with "known") at once, the others after a while."""
+
+    def __init__(self, seconds=0.5):
+        self.seconds = seconds
+
+    def reply_batch(self, texts, on_reply=None):
+        replies = [f"re: {t}" for t in texts]
+        for i, t in enumerate(texts):
+            if t.startswith("known") and on_reply:
+                on_reply(i, replies[i])
+        time.sleep(self.seconds)  # the network writing the rest
+        for i, t in enumerate(texts):
+            if not t.startswith("known") and on_reply:
+                on_reply(i, replies[i])
+        return replies
 
 
 def ask_all(batcher, bot, texts):
@@ -66,7 +84,7 @@ def test_a_lone_question_does_not_wait_for_company():
 
 def test_a_failing_model_raises_in_the_caller_and_the_worker_survives():
     class BrokenBot:
-        def reply_batch(self, texts):
+        def reply_batch(self, texts, on_reply=None):
             raise RuntimeError("model exploded")
 
     batcher = ReplyBatcher(workers=1, batch_max=4)
@@ -91,3 +109,23 @@ def test_requests_for_different_models_are_not_mixed():
     assert replies == [f"re: {i}" for i in range(6)]
     assert sorted(t for b in old.batches for t in b) == ["1", "3", "5"]
     assert sorted(t for b in new.batches for t in b) == ["0", "2", "4"]
+
+
+def test_a_known_answer_does_not_wait_for_written_ones_in_its_batch():
+    bot = KnownFirstBot(seconds=0.5)
+    batcher = ReplyBatcher(workers=1, batch_max=8, window_ms=150)  # all four land in one batch
+    done = {}
+
+    def ask(text):
+        started = time.monotonic()
+        assert batcher.reply(bot, text) == f"re: {text}"
+        done[text] = time.monotonic() - started
+
+    threads = [threading.Thread(target=ask, args=(t,)) for t in ("written 1", "known 1", "written 2", "known 2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(done) == 4
+    # The batch takes 0.15 s to gather and 0.5 s to write; known answers come back before that.
+    assert max(done["known 1"], done["known 2"]) < 0.45 < min(done["written 1"], done["written 2"])

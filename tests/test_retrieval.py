@@ -45,14 +45,23 @@ def test_similarity_is_scikit_learns_tfidf_cosine():
     def analyzer(text):
         return [t for t in morph.tokenize(text) if t != morph.BOUNDARY]
 
-    questions = ["날씨 좋은 날 점심 뭐 먹지?", "춘천 날씨 어때?", "주말에 점심"]
+    questions = ["오늘 날씨 좋다 점심 뭐 먹지?", "춘천에 가고 싶어 오늘", "주말에 점심 뭐 해?"]  # only words it knows
     vectorizer = TfidfVectorizer(analyzer=analyzer)
     expected = linear_kernel(vectorizer.fit(q for q, _ in PAIRS).transform(questions),
                              vectorizer.transform(q for q, _ in PAIRS))
-    index = AnswerIndex([morph.tokenize(q) for q, _ in PAIRS], [f"answer {i}" for i in range(len(PAIRS))])
-    for row, hits in enumerate(index.search([morph.tokenize(q) for q in questions], k=len(PAIRS))):
-        for answer, sim in hits:
-            assert sim == pytest.approx(expected[row, int(answer.split()[1])], abs=1e-5)
+    index = index_of(PAIRS)
+    tokens = [morph.tokenize(q) for q in questions]
+    assert all(t in index.term_ids for q in tokens for t in q if t != morph.BOUNDARY)
+    assert torch.allclose(index.similarities(tokens), torch.tensor(expected, dtype=torch.float32), atol=1e-5)
+
+
+def test_unknown_words_make_a_question_less_alike():
+    # scikit-learn drops unknown words, so "양자역학 어때?" would be as alike to
+    # "오늘 날씨 어때?" as "어때?" alone; here the unknown word counts.
+    index = index_of(PAIRS)
+    alone, with_unknown = index.similarities([morph.tokenize("어때?"), morph.tokenize("양자역학 어때?")]).max(dim=1).values
+    assert 0 < with_unknown < alone
+    assert index.similarities([morph.tokenize("양자역학")]).max() == 0
 
 
 def test_save_and_load_give_the_same_answers(tmp_path):
@@ -88,6 +97,15 @@ def test_known_question_gets_a_known_answer_and_a_new_one_gets_written():
     assert bot.reply_batch(questions) == [bot.reply(q) for q in questions]
 
 
+def test_known_answers_are_announced_before_written_ones():
+    bot = bot_with_index()
+    order = []
+    questions = ["양자역학", "춘천에 가고 싶어", "ㅋㅋㅋ", "점심 뭐 먹지?"]
+    replies = bot.reply_batch(questions, on_reply=lambda i, reply: order.append((i, reply)))
+    assert [i for i, _ in order] == [1, 3, 0, 2]
+    assert dict(order) == dict(enumerate(replies))
+
+
 def test_every_training_question_gets_its_own_answer():
     bot = bot_with_index()
     for q, a in PAIRS:
@@ -97,20 +115,26 @@ def test_every_training_question_gets_its_own_answer():
 def test_encoder_states_alone_never_make_a_match():
     # Questions of unknown words encode alike; they share no word with any
     # training question, so the network writes their replies.
-    bot = bot_with_index(state_weight=100.0)
-    sims = bot.known_similarities([morph.tokenize("ㅋㅋㅋ")], [bot.vocab.encode(morph.tokenize("ㅋㅋㅋ"), True)])
-    assert sims.shape == (1, len(PAIRS)) and not sims.any()
+    bot = bot_with_index(state_weight=100.0, min_similarity=0.0)
+    tokens = morph.tokenize("ㅋㅋㅋ")
+    assert bot.known_matches([tokens], [bot.vocab.encode(tokens, True)]) == [None]
     assert bot.reply("ㅋㅋㅋ") == bot_with_index(known_answers=False).reply("ㅋㅋㅋ")
 
 
-def test_state_weight_mixes_in_the_encoder_similarity():
-    q = morph.tokenize("점심 메뉴 뭐 먹지")
-    src = [bot_with_index().vocab.encode(q, True)]
-    words_only = bot_with_index(state_weight=0.0).known_similarities([q], src)
-    mixed = bot_with_index(state_weight=1.0).known_similarities([q], src)
-    assert torch.allclose(words_only, index_of(PAIRS).similarities([q]))
-    assert not torch.allclose(words_only, mixed)
-    assert ((mixed == 0) == (words_only == 0)).all()
+def test_words_decide_whether_states_decide_which():
+    questions = [morph.tokenize(q) for q in ["점심 메뉴 뭐 먹지", "오늘 날씨", "주말 계획", "양자역학"]]
+    words = index_of(PAIRS).similarities(questions)
+    for weight in (0.0, 1.0, 100.0):
+        bot = bot_with_index(state_weight=weight, min_similarity=0.3)
+        rows = bot.known_matches(questions, [bot.vocab.encode(q, True) for q in questions])
+        assert rows[-1] is None
+        for q, row in enumerate(rows):
+            if words[q].max() < 0.3:
+                assert row is None
+            else:
+                assert row is not None and words[q, row] >= 0.3
+        if weight == 0.0:  # without the states the best word match wins
+            assert all(row == int(words[q].argmax()) for q, row in enumerate(rows) if row is not None)
 
 
 def test_high_min_similarity_means_write_unless_identical():
