@@ -237,6 +237,28 @@ def test_history_survives_a_reload_and_stays_in_its_tab(live, context):
     assert_clean(page)
 
 
+def test_open_chat_is_told_when_a_new_model_takes_over(live, context):
+    import shutil
+
+    from chatbot import versions
+
+    page = open_chat(context("desktop"), live)
+    send(page, "안녕")
+    models = live.workdir / "models"
+    old = versions.current_dir(models)
+    new_name = old.name + "-b"  # the same weights under a new version name
+    shutil.copytree(old, models / new_name)
+    try:
+        versions.activate(models, new_name)
+        # The server checks `current` every MODEL_WATCH_SECONDS (2 s).
+        page.wait_for_function("(v) => [...document.querySelectorAll('.notice')].some(n => n.textContent.includes(v))",
+                               arg=new_name, timeout=15000)
+        send(page, "고마워")  # the chat goes on
+        assert_clean(page)
+    finally:
+        versions.activate(models, old.name)
+
+
 def test_reconnects_after_a_server_restart(live, context):
     page = open_chat(context(), live)
     send(page, "안녕")

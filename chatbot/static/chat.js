@@ -352,6 +352,12 @@
     append(makeReply(data));
   });
 
+  // A newly trained model took over while this page was open (make retrain,
+  // or a reviewer activated another version): say so between the messages.
+  socket.on("model", function (data) {
+    if (data && data.version) notice("새로 학습한 모델(" + String(data.version) + ")로 답하기 시작했어요.");
+  });
+
   socket.on("error", function (data) {
     var event = data && data.event;
     var message = data && data.message ? String(data.message) : "메시지를 처리하지 못했어요.";
