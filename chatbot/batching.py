@@ -27,6 +27,11 @@ class ReplyBatcher:
 
     def reply(self, bot, text: str) -> str:
         """The reply of ``bot`` (a model.Chatbot) to ``text``; blocks until computed."""
+        return self.answer(bot, text)[0]
+
+    def answer(self, bot, text: str) -> tuple[str, bool]:
+        """(reply, known): known is True for a training pair's answer, False
+        for one the network wrote."""
         self._start()
         future = Future()
         self._queue.put((bot, text, future))
@@ -63,8 +68,8 @@ class ReplyBatcher:
             for bot, requests in by_bot.values():
                 # A known answer goes out at once; it does not wait for the
                 # replies the network still has to write.
-                def answered(i, reply, requests=requests):
-                    requests[i][1].set_result(reply)
+                def answered(i, reply, known, requests=requests):
+                    requests[i][1].set_result((reply, known))
 
                 try:
                     replies = bot.reply_batch([text for text, _ in requests], on_reply=answered)
@@ -75,4 +80,4 @@ class ReplyBatcher:
                 else:
                     for (_, future), reply in zip(requests, replies):
                         if not future.done():
-                            future.set_result(reply)
+                            future.set_result((reply, False))

@@ -14,10 +14,11 @@ NEEDS_DELETION = "needs_deletion"
 STATUS_LABELS = {UNREVIEWED: "미검토", REVIEWED: "검토 완료", NEEDS_DELETION: "삭제 필요"}
 
 ROUTE_MODEL = "model"      # written by the seq2seq model
+ROUTE_KNOWN = "known"      # a training pair's answer, chosen by the model (chatbot/retrieval.py)
 ROUTE_MEMORY = "memory"    # a reviewed answer to the same question
 ROUTE_FALLBACK = "fallback"  # no model loaded yet
 ROUTE_IMPORT = "import"    # a pair imported from CSV, never asked in a chat
-ROUTES = (ROUTE_MODEL, ROUTE_MEMORY, ROUTE_FALLBACK, ROUTE_IMPORT)
+ROUTES = (ROUTE_MODEL, ROUTE_MEMORY, ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_KNOWN)
 
 FEEDBACK_UP = "up"      # 👍 from the person who asked
 FEEDBACK_DOWN = "down"  # 👎: the exchange goes first in the review list

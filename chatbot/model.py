@@ -513,8 +513,9 @@ class Chatbot:
 
     def reply_batch(self, texts: list[str], on_reply=None) -> list[str]:
         """Replies to several questions, computed together (the server batches
-        chats that arrive at the same time).  ``on_reply(i, reply)``, if given,
-        is called as each reply is ready: known answers before written ones."""
+        chats that arrive at the same time).  ``on_reply(i, reply, known)``, if
+        given, is called as each reply is ready: known answers (known=True)
+        before the ones the network writes."""
         return self.reply_tokens_batch([morph.tokenize(text, self.config.tokenizer) for text in texts], on_reply)
 
     def reply_tokens_batch(self, questions: list[list[str]], on_reply=None) -> list[str]:
@@ -527,13 +528,13 @@ class Chatbot:
                 if row is not None:
                     replies[i] = self.answers.answers[row]
                     if on_reply is not None:
-                        on_reply(i, replies[i])
+                        on_reply(i, replies[i], True)
         todo = [i for i, r in enumerate(replies) if r is None]
         written = generate_batch(self.model, [sources[i] for i in todo], c, self._boundary_id)
         for i, ids in zip(todo, written):
             replies[i] = morph.detokenize(self.vocab.decode(ids))
             if on_reply is not None:
-                on_reply(i, replies[i])
+                on_reply(i, replies[i], False)
         return replies
 
     @torch.inference_mode()

@@ -1,4 +1,5 @@
-"""Answers questions: a reviewed answer if there is one, else the model.
+"""Answers questions: a reviewed answer if there is one, else the model's
+(a training pair's answer it picked, or a reply it wrote).
 
 The model in use is whatever ``<MODEL_DIR>/current`` points at.  Before each
 reply the responder checks where the link points (one readlink) and loads the
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from . import morph
 from .batching import ReplyBatcher
-from .database import ROUTE_FALLBACK, ROUTE_MEMORY, ROUTE_MODEL, reviewed_answer
+from .database import ROUTE_FALLBACK, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, reviewed_answer
 
 log = logging.getLogger(__name__)
 
@@ -84,5 +85,5 @@ class Responder:
             return Answer(reviewed, ROUTE_MEMORY, version)
         if bot is None:
             return Answer(FALLBACK_ANSWER, ROUTE_FALLBACK, None)
-        text = self._batcher.reply(bot, question)
-        return Answer(text or FALLBACK_ANSWER, ROUTE_MODEL, version)
+        text, known = self._batcher.answer(bot, question)
+        return Answer(text or FALLBACK_ANSWER, ROUTE_KNOWN if known else ROUTE_MODEL, version)

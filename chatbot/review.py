@@ -37,7 +37,7 @@ from wtforms.validators import DataRequired, Length, Optional
 
 from . import models_admin, queue_admin, security
 from .database import (AUDIT_ACTIONS, FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED,
-                       ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_MEMORY, ROUTE_MODEL, STATUS_LABELS, UNREVIEWED,
+                       ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, STATUS_LABELS, UNREVIEWED,
                        Exchange, ReviewAudit, Reviewer, audit, review_queue_order)
 from .extensions import db, login_manager
 
@@ -47,7 +47,8 @@ ADMIN_NAME = "한마디 검토"
 LOGIN_FAILED = "아이디 또는 비밀번호가 올바르지 않습니다"
 LOGIN_THROTTLED = "로그인 시도가 너무 많습니다. {minutes}분 뒤에 다시 시도하세요."
 ROUTE_LABELS = {
-    ROUTE_MODEL: "모델",
+    ROUTE_MODEL: "모델이 작성",
+    ROUTE_KNOWN: "학습 데이터 답변",
     ROUTE_MEMORY: "검토된 답변",
     ROUTE_FALLBACK: "기본 응답",
     ROUTE_IMPORT: "가져온 쌍",
@@ -354,6 +355,7 @@ class ExchangeView(_ReviewerOnly, ModelView):
         ChoiceFilter(Exchange.status, "상태", options=tuple(STATUS_LABELS.items())),
         CreatedBetweenFilter(Exchange.created_at, "생성일 (UTC)"),
         ChoiceFilter(Exchange.feedback, "평가", options=tuple(FEEDBACK_LABELS.items())),
+        ChoiceFilter(Exchange.route, "경로", options=tuple(ROUTE_LABELS.items())),
     )
 
     # Only these two fields exist in the edit form, so nothing else can be

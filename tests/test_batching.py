@@ -30,11 +30,11 @@ class KnownFirstBot:
         replies = [f"re: {t}" for t in texts]
         for i, t in enumerate(texts):
             if t.startswith("known") and on_reply:
-                on_reply(i, replies[i])
+                on_reply(i, replies[i], True)
         time.sleep(self.seconds)  # the network writing the rest
         for i, t in enumerate(texts):
             if not t.startswith("known") and on_reply:
-                on_reply(i, replies[i])
+                on_reply(i, replies[i], False)
         return replies
 
 
@@ -118,7 +118,7 @@ def test_a_known_answer_does_not_wait_for_written_ones_in_its_batch():
 
     def ask(text):
         started = time.monotonic()
-        assert batcher.reply(bot, text) == f"re: {text}"
+        assert batcher.answer(bot, text) == (f"re: {text}", text.startswith("known"))
         done[text] = time.monotonic() - started
 
     threads = [threading.Thread(target=ask, args=(t,)) for t in ("written 1", "known 1", "written 2", "known 2")]

@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from chatbot import versions
-from chatbot.database import REVIEWED, ROUTE_FALLBACK, ROUTE_MEMORY, ROUTE_MODEL, UNREVIEWED, Exchange
+from chatbot.database import REVIEWED, ROUTE_FALLBACK, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, UNREVIEWED, Exchange
 from chatbot.extensions import db, socketio
 
 TINY_PAIRS = [
@@ -62,16 +62,19 @@ def test_round_trip_stores_the_exchange(app):
     name, reply = ask(sock, {"text": "  안녕하세요  "})
     assert name == "reply"
     assert reply["question"] == "안녕하세요"
-    assert reply["answer"]
-    assert reply["route"] == ROUTE_MODEL
+    assert (reply["answer"], reply["route"]) == ("안녕하세요! 반가워요.", ROUTE_KNOWN)  # a training pair's answer
     version = versions.current_dir(app.config["MODEL_DIR"]).name
     assert reply["model_version"] == version
     [row] = rows(app)
     assert (row.id, row.question, row.answer) == (reply["id"], "안녕하세요", reply["answer"])
     assert row.session_id == "browser-session-1"
-    assert row.model_version == version and row.route == ROUTE_MODEL
+    assert row.model_version == version and row.route == ROUTE_KNOWN
     assert row.status == UNREVIEWED and row.created_at is not None
     assert row.corrected_answer is None and row.reviewer is None
+    # A question that shares no word with the training pairs: the network writes the reply.
+    name, written = ask(sock, {"text": "양자역학"})
+    assert name == "reply" and written["answer"] and written["route"] == ROUTE_MODEL
+    assert rows(app)[-1].route == ROUTE_MODEL
 
 
 def test_without_a_model_the_bot_says_so(app):
@@ -125,7 +128,7 @@ def test_reviewed_answer_sticks_at_once(app):
         name, reply = ask(sock, {"text": variant})
         assert (name, reply["answer"], reply["route"]) == ("reply", "춘천은 오늘 맑아요.", ROUTE_MEMORY), variant
     name, other = ask(sock, {"text": "서울에는 비가 와요?"})
-    assert other["route"] == ROUTE_MODEL
+    assert other["route"] in (ROUTE_MODEL, ROUTE_KNOWN)  # not the reviewed answer
 
 
 def test_server_picks_up_a_new_model_without_restart(app):

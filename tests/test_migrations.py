@@ -39,3 +39,26 @@ def test_models_match_the_migrations(app):
     with app.app_context(), db.engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), db.metadata)
     assert diff == []
+
+
+def test_route_known_migration_upgrades_and_downgrades(app):
+    import pytest
+
+    insert = ("INSERT INTO exchange (question, question_key, answer, created_at, route, status) "
+              "VALUES ('q', 'q', 'a', '2024-01-01', :route, 'unreviewed')")
+    with app.app_context():
+        db.session.execute(sa.text(insert), {"route": "known"})
+        db.session.commit()
+        flask_migrate.downgrade(revision="b920c99c8ad7")
+        assert db.session.execute(sa.text("SELECT route FROM exchange")).scalar_one() == "model"
+        with pytest.raises(sa.exc.IntegrityError):
+            db.session.execute(sa.text(insert), {"route": "known"})
+            db.session.commit()
+        db.session.rollback()
+        flask_migrate.upgrade()
+        db.session.execute(sa.text(insert), {"route": "known"})
+        db.session.commit()
+        with pytest.raises(sa.exc.IntegrityError):
+            db.session.execute(sa.text(insert), {"route": "guessed"})
+            db.session.commit()
+        db.session.rollback()

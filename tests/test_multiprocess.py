@@ -220,6 +220,13 @@ def test_the_migrations_on_postgresql(tmp_path, backends):
                     "INSERT INTO exchange (question, question_key, answer, created_at, route, status) "
                     "VALUES ('q', 'q', 'a', now(), 'model', 'meh')"))
             db.session.rollback()
+            db.session.execute(sa.text(  # the route added by the fourth migration
+                "INSERT INTO exchange (question, question_key, answer, created_at, route, status) "
+                "VALUES ('q', 'q', 'a', now(), 'known', 'unreviewed')"))
+            db.session.commit()
+            flask_migrate.downgrade(revision="b920c99c8ad7")  # takes the route back: the row becomes 'model'
+            assert db.session.execute(sa.text("SELECT route FROM exchange")).scalar_one() == "model"
+            db.session.commit()
         finally:
             db.session.remove()
             db.engine.dispose()

@@ -101,9 +101,9 @@ def test_known_answers_are_announced_before_written_ones():
     bot = bot_with_index()
     order = []
     questions = ["양자역학", "춘천에 가고 싶어", "ㅋㅋㅋ", "점심 뭐 먹지?"]
-    replies = bot.reply_batch(questions, on_reply=lambda i, reply: order.append((i, reply)))
-    assert [i for i, _ in order] == [1, 3, 0, 2]
-    assert dict(order) == dict(enumerate(replies))
+    replies = bot.reply_batch(questions, on_reply=lambda i, reply, known: order.append((i, reply, known)))
+    assert [(i, known) for i, _, known in order] == [(1, True), (3, True), (0, False), (2, False)]
+    assert {i: reply for i, reply, _ in order} == dict(enumerate(replies))
 
 
 def test_every_training_question_gets_its_own_answer():

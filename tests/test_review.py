@@ -431,6 +431,16 @@ def test_filter_by_feedback(app, logged_in):
     assert "좋아요 받은 질문" not in html and "평가 없는 질문" not in html
 
 
+def test_filter_by_route_tells_written_replies_from_training_answers(app, logged_in):
+    add_exchange(app, "모델이 쓴 답의 질문", route="model")
+    add_exchange(app, "학습 데이터로 답한 질문", route="known")
+    html = list_page(logged_in, "?flt0_3=model")
+    assert "모델이 쓴 답의 질문" in html and "학습 데이터로 답한 질문" not in html
+    html = list_page(logged_in, "?flt0_3=known")
+    assert "학습 데이터로 답한 질문" in html and "모델이 쓴 답의 질문" not in html
+    assert "학습 데이터 답변" in html  # the route column's label
+
+
 def test_index_counts_unreviewed_thumbs_down(app, logged_in):
     add_exchange(app, "하나", feedback="down")
     add_exchange(app, "둘", feedback="down", status=REVIEWED)
