@@ -85,17 +85,27 @@ class Server:
         self.proc = subprocess.Popen(["make", "--no-print-directory", "serve"], cwd=ROOT, env=self.env,
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
-    def rss_mb(self) -> float:
-        """Resident memory of the server processes (gunicorn master + worker), not make."""
+    def processes(self) -> list:
+        """The server processes (gunicorn master and worker), not make."""
         try:
             procs = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
-            return 0.0
-        total = 0
+            return []
+        out = []
         for proc in procs:
             try:
                 if proc.name() != "make":
-                    total += proc.memory_info().rss
+                    out.append(proc)
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server processes."""
+        total = 0
+        for proc in self.processes():
+            try:
+                total += proc.memory_info().rss
             except psutil.NoSuchProcess:
                 pass
         return total / 2**20
@@ -105,18 +115,17 @@ class Server:
         pages (shared libraries, the mmapped Mecab dictionary: clean pages the
         kernel can drop and read again)."""
         detail = []
-        for proc in psutil.Process(self.proc.pid).children(recursive=True):
+        for proc in self.processes():
             try:
-                if proc.name() == "make":
-                    continue
                 fields = {}
                 with open(f"/proc/{proc.pid}/smaps_rollup") as f:
                     for line in f.readlines()[1:]:
                         key, value = line.split(":", 1)
                         fields[key] = int(value.split()[0]) / 1024
+                threads = proc.num_threads()
             except (psutil.NoSuchProcess, OSError):
                 continue
-            detail.append({"pid": proc.pid, "threads": proc.num_threads(), "rss_mb": round(fields["Rss"], 1),
+            detail.append({"pid": proc.pid, "threads": threads, "rss_mb": round(fields["Rss"], 1),
                            "anon_mb": round(fields["Anonymous"], 1),
                            "file_mb": round(fields["Rss"] - fields["Anonymous"], 1)})
         return detail

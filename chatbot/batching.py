@@ -25,13 +25,10 @@ class ReplyBatcher:
         self._started = False
         self._start_lock = threading.Lock()
 
-    def reply(self, bot, text: str) -> str:
-        """The reply of ``bot`` (a model.Chatbot) to ``text``; blocks until computed."""
-        return self.answer(bot, text)[0]
-
     def answer(self, bot, text: str) -> tuple[str, bool]:
-        """(reply, known): known is True for a training pair's answer, False
-        for one the network wrote."""
+        """(reply, known) of ``bot`` (a model.Chatbot) to ``text``, blocking
+        until computed: known is True for a training pair's answer, False for
+        one the network wrote."""
         self._start()
         future = Future()
         self._queue.put((bot, text, future))

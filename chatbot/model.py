@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from chatbot import morph
+from chatbot.retrieval import ANSWERS_FILE, AnswerIndex
 
 MODEL_FILE = "model.pt"
 VOCAB_FILE = "vocab.json"
@@ -484,7 +485,7 @@ class Chatbot:
         self.metrics = metrics or {}
         self._boundary_id = vocab.stoi.get(morph.BOUNDARY)
         self.answers = answers  # a retrieval.AnswerIndex, or None: always write the reply
-        # The encoder's states of the training questions, for known_similarities().
+        # The encoder's states of the training questions, for known_matches().
         self._answer_states = self._question_states(
             [vocab.encode(q, add_eos=True) for q in answers.question_tokens()]) if answers is not None else None
 
@@ -492,8 +493,6 @@ class Chatbot:
     def load(cls, model_dir, device="cpu") -> "Chatbot":
         """Load a model directory (a `current` symlink is followed; version is
         the real directory's name).  Raises ModelLoadError."""
-        from chatbot.retrieval import ANSWERS_FILE, AnswerIndex
-
         model_dir = Path(model_dir).resolve()
         model, vocab, config = load_model(model_dir, device)
         try:
@@ -542,10 +541,11 @@ class Chatbot:
         """For each question, the training question whose answer to send, or None.
 
         Candidates are the training questions that share a word with it and
-        whose TF-IDF cosine reaches min_similarity: the words must match.  Among them the best is the one
-        with the highest mean of that cosine and state_weight x the cosine of
-        the encoder's states (the decoder's start state), which learned that
-        differently worded questions with one answer are alike."""
+        whose TF-IDF cosine reaches min_similarity: the words must match.
+        Among them the best is the one with the highest mean of that cosine
+        and state_weight x the cosine of the encoder's states (the decoder's
+        start state), which learned that differently worded questions with one
+        answer are alike."""
         c = self.config
         words = self.answers.similarities(questions)
         score = words

@@ -32,8 +32,13 @@ def _terms(tokens) -> list[str]:
     return [t for t in tokens if t != morph.BOUNDARY]
 
 
+def _split(question: str) -> list[str]:
+    """A stored question (tokens joined by spaces) back into its tokens."""
+    return question.split(" ") if question else []
+
+
 class AnswerIndex:
-    """Finds the answers of the training questions most like a question."""
+    """How alike a question is to each training question, and their answers."""
 
     def __init__(self, questions: list[list[str]], answers: list[str]):
         questions = [list(q) for q in questions]
@@ -47,12 +52,10 @@ class AnswerIndex:
         self.term_ids = {t: i for i, t in enumerate(sorted({t for d in docs for t in d}))}
         df = Counter(t for d in docs for t in d)
         n = len(docs)
-        self.idf = torch.ones(len(self.term_ids))
-        for t, i in self.term_ids.items():
-            self.idf[i] = math.log((1 + n) / (1 + df[t])) + 1
+        self.idf = [math.log((1 + n) / (1 + df[t])) + 1 for t in self.term_ids]  # term_ids is in id order
         rows, cols, values = [], [], []
         for r, d in enumerate(docs):
-            weights = {self.term_ids[t]: c * float(self.idf[self.term_ids[t]]) for t, c in d.items()}
+            weights = {self.term_ids[t]: c * self.idf[self.term_ids[t]] for t, c in d.items()}
             norm = math.sqrt(sum(w * w for w in weights.values())) or 1.0
             for c, w in sorted(weights.items()):
                 rows.append(r)
@@ -66,7 +69,7 @@ class AnswerIndex:
         return len(self.answers)
 
     def question_tokens(self) -> list[list[str]]:
-        return [q.split(" ") if q else [] for q in self.questions]
+        return [_split(q) for q in self.questions]
 
     def _vectors(self, token_lists) -> torch.Tensor:
         """Unit-length TF-IDF vectors (terms, B) of the questions.
@@ -93,25 +96,6 @@ class AnswerIndex:
         with torch.inference_mode():
             return (self.matrix @ self._vectors(token_lists)).T.contiguous()
 
-    def search(self, token_lists, k: int) -> list[list[tuple[str, float]]]:
-        """Up to k (answer, cosine similarity) per question, most similar first,
-        each answer once; [] for a question with no known term."""
-        if not token_lists or not self.answers or k <= 0:
-            return [[] for _ in token_lists]
-        # Look a little deeper than k: some neighbours share an answer.
-        scores, rows = self.similarities(token_lists).topk(min(len(self.answers), 3 * k), dim=1)
-        results = []
-        for score_row, index_row in zip(scores.tolist(), rows.tolist()):
-            seen, hits = set(), []
-            for s, r in zip(score_row, index_row):
-                if s <= 0 or len(hits) == k:
-                    break
-                if self.answers[r] not in seen:
-                    seen.add(self.answers[r])
-                    hits.append((self.answers[r], s))
-            results.append(hits)
-        return results
-
     def save(self, path) -> None:
         data = {"questions": self.questions, "answers": self.answers}
         Path(path).write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
@@ -119,4 +103,4 @@ class AnswerIndex:
     @classmethod
     def load(cls, path) -> "AnswerIndex":
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-        return cls([q.split(" ") if q else [] for q in data["questions"]], data["answers"])
+        return cls([_split(q) for q in data["questions"]], data["answers"])

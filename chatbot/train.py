@@ -186,7 +186,9 @@ def reply_metrics(bot: Chatbot, tokenized, samples: int = 0):
     import sacrebleu
 
     bot.model.eval()
-    hyps = [h for i in range(0, len(tokenized), 64) for h in bot.reply_tokens_batch([q for q, _, _ in tokenized[i:i + 64]])]
+    hyps = []
+    for i in range(0, len(tokenized), 64):  # 64 questions per model call
+        hyps += bot.reply_tokens_batch([q for q, _, _ in tokenized[i:i + 64]])
     refs = [morph.normalize(answer) for _, _, answer in tokenized]
     shown = [{"question": morph.detokenize(q), "reference": ref, "reply": hyp}
              for (q, _, _), ref, hyp in list(zip(tokenized, refs, hyps))[:samples]]

@@ -42,7 +42,7 @@ def ask_all(batcher, bot, texts):
     replies = [None] * len(texts)
 
     def ask(i):
-        replies[i] = batcher.reply(bot, texts[i])
+        replies[i] = batcher.answer(bot, texts[i])[0]
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(texts))]
     for t in threads:
@@ -76,9 +76,9 @@ def test_batch_max_one_answers_one_at_a_time():
 def test_a_lone_question_does_not_wait_for_company():
     bot = SlowBot(seconds=0)
     batcher = ReplyBatcher(workers=1, batch_max=8)
-    batcher.reply(bot, "warm-up")
+    batcher.answer(bot, "warm-up")
     start = time.monotonic()
-    assert batcher.reply(bot, "안녕") == "re: 안녕"
+    assert batcher.answer(bot, "안녕") == ("re: 안녕", False)
     assert time.monotonic() - start < 0.05
 
 
@@ -89,8 +89,8 @@ def test_a_failing_model_raises_in_the_caller_and_the_worker_survives():
 
     batcher = ReplyBatcher(workers=1, batch_max=4)
     with pytest.raises(RuntimeError, match="model exploded"):
-        batcher.reply(BrokenBot(), "안녕")
-    assert batcher.reply(SlowBot(seconds=0), "안녕") == "re: 안녕"
+        batcher.answer(BrokenBot(), "안녕")
+    assert batcher.answer(SlowBot(seconds=0), "안녕") == ("re: 안녕", False)
 
 
 def test_requests_for_different_models_are_not_mixed():
@@ -99,7 +99,7 @@ def test_requests_for_different_models_are_not_mixed():
     replies = [None] * 6
 
     def ask(i):
-        replies[i] = batcher.reply(old if i % 2 else new, str(i))
+        replies[i] = batcher.answer(old if i % 2 else new, str(i))[0]
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
     for t in threads:
