@@ -16,18 +16,33 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "
 
 
 @pytest.fixture
-def app(tmp_path):
-    app = create_app({
-        "TESTING": True,
-        "SECRET_KEY": "test-secret",
-        "SQLALCHEMY_DATABASE_URI": "sqlite:///" + str(tmp_path / "chatbot.db"),
-        "MODEL_DIR": str(tmp_path / "models"),
-    })
-    with app.app_context():
-        flask_migrate.upgrade()
-    yield app
-    with app.app_context():
-        db.engine.dispose()
+def make_app(tmp_path):
+    """make_app(**config): an app on a migrated SQLite file and a model dir in
+    tmp_path, config overriding the test defaults."""
+    made = []
+
+    def make(**config):
+        app = create_app({
+            "TESTING": True,
+            "SECRET_KEY": "test-secret",
+            "SQLALCHEMY_DATABASE_URI": "sqlite:///" + str(tmp_path / "chatbot.db"),
+            "MODEL_DIR": str(tmp_path / "models"),
+            **config,
+        })
+        with app.app_context():
+            flask_migrate.upgrade()
+        made.append(app)
+        return app
+
+    yield make
+    for app in made:
+        with app.app_context():
+            db.engine.dispose()
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
 
 
 @pytest.fixture

@@ -20,11 +20,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def prepare(workdir: Path, with_model=True, **config):
-    """Create the database (migrated) and, if asked, a tiny trained model."""
+def stop_process(process, timeout):
+    """SIGTERM, then SIGKILL if it is still running after timeout seconds."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def prepare(workdir: Path, with_model=True, reviewer=None, **config):
+    """Create the database (migrated), a reviewer if one is given as
+    (name, password), and, if asked, a tiny trained model."""
     import flask_migrate
 
     from chatbot import create_app
+    from chatbot.database import Reviewer
     from chatbot.extensions import db
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -32,6 +45,11 @@ def prepare(workdir: Path, with_model=True, **config):
                       "MODEL_DIR": str(workdir / "models"), **config})
     with app.app_context():
         flask_migrate.upgrade()
+        if reviewer is not None:
+            account = Reviewer(username=reviewer[0])
+            account.set_password(reviewer[1])
+            db.session.add(account)
+            db.session.commit()
         db.engine.dispose()
     if with_model:
         from test_chat import tiny_model
@@ -83,13 +101,7 @@ class LiveServer:
             return False
 
     def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 15)
         self.process = None
 
     def log(self) -> str:

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from live_server import free_port
+from live_server import free_port, stop_process
 
 PACKAGES = {"redis-server": "redis-server", "postgresql": "postgresql", "nginx": "nginx"}
 
@@ -100,13 +100,7 @@ class Redis:
         return self
 
     def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 10)
 
 
 class Nginx:

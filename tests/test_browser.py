@@ -43,15 +43,7 @@ new MutationObserver(function (records) {
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("live")
-    app = prepare(workdir)
-    from chatbot.database import Reviewer
-    from chatbot.extensions import db
-    with app.app_context():
-        reviewer = Reviewer(username="kim")
-        reviewer.set_password(PASSWORD)
-        db.session.add(reviewer)
-        db.session.commit()
-        db.engine.dispose()
+    app = prepare(workdir, reviewer=("kim", PASSWORD))
     server = LiveServer(workdir).start()
     server.app = app
     yield server

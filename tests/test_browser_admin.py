@@ -20,15 +20,7 @@ def live(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("live-admin")
     starter = workdir / "starter.csv"
     starter.write_text("Q,A\n" + "".join(f"{q},{a}\n" for q, a in PAIRS), encoding="utf-8")
-    app = prepare(workdir, STARTER_PAIRS=str(starter))
-    from chatbot.database import Reviewer
-    from chatbot.extensions import db
-    with app.app_context():
-        reviewer = Reviewer(username="kim")
-        reviewer.set_password(PASSWORD)
-        db.session.add(reviewer)
-        db.session.commit()
-        db.engine.dispose()
+    app = prepare(workdir, reviewer=("kim", PASSWORD), STARTER_PAIRS=str(starter))
     server = LiveServer(workdir, env={"STARTER_PAIRS": str(starter), "RETRAIN_ARGS": TINY_ARGS}).start()
     server.app = app
     server.models = workdir / "models"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from chatbot import create_app, retrain, versions
+from chatbot import retrain, versions
 from chatbot.config import PROJECT_ROOT
 from chatbot.database import NEEDS_DELETION, REVIEWED, ROUTE_IMPORT, Exchange
 from chatbot.extensions import db, socketio
@@ -24,29 +24,14 @@ from chatbot.responder import Responder
 from test_review import PASSWORD, login, token_in
 from test_train import PAIRS
 
-import flask_migrate
-
 TINY_ARGS = "--max-steps 2 --epochs 2 --threads 1 --dev-percent 20"
 
 
 @pytest.fixture
-def app(tmp_path):
+def app(tmp_path, make_app):
     starter = tmp_path / "starter.csv"
     starter.write_text("Q,A\n" + "".join(f"{q},{a}\n" for q, a in PAIRS), encoding="utf-8")
-    app = create_app({
-        "TESTING": True,
-        "SECRET_KEY": "test-secret",
-        "SQLALCHEMY_DATABASE_URI": "sqlite:///" + str(tmp_path / "chatbot.db"),
-        "MODEL_DIR": str(tmp_path / "models"),
-        "STARTER_PAIRS": str(starter),
-        "RETRAIN_ARGS": TINY_ARGS,
-        "QUALITY_GATE_MARGIN": 2.0,
-    })
-    with app.app_context():
-        flask_migrate.upgrade()
-    yield app
-    with app.app_context():
-        db.engine.dispose()
+    return make_app(STARTER_PAIRS=str(starter), RETRAIN_ARGS=TINY_ARGS, QUALITY_GATE_MARGIN=2.0)
 
 
 @pytest.fixture

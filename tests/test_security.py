@@ -206,27 +206,17 @@ def test_csrf_on_every_admin_post(logged_in, app):
     assert logged_in.get("/admin/").status_code == 200  # still logged in: logout needed a token
 
 
-def test_behind_a_proxy_the_login_limit_counts_the_client_address(tmp_path, make_reviewer):
-    from chatbot import create_app
-    from chatbot.extensions import db
-    import flask_migrate
-    app = create_app({"TESTING": True, "SECRET_KEY": "x", "PROXY_COUNT": 1, "LOGIN_MAX_FAILURES": 2,
-                      "SQLALCHEMY_DATABASE_URI": "sqlite:///" + str(tmp_path / "proxy.db"),
-                      "MODEL_DIR": str(tmp_path / "models")})
-    with app.app_context():
-        flask_migrate.upgrade()
-    try:
-        for address, expected in [("203.0.113.1", 401), ("203.0.113.1", 401), ("203.0.113.1", 429),
-                                  ("198.51.100.7", 401)]:
-            client = app.test_client()
-            headers = {"X-Forwarded-For": address}
-            token = token_in(client.get("/login", headers=headers).get_data(as_text=True))
-            response = client.post("/login", headers=headers,
-                                   data={"csrf_token": token, "username": "kim", "password": "wrong password"})
-            assert response.status_code == expected, address
-    finally:
-        with app.app_context():
-            db.engine.dispose()
+def test_behind_a_proxy_the_login_limit_counts_the_client_address(tmp_path, make_reviewer, make_app):
+    app = make_app(PROXY_COUNT=1, LOGIN_MAX_FAILURES=2,
+                   SQLALCHEMY_DATABASE_URI="sqlite:///" + str(tmp_path / "proxy.db"))
+    for address, expected in [("203.0.113.1", 401), ("203.0.113.1", 401), ("203.0.113.1", 429),
+                              ("198.51.100.7", 401)]:
+        client = app.test_client()
+        headers = {"X-Forwarded-For": address}
+        token = token_in(client.get("/login", headers=headers).get_data(as_text=True))
+        response = client.post("/login", headers=headers,
+                               data={"csrf_token": token, "username": "kim", "password": "wrong password"})
+        assert response.status_code == expected, address
 
 
 def test_without_proxy_count_forwarded_headers_are_ignored(client, make_reviewer):
