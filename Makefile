@@ -4,8 +4,6 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
-# One process; each connected WebSocket holds one of its threads (README: "Why threads").
-THREADS ?= 1000
 MALLOC_ARENA_MAX ?= 2
 
 .PHONY: run serve bench-serve test retrain install install-test clean bench-quality browser
@@ -33,12 +31,12 @@ run: install
 	@$(MAKE) --no-print-directory serve
 
 # Only the server (run does the set-up first); bench/serve.py starts it this way.
+# gunicorn.conf.py holds its settings (one gevent worker, README "Serving").
 # MALLOC_ARENA_MAX: glibc gives busy threads their own malloc arenas; two are
 # plenty here and keep memory flat under load (bench/README.md).
 serve:
 	@echo "Serving on http://$(HOST):$(PORT)"
-	MALLOC_ARENA_MAX=$(MALLOC_ARENA_MAX) $(BIN)/gunicorn --worker-class gthread --workers 1 --threads $(THREADS) \
-		--worker-connections $$(( $(THREADS) * 2 )) --bind $(HOST):$(PORT) app:app
+	MALLOC_ARENA_MAX=$(MALLOC_ARENA_MAX) $(BIN)/gunicorn --bind $(HOST):$(PORT) app:app
 
 # One run at a time (a lock), with the quality gate (chatbot/retrain.py);
 # make retrain RETRAIN_FLAGS=--force activates even a worse model.

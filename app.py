@@ -1,5 +1,6 @@
 """Entry point: ``flask --app app ...`` and ``gunicorn app:app`` use this."""
-from chatbot import create_app, socketio
+from chatbot import create_app
+from chatbot.extensions import socketio
 
 app = create_app()
 

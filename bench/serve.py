@@ -158,10 +158,35 @@ def wait_until_up(url, timeout=120.0):
             time.sleep(0.1)
 
 
-async def connect(url):
-    client = socketio.AsyncClient(reconnection=False)
-    await client.connect(url, transports=["websocket"], wait_timeout=10)
+def client_address(i: int) -> str:
+    """The i-th client's own source address: Linux routes all of 127.0.0.0/8
+    to loopback, so each simulated person can have one, as on the internet
+    (the server caps connections and rates per address)."""
+    return f"127.0.{1 + i // 250}.{2 + i % 250}"
+
+
+async def connect(url, address=None):
+    """A Socket.IO client over a WebSocket, from ``address`` if given."""
+    import aiohttp
+
+    session = None
+    if address is not None:
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0)))
+    client = socketio.AsyncClient(reconnection=False, http_session=session)
+    try:
+        await client.connect(url, transports=["websocket"], wait_timeout=10)
+    except BaseException:
+        if session is not None:
+            await session.close()
+        raise
     return client
+
+
+async def disconnect(client):
+    await client.disconnect()
+    http = client.eio.http
+    if http is not None and not http.closed:
+        await http.close()
 
 
 async def ask(client, inbox, text, timeout=30.0):
@@ -175,9 +200,9 @@ async def ask(client, inbox, text, timeout=30.0):
     return name, time.perf_counter() - start
 
 
-async def chatter(url, stop_at, think, stats, rng):
+async def chatter(url, stop_at, think, stats, rng, address=None):
     try:
-        client = await connect(url)
+        client = await connect(url, address)
     except Exception:
         stats["errors"] += 1
         stats["connect_errors"] += 1
@@ -196,7 +221,7 @@ async def chatter(url, stop_at, think, stats, rng):
             if name == "timeout":  # a late reply would confuse the next question
                 break
         await asyncio.sleep(rng.uniform(*think))
-    await client.disconnect()
+    await disconnect(client)
 
 
 async def load_run(server, clients, seconds, think, seed):
@@ -213,8 +238,8 @@ async def load_run(server, clients, seconds, think, seed):
     started = time.monotonic()
     stop_at = started + seconds
     rng = random.Random(seed)
-    await asyncio.gather(*(chatter(server.url, stop_at, think, stats, random.Random(rng.random()))
-                           for _ in range(clients)))
+    await asyncio.gather(*(chatter(server.url, stop_at, think, stats, random.Random(rng.random()), client_address(i))
+                           for i in range(clients)))
     elapsed = time.monotonic() - started
     sampler.cancel()
     latencies = sorted(stats["latencies"])
@@ -240,7 +265,7 @@ async def startup(server):
     client.on("error", lambda data: inbox.put_nowait("error"))
     name, _ = await ask(client, inbox, "안녕하세요", timeout=60)
     seconds = time.monotonic() - server.started
-    await client.disconnect()
+    await disconnect(client)
     if name != "reply":
         raise RuntimeError(f"first message got {name}, not a reply")
     return round(seconds, 2)
@@ -249,10 +274,10 @@ async def startup(server):
 async def idle_rss_delta(server, count=200):
     await asyncio.sleep(1)
     before = server.rss_mb()
-    clients = await asyncio.gather(*(connect(server.url) for _ in range(count)))
+    clients = await asyncio.gather(*(connect(server.url, client_address(i)) for i in range(count)))
     await asyncio.sleep(3)
     after = server.rss_mb()
-    await asyncio.gather(*(c.disconnect() for c in clients))
+    await asyncio.gather(*(disconnect(c) for c in clients))
     return round(after - before, 1)
 
 

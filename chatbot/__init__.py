@@ -1,10 +1,10 @@
-"""The chatbot's Flask application factory."""
-from pathlib import Path
+"""The chatbot's Flask application factory.
 
-from flask import Flask
-
-from .config import PROJECT_ROOT, Config, load_secret_key, normalise_database_url
-from .extensions import csrf, db, login_manager, migrate, socketio
+Importing the package imports nothing heavy: gunicorn loads the worker class
+(chatbot/worker.py) in its master process, before gevent patches the standard
+library in the worker, and the trainer needs no Flask.
+"""
+from .config import PROJECT_ROOT
 
 MIGRATIONS_DIR = str(PROJECT_ROOT / "migrations")
 
@@ -14,9 +14,16 @@ def create_app(test_config=None):
 
     ``test_config`` is a mapping that overrides the environment, for tests.
     """
+    from pathlib import Path
+
+    from flask import Flask
+
+    from .config import Config, gevent_patched, load_secret_key, normalise_database_url
+    from .extensions import csrf, db, login_manager, migrate, socketio
+
     # Import the modules that register Socket.IO handlers before the first
     # socketio.init_app: Flask-SocketIO only replays handlers it saw then.
-    from . import chat, cli, database, review, security
+    from . import chat, cli, database, limits, review, security
 
     app = Flask(__name__, instance_path=str(PROJECT_ROOT / "instance"))
     app.config.from_object(Config)
@@ -28,6 +35,10 @@ def create_app(test_config=None):
     if not app.config["SQLALCHEMY_DATABASE_URI"]:
         app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///" + str(Path(app.instance_path) / "chatbot.db")
     app.config["SQLALCHEMY_DATABASE_URI"] = normalise_database_url(app.config["SQLALCHEMY_DATABASE_URI"])
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        options = dict(app.config["SQLALCHEMY_ENGINE_OPTIONS"])
+        options.pop("pool_pre_ping", None)  # a file is never dropped: no ping per checkout
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = options
 
     db.init_app(app)
     database.init_app(app)
@@ -41,11 +52,13 @@ def create_app(test_config=None):
     else:  # socketio is module-global and keeps its options across init_app calls
         socketio.server_options.pop("message_queue", None)
         socketio.server_options.pop("client_manager", None)
-    socketio.init_app(app, async_mode=app.config["SOCKETIO_ASYNC_MODE"],
+    async_mode = app.config["SOCKETIO_ASYNC_MODE"] or ("gevent" if gevent_patched() else "threading")
+    socketio.init_app(app, async_mode=async_mode,
                       max_http_buffer_size=16 * app.config["MAX_MESSAGE_CHARS"] + 1024, **socketio_options)
 
     chat.init_app(app)
     review.init_app(app)
     cli.init_app(app)
-    security.init_app(app)  # last: its middleware wraps Socket.IO's too
+    limits.init_app(app)  # its middleware wraps Socket.IO's and chat's
+    security.init_app(app)  # last: its middleware wraps all of them
     return app

@@ -1,46 +1,94 @@
-"""Answer chats that arrive together with one model call.
+"""Answer chats that arrive together with one model call, off the event loop.
 
-Socket handler threads hand their question to a ReplyBatcher and wait.  A few
-worker threads (one per core by default) take whatever questions are waiting,
-up to ``batch_max`` of them, and decode them as one batch: a small GRU costs
-little more for eight questions than for one, so under load replies per
-second go up while a lone question is answered at once.  PyTorch then runs
-only on the worker threads, which also keeps memory flat however many chats
-are connected.
+Chat handlers hand their question to a ReplyBatcher and wait.  A few
+dispatchers (one per core by default) take whatever questions are waiting, up
+to ``batch_max`` of them, and have the model answer them as one batch: a
+small GRU costs little more for eight questions than for one, so under load
+replies per second go up while a lone question is answered at once.
+
+The model always runs on real OS threads.  In the server (gunicorn's gevent
+worker, where ``threading`` is patched and every chat is a greenlet) the
+dispatchers are greenlets that hand each model call to a gevent ThreadPool of
+``workers`` OS threads and wait for it cooperatively: PyTorch releases the GIL
+while it computes, and the event loop goes on serving every other socket.
+Without gevent (tests, the flask CLI) the dispatchers are OS threads that
+call the model themselves.
+
+A batch is answered in two steps, each one call on a model thread: the
+known answers first (sent at once), then the replies the network writes.
+
+At most ``queue_max`` questions wait; past that ``answer`` raises Busy at
+once, so a flood turns into quick `busy` answers instead of a pile of waiting
+chats.
 """
 import queue
 import threading
 import time
 from concurrent.futures import Future
 
+from .config import gevent_patched
+
+
+class Busy(Exception):
+    """Too many questions are already waiting for the model."""
+
+
+def _model_runner(workers: int):
+    """``run(fn, *args)``: call fn on a real OS thread and wait for it
+    without blocking the event loop (gevent), or just call it (threads)."""
+    if gevent_patched():
+        from gevent.threadpool import ThreadPool
+
+        pool = ThreadPool(workers)
+        return lambda fn, *args: pool.apply(fn, args)
+    return lambda fn, *args: fn(*args)
+
 
 class ReplyBatcher:
-    """Compute ``bot.reply_batch(texts, on_reply)`` on worker threads, batching requests."""
+    """Answer ``bot``'s questions in batches; see the module docstring.
 
-    def __init__(self, workers: int = 1, batch_max: int = 8, window_ms: float = 0.0):
+    ``bot`` is a model.Chatbot, or anything with its ``known_replies(texts)
+    -> (prepared, replies)`` and ``write_replies(prepared, indices)``.
+    """
+
+    def __init__(self, workers: int = 1, batch_max: int = 8, window_ms: float = 0.0, queue_max: int = 256):
         self.workers = max(1, workers)
         self.batch_max = max(1, batch_max)
         self.window = max(0.0, window_ms) / 1000
-        self._queue = queue.SimpleQueue()
+        self.queue_max = max(1, queue_max)
+        self._queue = queue.Queue()
         self._started = False
         self._start_lock = threading.Lock()
+        self._run = None
+
+    def waiting(self) -> int:
+        """Questions not yet taken by a dispatcher."""
+        return self._queue.qsize()
 
     def answer(self, bot, text: str) -> tuple[str, bool]:
-        """(reply, known) of ``bot`` (a model.Chatbot) to ``text``, blocking
-        until computed: known is True for a training pair's answer, False for
-        one the network wrote."""
+        """(reply, known) of ``bot`` to ``text``, blocking until computed:
+        known is True for a training pair's answer, False for one the network
+        wrote.  Raises Busy when ``queue_max`` questions are waiting."""
         self._start()
+        if self._queue.qsize() >= self.queue_max:
+            raise Busy()
         future = Future()
         self._queue.put((bot, text, future))
         return future.result()
+
+    def run(self, fn, *args):
+        """Call ``fn`` on a model thread (see _model_runner)."""
+        self._start()
+        return self._run(fn, *args)
 
     def _start(self):
         if self._started:
             return
         with self._start_lock:
             if not self._started:
+                self._run = _model_runner(self.workers)
                 for i in range(self.workers):
-                    threading.Thread(target=self._work, name=f"reply-worker-{i}", daemon=True).start()
+                    threading.Thread(target=self._dispatch, name=f"reply-dispatcher-{i}", daemon=True).start()
                 self._started = True
 
     def _take_batch(self):
@@ -55,7 +103,7 @@ class ReplyBatcher:
                 break
         return batch
 
-    def _work(self):
+    def _dispatch(self):
         while True:
             batch = self._take_batch()
             # Requests that came in across a model swap hold different models.
@@ -63,18 +111,22 @@ class ReplyBatcher:
             for bot, text, future in batch:
                 by_bot.setdefault(id(bot), (bot, []))[1].append((text, future))
             for bot, requests in by_bot.values():
-                # A known answer goes out at once; it does not wait for the
-                # replies the network still has to write.
-                def answered(i, reply, known, requests=requests):
-                    requests[i][1].set_result((reply, known))
-
                 try:
-                    replies = bot.reply_batch([text for text, _ in requests], on_reply=answered)
-                except BaseException as exc:  # the waiting chats get the error, the worker lives on
+                    self._answer_batch(bot, requests)
+                except BaseException as exc:  # the waiting chats get the error, the dispatcher lives on
                     for _, future in requests:
                         if not future.done():
                             future.set_exception(exc)
-                else:
-                    for (_, future), reply in zip(requests, replies):
-                        if not future.done():
-                            future.set_result((reply, False))
+
+    def _answer_batch(self, bot, requests):
+        prepared, replies = self._run(bot.known_replies, [text for text, _ in requests])
+        # A known answer goes out at once; it does not wait for the replies
+        # the network still has to write.
+        for (_, future), reply in zip(requests, replies):
+            if reply is not None:
+                future.set_result((reply, True))
+        todo = [i for i, reply in enumerate(replies) if reply is None]
+        if todo:
+            written = self._run(bot.write_replies, prepared, todo)
+            for i, reply in zip(todo, written):
+                requests[i][1].set_result((reply, False))

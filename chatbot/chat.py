@@ -18,9 +18,12 @@ has loaded a newly activated model (chatbot/model_watch.py).
 Anything refused (bad input, another session's exchange, too many events,
 an unknown event, a packet that does not decode) is answered with ``error``
 ``{code, message, event}`` and changes nothing; the connection stays open.
-Every event counts against a per-connection token bucket (``MESSAGE_RATE``
-events a second, bursts of ``MESSAGE_BURST``); over it, the code is
-``rate_limited`` with ``retry_after`` seconds.
+Every event counts against the chat session's and the client address's
+token buckets (chatbot/limits.py), which outlive the connection; over one,
+the code is ``rate_limited`` with ``retry_after`` seconds.  When too many
+questions are already waiting for the model the code is ``busy``: ask again
+in a moment.  A connect over the address's connect limit is refused
+(``connect_error`` with the same ``rate_limited`` data).
 """
 import functools
 import logging
@@ -31,10 +34,11 @@ from flask import Blueprint, current_app, render_template, request, send_from_di
 from flask_socketio import emit
 
 from . import guard, morph
+from .config import gevent_patched
 from .database import FEEDBACK_LABELS, Exchange
 from .extensions import db, socketio
 from .model_watch import ModelWatcher
-from .responder import Responder
+from .responder import Busy, Responder
 
 log = logging.getLogger(__name__)
 bp = Blueprint("chat", __name__)
@@ -42,7 +46,6 @@ bp = Blueprint("chat", __name__)
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 HISTORY_LIMIT = 100  # exchanges sent back after a reload
-_BUCKET = "chatbot.rate_bucket"  # key in the connection's WSGI environ
 _MAX_ROW_ID = 2**63 - 1
 
 MESSAGES = {
@@ -54,6 +57,7 @@ MESSAGES = {
     "bad_feedback": '평가는 {"id": 번호, "value": "up" 또는 "down"} 형식이어야 합니다.',
     "not_found": "이 대화에서 찾을 수 없는 답변입니다.",
     "server_error": "답변을 만들지 못했습니다. 잠시 후 다시 시도해 주세요.",
+    "busy": "지금은 질문이 너무 많이 밀려 있어요. 잠시 후 다시 보내 주세요.",
 }
 
 
@@ -118,22 +122,26 @@ def exchange_payload(row: Exchange) -> dict:
             "model_version": row.model_version, "feedback": row.feedback}
 
 
-def _new_bucket():
-    config = current_app.config
-    return guard.TokenBucket(config["MESSAGE_RATE"], config["MESSAGE_BURST"])
+def client_limits():
+    return current_app.extensions["chatbot.limits"]
 
 
-def client_event(handler):
-    """A Socket.IO event handler behind the connection's rate limit, that
-    answers any unexpected failure with an ``error`` event."""
+def rate_limited(wait: float) -> dict:
+    seconds = max(1, round(wait + 0.49))
+    return {"code": "rate_limited", "message": MESSAGES["rate_limited"].format(wait=seconds),
+            "retry_after": round(wait, 2)}
+
+
+def client_event(handler, history=False):
+    """A Socket.IO event handler behind the session's and the address's rate
+    limits, that answers any unexpected failure with an ``error`` event."""
 
     @functools.wraps(handler)
     def wrapper(*args):
-        bucket = request.environ.get(_BUCKET) or request.environ.setdefault(_BUCKET, _new_bucket())
-        wait = bucket.take()
+        wait = client_limits().event(chat_session_id(), request.remote_addr, history=history)
         if wait:
-            seconds = max(1, round(wait + 0.49))
-            send_error("rate_limited", MESSAGES["rate_limited"].format(wait=seconds), retry_after=round(wait, 2))
+            error = rate_limited(wait)
+            send_error(error.pop("code"), error.pop("message"), **error)
             return None
         try:
             return handler(*args)
@@ -161,8 +169,10 @@ def favicon():
 def on_connect(auth=None):
     """Remember the browser's chat session id (kept across reloads), else the socket id."""
     wanted = auth.get("session") if isinstance(auth, dict) else None
+    wait = client_limits().connect.take(request.remote_addr)
+    if wait:
+        raise ConnectionRefusedError(rate_limited(wait))
     session["chat_session"] = wanted if isinstance(wanted, str) and _SESSION_ID.match(wanted) else request.sid
-    request.environ[_BUCKET] = _new_bucket()
     watcher = current_app.extensions.get("chatbot.model_watch")
     if watcher is not None:
         watcher.ensure_started()
@@ -179,16 +189,22 @@ def on_message(*args):
         send_error(exc.code, exc.message)
         return
     key = morph.question_key(text)
-    answer = responder().answer(text, key)
+    try:
+        answer = responder().answer(text, key)
+    except Busy:
+        send_error("busy")
+        return
     row = Exchange(question=text, question_key=key[:1000], answer=answer.text,
                    session_id=chat_session_id(), model_version=answer.model_version, route=answer.route)
     db.session.add(row)
+    db.session.flush()  # the id, without reading the row back after the commit
+    payload = exchange_payload(row)
     db.session.commit()
-    emit("reply", exchange_payload(row))
+    emit("reply", payload)
 
 
 @socketio.on("history")
-@client_event
+@functools.partial(client_event, history=True)
 def on_history(*args):
     """This chat session's latest exchanges, oldest first (after a reload)."""
     rows = db.session.execute(
@@ -231,9 +247,12 @@ def init_app(app):
     app.register_blueprint(bp)
     app.extensions["chatbot.responder"] = Responder(
         app.config["MODEL_DIR"], workers=app.config["REPLY_WORKERS"], batch_max=app.config["REPLY_BATCH_MAX"],
-        window_ms=app.config["REPLY_BATCH_WINDOW_MS"], torch_threads=app.config["TORCH_THREADS"])
+        window_ms=app.config["REPLY_BATCH_WINDOW_MS"], torch_threads=app.config["TORCH_THREADS"],
+        queue_max=app.config["REPLY_QUEUE_MAX"])
     if not app.testing:  # one thread per server process, from its first chat on
         app.extensions["chatbot.model_watch"] = ModelWatcher(
             app, app.extensions["chatbot.responder"], app.config["MODEL_WATCH_SECONDS"])
+    if gevent_patched():  # the server: load the model now, so that the first chat need not wait
+        socketio.start_background_task(app.extensions["chatbot.responder"].model)
     guard.harden(socketio)
     app.wsgi_app = guard.SocketIOShield(app.wsgi_app, socketio.server.eio.max_http_buffer_size)

@@ -11,7 +11,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _number(name, default, kind, what):
+def env_number(name, default, kind, what):
     value = os.environ.get(name)
     if value is None or value == "":
         return default
@@ -21,15 +21,15 @@ def _number(name, default, kind, what):
         raise RuntimeError(f"environment variable {name} must be {what}, got {value!r}") from None
 
 
-def _int(name, default):
-    return _number(name, default, int, "an integer")
+def env_int(name, default):
+    return env_number(name, default, int, "an integer")
 
 
-def _float(name, default):
-    return _number(name, default, float, "a number")
+def env_float(name, default):
+    return env_number(name, default, float, "a number")
 
 
-def _bool(name, default):
+def env_bool(name, default):
     value = os.environ.get(name)
     if value is None or value == "":
         return default
@@ -43,47 +43,83 @@ class Config:
     # Any SQLAlchemy URL; postgresql:// (and postgres://) means psycopg 3
     # (normalise_database_url).  Default, set in create_app: SQLite in instance/.
     SQLALCHEMY_DATABASE_URI = os.environ.get("DATABASE_URL") or None
+    # A database server may drop idle connections: test each one as it is
+    # taken from the pool (create_app leaves this out for SQLite, a file).
     SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
     MODEL_DIR = os.environ.get("MODEL_DIR") or str(PROJECT_ROOT / "models")
     STARTER_PAIRS = os.environ.get("STARTER_PAIRS") or str(PROJECT_ROOT / "chatbot" / "data" / "starter_pairs.csv")
-    MAX_MESSAGE_CHARS = _int("MAX_MESSAGE_CHARS", 500)
+    MAX_MESSAGE_CHARS = env_int("MAX_MESSAGE_CHARS", 500)
     # Reply workers (default: one per CPU core), each decoding up to
     # REPLY_BATCH_MAX questions that arrived together, waiting at most
     # REPLY_BATCH_WINDOW_MS for company, on TORCH_THREADS threads.  The models
     # are small: more threads per reply only fight each other under load.
-    REPLY_WORKERS = _int("REPLY_WORKERS", os.cpu_count() or 1)
-    REPLY_BATCH_MAX = _int("REPLY_BATCH_MAX", 8)
-    REPLY_BATCH_WINDOW_MS = _float("REPLY_BATCH_WINDOW_MS", 0.0)
-    TORCH_THREADS = _int("TORCH_THREADS", 1)
-    # Per Socket.IO connection: events a second on average, and the burst
-    # allowed at once (token bucket). MESSAGE_RATE=0 turns the limit off.
-    MESSAGE_RATE = _float("MESSAGE_RATE", 5.0)
-    MESSAGE_BURST = _int("MESSAGE_BURST", 10)
+    REPLY_WORKERS = env_int("REPLY_WORKERS", os.cpu_count() or 1)
+    REPLY_BATCH_MAX = env_int("REPLY_BATCH_MAX", 8)
+    REPLY_BATCH_WINDOW_MS = env_float("REPLY_BATCH_WINDOW_MS", 0.0)
+    TORCH_THREADS = env_int("TORCH_THREADS", 1)
+    # What one client may use (chatbot/limits.py).  Token buckets: events a
+    # second on average, and the burst allowed at once; a rate of 0 turns
+    # one off.  They are kept per chat session and per client address, not
+    # per connection, so neither a reconnect nor a new Socket.IO handshake
+    # starts a fresh count.  Every chat event counts against MESSAGE_* (per
+    # chat session) and ADDRESS_MESSAGE_* (per address); a `history` also
+    # against HISTORY_* (it sends back many rows); Engine.IO handshakes and
+    # Socket.IO connects against CONNECT_* (per address).
+    MESSAGE_RATE = env_float("MESSAGE_RATE", 5.0)
+    MESSAGE_BURST = env_int("MESSAGE_BURST", 10)
+    ADDRESS_MESSAGE_RATE = env_float("ADDRESS_MESSAGE_RATE", 15.0)
+    ADDRESS_MESSAGE_BURST = env_int("ADDRESS_MESSAGE_BURST", 30)
+    HISTORY_RATE = env_float("HISTORY_RATE", 0.1)
+    HISTORY_BURST = env_int("HISTORY_BURST", 3)
+    CONNECT_RATE = env_float("CONNECT_RATE", 1.0)
+    CONNECT_BURST = env_int("CONNECT_BURST", 20)
+    # Every other HTTP request, per address (Flask-Limiter's syntax; empty:
+    # no limit), counted in memory:// (this process) or in Redis
+    # (redis://host:6379/1), which several server processes share.
+    HTTP_LIMIT = os.environ.get("HTTP_LIMIT", "300/minute")
+    RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI") or "memory://"
+    # Open connections per server process, in total and per client address
+    # (chatbot/worker.py refuses the rest with 503 / 429; behind a proxy the
+    # per-address count uses the forwarded address).
+    MAX_CONNECTIONS = env_int("MAX_CONNECTIONS", 10000)
+    MAX_CONNECTIONS_PER_ADDRESS = env_int("MAX_CONNECTIONS_PER_ADDRESS", 32)
+    # Seconds a client has to send a request's headers, and its body.
+    HEADER_TIMEOUT = env_int("HEADER_TIMEOUT", 5)
+    BODY_TIMEOUT = env_float("BODY_TIMEOUT", 10.0)
+    # Request bodies: the admin's CSV import may send MAX_UPLOAD_BYTES (only
+    # a logged-in reviewer); every other request MAX_REQUEST_BYTES.  A body
+    # over the limit is refused (413) before any of it is read.
+    MAX_UPLOAD_BYTES = env_int("MAX_UPLOAD_BYTES", 20 * 1024 * 1024)
+    MAX_REQUEST_BYTES = env_int("MAX_REQUEST_BYTES", 64 * 1024)
+    # Questions waiting for the model; past this the chat answers `busy` at
+    # once instead of queueing more work than it can do.
+    REPLY_QUEUE_MAX = env_int("REPLY_QUEUE_MAX", 256)
     # Failed logins: after LOGIN_MAX_FAILURES for one address and user name
     # (or 4x that for one address, any names) within LOGIN_WINDOW_SECONDS,
     # logins from there are refused (429) until the window has passed.
-    LOGIN_MAX_FAILURES = _int("LOGIN_MAX_FAILURES", 5)
-    LOGIN_WINDOW_SECONDS = _int("LOGIN_WINDOW_SECONDS", 300)
+    LOGIN_MAX_FAILURES = env_int("LOGIN_MAX_FAILURES", 5)
+    LOGIN_WINDOW_SECONDS = env_int("LOGIN_WINDOW_SECONDS", 300)
     # Behind a reverse proxy (nginx, Caddy): how many proxies set
     # X-Forwarded-For/-Proto, so the client's address is the real one (for the
     # login limit). 0: the address is the TCP peer's; never trust headers.
-    PROXY_COUNT = _int("PROXY_COUNT", 0)
-    # "threading" (the default, see README "Why threads"); another mode
-    # ("eventlet", "gevent") needs a server of that kind.
-    SOCKETIO_ASYNC_MODE = os.environ.get("SOCKETIO_ASYNC_MODE") or "threading"
+    PROXY_COUNT = env_int("PROXY_COUNT", 0)
+    # Flask-SocketIO's async mode.  Unset: "gevent" in a process that gevent
+    # has patched (the server: chatbot/worker.py), else "threading" (the
+    # flask CLI, tests with Flask-SocketIO's test client).
+    SOCKETIO_ASYNC_MODE = os.environ.get("SOCKETIO_ASYNC_MODE") or None
     # Several server processes: a message queue (redis://host:6379/0) through
     # which they share Socket.IO events.  Unset: one process, no queue.
     SOCKETIO_MESSAGE_QUEUE = os.environ.get("SOCKETIO_MESSAGE_QUEUE") or None
     # Each server process checks <MODEL_DIR>/current this often (seconds) and,
     # when it moved, loads the new model and sends its chats a `model` event.
     # 0: no watcher (the model still reloads before the next reply).
-    MODEL_WATCH_SECONDS = _float("MODEL_WATCH_SECONDS", 2.0)
+    MODEL_WATCH_SECONDS = env_float("MODEL_WATCH_SECONDS", 2.0)
     # Flask-Admin's look, and cookies that scripts cannot read or send cross-site.
     FLASK_ADMIN_SWATCH = "cerulean"
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SAMESITE = "Lax"
     # Set SESSION_COOKIE_SECURE=1 when the site is served over HTTPS.
-    SESSION_COOKIE_SECURE = _bool("SESSION_COOKIE_SECURE", False)
+    SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", False)
     REMEMBER_COOKIE_SECURE = SESSION_COOKIE_SECURE
     REMEMBER_COOKIE_HTTPONLY = True
     REMEMBER_COOKIE_SAMESITE = "Lax"
@@ -91,8 +127,16 @@ class Config:
     # Retraining (chatbot/retrain.py): a new model whose dev chrF is more than
     # QUALITY_GATE_MARGIN points below current's is kept but not activated
     # unless forced; RETRAIN_ARGS are extra flags for `python -m chatbot.train`.
-    QUALITY_GATE_MARGIN = _float("QUALITY_GATE_MARGIN", 2.0)
+    QUALITY_GATE_MARGIN = env_float("QUALITY_GATE_MARGIN", 2.0)
     RETRAIN_ARGS = os.environ.get("RETRAIN_ARGS") or ""
+
+
+def gevent_patched() -> bool:
+    """Whether gevent has patched this process's standard library (gunicorn's
+    gevent worker does, before it loads the app)."""
+    import sys
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and monkey.is_module_patched("socket")
 
 
 def normalise_database_url(url: str) -> str:

@@ -1,6 +1,6 @@
 """Socket.IO hardening: what a client sends can be wrong, never harmful.
 
-Three guards, installed on the app's Socket.IO server by ``harden``:
+The guards, installed on the app's Socket.IO server by ``harden``:
 
 - ``GuardedPacket`` decodes Socket.IO packets.  A packet that is not a
   well-formed event (JSON that does not parse or nests too deep, an event name
@@ -10,10 +10,14 @@ Three guards, installed on the app's Socket.IO server by ``harden``:
   ``error`` event.  Without this python-socketio would log a traceback and
   answer nothing, or, for reserved names, call the connect/disconnect handler.
 - WebSocket frames are limited to ``max_http_buffer_size`` while they arrive
-  (threading mode: python-engineio gives simple-websocket no limit, so a huge
-  frame would be buffered whole before being refused), and a frame that is not
-  an Engine.IO packet ends the connection cleanly instead of raising in the
-  server.  Long-polling bodies are already limited by python-engineio (400).
+  (python-engineio gives simple-websocket no limit, so a huge frame would be
+  buffered whole before being refused), and a frame that is not an Engine.IO
+  packet ends the connection cleanly instead of raising in the server.
+- A refused frame frees its connection: simple-websocket 1.1.0 wakes the
+  waiting reader when a frame is too big *before* it marks the socket
+  closed, so the reader could go back to waiting and never be woken again (a
+  thread or greenlet lost per oversized frame).  ``ClosingWebSocketServer``
+  marks it closed and wakes the reader whenever its receiving loop ends.
 - ``SocketIOShield`` refuses long-polling POSTs over the payload limit before
   python-engineio sees them: python-engineio 4.15 answers those by closing the
   session and waiting for its queue to drain, which for a client that does not
@@ -21,14 +25,12 @@ Three guards, installed on the app's Socket.IO server by ``harden``:
   forever.  It refuses bodies python-engineio cannot decode (it would log a
   traceback and drop them), and turns its KeyError for a request to a session
   that has just closed (a 500) into a 400.
-- ``TokenBucket``: the per-connection message rate limit (used in chat.py).
 """
 import io
 import json
 import logging
-import threading
-import time
 
+import simple_websocket
 from engineio.async_drivers._websocket_wsgi import SimpleWebSocketWSGI
 from socketio import packet as sio_packet
 
@@ -96,18 +98,48 @@ class GuardedPacket(sio_packet.Packet):
 _ENGINEIO_TYPES = frozenset("0123456")
 
 
+class ClosingWebSocketServer(simple_websocket.Server):
+    """simple-websocket's server, whose reader never outlives its receiver.
+
+    When the receiving loop (``_thread``) ends for any reason, the socket is
+    marked closed and ``receive`` is woken, so it returns instead of waiting
+    forever (see the module docstring).
+    """
+
+    def _thread(self):
+        try:
+            super()._thread()
+        finally:
+            self.connected = False
+            self.event.set()
+
+
 class BoundedWebSocket(SimpleWebSocketWSGI):
-    """python-engineio's threading WebSocket, with a frame size limit and a
-    clean close for frames that are not Engine.IO packets."""
+    """python-engineio's simple-websocket wrapper, with a frame size limit,
+    a reader that always ends, and a clean close for frames that are not
+    Engine.IO packets.  ``concurrency``: simple-websocket's thread, event and
+    selector classes for the async mode (empty: threading's)."""
+
+    concurrency = {}
 
     def __init__(self, handler, server, **kwargs):
         kwargs.setdefault("max_message_size", server.max_http_buffer_size)
-        super().__init__(handler, server, **kwargs)
+        super().__init__(handler, server, **{**self.concurrency, **kwargs})
+
+    def __call__(self, environ, start_response):
+        self.ws = ClosingWebSocketServer(environ, **self.server_args)
+        ret = self.app(self)
+        # What SimpleWebSocketWSGI does: tell the server the socket is gone.
+        if self.ws.mode == "gunicorn":
+            raise StopIteration()
+        if self.ws.mode == "werkzeug":
+            raise ConnectionError()
+        return ret
 
     def close(self):
-        # python-engineio's writer thread closes the WebSocket when the
-        # session ends; if the socket is already gone (the client closed it,
-        # or it was refused above) that raised OSError in the thread.
+        # python-engineio's writer closes the WebSocket when the session
+        # ends; if the socket is already gone (the client closed it, or it
+        # was refused above) that raised OSError.
         try:
             super().close()
         except OSError:
@@ -119,6 +151,20 @@ class BoundedWebSocket(SimpleWebSocketWSGI):
             log.info("closing a WebSocket that sent a frame that is not an Engine.IO packet")
             return None
         return data
+
+
+def _gevent_websocket():
+    """BoundedWebSocket on greenlets, as python-engineio's gevent driver
+    runs simple-websocket."""
+    import gevent.event
+    import gevent.selectors
+    from engineio.async_drivers.gevent import Thread
+
+    class GeventBoundedWebSocket(BoundedWebSocket):
+        concurrency = {"thread_class": Thread, "event_class": gevent.event.Event,
+                       "selector_class": gevent.selectors.DefaultSelector}
+
+    return GeventBoundedWebSocket
 
 
 def _engineio_decodable(frame: str) -> bool:
@@ -192,34 +238,12 @@ def harden(socketio):
     server = socketio.server
     server.packet_class = GuardedPacket
     eio = server.eio
-    if eio.async_mode == "threading" and eio._async.get("websocket") is SimpleWebSocketWSGI:
-        # eio._async is the driver module's shared dict: replace, don't mutate.
-        eio._async = {**eio._async, "websocket": BoundedWebSocket}
-
-
-class TokenBucket:
-    """``rate`` events a second on average, up to ``burst`` at once.
-
-    ``take()`` returns 0.0 when the event may go ahead, else the seconds until
-    it could.  A rate of 0 or less turns the limit off.
-    """
-
-    def __init__(self, rate: float, burst: int, clock=time.monotonic):
-        self.rate = float(rate)
-        self.burst = max(1, int(burst))
-        self.tokens = float(self.burst)
-        self.clock = clock
-        self.stamp = clock()
-        self._lock = threading.Lock()
-
-    def take(self) -> float:
-        if self.rate <= 0:
-            return 0.0
-        with self._lock:
-            now = self.clock()
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-            if self.tokens >= 1:
-                self.tokens -= 1
-                return 0.0
-            return (1 - self.tokens) / self.rate
+    websocket = eio._async.get("websocket")
+    if eio.async_mode == "threading" and websocket is SimpleWebSocketWSGI:
+        bounded = BoundedWebSocket
+    elif eio.async_mode == "gevent" and isinstance(websocket, type) and issubclass(websocket, SimpleWebSocketWSGI):
+        bounded = _gevent_websocket()
+    else:
+        raise RuntimeError(f"no WebSocket guard for async mode {eio.async_mode!r} with {websocket!r}")
+    # eio._async is the driver module's shared dict: replace, don't mutate.
+    eio._async = {**eio._async, "websocket": bounded}

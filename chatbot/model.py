@@ -519,6 +519,25 @@ class Chatbot:
 
     def reply_tokens_batch(self, questions: list[list[str]], on_reply=None) -> list[str]:
         """Replies to tokenized questions: a known answer, or the network's own."""
+        sources, replies = self._known_tokens(questions)
+        if on_reply is not None:
+            for i, reply in enumerate(replies):
+                if reply is not None:
+                    on_reply(i, reply, True)
+        todo = [i for i, r in enumerate(replies) if r is None]
+        for i, reply in zip(todo, self.write_replies(sources, todo)):
+            replies[i] = reply
+            if on_reply is not None:
+                on_reply(i, reply, False)
+        return replies
+
+    def known_replies(self, texts: list[str]):
+        """The first step of ``reply_batch``: ``(sources, replies)``, each
+        question's known answer in ``replies`` (None where the network must
+        write one), and the encoded questions for ``write_replies``."""
+        return self._known_tokens([morph.tokenize(text, self.config.tokenizer) for text in texts])
+
+    def _known_tokens(self, questions: list[list[str]]):
         c = self.config
         sources = [self.vocab.encode(q, add_eos=True) for q in questions]
         replies: list[str | None] = [None] * len(questions)
@@ -526,15 +545,14 @@ class Chatbot:
             for i, row in enumerate(self.known_matches(questions, sources)):
                 if row is not None:
                     replies[i] = self.answers.answers[row]
-                    if on_reply is not None:
-                        on_reply(i, replies[i], True)
-        todo = [i for i, r in enumerate(replies) if r is None]
-        written = generate_batch(self.model, [sources[i] for i in todo], c, self._boundary_id)
-        for i, ids in zip(todo, written):
-            replies[i] = morph.detokenize(self.vocab.decode(ids))
-            if on_reply is not None:
-                on_reply(i, replies[i], False)
-        return replies
+        return sources, replies
+
+    def write_replies(self, sources, indices: list[int]) -> list[str]:
+        """The second step: the network's replies to ``sources[i]`` for each i."""
+        if not indices:
+            return []
+        written = generate_batch(self.model, [sources[i] for i in indices], self.config, self._boundary_id)
+        return [morph.detokenize(self.vocab.decode(ids)) for ids in written]
 
     @torch.inference_mode()
     def known_matches(self, questions, sources) -> list[int | None]:

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import morph
-from .batching import ReplyBatcher
+from .batching import Busy, ReplyBatcher  # noqa: F401 (Busy: raised by answer)
 from .database import ROUTE_FALLBACK, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, reviewed_answer
+from .extensions import db
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,12 @@ class Answer:
 class Responder:
     """Holds the current model and reloads it when ``current`` moves."""
 
-    def __init__(self, models_root, workers=1, batch_max=8, window_ms=0.0, torch_threads=1):
+    def __init__(self, models_root, workers=1, batch_max=8, window_ms=0.0, torch_threads=1, queue_max=256):
         self.models_root = Path(models_root)
         self.torch_threads = torch_threads
-        # `workers` threads compute the replies, several questions per model
-        # call when chats arrive together; the chats' own threads just wait.
-        self._batcher = ReplyBatcher(workers, batch_max, window_ms)
+        # `workers` OS threads compute the replies, several questions per
+        # model call when chats arrive together; the chats just wait.
+        self._batcher = ReplyBatcher(workers, batch_max, window_ms, queue_max)
         self._lock = threading.Lock()
         self._bot = None
         self._target = None  # the link target the loaded model came from
@@ -61,13 +62,10 @@ class Responder:
         with self._lock:
             if target in (self._target, self._failed_target):
                 return self._bot
-            import torch
+            from .model import ModelLoadError
 
-            from .model import Chatbot, ModelLoadError
-
-            torch.set_num_threads(self.torch_threads)
-            try:
-                bot = Chatbot.load(self.models_root / target)
+            try:  # on a model thread: importing PyTorch and loading take seconds of CPU
+                bot = self._batcher.run(self._load, self.models_root / target)
             except ModelLoadError as exc:
                 log.error("not switching to model %s: %s", target, exc)
                 self._failed_target = target
@@ -76,11 +74,25 @@ class Responder:
             self._bot, self._target, self._failed_target = bot, target, None
             return bot
 
+    def _load(self, path):
+        import torch
+
+        from .model import Chatbot
+
+        torch.set_num_threads(self.torch_threads)
+        return Chatbot.load(path)
+
     def answer(self, question: str, key: str | None = None) -> Answer:
-        """Answer ``question``; ``key`` is its morph.question_key if known."""
+        """Answer ``question``; ``key`` is its morph.question_key if known.
+
+        Raises Busy when too many questions are already waiting for the model.
+        """
         bot = self.model()
         version = bot.version if bot else None
         reviewed = reviewed_answer(key if key is not None else morph.question_key(question))
+        # Give the database connection back before waiting for the model: a
+        # pool of a few connections then serves any number of waiting chats.
+        db.session.close()
         if reviewed is not None:
             return Answer(reviewed, ROUTE_MEMORY, version)
         if bot is None:

@@ -1,5 +1,6 @@
-"""A real server for end-to-end tests: gunicorn's gthread worker, as ``make run``
-starts it, on a free 127.0.0.1 port, with its own SQLite file and model dir.
+"""A real server for end-to-end tests: gunicorn with the project's
+gunicorn.conf.py (its gevent worker), as ``make run`` starts it, on a free
+127.0.0.1 port, with its own SQLite file and model dir.
 
 It can be stopped and started again on the same port (a server restart).
 """
@@ -58,10 +59,9 @@ def prepare(workdir: Path, with_model=True, reviewer=None, **config):
 
 
 class LiveServer:
-    def __init__(self, workdir: Path, port=None, threads=32, env=None):
+    def __init__(self, workdir: Path, port=None, env=None):
         self.workdir = Path(workdir)
         self.port = port or free_port()
-        self.threads = threads
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.workdir / "server.log"
         self.env = {**os.environ, "SECRET_KEY": "live-test",
@@ -73,8 +73,7 @@ class LiveServer:
     def start(self, timeout=60):
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--workers", "1",
-             "--threads", str(self.threads), "--no-control-socket", "--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", "2",
+            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", "2",
              "app:app"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         log.close()

@@ -4,20 +4,24 @@ import time
 
 import pytest
 
-from chatbot.batching import ReplyBatcher
+from chatbot.batching import Busy, ReplyBatcher
 
 
 class SlowBot:
-    """Stands in for model.Chatbot: records the batches it was given."""
+    """Stands in for model.Chatbot: writes every reply, and records the
+    batches it was given."""
 
     def __init__(self, seconds=0.05):
         self.seconds = seconds
         self.batches = []
 
-    def reply_batch(self, texts, on_reply=None):
+    def known_replies(self, texts):
         self.batches.append(list(texts))
+        return list(texts), [None] * len(texts)
+
+    def write_replies(self, texts, indices):
         time.sleep(self.seconds)
-        return [f"re: {t}" for t in texts]
+        return [f"re: {texts[i]}" for i in indices]
 
 
 class KnownFirstBot:
@@ -26,16 +30,12 @@ class KnownFirstBot:
     def __init__(self, seconds=0.5):
         self.seconds = seconds
 
-    def reply_batch(self, texts, on_reply=None):
-        replies = [f"re: {t}" for t in texts]
-        for i, t in enumerate(texts):
-            if t.startswith("known") and on_reply:
-                on_reply(i, replies[i], True)
+    def known_replies(self, texts):
+        return list(texts), [f"re: {t}" if t.startswith("known") else None for t in texts]
+
+    def write_replies(self, texts, indices):
         time.sleep(self.seconds)  # the network writing the rest
-        for i, t in enumerate(texts):
-            if not t.startswith("known") and on_reply:
-                on_reply(i, replies[i], False)
-        return replies
+        return [f"re: {texts[i]}" for i in indices]
 
 
 def ask_all(batcher, bot, texts):
@@ -83,8 +83,8 @@ def test_a_lone_question_does_not_wait_for_company():
 
 
 def test_a_failing_model_raises_in_the_caller_and_the_worker_survives():
-    class BrokenBot:
-        def reply_batch(self, texts, on_reply=None):
+    class BrokenBot(SlowBot):
+        def write_replies(self, texts, indices):
             raise RuntimeError("model exploded")
 
     batcher = ReplyBatcher(workers=1, batch_max=4)
@@ -129,3 +129,25 @@ def test_a_known_answer_does_not_wait_for_written_ones_in_its_batch():
     assert len(done) == 4
     # The batch takes 0.15 s to gather and 0.5 s to write; known answers come back before that.
     assert max(done["known 1"], done["known 2"]) < 0.45 < min(done["written 1"], done["written 2"])
+
+
+def test_a_full_queue_answers_busy_at_once():
+    bot = SlowBot(seconds=0.3)
+    batcher = ReplyBatcher(workers=1, batch_max=1, queue_max=2)
+    results = []
+
+    def ask(i):
+        try:
+            results.append(batcher.answer(bot, str(i))[0])
+        except Busy:
+            results.append("busy")
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+        time.sleep(0.02)  # the first is taken by the worker, two wait, the rest find the queue full
+    for t in threads:
+        t.join(10)
+    assert results[:3] == ["busy"] * 3  # answered before any reply: they did not wait for the model
+    assert sorted(results[3:]) == ["re: 0", "re: 1", "re: 2"]
+    assert batcher.waiting() == 0

@@ -115,7 +115,7 @@ def test_two_processes_share_events_models_and_the_database(tmp_path, backends):
            "MODEL_WATCH_SECONDS": "0.5", "REPLY_WORKERS": "1"}
     flask_cli("db", "upgrade", env={**os.environ, **env})
 
-    servers = [LiveServer(tmp_path / name, env=env, threads=16) for name in ("a", "b")]
+    servers = [LiveServer(tmp_path / name, env=env) for name in ("a", "b")]
     for server in servers:
         server.workdir.mkdir()
     chats = []
@@ -257,7 +257,7 @@ def test_nginx_from_the_readme_in_front_of_two_processes(tmp_path, backends):
     flask_cli("db", "upgrade", env={**os.environ, **env})
     readme = (ROOT / "README.md").read_text()
     config = re.search(r"```nginx\n(.*?)```", readme, re.S).group(1)
-    servers = [LiveServer(tmp_path / name, env=env, threads=16) for name in ("a", "b")]
+    servers = [LiveServer(tmp_path / name, env=env) for name in ("a", "b")]
     nginx, chat = None, None
     try:
         for server in servers:

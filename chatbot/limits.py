@@ -1,0 +1,217 @@
+"""What one client may use: rates, request sizes and request times.
+
+Every resource a client can make the server hold has a bound here or in the
+gunicorn worker (chatbot/worker.py: open connections, header time):
+
+- ``ClientLimits``: token buckets keyed by chat session and by client
+  address, never by connection, so a reconnect or a new Socket.IO handshake
+  does not start a fresh count.  chat.py takes from them for every event.
+- ``RequestLimits``, WSGI middleware in front of the whole app:
+  a body over ``MAX_UPLOAD_BYTES`` is refused (413) before any of it is
+  read, a chunked upload (no length to check) too (411); the body must arrive
+  within ``BODY_TIMEOUT`` seconds (408); Engine.IO handshakes count against
+  the address's connect bucket (429); and behind a proxy, where the gunicorn
+  worker sees only the proxy, the requests open at once per forwarded
+  address are capped (429).
+- Flask-Limiter limits every other HTTP request per address (``HTTP_LIMIT``),
+  and ``request_size_limit`` lowers the body limit to ``MAX_REQUEST_BYTES``
+  for everything but a reviewer's CSV import.
+"""
+import threading
+import time
+from collections import Counter, OrderedDict
+
+from flask import current_app, request
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from werkzeug.exceptions import RequestTimeout
+
+SOCKETIO_PATH = "/socket.io"
+IMPORT_ENDPOINT = "queue.import_csv"
+
+
+class RateBuckets:
+    """Token buckets by key: ``rate`` events a second on average, up to
+    ``burst`` at once.  At most ``max_keys`` are kept; the least recently
+    used go first (a forgotten key starts again with a full bucket)."""
+
+    def __init__(self, rate: float, burst: int, max_keys: int = 50_000, clock=time.monotonic):
+        self.rate = float(rate)
+        self.burst = max(1, int(burst))
+        self.max_keys = max_keys
+        self.clock = clock
+        self._buckets = OrderedDict()  # key -> [tokens, stamp]
+        self._lock = threading.Lock()
+
+    def take(self, key) -> float:
+        """0.0 when the event may go ahead (and is counted), else the
+        seconds until it could.  A rate of 0 or less is no limit."""
+        if self.rate <= 0:
+            return 0.0
+        with self._lock:
+            now = self.clock()
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = self._buckets[key] = [float(self.burst), now]
+                if len(self._buckets) > self.max_keys:
+                    self._buckets.popitem(last=False)
+            else:
+                self._buckets.move_to_end(key)
+                bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+                bucket[1] = now
+            if bucket[0] >= 1:
+                bucket[0] -= 1
+                return 0.0
+            return (1 - bucket[0]) / self.rate
+
+
+class ClientLimits:
+    """The chat's rate limits, from the app's config."""
+
+    def __init__(self, config):
+        self.session = RateBuckets(config["MESSAGE_RATE"], config["MESSAGE_BURST"])
+        self.address = RateBuckets(config["ADDRESS_MESSAGE_RATE"], config["ADDRESS_MESSAGE_BURST"])
+        self.history = RateBuckets(config["HISTORY_RATE"], config["HISTORY_BURST"])
+        self.connect = RateBuckets(config["CONNECT_RATE"], config["CONNECT_BURST"])
+
+    def event(self, session_id, address, history=False) -> float:
+        """Count one chat event; the seconds to wait if it is over a limit."""
+        wait = self.address.take(address) or self.session.take(session_id)
+        if not wait and history:
+            wait = self.history.take(session_id)
+        return wait
+
+
+class BodyTimeout(RequestTimeout):
+    description = "The request body did not arrive in time."
+
+
+class DeadlineInput:
+    """A request body stream that must be read before a deadline.
+
+    Under gevent a read past the deadline is interrupted (gevent.Timeout);
+    in a server without gevent (the flask CLI's development server) the
+    deadline is checked between reads only.
+    """
+
+    def __init__(self, stream, deadline: float):
+        self.stream = stream
+        self.deadline = deadline
+
+    def _call(self, method, *args):
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise BodyTimeout()
+        try:
+            import gevent
+        except ImportError:  # pragma: no cover - gevent is a requirement
+            return method(*args)
+        with gevent.Timeout(remaining, BodyTimeout()):
+            return method(*args)
+
+    def read(self, *args):
+        return self._call(self.stream.read, *args)
+
+    def readline(self, *args):
+        return self._call(self.stream.readline, *args)
+
+    def readlines(self, *args):
+        return self._call(self.stream.readlines, *args)
+
+    def __iter__(self):
+        while True:
+            line = self.readline()
+            if not line:
+                return
+            yield line
+
+
+def _refuse(start_response, status, text, retry_after=None):
+    body = text.encode("utf-8")
+    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+    if retry_after is not None:
+        headers.append(("Retry-After", str(max(1, round(retry_after)))))
+    start_response(status, headers)
+    return [body]
+
+
+class RequestLimits:
+    """WSGI middleware: body size and time, handshakes, and (behind a proxy)
+    open requests per client address.  It sits inside ProxyFix, so
+    REMOTE_ADDR is the client's."""
+
+    def __init__(self, wsgi_app, client_limits: ClientLimits, max_body: int, body_timeout: float,
+                 per_address: int = 0):
+        self.wsgi_app = wsgi_app
+        self.client_limits = client_limits
+        self.max_body = max_body
+        self.body_timeout = body_timeout
+        self.per_address = per_address  # 0: the worker counts connections instead
+        self.open = Counter()
+
+    def __call__(self, environ, start_response):
+        if environ.get("REQUEST_METHOD") in ("POST", "PUT", "PATCH"):
+            if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+                return _refuse(start_response, "411 Length Required", "Content-Length required")
+            try:
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                return _refuse(start_response, "400 Bad Request", "Bad Content-Length")
+            if length > self.max_body:
+                return _refuse(start_response, "413 Payload Too Large", "Payload too large")
+            if length:
+                environ["wsgi.input"] = DeadlineInput(environ["wsgi.input"],
+                                                      time.monotonic() + self.body_timeout)
+        address = environ.get("REMOTE_ADDR") or "-"
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(SOCKETIO_PATH) and "sid=" not in environ.get("QUERY_STRING", ""):
+            wait = self.client_limits.connect.take(address)  # an Engine.IO handshake
+            if wait:
+                return _refuse(start_response, "429 Too Many Requests", "Too many connections", wait)
+        if not self.per_address:
+            return self._call(environ, start_response)
+        if self.open[address] >= self.per_address:
+            return _refuse(start_response, "429 Too Many Requests", "Too many connections from your address", 10)
+        self.open[address] += 1
+        try:
+            return self._call(environ, start_response)
+        finally:
+            # A WebSocket's request lasts as long as the socket: gunicorn's
+            # workers return only when it has closed.
+            self.open[address] -= 1
+            if self.open[address] <= 0:
+                del self.open[address]
+
+    def _call(self, environ, start_response):
+        try:
+            return self.wsgi_app(environ, start_response)
+        except BodyTimeout:  # read outside Flask (the Socket.IO shield)
+            return _refuse(start_response, "408 Request Timeout", "The request body did not arrive in time.")
+
+
+def request_size_limit():
+    """Only a logged-in reviewer's CSV import may send a large body.
+
+    Runs before every other before_request function (CSRF's reads the form),
+    and werkzeug checks Content-Length against it before reading anything.
+    """
+    from flask_login import current_user
+
+    config = current_app.config
+    if request.endpoint == IMPORT_ENDPOINT and current_user.is_authenticated:
+        request.max_content_length = config["MAX_UPLOAD_BYTES"] + 64 * 1024  # + the multipart framing
+    else:
+        request.max_content_length = config["MAX_REQUEST_BYTES"]
+
+
+def init_app(app):
+    config = app.config
+    client_limits = ClientLimits(config)
+    app.extensions["chatbot.limits"] = client_limits
+    # Flask-Limiter keeps itself in app.extensions["limiter"]; one per app.
+    Limiter(get_remote_address, app=app, default_limits=[config["HTTP_LIMIT"]] if config["HTTP_LIMIT"] else [],
+            storage_uri=config["RATELIMIT_STORAGE_URI"], headers_enabled=True)
+    app.before_request_funcs.setdefault(None, []).insert(0, request_size_limit)
+    per_address = config["MAX_CONNECTIONS_PER_ADDRESS"] if config["PROXY_COUNT"] > 0 else 0
+    app.wsgi_app = RequestLimits(app.wsgi_app, client_limits, config["MAX_UPLOAD_BYTES"] + 64 * 1024,
+                                 config["BODY_TIMEOUT"], per_address)

@@ -1,0 +1,220 @@
+"""What one client may use (chatbot/limits.py), through Flask's and
+Flask-SocketIO's test clients: rates per chat session and per address that
+outlive the connection, connects, history, request sizes and the busy answer.
+The same limits against a real server, with raw sockets: tests/test_hostile.py."""
+import io
+import threading
+
+import pytest
+
+from chatbot.limits import ClientLimits, RateBuckets, RequestLimits
+from chatbot.extensions import db, socketio
+from test_chat import ask, connect, rows
+
+
+def connect_from(app, address, session_id="browser-session-1"):
+    """A Socket.IO test client whose requests come from ``address``."""
+    flask_client = app.test_client()
+    flask_client.environ_base["REMOTE_ADDR"] = address
+    return socketio.test_client(app, flask_test_client=flask_client, auth={"session": session_id})
+
+
+def test_buckets_refill_and_never_hold_more_than_the_burst():
+    now = [0.0]
+    buckets = RateBuckets(2.0, 3, clock=lambda: now[0])
+    assert [buckets.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert buckets.take("a") == pytest.approx(0.5)
+    assert buckets.take("b") == 0.0  # another key has its own bucket
+    now[0] = 0.5
+    assert buckets.take("a") == 0.0
+    assert buckets.take("a") > 0
+    now[0] = 100.0
+    assert [buckets.take("a") for _ in range(4)] == [0.0, 0.0, 0.0, pytest.approx(0.5)]
+
+
+def test_buckets_keep_at_most_max_keys():
+    buckets = RateBuckets(1.0, 1, max_keys=3, clock=lambda: 0.0)
+    for key in "abcd":
+        assert buckets.take(key) == 0.0
+    assert len(buckets._buckets) == 3
+    assert buckets.take("a") == 0.0  # forgotten (the oldest): a fresh bucket
+    assert buckets.take("d") > 0  # still counted
+
+
+def test_a_rate_of_zero_is_no_limit():
+    buckets = RateBuckets(0, 1)
+    assert [buckets.take("a") for _ in range(100)] == [0.0] * 100
+
+
+def test_the_session_limit_survives_reconnects_and_new_handshakes(make_app):
+    app = make_app(MESSAGE_RATE=0.01, MESSAGE_BURST=3)
+    sock = connect(app, "same-session-1")
+    assert [ask(sock, f"질문 {i}")[0] for i in range(3)] == ["reply"] * 3
+    assert ask(sock, "넷째")[1]["code"] == "rate_limited"
+    # A Socket.IO disconnect and connect on the same socket (`41`, `40`) ...
+    sock.disconnect()
+    sock.connect(auth={"session": "same-session-1"})
+    assert ask(sock, "다시")[1]["code"] == "rate_limited"
+    # ... or a new connection with the same chat session: the count goes on.
+    again = connect(app, "same-session-1")
+    assert ask(again, "또")[1]["code"] == "rate_limited"
+    assert len(rows(app)) == 3
+
+
+def test_the_address_limit_spans_sessions(make_app):
+    app = make_app(MESSAGE_RATE=0, ADDRESS_MESSAGE_RATE=0.01, ADDRESS_MESSAGE_BURST=4)
+    names = [ask(connect_from(app, "10.0.0.7", f"session-{i:04d}"), "안녕")[0] for i in range(6)]
+    assert names == ["reply"] * 4 + ["error"] * 2
+    assert ask(connect_from(app, "10.0.0.8", "session-other"), "안녕")[0] == "reply"  # another address
+    assert len(rows(app)) == 5
+
+
+def test_history_has_its_own_lower_limit(make_app):
+    app = make_app(HISTORY_RATE=0.01, HISTORY_BURST=2)
+    sock = connect(app, "history-session-1")
+    ask(sock, "안녕")
+    answers = []
+    for _ in range(3):
+        sock.emit("history")
+        [event] = sock.get_received()
+        answers.append(event["name"] if event["name"] == "history" else event["args"][0]["code"])
+    assert answers == ["history", "history", "rate_limited"]
+    assert ask(sock, "메시지는 되나요")[0] == "reply"  # messages are not held back by it
+
+
+def test_connects_per_address_are_limited(make_app):
+    app = make_app(CONNECT_RATE=0.01, CONNECT_BURST=3)
+    clients = [connect_from(app, "10.0.0.9", f"session-{i:04d}") for i in range(4)]
+    assert [c.is_connected() for c in clients] == [True, True, True, False]
+    assert connect_from(app, "10.0.0.10").is_connected()
+
+
+def test_engineio_handshakes_per_address_are_limited(make_app):
+    app = make_app(CONNECT_RATE=0.01, CONNECT_BURST=2)
+    client = app.test_client()
+    codes = [client.get("/socket.io/?EIO=4&transport=polling").status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+    other = app.test_client()
+    other.environ_base["REMOTE_ADDR"] = "10.1.1.1"
+    assert other.get("/socket.io/?EIO=4&transport=polling").status_code == 200
+
+
+def test_busy_is_answered_and_nothing_is_stored(app, monkeypatch):
+    from chatbot.batching import Busy
+
+    def full(*args, **kwargs):
+        raise Busy()
+
+    monkeypatch.setattr(app.extensions["chatbot.responder"]._batcher, "answer", full)
+    from test_chat import tiny_model
+    tiny_model(app.config["MODEL_DIR"])
+    name, error = ask(connect(app), "안녕")
+    assert (name, error["code"]) == ("error", "busy")
+    assert "잠시 후" in error["message"]
+    assert rows(app) == []
+
+
+def test_no_database_connection_is_held_while_the_model_answers(app, monkeypatch):
+    from test_chat import tiny_model
+    tiny_model(app.config["MODEL_DIR"])
+    batcher = app.extensions["chatbot.responder"]._batcher
+    answer = batcher.answer
+    checked_out = []
+
+    def watched(bot, text):
+        checked_out.append(db.engine.pool.checkedout())
+        return answer(bot, text)
+
+    monkeypatch.setattr(batcher, "answer", watched)
+    assert ask(connect(app), "날씨 어때")[0] == "reply"
+    assert checked_out == [0]
+
+
+def test_http_requests_per_address_are_limited(make_app):
+    app = make_app(HTTP_LIMIT="3/minute")
+    client = app.test_client()
+    assert [client.get("/").status_code for _ in range(4)] == [200, 200, 200, 429]
+    other = app.test_client()
+    other.environ_base["REMOTE_ADDR"] = "10.2.2.2"
+    assert other.get("/").status_code == 200
+
+
+class Unreadable(io.RawIOBase):
+    """A request body that fails the test if anything reads it."""
+
+    def read(self, *args):
+        raise AssertionError("the body was read")
+
+    readinto = readline = read
+
+
+def test_a_large_body_is_refused_before_it_is_read(app):
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    for path in ("/login", "/admin/queue/import", "/socket.io/?EIO=4&transport=polling&sid=x"):
+        for size in (app.config["MAX_REQUEST_BYTES"] + 1, app.config["MAX_UPLOAD_BYTES"] + 10**6, 2**30):
+            environ = EnvironBuilder(path=path, method="POST", content_type="multipart/form-data; boundary=x").get_environ()
+            environ.update({"wsgi.input": Unreadable(), "CONTENT_LENGTH": str(size)})
+            _, status, _ = run_wsgi_app(app, environ, buffered=True)
+            assert status.startswith("413"), (path, size, status)
+
+
+def test_only_a_reviewer_may_upload_a_large_csv(app, make_reviewer):
+    from conftest import csrf_token
+
+    make_reviewer("minji", "correct horse battery")
+    body = "Q,A\n" + "".join(f"질문 {i},답 {i}\n" for i in range(4000))  # ~70 KB, over MAX_REQUEST_BYTES
+    assert len(body.encode()) > app.config["MAX_REQUEST_BYTES"]
+    anonymous = app.test_client()
+    refused = anonymous.post("/admin/queue/import", data={"file": (io.BytesIO(body.encode()), "pairs.csv")})
+    assert refused.status_code == 413
+    reviewer = app.test_client()
+    token = csrf_token(reviewer.get("/login").get_data(as_text=True))
+    reviewer.post("/login", data={"username": "minji", "password": "correct horse battery", "csrf_token": token})
+    page = reviewer.get("/admin/").get_data(as_text=True)
+    accepted = reviewer.post("/admin/queue/import", data={"file": (io.BytesIO(body.encode()), "pairs.csv"),
+                                                          "csrf_token": csrf_token(page)})
+    assert accepted.status_code == 302
+    assert len(rows(app)) == 4000
+
+
+def test_a_chunked_upload_is_refused(app):
+    response = app.test_client().post("/login", data=b"x", headers={"Transfer-Encoding": "chunked"})
+    assert response.status_code == 411
+
+
+def test_open_requests_per_forwarded_address_are_capped():
+    """Behind a proxy the worker sees only the proxy; the middleware counts
+    the client's address (after ProxyFix) instead."""
+    release = threading.Event()
+    entered = threading.Semaphore(0)
+
+    def slow_app(environ, start_response):  # a WebSocket, say: open until released
+        entered.release()
+        release.wait(10)
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    config = {"MESSAGE_RATE": 0, "MESSAGE_BURST": 1, "ADDRESS_MESSAGE_RATE": 0, "ADDRESS_MESSAGE_BURST": 1,
+              "HISTORY_RATE": 0, "HISTORY_BURST": 1, "CONNECT_RATE": 0, "CONNECT_BURST": 1}
+    middleware = RequestLimits(slow_app, ClientLimits(config), max_body=1000, body_timeout=5, per_address=2)
+    statuses = []
+
+    def call(address):
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "REMOTE_ADDR": address}
+        middleware(environ, lambda status, headers: statuses.append((address, status)))
+
+    threads = [threading.Thread(target=call, args=("10.0.0.1",)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for _ in threads:
+        assert entered.acquire(timeout=5)
+    call("10.0.0.1")  # a third at once: refused
+    assert statuses == [("10.0.0.1", "429 Too Many Requests")]
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert sorted(statuses)[:2] == [("10.0.0.1", "200 OK")] * 2
+    assert middleware.open == {}  # every request counted out again
+    call("10.0.0.1")
+    assert statuses[-1] == ("10.0.0.1", "200 OK")

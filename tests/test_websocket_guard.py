@@ -1,0 +1,81 @@
+"""The WebSocket guard (chatbot/guard.py) with simple-websocket's real server
+on a socket pair: a frame over the size limit must end the connection, and
+whoever waits in ``receive`` must be told, even when the close frame goes out
+slowly (a busy server): simple-websocket 1.1.0 left that waiter asleep
+forever, one thread (or greenlet) lost per oversized frame."""
+import socket
+import threading
+import time
+
+import simple_websocket
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Request, TextMessage
+
+from chatbot.guard import ClosingWebSocketServer
+
+
+class SlowSendSocket:
+    """The server's end of the connection; what it sends goes out 0.3 s late,
+    the way a loaded server's does, which opens the race's window."""
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    def send(self, data):
+        time.sleep(0.3)
+        return self.sock.send(data)
+
+    def recv(self, size):
+        return self.sock.recv(size)
+
+    def close(self):
+        self.sock.close()
+
+
+def open_connection(server_class):
+    """A handshaken WebSocket: (server object, client wsproto, client socket)."""
+    ours, theirs = socket.socketpair()
+    client = WSConnection(ConnectionType.CLIENT)
+    request = client.send(Request(host="localhost", target="/")).decode()
+    environ = {"gunicorn.socket": SlowSendSocket(ours)}
+    for line in request.split("\r\n")[1:]:  # the WSGI server's parse of the upgrade request
+        if ": " in line:
+            name, value = line.split(": ", 1)
+            environ["HTTP_" + name.upper().replace("-", "_")] = value
+    server = server_class(environ, max_message_size=1000)
+    client.receive_data(theirs.recv(65536))  # the server's 101
+    assert any(isinstance(e, AcceptConnection) for e in client.events())
+    return server, client, theirs
+
+
+def receive_after_an_oversized_frame(server_class, wait_seconds=3.0):
+    """What ``receive`` does when the client sends a frame over the limit:
+    "closed" (it raised ConnectionClosed) or "hung" (it was never woken and
+    returned only at its timeout)."""
+    server, client, theirs = open_connection(server_class)
+    outcome = []
+
+    def waiter():
+        try:
+            server.receive(timeout=wait_seconds)
+            outcome.append("hung")
+        except simple_websocket.ConnectionClosed:
+            outcome.append("closed")
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.1)  # the waiter is asleep in receive
+    theirs.sendall(client.send(TextMessage(data="4" + "a" * 5000)))
+    thread.join(wait_seconds + 2)
+    theirs.close()
+    return outcome[0]
+
+
+def test_the_receiver_is_woken_when_an_oversized_frame_closes_the_socket():
+    assert receive_after_an_oversized_frame(ClosingWebSocketServer) == "closed"
+
+
+def test_simple_websocket_alone_leaves_the_receiver_waiting():
+    """The bug this guards against, so that the test above is known to be able
+    to fail.  If simple-websocket fixes it, this fails: drop the workaround."""
+    assert receive_after_an_oversized_frame(simple_websocket.Server) == "hung"
