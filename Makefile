@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 5000
 MALLOC_ARENA_MAX ?= 2
 
-.PHONY: run serve bench-serve test retrain install install-test clean bench-quality browser
+.PHONY: run serve bench-serve bench-attack test retrain install install-test clean bench-quality browser
 
 $(BIN)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -70,3 +70,9 @@ clean:
 # Serving benchmark (bench/README.md): a few minutes; not run in CI.
 bench-serve: $(BIN)/.installed-bench
 	$(BIN)/python -m bench.serve $(BENCH_ARGS)
+
+# Attack benchmark (bench/attack.py): one attack per class against a scratch
+# server while a legitimate client chats; ~10 min (--quick: under 2 min, for CI).
+# make bench-attack BENCH_ARGS="--label after --root /tmp/old --quick"
+bench-attack: $(BIN)/.installed-bench
+	$(BIN)/python -m bench.attack $(BENCH_ARGS)

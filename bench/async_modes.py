@@ -1,16 +1,16 @@
-"""Threads or eventlet?  Serve the real app both ways and time concurrent replies.
+"""Threads or gevent?  Serve the real app both ways and time concurrent replies.
 
     python bench/async_modes.py --models-dir models [--python .venv/bin/python]
 
-For each server mode it starts the app on 127.0.0.1 (gunicorn's gthread
-worker with Flask-SocketIO's threading mode, as `make run` does, or eventlet's
-WSGI server with eventlet mode and monkey patching),
+For each server mode it starts the app on 127.0.0.1: ``gevent`` as `make run`
+does (gunicorn.conf.py: gunicorn's gevent worker, the model on OS threads),
+``gthread`` (gunicorn's gthread worker with Flask-SocketIO's threading mode,
+one OS thread per connection: the server before gevent),
 connects CLIENTS Socket.IO clients, and in each round has all of them ask a
 question at the same moment while one more client sends a message that needs
 no model (an empty one, answered with an error event): how long that takes
 shows whether one chat's inference holds up the others.  It reports medians
 over rounds and writes bench/results/async_modes.json.
-eventlet must be importable by --python for the eventlet row.
 """
 import argparse
 import json
@@ -38,14 +38,17 @@ def free_port():
 
 
 def start_server(mode, python, models_dir, db_path, port):
+    # Every client here comes from 127.0.0.1: no per-address limits.
     env = dict(os.environ, MODEL_DIR=str(models_dir), DATABASE_URL=f"sqlite:///{db_path}",
-               SOCKETIO_ASYNC_MODE="threading" if mode == "gthread" else "eventlet")
-    if mode == "gthread":  # what `make run` uses
+               CONNECT_RATE="0", ADDRESS_MESSAGE_RATE="0", MAX_CONNECTIONS_PER_ADDRESS="1000")
+    if mode == "gevent":  # what `make run` uses (gunicorn.conf.py)
+        command = [python, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "app:app"]
+    elif mode == "gthread":  # the server before gevent
+        env["SOCKETIO_ASYNC_MODE"] = "threading"
         command = [python, "-m", "gunicorn", "--worker-class", "gthread", "--threads", "100",
                    "--workers", "1", "--bind", f"127.0.0.1:{port}", "app:app"]
-    else:  # gunicorn 27 has no eventlet worker any more: eventlet's own WSGI server
-        command = [python, "-c", "import eventlet; eventlet.monkey_patch(); from app import app; "
-                   f"from chatbot import socketio; socketio.run(app, host='127.0.0.1', port={port})"]
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
     subprocess.run([python, "-m", "flask", "--app", "app", "db", "upgrade"], cwd=ROOT, env=env,
                    check=True, capture_output=True)
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(Path(db_path).with_suffix(".log"), "w"))
@@ -125,7 +128,7 @@ def main():
     parser.add_argument("--python", default=sys.executable, help="the Python that runs the server")
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--modes", default="gthread,eventlet")
+    parser.add_argument("--modes", default="gevent,gthread")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "async_modes.json")
     args = parser.parse_args()
     rows = [measure(mode, args) for mode in args.modes.split(",")]

@@ -72,17 +72,22 @@ def ensure_model(models_dir: Path):
 class Server:
     """`make serve` in its own process group, with its database and RSS."""
 
-    def __init__(self, mode_env, models_dir, workdir):
+    def __init__(self, mode_env, models_dir, workdir, root=ROOT, venv=None):
+        """``root``: the checkout whose ``make serve`` runs (default: this one);
+        ``venv``: a virtual environment for it (``make serve VENV=...``), so an
+        older checkout (``git worktree add``) runs with this one's packages."""
+        self.root = Path(root)
         self.port = free_port()
         self.db_path = Path(workdir) / "serve.db"
         self.env = dict(os.environ, MODEL_DIR=str(models_dir), DATABASE_URL=f"sqlite:///{self.db_path}",
                         PORT=str(self.port), HOST="127.0.0.1", **mode_env)
-        subprocess.run([sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"], cwd=ROOT,
+        subprocess.run([sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"], cwd=self.root,
                        env=self.env, check=True, capture_output=True)
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(Path(workdir) / "server.log", "w")
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(["make", "--no-print-directory", "serve"], cwd=ROOT, env=self.env,
+        command = ["make", "--no-print-directory", "serve"] + ([f"VENV={venv}"] if venv else [])
+        self.proc = subprocess.Popen(command, cwd=self.root, env=self.env,
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def processes(self) -> list:

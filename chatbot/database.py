@@ -35,8 +35,9 @@ class Exchange(db.Model):
     id = db.Column(db.Integer, primary_key=True)
     question = db.Column(db.Text, nullable=False)
     # question_key ignores spacing, punctuation and particles (morph.question_key),
-    # so a reviewed answer is found again for the same question asked differently.
-    question_key = db.Column(db.String(1000), nullable=False, index=True)
+    # so a reviewed answer is found again for the same question asked differently
+    # (reviewed_answer, for every message: the index below).
+    question_key = db.Column(db.String(1000), nullable=False)
     answer = db.Column(db.Text, nullable=False)
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow, index=True)
     session_id = db.Column(db.String(64), nullable=True, index=True)
@@ -67,6 +68,8 @@ class Exchange(db.Model):
         self.reviewer = reviewer_name
         self.reviewed_at = utcnow()
         audit(self, action, reviewer_name, old_status=old)
+
+    __table_args__ = (db.Index("ix_exchange_key_status_reviewed", "question_key", "status", "reviewed_at"),)
 
     def __repr__(self):
         return f"<Exchange {self.id} {self.status}>"

@@ -13,6 +13,13 @@ The guards, installed on the app's Socket.IO server by ``harden``:
   (python-engineio gives simple-websocket no limit, so a huge frame would be
   buffered whole before being refused), and a frame that is not an Engine.IO
   packet ends the connection cleanly instead of raising in the server.
+- Every WebSocket write is complete or fails: simple-websocket calls the
+  socket's ``send``, which on gevent's non-blocking sockets may write part of
+  a frame (a large ``history`` to a client that reads slowly) and corrupt the
+  stream; ``WebSocketSocket`` makes it a ``sendall``.  Reads and writes time
+  out, so a client that stops reading cannot pin a connection and its unsent
+  replies forever (Engine.IO pings every 25 s, so a live client never idles
+  that long).
 - A refused frame frees its connection: simple-websocket 1.1.0 wakes the
   waiting reader when a frame is too big *before* it marks the socket
   closed, so the reader could go back to waiting and never be woken again (a
@@ -98,13 +105,48 @@ class GuardedPacket(sio_packet.Packet):
 _ENGINEIO_TYPES = frozenset("0123456")
 
 
+SOCKET_TIMEOUT = 60.0  # seconds a WebSocket may go without a read or a write completing
+
+_ENVIRON_SOCKETS = ("gunicorn.socket", "werkzeug.socket")
+
+
+class WebSocketSocket:
+    """The connection's socket as simple-websocket uses it: ``send`` writes
+    everything (``sendall``), and every read and write times out."""
+
+    def __init__(self, sock, timeout=SOCKET_TIMEOUT):
+        sock.settimeout(timeout)
+        self._sock = sock
+
+    def send(self, data):
+        self._sock.sendall(data)
+        return len(data)
+
+    def recv(self, size):
+        return self._sock.recv(size)
+
+    def fileno(self):
+        return self._sock.fileno()
+
+    def close(self):
+        self._sock.close()
+
+
 class ClosingWebSocketServer(simple_websocket.Server):
-    """simple-websocket's server, whose reader never outlives its receiver.
+    """simple-websocket's server on a ``WebSocketSocket``, whose reader never
+    outlives its receiver.
 
     When the receiving loop (``_thread``) ends for any reason, the socket is
     marked closed and ``receive`` is woken, so it returns instead of waiting
     forever (see the module docstring).
     """
+
+    def __init__(self, environ, **kwargs):
+        for key in _ENVIRON_SOCKETS:
+            if key in environ:
+                environ = {**environ, key: WebSocketSocket(environ[key])}
+                break
+        super().__init__(environ, **kwargs)
 
     def _thread(self):
         try:

@@ -189,6 +189,13 @@ class RequestLimits:
             return _refuse(start_response, "408 Request Timeout", "The request body did not arrive in time.")
 
 
+def is_static_file() -> bool:
+    """Static files (a page's scripts and styles, Flask-Admin's dozen among
+    them) are cheap and cached: not counted against HTTP_LIMIT."""
+    endpoint = request.endpoint or ""
+    return endpoint == "static" or endpoint.endswith(".static")
+
+
 def request_size_limit():
     """Only a logged-in reviewer's CSV import may send a large body.
 
@@ -209,8 +216,9 @@ def init_app(app):
     client_limits = ClientLimits(config)
     app.extensions["chatbot.limits"] = client_limits
     # Flask-Limiter keeps itself in app.extensions["limiter"]; one per app.
-    Limiter(get_remote_address, app=app, default_limits=[config["HTTP_LIMIT"]] if config["HTTP_LIMIT"] else [],
-            storage_uri=config["RATELIMIT_STORAGE_URI"], headers_enabled=True)
+    limiter = Limiter(get_remote_address, app=app, storage_uri=config["RATELIMIT_STORAGE_URI"],
+                      default_limits=[config["HTTP_LIMIT"]] if config["HTTP_LIMIT"] else [], headers_enabled=True)
+    limiter.request_filter(is_static_file)
     app.before_request_funcs.setdefault(None, []).insert(0, request_size_limit)
     per_address = config["MAX_CONNECTIONS_PER_ADDRESS"] if config["PROXY_COUNT"] > 0 else 0
     app.wsgi_app = RequestLimits(app.wsgi_app, client_limits, config["MAX_UPLOAD_BYTES"] + 64 * 1024,

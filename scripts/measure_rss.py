@@ -1,7 +1,7 @@
 """Memory of one server process as deployed (README "Deployment").
 
 Starts redis-server and PostgreSQL (tests/services.py), migrates, starts one
-gunicorn gthread server on them with the given MODEL_DIR (default: models/),
+gunicorn server (gunicorn.conf.py, as `make serve`) on them with the given MODEL_DIR (default: models/),
 connects CLIENTS python-socketio chats that each ask ROUNDS questions, and
 prints the resident memory (RSS) of gunicorn's master and worker, idle after
 start, after the first reply (model loaded) and after the load.
@@ -48,12 +48,14 @@ def main():
     redis = services.Redis(str(workdir)).start()
     postgres = services.Postgres(str(workdir)).start()
     env = {"DATABASE_URL": postgres.url, "SOCKETIO_MESSAGE_QUEUE": redis.url, "MODEL_DIR": args.model_dir,
-           "SECRET_KEY": "rss", "MESSAGE_RATE": "0", "MALLOC_ARENA_MAX": "2"}
+           "SECRET_KEY": "rss", "MESSAGE_RATE": "0", "MALLOC_ARENA_MAX": "2",
+           # every client comes from 127.0.0.1
+           "CONNECT_RATE": "0", "ADDRESS_MESSAGE_RATE": "0", "MAX_CONNECTIONS_PER_ADDRESS": "10000"}
     server = None
     try:
         subprocess.run([sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"], cwd=ROOT,
                        env={**os.environ, **env}, check=True, capture_output=True)
-        server = LiveServer(workdir, env=env, threads=args.clients + 20).start()
+        server = LiveServer(workdir, env=env).start()
         time.sleep(2)
         print("idle after start:", rss(server))
         clients, done = [], threading.Semaphore(0)

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.fuzz
 
 # Small caps, so each test pushes past them quickly.
 ENV = {"MAX_CONNECTIONS": "40", "MAX_CONNECTIONS_PER_ADDRESS": "5", "HEADER_TIMEOUT": "2",
-       "BODY_TIMEOUT": "2", "CONNECT_RATE": "0", "ADDRESS_MESSAGE_RATE": "0"}
+       "BODY_TIMEOUT": "2", "CONNECT_RATE": "0", "ADDRESS_MESSAGE_RATE": "0", "MESSAGE_RATE": "0",
+       "HISTORY_RATE": "0"}
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +30,12 @@ def server(tmp_path_factory):
     live.stop()
 
 
-def raw(server, address, timeout=5.0):
+def raw(server, address, timeout=5.0, receive_buffer=None):
     """A TCP connection to the server from ``address``."""
     sock = socket.socket()
     sock.settimeout(timeout)
+    if receive_buffer:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     sock.bind((address, 0))
     sock.connect(("127.0.0.1", server.port))
     return sock
@@ -60,10 +63,10 @@ def get_page(server, address) -> int:
     return int(status.split()[1]) if status else 0
 
 
-def websocket_from(server, address, session="hostile-session"):
+def websocket_from(server, address, session="hostile-session", receive_buffer=None):
     """A Socket.IO connection over a raw WebSocket from ``address``."""
     ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=websocket",
-                                     socket=raw(server, address), timeout=5)
+                                     socket=raw(server, address, receive_buffer=receive_buffer), timeout=5)
     assert ws.recv().startswith("0{")  # Engine.IO open
     ws.send("40" + json.dumps({"session": session}))
     assert ws.recv().startswith("40")
@@ -73,6 +76,10 @@ def websocket_from(server, address, session="hostile-session"):
 def ask(ws, text):
     """Send a message; the first event that answers it (skipping pings)."""
     ws.send("42" + json.dumps(["message", {"text": text}]))
+    return next_event(ws)
+
+
+def next_event(ws):
     while True:
         frame = ws.recv()
         if frame == "2":
@@ -187,3 +194,4 @@ def test_idle_sockets_from_many_addresses_are_given_back(server):
         ws.close()
     assert settle(lambda: len(worker(server).net_connections()) <= baseline)
     assert get_page(server, "127.5.0.1") == 200
+

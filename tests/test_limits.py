@@ -134,6 +134,7 @@ def test_http_requests_per_address_are_limited(make_app):
     app = make_app(HTTP_LIMIT="3/minute")
     client = app.test_client()
     assert [client.get("/").status_code for _ in range(4)] == [200, 200, 200, 429]
+    assert client.get("/static/chat.js").status_code == 200  # static files are not counted
     other = app.test_client()
     other.environ_base["REMOTE_ADDR"] = "10.2.2.2"
     assert other.get("/").status_code == 200

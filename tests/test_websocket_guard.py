@@ -1,15 +1,20 @@
 """The WebSocket guard (chatbot/guard.py) with simple-websocket's real server
-on a socket pair: a frame over the size limit must end the connection, and
-whoever waits in ``receive`` must be told, even when the close frame goes out
-slowly (a busy server): simple-websocket 1.1.0 left that waiter asleep
-forever, one thread (or greenlet) lost per oversized frame."""
+on a socket pair:
+
+- a frame over the size limit must end the connection, and whoever waits in
+  ``receive`` must be told, even when the close frame goes out slowly (a busy
+  server): simple-websocket 1.1.0 left that waiter asleep forever, one thread
+  (or greenlet) lost per oversized frame;
+- a large message must go out whole on a socket whose ``send`` writes only
+  part of it (gevent's, when the client reads slowly).
+"""
 import socket
 import threading
 import time
 
 import simple_websocket
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, Request, TextMessage
+from wsproto.events import AcceptConnection, Message, Request, TextMessage
 
 from chatbot.guard import ClosingWebSocketServer
 
@@ -25,6 +30,13 @@ class SlowSendSocket:
         time.sleep(0.3)
         return self.sock.send(data)
 
+    def sendall(self, data):
+        time.sleep(0.3)
+        self.sock.sendall(data)
+
+    def settimeout(self, seconds):
+        self.sock.settimeout(seconds)
+
     def recv(self, size):
         return self.sock.recv(size)
 
@@ -32,12 +44,23 @@ class SlowSendSocket:
         self.sock.close()
 
 
-def open_connection(server_class):
+class PartialSendSocket(SlowSendSocket):
+    """A socket whose ``send`` writes at most 1,000 bytes, as a non-blocking
+    (gevent) socket does when the peer's buffers are full."""
+
+    def send(self, data):
+        return self.sock.send(data[:1000])
+
+    def sendall(self, data):
+        self.sock.sendall(data)
+
+
+def open_connection(server_class, socket_class=SlowSendSocket):
     """A handshaken WebSocket: (server object, client wsproto, client socket)."""
     ours, theirs = socket.socketpair()
     client = WSConnection(ConnectionType.CLIENT)
     request = client.send(Request(host="localhost", target="/")).decode()
-    environ = {"gunicorn.socket": SlowSendSocket(ours)}
+    environ = {"gunicorn.socket": socket_class(ours)}
     for line in request.split("\r\n")[1:]:  # the WSGI server's parse of the upgrade request
         if ": " in line:
             name, value = line.split(": ", 1)
@@ -79,3 +102,31 @@ def test_simple_websocket_alone_leaves_the_receiver_waiting():
     """The bug this guards against, so that the test above is known to be able
     to fail.  If simple-websocket fixes it, this fails: drop the workaround."""
     assert receive_after_an_oversized_frame(simple_websocket.Server) == "hung"
+
+
+def message_received_whole(server_class, size=100_000):
+    server, client, theirs = open_connection(server_class, PartialSendSocket)
+    server.send("a" * size)
+    theirs.settimeout(1)
+    received = ""
+    try:
+        while len(received) < size:
+            data = theirs.recv(65536)
+            if not data:
+                break
+            client.receive_data(data)
+            for event in client.events():
+                if isinstance(event, Message):
+                    received += event.data
+    except socket.timeout:
+        pass
+    theirs.close()
+    return received == "a" * size
+
+
+def test_a_large_message_goes_out_whole():
+    assert message_received_whole(ClosingWebSocketServer)
+
+
+def test_simple_websocket_alone_sends_part_of_it():
+    assert not message_received_whole(simple_websocket.Server)
