@@ -1664,7 +1664,7 @@ def git_commit(root):
 
 
 QUICK = {"seconds": 3.0, "before": 1.0, "after": 2.5, "after_probe": 2.0, "settle": 1.5, "idle_count": 20,
-         "idle_many_count": 100, "idle_per_address": 10, "slow_count": 10, "longpoll_count": 10, "upload_mb": 8,
+         "idle_many_count": 100, "idle_per_address": 5, "slow_count": 10, "longpoll_count": 10, "upload_mb": 8,
          "history_rows": 20, "history_sockets": 3, "flood_many_sockets": 10, "newconn_workers": 4,
          "frame_workers": 2, "slow_header_every": 1.0}
 
@@ -1705,7 +1705,8 @@ def parse_args(argv):
                         help="cap on any flood's packets a second (the bench's own CPU)")
     parser.add_argument("--idle-count", type=int, default=1000)
     parser.add_argument("--idle-many-count", type=int, default=5000)
-    parser.add_argument("--idle-per-address", type=int, default=50)
+    parser.add_argument("--idle-per-address", type=int, default=5,
+                        help="sockets per address in idle_sockets_many (each costs two of the address's connect tokens)")
     parser.add_argument("--slow-count", type=int, default=200)
     parser.add_argument("--slow-header-every", type=float, default=2.0)
     parser.add_argument("--slow-body-every", type=float, default=1.0)

@@ -286,9 +286,10 @@ async def idle_rss_delta(server, count=200):
     return round(after - before, 1)
 
 
-async def bench_mode(name, mode_env, args):
+async def bench_mode(name, mode_env, args, root=ROOT):
     with tempfile.TemporaryDirectory() as workdir:
-        server = Server(mode_env, args.models_dir, workdir)
+        server = Server(mode_env, args.models_dir, workdir, root=root,
+                        venv=Path(sys.prefix).absolute() if root != ROOT else None)
         try:
             result = {"mode": name, "startup_s": await startup(server)}
             result["idle_rss_mb"] = round(server.rss_mb(), 1)
@@ -326,6 +327,9 @@ def main(argv=None):
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated: " + ", ".join(MODES))
     parser.add_argument("--models-dir", type=Path, default=MODELS,
                         help="a models dir with `current` (default: train one on the starter pairs)")
+    parser.add_argument("--baseline-root", type=Path, default=None,
+                        help="another checkout (git worktree add /tmp/old <commit>) whose server runs the "
+                             "same load in the same run, as mode 'before'")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
     args = parser.parse_args(argv)
@@ -338,6 +342,12 @@ def main(argv=None):
     for name in args.modes.split(","):
         print(f"mode {name}: {MODES[name] or 'as configured'}", flush=True)
         results[name] = asyncio.run(bench_mode(name, MODES[name], args))
+    if args.baseline_root:
+        print(f"mode before: {args.baseline_root} as configured there", flush=True)
+        results["before"] = asyncio.run(bench_mode("before", {}, args, root=args.baseline_root.resolve()))
+        results["before"]["root"] = str(args.baseline_root)
+        results["before"]["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=args.baseline_root,
+                                                     capture_output=True, text=True).stdout.strip()
 
     default = results.get("default") or next(iter(results.values()))
     report = {"runs": default["runs"], "startup_s": default["startup_s"],
@@ -354,9 +364,11 @@ def main(argv=None):
         print(f"\n### {name}: start to first reply {result['startup_s']} s, idle RSS {result['idle_rss_mb']} MB, "
               f"200 idle sockets add {result['idle200_rss_delta_mb']} MB\n")
         print(table(result["runs"]))
-    if "default" in results and "plain" in results:
-        print("\n| clients | replies/s default / plain | p99 plain / default |\n|---:|---:|---:|")
-        for d, p in zip(results["default"]["runs"], results["plain"]["runs"]):
+    for other in ("plain", "before"):
+        if "default" not in results or other not in results:
+            continue
+        print(f"\n| clients | replies/s default / {other} | p99 {other} / default |\n|---:|---:|---:|")
+        for d, p in zip(results["default"]["runs"], results[other]["runs"]):
             rate = d["replies_per_s"] / p["replies_per_s"] if p["replies_per_s"] else float("nan")
             tail = p["p99_ms"] / d["p99_ms"] if d["p99_ms"] and p["p99_ms"] else float("nan")
             print(f"| {d['clients']} | {rate:.2f} | {tail:.2f} |")

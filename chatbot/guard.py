@@ -9,22 +9,11 @@ The guards, installed on the app's Socket.IO server by ``harden``:
   becomes the event ``MALFORMED_EVENT``, which the chat answers with an
   ``error`` event.  Without this python-socketio would log a traceback and
   answer nothing, or, for reserved names, call the connect/disconnect handler.
-- WebSocket frames are limited to ``max_http_buffer_size`` while they arrive
-  (python-engineio gives simple-websocket no limit, so a huge frame would be
-  buffered whole before being refused), and a frame that is not an Engine.IO
-  packet ends the connection cleanly instead of raising in the server.
-- Every WebSocket write is complete or fails: simple-websocket calls the
-  socket's ``send``, which on gevent's non-blocking sockets may write part of
-  a frame (a large ``history`` to a client that reads slowly) and corrupt the
-  stream; ``WebSocketSocket`` makes it a ``sendall``.  Reads and writes time
-  out, so a client that stops reading cannot pin a connection and its unsent
-  replies forever (Engine.IO pings every 25 s, so a live client never idles
-  that long).
-- A refused frame frees its connection: simple-websocket 1.1.0 wakes the
-  waiting reader when a frame is too big *before* it marks the socket
-  closed, so the reader could go back to waiting and never be woken again (a
-  thread or greenlet lost per oversized frame).  ``ClosingWebSocketServer``
-  marks it closed and wakes the reader whenever its receiving loop ends.
+- WebSockets run on chatbot/websocket.py instead of simple-websocket: frames
+  are limited to ``max_http_buffer_size`` while they arrive, an oversized
+  frame closes its connection and frees it, writes are whole, idle sockets
+  time out; ``GuardedWebSocket`` also ends the connection cleanly when a
+  frame is not an Engine.IO packet, instead of raising in the server.
 - ``SocketIOShield`` refuses long-polling POSTs over the payload limit before
   python-engineio sees them: python-engineio 4.15 answers those by closing the
   session and waiting for its queue to drain, which for a client that does not
@@ -37,9 +26,10 @@ import io
 import json
 import logging
 
-import simple_websocket
-from engineio.async_drivers._websocket_wsgi import SimpleWebSocketWSGI
 from socketio import packet as sio_packet
+from wsproto.frame_protocol import CloseReason
+
+from .websocket import WebSocket
 
 log = logging.getLogger(__name__)
 
@@ -105,108 +95,18 @@ class GuardedPacket(sio_packet.Packet):
 _ENGINEIO_TYPES = frozenset("0123456")
 
 
-SOCKET_TIMEOUT = 60.0  # seconds a WebSocket may go without a read or a write completing
-
-_ENVIRON_SOCKETS = ("gunicorn.socket", "werkzeug.socket")
-
-
-class WebSocketSocket:
-    """The connection's socket as simple-websocket uses it: ``send`` writes
-    everything (``sendall``), and every read and write times out."""
-
-    def __init__(self, sock, timeout=SOCKET_TIMEOUT):
-        sock.settimeout(timeout)
-        self._sock = sock
-
-    def send(self, data):
-        self._sock.sendall(data)
-        return len(data)
-
-    def recv(self, size):
-        return self._sock.recv(size)
-
-    def fileno(self):
-        return self._sock.fileno()
-
-    def close(self):
-        self._sock.close()
-
-
-class ClosingWebSocketServer(simple_websocket.Server):
-    """simple-websocket's server on a ``WebSocketSocket``, whose reader never
-    outlives its receiver.
-
-    When the receiving loop (``_thread``) ends for any reason, the socket is
-    marked closed and ``receive`` is woken, so it returns instead of waiting
-    forever (see the module docstring).
-    """
-
-    def __init__(self, environ, **kwargs):
-        for key in _ENVIRON_SOCKETS:
-            if key in environ:
-                environ = {**environ, key: WebSocketSocket(environ[key])}
-                break
-        super().__init__(environ, **kwargs)
-
-    def _thread(self):
-        try:
-            super()._thread()
-        finally:
-            self.connected = False
-            self.event.set()
-
-
-class BoundedWebSocket(SimpleWebSocketWSGI):
-    """python-engineio's simple-websocket wrapper, with a frame size limit,
-    a reader that always ends, and a clean close for frames that are not
-    Engine.IO packets.  ``concurrency``: simple-websocket's thread, event and
-    selector classes for the async mode (empty: threading's)."""
-
-    concurrency = {}
-
-    def __init__(self, handler, server, **kwargs):
-        kwargs.setdefault("max_message_size", server.max_http_buffer_size)
-        super().__init__(handler, server, **{**self.concurrency, **kwargs})
-
-    def __call__(self, environ, start_response):
-        self.ws = ClosingWebSocketServer(environ, **self.server_args)
-        ret = self.app(self)
-        # What SimpleWebSocketWSGI does: tell the server the socket is gone.
-        if self.ws.mode == "gunicorn":
-            raise StopIteration()
-        if self.ws.mode == "werkzeug":
-            raise ConnectionError()
-        return ret
-
-    def close(self):
-        # python-engineio's writer closes the WebSocket when the session
-        # ends; if the socket is already gone (the client closed it, or it
-        # was refused above) that raised OSError.
-        try:
-            super().close()
-        except OSError:
-            pass
+class GuardedWebSocket(WebSocket):
+    """The chat's WebSocket (chatbot/websocket.py: frame size limit, no reader
+    thread, whole writes, timeouts), which also ends the connection cleanly
+    when a frame is not an Engine.IO packet python-engineio can decode."""
 
     def wait(self):
-        data = super().wait()  # None once the connection is closed (or a frame was too big)
+        data = super().wait()
         if isinstance(data, str) and not _engineio_decodable(data):
             log.info("closing a WebSocket that sent a frame that is not an Engine.IO packet")
+            self.close(CloseReason.PROTOCOL_ERROR)
             return None
         return data
-
-
-def _gevent_websocket():
-    """BoundedWebSocket on greenlets, as python-engineio's gevent driver
-    runs simple-websocket."""
-    import gevent.event
-    import gevent.selectors
-    from engineio.async_drivers.gevent import Thread
-
-    class GeventBoundedWebSocket(BoundedWebSocket):
-        concurrency = {"thread_class": Thread, "event_class": gevent.event.Event,
-                       "selector_class": gevent.selectors.DefaultSelector}
-
-    return GeventBoundedWebSocket
 
 
 def _engineio_decodable(frame: str) -> bool:
@@ -280,12 +180,7 @@ def harden(socketio):
     server = socketio.server
     server.packet_class = GuardedPacket
     eio = server.eio
-    websocket = eio._async.get("websocket")
-    if eio.async_mode == "threading" and websocket is SimpleWebSocketWSGI:
-        bounded = BoundedWebSocket
-    elif eio.async_mode == "gevent" and isinstance(websocket, type) and issubclass(websocket, SimpleWebSocketWSGI):
-        bounded = _gevent_websocket()
-    else:
-        raise RuntimeError(f"no WebSocket guard for async mode {eio.async_mode!r} with {websocket!r}")
+    if eio.async_mode not in ("threading", "gevent"):
+        raise RuntimeError(f"SOCKETIO_ASYNC_MODE must be threading or gevent, not {eio.async_mode!r}")
     # eio._async is the driver module's shared dict: replace, don't mutate.
-    eio._async = {**eio._async, "websocket": bounded}
+    eio._async = {**eio._async, "websocket": GuardedWebSocket}
