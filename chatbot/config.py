@@ -73,6 +73,11 @@ class Config:
     HISTORY_BURST = env_int("HISTORY_BURST", 3)
     CONNECT_RATE = env_float("CONNECT_RATE", 1.0)
     CONNECT_BURST = env_int("CONNECT_BURST", 20)
+    # Engine.IO handshakes from all addresses together: a flood of new
+    # connections from many addresses is slowed down, so that the chats
+    # already open keep their replies fast.
+    HANDSHAKE_TOTAL_RATE = env_float("HANDSHAKE_TOTAL_RATE", 100.0)
+    HANDSHAKE_TOTAL_BURST = env_int("HANDSHAKE_TOTAL_BURST", 200)
     # Every other HTTP request, per address (Flask-Limiter's syntax; empty:
     # no limit), counted in memory:// (this process) or in Redis
     # (redis://host:6379/1), which several server processes share.

@@ -10,7 +10,7 @@ gunicorn worker (chatbot/worker.py: open connections, header time):
   a body over ``MAX_UPLOAD_BYTES`` is refused (413) before any of it is
   read, a chunked upload (no length to check) too (411); the body must arrive
   within ``BODY_TIMEOUT`` seconds (408); Engine.IO handshakes count against
-  the address's connect bucket (429); and behind a proxy, where the gunicorn
+  the address's connect bucket and one for all addresses (429); and behind a proxy, where the gunicorn
   worker sees only the proxy, the requests open at once per forwarded
   address are capped (429).
 - Flask-Limiter limits every other HTTP request per address (``HTTP_LIMIT``),
@@ -73,6 +73,11 @@ class ClientLimits:
         self.address = RateBuckets(config["ADDRESS_MESSAGE_RATE"], config["ADDRESS_MESSAGE_BURST"])
         self.history = RateBuckets(config["HISTORY_RATE"], config["HISTORY_BURST"])
         self.connect = RateBuckets(config["CONNECT_RATE"], config["CONNECT_BURST"])
+        self.handshakes = RateBuckets(config["HANDSHAKE_TOTAL_RATE"], config["HANDSHAKE_TOTAL_BURST"])
+
+    def handshake(self, address) -> float:
+        """Count an Engine.IO handshake: per address, and from everyone."""
+        return self.connect.take(address) or self.handshakes.take("all")
 
     def event(self, session_id, address, history=False) -> float:
         """Count one chat event; the seconds to wait if it is over a limit."""
@@ -165,7 +170,7 @@ class RequestLimits:
         address = environ.get("REMOTE_ADDR") or "-"
         path = environ.get("PATH_INFO", "")
         if path.startswith(SOCKETIO_PATH) and "sid=" not in environ.get("QUERY_STRING", ""):
-            wait = self.client_limits.connect.take(address)  # an Engine.IO handshake
+            wait = self.client_limits.handshake(address)  # an Engine.IO handshake
             if wait:
                 return _refuse(start_response, "429 Too Many Requests", "Too many connections", wait)
         if not self.per_address:

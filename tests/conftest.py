@@ -29,7 +29,7 @@ def make_app(tmp_path):
             "MODEL_DIR": str(tmp_path / "models"),
             # Every test client comes from 127.0.0.1: the per-address limits
             # are off unless a test is about them (tests/test_limits.py).
-            "ADDRESS_MESSAGE_RATE": 0, "CONNECT_RATE": 0, "HTTP_LIMIT": "",
+            "ADDRESS_MESSAGE_RATE": 0, "CONNECT_RATE": 0, "HANDSHAKE_TOTAL_RATE": 0, "HTTP_LIMIT": "",
             **config,
         })
         with app.app_context():

@@ -99,6 +99,16 @@ def test_engineio_handshakes_per_address_are_limited(make_app):
     assert other.get("/socket.io/?EIO=4&transport=polling").status_code == 200
 
 
+def test_engineio_handshakes_from_all_addresses_together_are_limited(make_app):
+    app = make_app(HANDSHAKE_TOTAL_RATE=0.01, HANDSHAKE_TOTAL_BURST=3)
+    codes = []
+    for i in range(4):
+        client = app.test_client()
+        client.environ_base["REMOTE_ADDR"] = f"10.3.0.{i + 1}"
+        codes.append(client.get("/socket.io/?EIO=4&transport=polling").status_code)
+    assert codes == [200, 200, 200, 429]
+
+
 def test_busy_is_answered_and_nothing_is_stored(app, monkeypatch):
     from chatbot.batching import Busy
 
@@ -197,7 +207,8 @@ def test_open_requests_per_forwarded_address_are_capped():
         return [b"ok"]
 
     config = {"MESSAGE_RATE": 0, "MESSAGE_BURST": 1, "ADDRESS_MESSAGE_RATE": 0, "ADDRESS_MESSAGE_BURST": 1,
-              "HISTORY_RATE": 0, "HISTORY_BURST": 1, "CONNECT_RATE": 0, "CONNECT_BURST": 1}
+              "HISTORY_RATE": 0, "HISTORY_BURST": 1, "CONNECT_RATE": 0, "CONNECT_BURST": 1,
+              "HANDSHAKE_TOTAL_RATE": 0, "HANDSHAKE_TOTAL_BURST": 1}
     middleware = RequestLimits(slow_app, ClientLimits(config), max_body=1000, body_timeout=5, per_address=2)
     statuses = []
 
