@@ -69,6 +69,9 @@ def test_review_queue_by_keyboard(live, context):
     page = admin_login(context(), live, "/admin/queue/")
     page.click("#queue-next")
     page.wait_for_selector("#queue-correction:focus")
+    # autofocus happens while the page is parsed, maybe before review.js has
+    # run and listens for Ctrl+Enter: wait for the scripts too.
+    page.wait_for_load_state("load")
     page.keyboard.type("영화 보러 가요.")
     page.keyboard.press("Control+Enter")
     page.wait_for_selector(".alert-success")
