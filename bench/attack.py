@@ -1574,24 +1574,38 @@ async def run_one(name, bench, args):
 
 
 async def warm_up(port, timeout=60.0):
-    """Ask one question (from the probe address), so that the model is loaded
-    before the first measurement; returns the seconds it took."""
+    """Ask every question the legitimate client asks, known and new (from the
+    probe address), so that the model is loaded and its paths warm before the
+    first measurement: a fresh server's memory grows by some 30 MB in its
+    first replies (the Mecab dictionary's pages, PyTorch's first calls), which
+    is not an attack's doing.  Returns the seconds to the first reply."""
     t0 = now()
+    first = None
     async with http_session(PROBE_ADDR) as session:
         ws = await open_eio(session, f"ws://{HOST}:{port}/socket.io/?EIO=4&transport=websocket", timeout=10)
         try:
-            await wait_for(ws.send_str('42["message",{"text":"안녕하세요"}]'), 5)
-            while now() - t0 < timeout:
-                msg = await wait_for(ws.receive(), timeout - (now() - t0))
-                if msg.type in _CLOSED:
-                    raise RuntimeError("the server closed the warm-up connection")
-                if msg.type == aiohttp.WSMsgType.TEXT and classify(msg.data) in ("reply", "error:server_error"):
-                    break
-                if msg.type == aiohttp.WSMsgType.TEXT and msg.data == "2":
-                    await wait_for(ws.send_str("3"), 5)
+            for question in QUESTIONS:
+                while now() - t0 < timeout:
+                    await wait_for(ws.send_str("42" + json.dumps(["message", {"text": question}])), 5)
+                    kind = None
+                    while kind is None and now() - t0 < timeout:
+                        msg = await wait_for(ws.receive(), timeout - (now() - t0))
+                        if msg.type in _CLOSED:
+                            raise RuntimeError("the server closed the warm-up connection")
+                        if msg.type != aiohttp.WSMsgType.TEXT:
+                            continue
+                        if msg.data == "2":
+                            await wait_for(ws.send_str("3"), 5)
+                        elif classify(msg.data) in ("reply", "error:server_error", "error:rate_limited"):
+                            kind = classify(msg.data)
+                    if kind != "error:rate_limited":
+                        break
+                    await asyncio.sleep(1.0)  # over the per-session limit: ask again
+                if first is None:
+                    first = now() - t0
         finally:
             await close_ws(ws, 1.0)
-    return round(now() - t0, 2)
+    return round(first if first is not None else now() - t0, 2)
 
 
 async def start_server(bench):
