@@ -38,7 +38,8 @@ from .config import gevent_patched
 from .database import FEEDBACK_LABELS, Exchange
 from .extensions import db, socketio
 from .model_watch import ModelWatcher
-from .responder import Busy, Responder
+from .batching import Busy
+from .responder import Responder
 
 log = logging.getLogger(__name__)
 bp = Blueprint("chat", __name__)
@@ -127,9 +128,9 @@ def client_limits():
 
 
 def rate_limited(wait: float) -> dict:
+    """The ``rate_limited`` error's data, beside its code."""
     seconds = max(1, round(wait + 0.49))
-    return {"code": "rate_limited", "message": MESSAGES["rate_limited"].format(wait=seconds),
-            "retry_after": round(wait, 2)}
+    return {"message": MESSAGES["rate_limited"].format(wait=seconds), "retry_after": round(wait, 2)}
 
 
 def client_event(handler, history=False):
@@ -140,8 +141,7 @@ def client_event(handler, history=False):
     def wrapper(*args):
         wait = client_limits().event(chat_session_id(), request.remote_addr, history=history)
         if wait:
-            error = rate_limited(wait)
-            send_error(error.pop("code"), error.pop("message"), **error)
+            send_error("rate_limited", **rate_limited(wait))
             return None
         try:
             return handler(*args)
@@ -171,7 +171,7 @@ def on_connect(auth=None):
     wanted = auth.get("session") if isinstance(auth, dict) else None
     wait = client_limits().connect.take(request.remote_addr)
     if wait:
-        raise ConnectionRefusedError(rate_limited(wait))
+        raise ConnectionRefusedError({"code": "rate_limited", **rate_limited(wait)})
     session["chat_session"] = wanted if isinstance(wanted, str) and _SESSION_ID.match(wanted) else request.sid
     watcher = current_app.extensions.get("chatbot.model_watch")
     if watcher is not None:

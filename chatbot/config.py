@@ -6,6 +6,7 @@ once into the instance folder (see ``load_secret_key``).
 """
 import os
 import secrets
+import sys
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -139,7 +140,6 @@ class Config:
 def gevent_patched() -> bool:
     """Whether gevent has patched this process's standard library (gunicorn's
     gevent worker does, before it loads the app)."""
-    import sys
     monkey = sys.modules.get("gevent.monkey")
     return monkey is not None and monkey.is_module_patched("socket")
 

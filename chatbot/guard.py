@@ -29,6 +29,7 @@ import logging
 from socketio import packet as sio_packet
 from wsproto.frame_protocol import CloseReason
 
+from .limits import refuse
 from .websocket import WebSocket
 
 log = logging.getLogger(__name__)
@@ -136,27 +137,14 @@ class SocketIOShield:
         self.max_bytes = max_bytes
         self.path = path
 
-    @staticmethod
-    def _refuse(start_response, status, text):
-        body = text.encode()
-        start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
-                                ("Content-Length", str(len(body)))])
-        return [body]
-
     def __call__(self, environ, start_response):
         if not environ.get("PATH_INFO", "").startswith(self.path):
             return self.wsgi_app(environ, start_response)
         if environ.get("REQUEST_METHOD") == "POST":
-            if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-                return self._refuse(start_response, "411 Length Required", "Content-Length required")
-            try:
-                length = int(environ.get("CONTENT_LENGTH") or 0)
-            except ValueError:
-                length = -1
-            if length < 0:
-                return self._refuse(start_response, "400 Bad Request", "Bad Content-Length")
+            # limits.RequestLimits, in front, has refused chunked bodies and bad lengths.
+            length = int(environ.get("CONTENT_LENGTH") or 0)
             if length > self.max_bytes:
-                return self._refuse(start_response, "413 Payload Too Large", "Payload too large")
+                return refuse(start_response, "413 Payload Too Large", "Payload too large")
             # Read the (small) body here: python-engineio logs a traceback and
             # drops a body that is not UTF-8 or holds a packet it cannot decode.
             body = environ["wsgi.input"].read(length) if length else b""
@@ -165,14 +153,14 @@ class SocketIOShield:
             except UnicodeDecodeError:
                 packets = None
             if packets is None or (body and not all(_engineio_decodable(p) for p in packets)):
-                return self._refuse(start_response, "400 Bad Request", "Bad payload")
+                return refuse(start_response, "400 Bad Request", "Bad payload")
             environ["wsgi.input"] = io.BytesIO(body)
         try:
             return self.wsgi_app(environ, start_response)
         except KeyError:
             # python-engineio's _get_socket: "Session is disconnected"
             # (raised before any response was started)
-            return self._refuse(start_response, "400 Bad Request", "Session is disconnected")
+            return refuse(start_response, "400 Bad Request", "Session is disconnected")
 
 
 def harden(socketio):

@@ -8,7 +8,7 @@ gunicorn worker (chatbot/worker.py: open connections, header time):
   does not start a fresh count.  chat.py takes from them for every event.
 - ``RequestLimits``, WSGI middleware in front of the whole app:
   a body over ``MAX_UPLOAD_BYTES`` is refused (413) before any of it is
-  read, a chunked upload (no length to check) too (411); the body must arrive
+  read, a chunked upload (no length to check) too (411), a bad length 400; the body must arrive
   within ``BODY_TIMEOUT`` seconds (408); Engine.IO handshakes count against
   the address's connect bucket and one for all addresses (429); and behind a proxy, where the gunicorn
   worker sees only the proxy, the requests open at once per forwarded
@@ -19,12 +19,14 @@ gunicorn worker (chatbot/worker.py: open connections, header time):
 """
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 
 from flask import current_app, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from werkzeug.exceptions import RequestTimeout
+
+from .worker import ConnectionLimits
 
 SOCKETIO_PATH = "/socket.io"
 IMPORT_ENDPOINT = "queue.import_csv"
@@ -131,7 +133,8 @@ class DeadlineInput:
             yield line
 
 
-def _refuse(start_response, status, text, retry_after=None):
+def refuse(start_response, status, text, retry_after=None):
+    """A short plain-text error response (WSGI), with Retry-After if given."""
     body = text.encode("utf-8")
     headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
     if retry_after is not None:
@@ -151,19 +154,22 @@ class RequestLimits:
         self.client_limits = client_limits
         self.max_body = max_body
         self.body_timeout = body_timeout
-        self.per_address = per_address  # 0: the worker counts connections instead
-        self.open = Counter()
+        # Behind a proxy only (per_address > 0): the gunicorn worker counts
+        # connections per peer otherwise.
+        self.open = ConnectionLimits(total=float("inf"), per_address=per_address) if per_address else None
 
     def __call__(self, environ, start_response):
         if environ.get("REQUEST_METHOD") in ("POST", "PUT", "PATCH"):
             if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-                return _refuse(start_response, "411 Length Required", "Content-Length required")
+                return refuse(start_response, "411 Length Required", "Content-Length required")
             try:
                 length = int(environ.get("CONTENT_LENGTH") or 0)
             except ValueError:
-                return _refuse(start_response, "400 Bad Request", "Bad Content-Length")
+                length = -1
+            if length < 0:
+                return refuse(start_response, "400 Bad Request", "Bad Content-Length")
             if length > self.max_body:
-                return _refuse(start_response, "413 Payload Too Large", "Payload too large")
+                return refuse(start_response, "413 Payload Too Large", "Payload too large")
             if length:
                 environ["wsgi.input"] = DeadlineInput(environ["wsgi.input"],
                                                       time.monotonic() + self.body_timeout)
@@ -172,26 +178,23 @@ class RequestLimits:
         if path.startswith(SOCKETIO_PATH) and "sid=" not in environ.get("QUERY_STRING", ""):
             wait = self.client_limits.handshake(address)  # an Engine.IO handshake
             if wait:
-                return _refuse(start_response, "429 Too Many Requests", "Too many connections", wait)
-        if not self.per_address:
+                return refuse(start_response, "429 Too Many Requests", "Too many connections", wait)
+        if self.open is None:
             return self._call(environ, start_response)
-        if self.open[address] >= self.per_address:
-            return _refuse(start_response, "429 Too Many Requests", "Too many connections from your address", 10)
-        self.open[address] += 1
+        if self.open.admit(address) is not None:
+            return refuse(start_response, "429 Too Many Requests", "Too many connections from your address", 10)
         try:
             return self._call(environ, start_response)
         finally:
             # A WebSocket's request lasts as long as the socket: gunicorn's
             # workers return only when it has closed.
-            self.open[address] -= 1
-            if self.open[address] <= 0:
-                del self.open[address]
+            self.open.release(address)
 
     def _call(self, environ, start_response):
         try:
             return self.wsgi_app(environ, start_response)
         except BodyTimeout:  # read outside Flask (the Socket.IO shield)
-            return _refuse(start_response, "408 Request Timeout", "The request body did not arrive in time.")
+            return refuse(start_response, "408 Request Timeout", "The request body did not arrive in time.")
 
 
 def is_static_file() -> bool:

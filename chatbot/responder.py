@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import morph
-from .batching import Busy, ReplyBatcher  # noqa: F401 (Busy: raised by answer)
+from .batching import ReplyBatcher
 from .database import ROUTE_FALLBACK, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, reviewed_answer
 from .extensions import db
 
@@ -85,7 +85,7 @@ class Responder:
     def answer(self, question: str, key: str | None = None) -> Answer:
         """Answer ``question``; ``key`` is its morph.question_key if known.
 
-        Raises Busy when too many questions are already waiting for the model.
+        Raises batching.Busy when too many questions are already waiting for the model.
         """
         bot = self.model()
         version = bot.version if bot else None

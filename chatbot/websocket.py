@@ -78,7 +78,7 @@ class WebSocket:
             start_response("400 Bad Request", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
             return [body]
         self.sock.settimeout(SOCKET_TIMEOUT)
-        self._write(self.connection.send(AcceptConnection()))  # no extensions (see the module docstring)
+        self._send_event(AcceptConnection())  # no extensions (see the module docstring)
         # Keep only the open connection's state, not the handshake's (h11's
         # request and headers: a few KB a connection, for its whole life).
         self.connection = self.connection.connection
@@ -90,21 +90,19 @@ class WebSocket:
             raise StopIteration()  # gunicorn: the connection was taken over, write no response
         raise ConnectionError("WebSocket closed")  # werkzeug's development server: drop the connection
 
-    def _write(self, data: bytes):
+    def _send_event(self, event):
+        """Write a wsproto event whole, one writer at a time."""
         with self._write_lock:
-            self.sock.sendall(data)
+            self.sock.sendall(self.connection.send(event))
 
     def send(self, data):
         """Send one message (str: text, bytes: binary)."""
         if self.closed:
             raise OSError("the WebSocket is closed")
-        message = TextMessage(data=data) if isinstance(data, str) else BytesMessage(data=data)
-        with self._write_lock:
-            try:
-                out = self.connection.send(message)
-            except LocalProtocolError:
-                raise OSError("the WebSocket is closing") from None
-            self.sock.sendall(out)
+        try:
+            self._send_event(TextMessage(data=data) if isinstance(data, str) else BytesMessage(data=data))
+        except LocalProtocolError:
+            raise OSError("the WebSocket is closing") from None
 
     def close(self, code=CloseReason.NORMAL_CLOSURE):
         """Send a close frame (once) and stop reading: ``wait`` returns None."""
@@ -113,7 +111,7 @@ class WebSocket:
                 return
             self.closed = True
             try:
-                self.sock.sendall(self.connection.send(CloseConnection(code=code)))
+                self._send_event(CloseConnection(code=code))
             except (OSError, LocalProtocolError):
                 pass
         try:  # wake a wait() blocked in recv: it reads end-of-file at once
@@ -141,10 +139,10 @@ class WebSocket:
     def _handle_events(self):
         for event in self.connection.events():
             if isinstance(event, Ping):
-                self.sock.sendall(self.connection.send(event.response()))
+                self._send_event(event.response())
             elif isinstance(event, CloseConnection):  # the client's, or a frame wsproto could not parse
                 try:
-                    self.sock.sendall(self.connection.send(event.response()))
+                    self._send_event(event.response())
                 except (OSError, LocalProtocolError):
                     pass
                 self.closed = True

@@ -227,6 +227,6 @@ def test_open_requests_per_forwarded_address_are_capped():
     for t in threads:
         t.join(5)
     assert sorted(statuses)[:2] == [("10.0.0.1", "200 OK")] * 2
-    assert middleware.open == {}  # every request counted out again
+    assert middleware.open.by_address == {}  # every request counted out again
     call("10.0.0.1")
     assert statuses[-1] == ("10.0.0.1", "200 OK")
