@@ -725,6 +725,29 @@ async def longpoll(ctx):
     return out
 
 
+async def flood_socket(ctx, ws, tally, c, send_round):
+    """Call ``send_round()`` (it paces itself and sends through ``tally``) on
+    ``ws`` while ``tally`` reads what comes back, until the attack's time is up
+    or the server closes the socket; counts in ``c`` how it ended, then
+    closes it."""
+    reader = asyncio.ensure_future(tally.read(ws))
+    try:
+        while ctx.left() > 0 and not ws.closed and not reader.done():
+            await send_round()
+        if not reader.done():
+            await asyncio.wait([reader], timeout=0.5)  # answers in flight
+        if reader.done() and ctx.left() > 0:
+            c["closed_by_server"] += 1
+    except asyncio.TimeoutError:
+        c["send_stalled"] += 1
+    except (aiohttp.ClientError, ConnectionError, OSError, RuntimeError):
+        c["send_failed"] += 1
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        await close_ws(ws, 1.0)
+
+
 BURST = ['41', '40', '42["history"]', '42["message",{"text":"안녕하세요"}]']
 
 
@@ -743,25 +766,14 @@ async def rehandshake_flood(ctx):
                 await asyncio.sleep(0.1)
                 continue
             c["connections"] += 1
-            reader = asyncio.ensure_future(tally.read(ws))
-            try:
-                while ctx.left() > 0 and not ws.closed and not reader.done():
-                    await pacer.wait()
-                    for packet in BURST:
-                        await tally.send(ws, packet)
-                    c["bursts"] += 1
-                if not reader.done():
-                    await asyncio.wait([reader], timeout=0.5)  # answers in flight
-                if reader.done() and ctx.left() > 0:
-                    c["closed_by_server"] += 1
-            except asyncio.TimeoutError:
-                c["send_stalled"] += 1
-            except (aiohttp.ClientError, ConnectionError, OSError, RuntimeError):
-                c["send_failed"] += 1
-            finally:
-                reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
-                await close_ws(ws, 1.0)
+
+            async def burst(ws=ws):
+                await pacer.wait()
+                for packet in BURST:
+                    await tally.send(ws, packet)
+                c["bursts"] += 1
+
+            await flood_socket(ctx, ws, tally, c, burst)
     elapsed = max(0.001, now() - ctx.start)
     out = dict(sorted(c.items()))
     out.update({"answers": tally.answers(), "packets_sent": tally.sent,
@@ -838,24 +850,14 @@ async def message_flood(ctx):
                 await asyncio.sleep(0.1)
                 continue
             c["connections"] += 1
-            reader = asyncio.ensure_future(tally.read(ws))
-            try:
-                while ctx.left() > 0 and not ws.closed and not reader.done():
-                    await pacer.wait()
-                    n += 1
-                    await tally.send(ws, '42["message",{"text":"안녕하세요 #%d"}]' % n)
-                if not reader.done():
-                    await asyncio.wait([reader], timeout=0.5)
-                if reader.done() and ctx.left() > 0:
-                    c["closed_by_server"] += 1
-            except asyncio.TimeoutError:
-                c["send_stalled"] += 1
-            except (aiohttp.ClientError, ConnectionError, OSError, RuntimeError):
-                c["send_failed"] += 1
-            finally:
-                reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
-                await close_ws(ws, 1.0)
+
+            async def message(ws=ws):
+                nonlocal n
+                await pacer.wait()
+                n += 1
+                await tally.send(ws, '42["message",{"text":"안녕하세요 #%d"}]' % n)
+
+            await flood_socket(ctx, ws, tally, c, message)
     elapsed = max(0.001, now() - ctx.start)
     out = dict(sorted(c.items()))
     out.update({"answers": tally.answers(), "messages_sent": tally.sent,
@@ -883,28 +885,18 @@ async def message_flood_many(ctx):
                 c["refused:" + exc.reason] += 1
                 return
         c["accepted"] += 1
-        reader = asyncio.ensure_future(tally.read(ws))
-        try:
-            await asyncio.sleep(random.uniform(0, 1 / rate))
-            k = 0
-            next_at = now()
-            while ctx.left() > 0 and not reader.done():
-                k += 1
-                await tally.send(ws, '42["message",{"text":"안녕하세요 #%d-%d"}]' % (i, k))
-                next_at += 1 / rate
-                await asyncio.sleep(max(0.0, min(next_at - now(), ctx.left())))
-            if not reader.done():
-                await asyncio.wait([reader], timeout=0.5)
-            if reader.done() and ctx.left() > 0:
-                c["closed_by_server"] += 1
-        except asyncio.TimeoutError:
-            c["send_stalled"] += 1
-        except (aiohttp.ClientError, ConnectionError, OSError, RuntimeError):
-            c["send_failed"] += 1
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-            await close_ws(ws, 1.0)
+        await asyncio.sleep(random.uniform(0, 1 / rate))  # the sockets do not all send at once
+        k = 0
+        next_at = now()
+
+        async def message():
+            nonlocal k, next_at
+            k += 1
+            await tally.send(ws, '42["message",{"text":"안녕하세요 #%d-%d"}]' % (i, k))
+            next_at += 1 / rate
+            await asyncio.sleep(max(0.0, min(next_at - now(), ctx.left())))
+
+        await flood_socket(ctx, ws, tally, c, message)
 
     async with http_session(ctx.attacker) as session:
         await asyncio.gather(*(one(i, session) for i in range(ctx.args.flood_many_sockets)))
@@ -1002,23 +994,12 @@ async def history_amplification(ctx):
                 await asyncio.sleep(0.1)
                 continue
             c["connections"] += 1
-            reader = asyncio.ensure_future(tally.read(ws))
-            try:
-                while ctx.left() > 0 and not ws.closed and not reader.done():
-                    await pacer.wait()
-                    await tally.send(ws, '42["history"]')
-                if not reader.done():
-                    await asyncio.wait([reader], timeout=0.5)
-                if reader.done() and ctx.left() > 0:
-                    c["closed_by_server"] += 1
-            except asyncio.TimeoutError:
-                c["send_stalled"] += 1
-            except (aiohttp.ClientError, ConnectionError, OSError, RuntimeError):
-                c["send_failed"] += 1
-            finally:
-                reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
-                await close_ws(ws, 1.0)
+
+            async def history(ws=ws):
+                await pacer.wait()
+                await tally.send(ws, '42["history"]')
+
+            await flood_socket(ctx, ws, tally, c, history)
 
     async with http_session(ctx.attacker) as session:
         await asyncio.gather(*(worker(session) for _ in range(ctx.args.history_sockets)))
