@@ -237,7 +237,7 @@ def on_feedback(*args):
 def on_other_event(event, *args):
     """Unknown event names, and packets that did not decode (guard.MALFORMED_EVENT)."""
     if event == guard.MALFORMED_EVENT:
-        reason = args[0] if args and args[0] in MESSAGES else "bad_packet"
+        reason = args[0] if args and isinstance(args[0], str) and args[0] in MESSAGES else "bad_packet"
         send_error(reason)
     else:
         send_error("unknown_event")

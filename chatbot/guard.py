@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 # The event a malformed packet turns into; its one argument says why.
 MALFORMED_EVENT = "\x00malformed"
 MAX_ATTACHMENTS = 4  # the chat uses none; a few are harmless
-_RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "__disconnect_final"})
+# Names a client may not send as events: Socket.IO's own, and ours above (a
+# client sending it would otherwise pass any arguments as the "reason").
+_RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "__disconnect_final", MALFORMED_EVENT})
 _CLIENT_PACKET_TYPES = frozenset({sio_packet.CONNECT, sio_packet.DISCONNECT, sio_packet.EVENT,
                                   sio_packet.ACK, sio_packet.BINARY_EVENT, sio_packet.BINARY_ACK})
 _EVENT_TYPES = (sio_packet.EVENT, sio_packet.BINARY_EVENT)

@@ -313,6 +313,8 @@ def test_unknown_events_get_an_error(app):
     ('2"message"', "bad_packet"),
     ('2["connect",{},{"session":"someone-elses"}]', "reserved_event"),
     ('2["disconnect","client"]', "reserved_event"),
+    ('2["\\u0000malformed",{"a":1}]', "reserved_event"),     # the server's own malformed-packet event
+    ('2["\\u0000malformed","too_many_attachments"]', "reserved_event"),
     ("2" + "9" * 101 + '["message","x"]', "bad_packet"),     # absurd ack id
     ('52-["message",{"_placeholder":true,"num":0}]', None),   # waits for 2 attachments: nothing yet
     ('599999-["message"]', "too_many_attachments"),
