@@ -7,6 +7,7 @@ once into the instance folder (see ``load_secret_key``).
 import os
 import secrets
 import sys
+import tempfile
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -154,13 +155,26 @@ def normalise_database_url(url: str) -> str:
 
 
 def load_secret_key(instance_path) -> str:
-    """Read the instance folder's secret key, creating it (mode 600) on first run."""
+    """Read the instance folder's secret key, creating it (mode 600) on first run.
+
+    Several server processes may start together on an empty folder: the key
+    is written whole to a temporary file and then linked into place, which
+    succeeds for exactly one of them; the others read the winner's key.
+    """
     path = Path(instance_path) / "secret_key"
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_hex(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".secret_key.")  # mode 600
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+            os.link(temporary, path)  # fails if another process got there first
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(temporary)
+    key = path.read_text().strip()
+    if not key:
+        raise RuntimeError(f"{path} is empty: delete it and restart, and a new key is made "
+                           "(everyone is logged out)")
     return key
