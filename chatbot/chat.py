@@ -194,7 +194,7 @@ def on_message(*args):
     except Busy:
         send_error("busy")
         return
-    row = Exchange(question=text, question_key=key[:1000], answer=answer.text,
+    row = Exchange(question=text, question_key=key, answer=answer.text,
                    session_id=chat_session_id(), model_version=answer.model_version, route=answer.route)
     db.session.add(row)
     db.session.flush()  # the id, without reading the row back after the commit

@@ -51,7 +51,7 @@ def add_imported_pairs(pairs):
             continue
         existing.add((pair.question, pair.answer))
         db.session.add(Exchange(
-            question=pair.question, question_key=morph.question_key(pair.question)[:1000],
+            question=pair.question, question_key=morph.question_key(pair.question),
             answer=pair.answer, route=ROUTE_IMPORT, status=REVIEWED, reviewer="import",
             reviewed_at=now, session_id=None))
         added += 1

@@ -4,6 +4,7 @@ from datetime import datetime, timezone
 import sqlalchemy as sa
 from flask_login import UserMixin
 from sqlalchemy import event
+from sqlalchemy.orm import validates
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .extensions import db
@@ -29,6 +30,15 @@ def utcnow():
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+QUESTION_KEY_LENGTH = 1000
+
+
+def stored_key(key: str) -> str:
+    """A question key as the database holds it: both storing and looking up
+    go through here, so a long question finds its own reviewed answer."""
+    return key[:QUESTION_KEY_LENGTH]
+
+
 class Exchange(db.Model):
     """One question and the answer the bot gave, with its review state."""
 
@@ -37,7 +47,9 @@ class Exchange(db.Model):
     # question_key ignores spacing, punctuation and particles (morph.question_key),
     # so a reviewed answer is found again for the same question asked differently
     # (reviewed_answer, for every message: the index below).
-    question_key = db.Column(db.String(1000), nullable=False)
+    # Stored and looked up cut to QUESTION_KEY_LENGTH (stored_key), whatever
+    # MAX_MESSAGE_CHARS allows.
+    question_key = db.Column(db.String(QUESTION_KEY_LENGTH), nullable=False)
     answer = db.Column(db.Text, nullable=False)
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow, index=True)
     session_id = db.Column(db.String(64), nullable=True, index=True)
@@ -70,6 +82,10 @@ class Exchange(db.Model):
         audit(self, action, reviewer_name, old_status=old)
 
     __table_args__ = (db.Index("ix_exchange_key_status_reviewed", "question_key", "status", "reviewed_at"),)
+
+    @validates("question_key")
+    def _cut_question_key(self, _name, key):
+        return stored_key(key)
 
     def __repr__(self):
         return f"<Exchange {self.id} {self.status}>"
@@ -126,7 +142,7 @@ def reviewed_answer(key: str):
     """The newest reviewed answer for a question key, or None."""
     row = db.session.execute(
         sa.select(Exchange)
-        .where(Exchange.question_key == key, Exchange.status == REVIEWED)
+        .where(Exchange.question_key == stored_key(key), Exchange.status == REVIEWED)
         .order_by(Exchange.reviewed_at.desc().nulls_last(), Exchange.id.desc())
         .limit(1)
     ).scalar_one_or_none()

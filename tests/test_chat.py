@@ -5,8 +5,8 @@ import re
 import pytest
 import sqlalchemy as sa
 
-from chatbot import versions
-from chatbot.database import REVIEWED, ROUTE_FALLBACK, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, UNREVIEWED, Exchange
+from chatbot import morph, versions
+from chatbot.database import REVIEWED, ROUTE_FALLBACK, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, UNREVIEWED, Exchange, QUESTION_KEY_LENGTH
 from chatbot.extensions import db, socketio
 
 TINY_PAIRS = [
@@ -129,6 +129,25 @@ def test_reviewed_answer_sticks_at_once(app):
         assert (name, reply["answer"], reply["route"]) == ("reply", "춘천은 오늘 맑아요.", ROUTE_MEMORY), variant
     name, other = ask(sock, {"text": "서울에는 비가 와요?"})
     assert other["route"] in (ROUTE_MODEL, ROUTE_KNOWN)  # not the reviewed answer
+
+
+def test_reviewed_answer_sticks_for_a_question_longer_than_the_stored_key(make_app):
+    """MAX_MESSAGE_CHARS raised past the key column's length: the lookup cuts
+    the key as storing does, so the long question still finds its answer."""
+    app = make_app(MAX_MESSAGE_CHARS=3000)
+    tiny_model(app.config["MODEL_DIR"])
+    question = " ".join(f"춘천{i}번지에 비가 와요" for i in range(150))
+    assert len(morph.question_key(question)) > QUESTION_KEY_LENGTH
+    sock = connect(app)
+    _, first = ask(sock, {"text": question})
+    with app.app_context():
+        row = db.session.get(Exchange, first["id"])
+        assert len(row.question_key) == QUESTION_KEY_LENGTH
+        row.corrected_answer = "긴 질문에도 답해요."
+        row.mark(REVIEWED, "minji")
+        db.session.commit()
+    name, reply = ask(sock, {"text": question})
+    assert (name, reply["answer"], reply["route"]) == ("reply", "긴 질문에도 답해요.", ROUTE_MEMORY)
 
 
 def test_server_picks_up_a_new_model_without_restart(app):
