@@ -28,6 +28,7 @@ from flask_login import current_user
 from flask_socketio import disconnect, emit
 
 from . import retrain, versions
+from .admin_base import ReviewerOnly
 from .config import PROJECT_ROOT
 from .extensions import socketio
 
@@ -100,8 +101,7 @@ def status_payload(root):
     return status
 
 
-class ModelsView(BaseView):
-    """Mixed with review._ReviewerOnly in review.init_app (login required)."""
+class ModelsView(ReviewerOnly, BaseView):
 
     @expose("/")
     def index(self):

@@ -26,6 +26,7 @@ from flask import Response, current_app, flash, redirect, request, url_for
 from flask_admin import BaseView, expose
 from flask_login import current_user
 
+from .admin_base import ReviewerOnly
 from .database import (FEEDBACK_DOWN, NEEDS_DELETION, REVIEWED, UNREVIEWED, Exchange, audit)
 from .extensions import db
 from .pairs import HEADER, PairsFileError, read_pairs_csv, reviewed_pairs
@@ -92,8 +93,7 @@ def _ids(values):
     return result
 
 
-class QueueView(BaseView):
-    """Mixed with review._ReviewerOnly in review.init_app (login required)."""
+class QueueView(ReviewerOnly, BaseView):
 
     @expose("/")
     def index(self):

@@ -1,51 +1,37 @@
-"""The reviewers' side: login, and the Flask-Admin screens at /admin.
+"""The review screens at /admin: the list of exchanges to correct and mark,
+the audit log, and the home page's counts; ``init_app`` puts them together
+with the queue (queue_admin) and the model versions (models_admin).
 
 Everything here is built per app in ``init_app`` (Flask-Admin views hold a
 blueprint and a reference to their ``Admin``, so one instance can serve only
-one app); create_app may be called many times in one process.
-
-CSRF: every admin form, the bulk-action form included, derives from
-``ReviewSecureForm``, Flask-Admin's ``SecureForm`` made to use Flask-WTF's
-token.  So a POST is checked twice with the same token: first by the app-wide
-``CSRFProtect`` before the view runs, then by the form's own ``csrf_token``
-field when Flask-Admin validates it.
+one app); create_app may be called many times in one process.  Access, the
+Korean words and CSRF are shared by every view (admin_base).
 """
-import gettext as _stdlib_gettext
 import logging
 from datetime import datetime, time, timedelta
-from pathlib import Path
-from urllib.parse import urlsplit
 
-import flask_admin
-from markupsafe import Markup
 import sqlalchemy as sa
-from flask import (Blueprint, current_app, flash, redirect, render_template, request,
-                   url_for)
+from flask import flash, request
 from flask_admin import Admin, AdminIndexView, expose
 from flask_admin.actions import action
 from flask_admin.contrib.sqla import ModelView
 from flask_admin.contrib.sqla import filters as sqla_filters
-from flask_admin.form import SecureForm
 from flask_admin.theme import Bootstrap4Theme
-from flask_login import current_user, login_user, logout_user
-from flask_wtf import FlaskForm
-from flask_wtf.csrf import CSRFError, generate_csrf, validate_csrf
-from werkzeug.security import check_password_hash, generate_password_hash
-from wtforms import PasswordField, StringField, TextAreaField
-from wtforms.csrf.core import CSRF
-from wtforms.validators import DataRequired, Length, Optional
+from flask_login import current_user
+from markupsafe import Markup
+from wtforms import TextAreaField
+from wtforms.validators import Length, Optional
 
-from . import models_admin, queue_admin, security
+from . import auth, models_admin, queue_admin, security
+from .admin_base import ReviewerOnly, ReviewSecureForm, local_swatch
 from .database import (AUDIT_ACTIONS, FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED,
                        ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, STATUS_LABELS, UNREVIEWED,
-                       Exchange, ReviewAudit, Reviewer, audit, review_queue_order)
-from .extensions import db, login_manager
+                       Exchange, ReviewAudit, audit, review_queue_order)
+from .extensions import db
 
 log = logging.getLogger(__name__)
 
 ADMIN_NAME = "한마디 검토"
-LOGIN_FAILED = "아이디 또는 비밀번호가 올바르지 않습니다"
-LOGIN_THROTTLED = "로그인 시도가 너무 많습니다. {minutes}분 뒤에 다시 시도하세요."
 ROUTE_LABELS = {
     ROUTE_MODEL: "모델이 작성",
     ROUTE_KNOWN: "학습 데이터 답변",
@@ -54,192 +40,8 @@ ROUTE_LABELS = {
     ROUTE_IMPORT: "가져온 쌍",
 }
 
-# ---------------------------------------------------------------------------
-# Korean for Flask-Admin's own words ("List", "Save", "With selected", ...).
-# Flask-Babel is not installed, so Flask-Admin would show English; its Korean
-# catalog ships with it and the standard library can read it.
-_FLASK_ADMIN_LOCALES = Path(flask_admin.__file__).resolve().parent / "translations"
-_ko = _stdlib_gettext.translation("admin", localedir=str(_FLASK_ADMIN_LOCALES),
-                                  languages=["ko"], fallback=True)
 
-
-def ko_gettext(string, **variables):
-    text = _ko.gettext(str(string))
-    return text % variables if variables else text
-
-
-def ko_ngettext(singular, plural, num, **variables):
-    variables.setdefault("num", num)
-    text = _ko.ngettext(str(singular), str(plural), num)
-    return text % variables
-
-
-# ---------------------------------------------------------------------------
-# CSRF for Flask-Admin forms
-
-class _FlaskWTFCSRF(CSRF):
-    """A WTForms CSRF implementation that uses Flask-WTF's session token,
-    the same token ``CSRFProtect`` checks on every POST."""
-
-    def generate_csrf_token(self, csrf_token_field):
-        return generate_csrf()
-
-    def validate_csrf_token(self, form, field):
-        # Raises wtforms.ValidationError when the token is missing or wrong.
-        validate_csrf(field.data)
-
-
-class ReviewSecureForm(SecureForm):
-    """Flask-Admin's SecureForm, checked against Flask-WTF's token.
-
-    Plain SecureForm keeps its own token, which the app-wide CSRFProtect
-    would reject as invalid; this one shares the token, so both checks pass
-    for a real form and both fail for a forged one.
-    """
-
-    class Meta:
-        csrf_class = _FlaskWTFCSRF
-
-        @property
-        def csrf(self):
-            return current_app.config.get("WTF_CSRF_ENABLED", True)
-
-
-# ---------------------------------------------------------------------------
-# Login
-
-class LoginForm(FlaskForm):
-    username = StringField("아이디", validators=[DataRequired("아이디를 입력하세요."), Length(max=80)])
-    password = PasswordField("비밀번호", validators=[DataRequired("비밀번호를 입력하세요."), Length(max=1024)])
-
-
-class LogoutForm(FlaskForm):
-    """Only a CSRF token: logging out is a POST, so other sites cannot do it."""
-
-
-# Checked when the username does not exist, so that a wrong name takes as
-# long as a wrong password and does not reveal which accounts exist.
-_DUMMY_HASH = generate_password_hash("not-a-real-password")
-
-
-def safe_next(target):
-    """``target`` if it is a path on this site (like ``/admin/exchange/?page=2``), else None."""
-    if not target or not isinstance(target, str):
-        return None
-    if not target.startswith("/") or target.startswith("//"):
-        return None
-    if any(ch == "\\" or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in target):
-        return None
-    parts = urlsplit(target)
-    if parts.scheme or parts.netloc:
-        return None
-    return target
-
-
-def _after_login_url():
-    return safe_next(request.values.get("next")) or url_for("admin.index")
-
-
-def _throttle() -> security.LoginThrottle:
-    return current_app.extensions["chatbot.login_throttle"]
-
-
-def _throttled(wait, form):
-    minutes = max(1, int(wait // 60 + (1 if wait % 60 else 0)))
-    log.warning("login refused for %r from %s: too many failures", form.username.data[:80], request.remote_addr)
-    flash(LOGIN_THROTTLED.format(minutes=minutes), "danger")
-    form.password.data = ""
-    response = current_app.make_response((
-        render_template("auth/login.html", form=form, next=safe_next(request.values.get("next")) or ""), 429))
-    response.headers["Retry-After"] = str(int(wait) + 1)
-    return response
-
-
-def _load_reviewer(user_id):
-    try:
-        return db.session.get(Reviewer, int(user_id))
-    except (TypeError, ValueError):
-        return None
-
-
-def _create_auth_blueprint():
-    bp = Blueprint("auth", __name__)
-
-    @bp.route("/login", methods=["GET", "POST"])
-    def login():
-        if current_user.is_authenticated:
-            return redirect(_after_login_url())
-        form = LoginForm()
-        status = 200
-        if form.validate_on_submit():
-            # Counted as a failure before the password is checked (taken back
-            # if it is right), so parallel guesses cannot pass the limit.
-            address, name = request.remote_addr or "-", form.username.data.strip()
-            wait = _throttle().begin(address, name)
-            if wait:
-                return _throttled(wait, form)
-            reviewer = db.session.execute(sa.select(Reviewer).filter_by(username=name)).scalar_one_or_none()
-            if reviewer is None:
-                check_password_hash(_DUMMY_HASH, form.password.data)
-            elif reviewer.check_password(form.password.data):
-                _throttle().succeeded(address, name)
-                login_user(reviewer)
-                log.info("reviewer %s logged in", reviewer.username)
-                return redirect(_after_login_url())
-            log.warning("failed login for %r from %s", form.username.data[:80], request.remote_addr)
-            flash(LOGIN_FAILED, "danger")
-            status = 401
-        elif request.method == "POST":
-            status = 400
-        form.password.data = ""
-        return render_template("auth/login.html", form=form,
-                               next=safe_next(request.values.get("next")) or ""), status
-
-    @bp.route("/logout", methods=["GET", "POST"])
-    def logout():
-        # GET only shows a button: a link or image on another site must not be
-        # able to log a reviewer out. The POST carries the CSRF token.
-        form = LogoutForm()
-        if form.validate_on_submit():
-            logout_user()
-            flash("로그아웃했습니다.", "info")
-            return redirect(url_for("auth.login"))
-        if request.method == "POST":
-            return render_template("auth/logout.html", form=form), 400
-        return render_template("auth/logout.html", form=form)
-
-    @bp.errorhandler(CSRFError)
-    def csrf_error(error):
-        flash("보안 토큰이 없거나 만료되었습니다. 다시 시도하세요.", "danger")
-        if request.endpoint == "auth.logout":
-            return render_template("auth/logout.html", form=LogoutForm(formdata=None)), 400
-        return render_template("auth/login.html", form=LoginForm(formdata=None),
-                               next=safe_next(request.values.get("next")) or ""), 400
-
-    return bp
-
-
-# ---------------------------------------------------------------------------
-# Flask-Admin views
-
-class _ReviewerOnly:
-    """Mixin: the view needs a logged-in reviewer; others go to the login page."""
-
-    def is_accessible(self):
-        return current_user.is_authenticated
-
-    def inaccessible_callback(self, name, **kwargs):
-        flash(login_manager.login_message, login_manager.login_message_category)
-        target = request.full_path if request.query_string else request.path
-        return redirect(url_for("auth.login", next=target))
-
-    def render(self, template, **kwargs):
-        # Flask-Admin's own strings in Korean (applied after its defaults).
-        self._template_args.update(_gettext=ko_gettext, _ngettext=ko_ngettext)
-        return super().render(template, **kwargs)
-
-
-class ReviewIndexView(_ReviewerOnly, AdminIndexView):
+class ReviewIndexView(ReviewerOnly, AdminIndexView):
     @expose("/")
     def index(self):
         counts = dict(db.session.execute(
@@ -301,7 +103,7 @@ def _format_time(view, context, model, name):
     return value.strftime("%Y-%m-%d %H:%M") if value else ""
 
 
-class ExchangeView(_ReviewerOnly, ModelView):
+class ExchangeView(ReviewerOnly, ModelView):
     """The list of chat exchanges, for reviewers to correct and mark.
 
     Unsorted, the list is the review queue (``review_queue_order``): 👎 not yet
@@ -429,16 +231,12 @@ class ExchangeView(_ReviewerOnly, ModelView):
         self._bulk_mark(ids, UNREVIEWED)
 
 
-class ReviewQueueView(_ReviewerOnly, queue_admin.QueueView):
-    """Grouped unreviewed questions, the next-unreviewed flow, purge, CSV (chatbot/queue_admin.py)."""
-
-
 def _format_audit_status(view, context, model, name):
     value = getattr(model, name)
     return STATUS_LABELS.get(value, value or "")
 
 
-class AuditView(_ReviewerOnly, ModelView):
+class AuditView(ReviewerOnly, ModelView):
     """Who reviewed what, and when (read only)."""
 
     can_create = can_edit = can_delete = False
@@ -459,50 +257,20 @@ class AuditView(_ReviewerOnly, ModelView):
     column_searchable_list = ("question",)
 
 
-class ReviewModelsView(_ReviewerOnly, models_admin.ModelsView):
-    """Model versions, rollback, delete and retrain (chatbot/models_admin.py)."""
-
-
-# ---------------------------------------------------------------------------
-
-def _local_swatch(name):
-    """The Bootswatch theme to use, if Flask-Admin ships it without fetching
-    anything from the internet (some swatches @import Google Fonts)."""
-    static = Path(flask_admin.__file__).resolve().parent / "static" / "bootstrap" / "bootstrap4" / "swatch"
-    css = static / (name or "") / "bootstrap.min.css"
-    try:
-        text = css.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        log.warning("FLASK_ADMIN_SWATCH %r not found; using the default look", name)
-        return "default"
-    if "@import url(http" in text.replace('"', "").replace("'", ""):
-        log.warning("FLASK_ADMIN_SWATCH %r loads fonts from the internet; using the default look", name)
-        return "default"
-    return name
-
-
 def init_app(app):
     """Register login and the /admin screens on ``app``."""
-    login_manager.user_loader(_load_reviewer)
-    login_manager.login_view = "auth.login"
-    login_manager.login_message = "로그인이 필요합니다."
-    login_manager.login_message_category = "warning"
+    auth_bp = auth.init_app(app)
 
-    app.extensions["chatbot.login_throttle"] = security.LoginThrottle(
-        app.config["LOGIN_MAX_FAILURES"], app.config["LOGIN_WINDOW_SECONDS"])
-    auth_bp = _create_auth_blueprint()
-    app.register_blueprint(auth_bp)
-
-    theme = Bootstrap4Theme(swatch=_local_swatch(app.config.get("FLASK_ADMIN_SWATCH", "default")),
+    theme = Bootstrap4Theme(swatch=local_swatch(app.config.get("FLASK_ADMIN_SWATCH", "default")),
                             fluid=True, base_template="admin/review_base.html")
     # Flask-Admin puts this nonce on every <script> it renders; the response's
     # CSP then allows that nonce (chatbot/security.py).
     admin = Admin(app, name=ADMIN_NAME, theme=theme, csp_nonce_generator=security.csp_nonce,
                   index_view=ReviewIndexView(name="현황", url="/admin"))
     admin.add_view(ExchangeView(Exchange, db.session, name="대화 검토", endpoint="exchange"))
-    admin.add_view(ReviewQueueView(name="검토 대기열", endpoint="queue", url="/admin/queue"))
+    admin.add_view(queue_admin.QueueView(name="검토 대기열", endpoint="queue", url="/admin/queue"))
     admin.add_view(AuditView(ReviewAudit, db.session, name="검토 기록", endpoint="audit"))
-    admin.add_view(ReviewModelsView(name="모델", endpoint="models", url="/admin/models"))
+    admin.add_view(models_admin.ModelsView(name="모델", endpoint="models", url="/admin/models"))
     models_admin.init_app(app)
     app.extensions["review_admin"] = admin
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from chatbot import create_app
 from chatbot.database import (NEEDS_DELETION, REVIEWED, UNREVIEWED, Exchange, Reviewer)
 from chatbot.extensions import db
-from chatbot.review import safe_next
+from chatbot.auth import safe_next
 
 PASSWORD = "correct horse battery"
 LOGIN_FAILED = "아이디 또는 비밀번호가 올바르지 않습니다"
@@ -385,7 +385,7 @@ def test_create_app_twice_gives_independent_admins(tmp_path, app):
 
 
 def test_reviewer_loader_ignores_bad_ids(app, reviewer):
-    from chatbot.review import _load_reviewer
+    from chatbot.auth import _load_reviewer
     with app.app_context():
         assert _load_reviewer("not-a-number") is None
         assert _load_reviewer("999") is None
