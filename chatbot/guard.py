@@ -1,6 +1,7 @@
 """Socket.IO hardening: what a client sends can be wrong, never harmful.
 
-The guards, installed on the app's Socket.IO server by ``harden``:
+Three guards: ``harden`` installs the first two on the app's Socket.IO
+server; the third is WSGI middleware that chat.init_app puts in front of it.
 
 - ``GuardedPacket`` decodes Socket.IO packets.  A packet that is not a
   well-formed event (JSON that does not parse or nests too deep, an event name
@@ -9,11 +10,11 @@ The guards, installed on the app's Socket.IO server by ``harden``:
   becomes the event ``MALFORMED_EVENT``, which the chat answers with an
   ``error`` event.  Without this python-socketio would log a traceback and
   answer nothing, or, for reserved names, call the connect/disconnect handler.
-- WebSockets run on chatbot/websocket.py instead of simple-websocket: frames
+- ``GuardedWebSocket``: WebSockets run on chatbot/websocket.py instead of simple-websocket: frames
   are limited to ``max_http_buffer_size`` while they arrive, an oversized
   frame closes its connection and frees it, writes are whole, idle sockets
-  time out; ``GuardedWebSocket`` also ends the connection cleanly when a
-  frame is not an Engine.IO packet, instead of raising in the server.
+  time out; and the connection ends cleanly when a frame is not an
+  Engine.IO packet, instead of raising in the server.
 - ``SocketIOShield`` refuses long-polling POSTs over the payload limit before
   python-engineio sees them: python-engineio 4.15 answers those by closing the
   session and waiting for its queue to drain, which for a client that does not

@@ -1,6 +1,8 @@
 """Train a new chatbot model and publish it as a new version.
 
-    python -m chatbot.train                      # the app's pairs (what `make retrain` runs)
+    python -m chatbot.train                      # the app's pairs, made current at once
+    python -m chatbot.train --no-activate ...    # what `make retrain` runs, through chatbot.retrain
+                                                 # (which then applies the quality gate)
     python -m chatbot.train --pairs data.csv     # a Q,A[,label] CSV instead
     python -m chatbot.train --if-missing         # only if there is no usable model yet
 
