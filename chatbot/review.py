@@ -267,9 +267,9 @@ def init_app(app):
     # CSP then allows that nonce (chatbot/security.py).
     admin = Admin(app, name=ADMIN_NAME, theme=theme, csp_nonce_generator=security.csp_nonce,
                   index_view=ReviewIndexView(name="현황", url="/admin"))
-    admin.add_view(ExchangeView(Exchange, db.session, name="대화 검토", endpoint="exchange"))
+    admin.add_view(ExchangeView(Exchange, db, name="대화 검토", endpoint="exchange"))
     admin.add_view(queue_admin.QueueView(name="검토 대기열", endpoint="queue", url="/admin/queue"))
-    admin.add_view(AuditView(ReviewAudit, db.session, name="검토 기록", endpoint="audit"))
+    admin.add_view(AuditView(ReviewAudit, db, name="검토 기록", endpoint="audit"))
     admin.add_view(models_admin.ModelsView(name="모델", endpoint="models", url="/admin/models"))
     models_admin.init_app(app)
     app.extensions["review_admin"] = admin
