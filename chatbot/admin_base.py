@@ -106,3 +106,14 @@ def local_swatch(name):
         log.warning("FLASK_ADMIN_SWATCH %r loads fonts from the internet; using the default look", name)
         return "default"
     return name
+
+
+def row_ids(values) -> set[int]:
+    """The row ids in a form's list of values; anything not a number is left out."""
+    result = set()
+    for value in values:
+        try:
+            result.add(int(value))
+        except (TypeError, ValueError):
+            continue
+    return result

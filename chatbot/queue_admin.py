@@ -26,7 +26,7 @@ from flask import Response, current_app, flash, redirect, request, url_for
 from flask_admin import BaseView, expose
 from flask_login import current_user
 
-from .admin_base import ReviewerOnly
+from .admin_base import ReviewerOnly, row_ids
 from .database import (FEEDBACK_DOWN, NEEDS_DELETION, REVIEWED, UNREVIEWED, Exchange, audit)
 from .extensions import db
 from .pairs import HEADER, PairsFileError, read_pairs_csv, reviewed_pairs
@@ -83,16 +83,6 @@ def purge_needs_deletion(reviewer_name):
     return len(rows)
 
 
-def _ids(values):
-    result = set()
-    for value in values:
-        try:
-            result.add(int(value))
-        except (TypeError, ValueError):
-            continue
-    return result
-
-
 class QueueView(ReviewerOnly, BaseView):
 
     @expose("/")
@@ -124,7 +114,7 @@ class QueueView(ReviewerOnly, BaseView):
             if status is None:
                 flash("검토 결과를 고르세요.", "warning")
                 return redirect(url_for(".group", key=key, skip=skip))
-            changed = apply_to_group(key, _ids(request.form.getlist("ids")), status, correction,
+            changed = apply_to_group(key, row_ids(request.form.getlist("ids")), status, correction,
                                      current_user.username)
             flash(f"{changed}건을 '{'검토 완료' if status == REVIEWED else '삭제 필요'}'(으)로 표시했습니다."
                   + (" 수정한 답변을 모두에 적용했습니다." if correction and status == REVIEWED else ""), "success")

@@ -23,7 +23,7 @@ from wtforms import TextAreaField
 from wtforms.validators import Length, Optional
 
 from . import auth, models_admin, queue_admin, security
-from .admin_base import ReviewerOnly, ReviewSecureForm, local_swatch
+from .admin_base import ReviewerOnly, ReviewSecureForm, local_swatch, row_ids
 from .database import (AUDIT_ACTIONS, FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED,
                        ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, STATUS_LABELS, UNREVIEWED,
                        Exchange, ReviewAudit, audit, review_queue_order)
@@ -190,12 +190,7 @@ class ExchangeView(ReviewerOnly, ModelView):
     # -- bulk actions -------------------------------------------------------
 
     def _bulk_mark(self, ids, status):
-        wanted = set()
-        for value in ids:
-            try:
-                wanted.add(int(value))
-            except (TypeError, ValueError):
-                continue
+        wanted = row_ids(ids)
         if not wanted:
             flash("선택한 항목이 없습니다.", "warning")
             return
