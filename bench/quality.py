@@ -51,7 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `python bench/quality.py` works as well as `python -m bench.quality`
 
 from chatbot import morph, train  # noqa: E402
-from chatbot.model import Chatbot, ModelConfig  # noqa: E402
+from chatbot.bot import Chatbot  # noqa: E402
+from chatbot.model import ModelConfig  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "chatbot_data" / "ChatbotData.train.csv"
 DEFAULT_OUT = ROOT / "bench" / "results" / "quality.json"

@@ -47,7 +47,7 @@ def _model_runner(workers: int):
 class ReplyBatcher:
     """Answer ``bot``'s questions in batches; see the module docstring.
 
-    ``bot`` is a model.Chatbot, or anything with its ``known_replies(texts)
+    ``bot`` is a bot.Chatbot, or anything with its ``known_replies(texts)
     -> (prepared, replies)`` and ``write_replies(prepared, indices)``.
     """
 

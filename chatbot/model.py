@@ -1,12 +1,14 @@
 """The chatbot's neural model: a GRU encoder-decoder with Luong attention.
 
-Everything the server and the trainer need lives here, top to bottom:
+Top to bottom:
 
 1. ModelConfig   - the hyperparameters and the tokenizer, saved next to the weights
 2. Vocab         - morpheme (or word) <-> id, saved as JSON
 3. Seq2Seq       - embedding, bidirectional GRU encoder, GRU decoder + attention
-4. greedy_decode / beam_decode - turning a question into reply ids
-5. save_model / Chatbot.load   - the model directory (model.pt, vocab.json, config.json)
+4. save_model / load_model - the model directory (model.pt, vocab.json, config.json)
+
+Turning a question into reply ids is chatbot/decode.py; the bot that answers
+(known answers first, else the network's own) is chatbot/bot.py.
 
 Tensors are batch-first: src (B, S), tgt (B, T).  The model is small on
 purpose: it trains on a few hundred pairs on a laptop CPU in a minute or two.
@@ -23,10 +25,8 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from chatbot import morph
-from chatbot.retrieval import ANSWERS_FILE, AnswerIndex
 
 MODEL_FILE = "model.pt"
 VOCAB_FILE = "vocab.json"
@@ -261,46 +261,7 @@ class Seq2Seq(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-# -----------------------------------------------------------------------------
-# decoding
-
-
-def _banned(tokens: list[int], no_repeat_ngram: int, boundary_id: int | None) -> set[int]:
-    """Tokens that may not come next after `tokens` (the reply so far)."""
-    banned = {PAD, BOS, UNK}  # <unk> would vanish from the text; <s> never follows
-    if not tokens:
-        banned.add(EOS)  # never an empty reply
-    if boundary_id is not None and (not tokens or tokens[-1] == boundary_id):
-        banned.add(boundary_id)  # no leading or double spaces
-    n = no_repeat_ngram
-    if n > 0 and len(tokens) >= n - 1:
-        prefix = tuple(tokens[len(tokens) - n + 1:])
-        for i in range(len(tokens) - n + 1):
-            if tuple(tokens[i:i + n - 1]) == prefix:
-                banned.add(tokens[i + n - 1])
-    return banned
-
-
-def _step_logprobs(model, last_tokens, hidden, memory, histories, no_repeat_ngram, boundary_id, force_eos):
-    logits, hidden = model.decode(last_tokens, hidden, memory)
-    logp = F.log_softmax(logits[:, -1].float(), dim=-1)
-    if force_eos:  # out of length: </s> is the only way on
-        eos = logp[:, EOS].clone()
-        logp.fill_(float("-inf"))
-        logp[:, EOS] = eos
-        return logp, hidden
-    rows, cols = [], []  # every banned (row, token), masked in one indexing call
-    for row, tokens in enumerate(histories):
-        banned = _banned(tokens, no_repeat_ngram, boundary_id)
-        if len(banned) >= logp.size(1):  # nothing left (a toy vocabulary): allow stopping
-            banned.discard(EOS)
-        rows.extend([row] * len(banned))
-        cols.extend(banned)
-    logp[rows, cols] = float("-inf")
-    return logp, hidden
-
-
-def _encode_many(model, sources):
+def encode_many(model, sources):
     """Encode several questions at once (padded; packing keeps padding out)."""
     device = next(model.parameters()).device
     sources = [list(ids)[: model.config.max_src_len] or [EOS] for ids in sources]
@@ -308,123 +269,6 @@ def _encode_many(model, sources):
     for row, ids in enumerate(sources):
         src[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
     return model.encode(src, torch.tensor([len(ids) for ids in sources]))
-
-
-def _rows(memory: Memory, index) -> Memory:
-    """The memory rows for each decoder row (its question's)."""
-    return Memory(*(t[index] for t in memory))
-
-
-@torch.inference_mode()
-def greedy_decode_batch(model: Seq2Seq, sources, max_len: int, no_repeat_ngram: int = 0,
-                        boundary_id: int | None = None) -> list[list[int]]:
-    """Greedy decoding of several questions together: the most likely next
-    token for each, until its </s> or max_len tokens."""
-    memory, hidden = _encode_many(model, sources)
-    device = memory.values.device
-    replies: list[list[int]] = [[] for _ in sources]
-    active = list(range(len(sources)))  # questions still being decoded
-    for step in range(max_len + 1):
-        last = torch.tensor([[replies[q][-1] if replies[q] else BOS] for q in active], device=device)
-        logp, hidden = _step_logprobs(model, last, hidden, _rows(memory, torch.tensor(active, device=device)),
-                                      [replies[q] for q in active], no_repeat_ngram, boundary_id,
-                                      force_eos=step == max_len)
-        keep = []
-        for row, tok in enumerate(logp.argmax(dim=1).tolist()):
-            if tok != EOS:
-                replies[active[row]].append(tok)
-                keep.append(row)
-        if not keep:
-            break
-        active = [active[row] for row in keep]
-        hidden = hidden[:, torch.tensor(keep, device=device)]
-    return replies
-
-
-@torch.inference_mode()
-def beam_decode_batch(model: Seq2Seq, sources, max_len: int, beam_size: int = 4, length_penalty: float = 1.0,
-                      no_repeat_ngram: int = 0, boundary_id: int | None = None) -> list[list[int]]:
-    """Beam search for several questions together: every live hypothesis of
-    every question is one decoder row.  Finished replies are ranked by
-    log p / length ** length_penalty so that short replies do not win just
-    for being short."""
-    memory, hidden = _encode_many(model, sources)
-    device = memory.values.device
-    beams = [[([], 0.0)] for _ in sources]  # per question: (tokens, summed log prob)
-    finished: list[list[tuple[float, list[int]]]] = [[] for _ in sources]
-    active = list(range(len(sources)))
-    for step in range(max_len + 1):
-        owners = [q for q in active for _ in beams[q]]  # the question of each row
-        hyps = [h for q in active for h in beams[q]]
-        last = torch.tensor([[toks[-1] if toks else BOS] for toks, _ in hyps], device=device)
-        logp, hidden = _step_logprobs(model, last, hidden, _rows(memory, torch.tensor(owners, device=device)),
-                                      [t for t, _ in hyps], no_repeat_ngram, boundary_id, force_eos=step == max_len)
-        scores = logp + torch.tensor([s for _, s in hyps], device=device).unsqueeze(1)
-        vocab_size = scores.size(1)
-        next_active, origins, first = [], [], 0
-        for q in active:
-            width = len(beams[q])
-            block = scores[first: first + width].reshape(-1)
-            top = block.topk(min(2 * beam_size, block.numel()))
-            next_beams = []
-            for score, index in zip(top.values.tolist(), top.indices.tolist()):
-                if score == float("-inf"):
-                    break
-                origin, tok = divmod(index, vocab_size)
-                tokens = beams[q][origin][0]
-                if tok == EOS:
-                    finished[q].append((score / (len(tokens) + 1) ** length_penalty, tokens))
-                else:
-                    next_beams.append((tokens + [tok], score))
-                    origins.append(first + origin)
-                if len(next_beams) == beam_size:
-                    break
-            if len(finished[q]) >= beam_size or not next_beams:
-                del origins[len(origins) - len(next_beams):]  # this question is done
-                if not finished[q]:
-                    finished[q] = [(s / max(len(t), 1) ** length_penalty, t) for t, s in beams[q]]
-            else:
-                beams[q] = next_beams
-                next_active.append(q)
-            first += width
-        if not next_active:
-            break
-        active = next_active
-        hidden = hidden[:, torch.tensor(origins, device=device)]
-    for q in active:  # out of steps (cannot happen with force_eos, but be safe)
-        if not finished[q]:
-            finished[q] = [(s / max(len(t), 1) ** length_penalty, t) for t, s in beams[q]]
-    return [max(f, key=lambda item: item[0])[1] for f in finished]
-
-
-def greedy_decode(model: Seq2Seq, src_ids, max_len: int, no_repeat_ngram: int = 0,
-                  boundary_id: int | None = None) -> list[int]:
-    """Greedy decoding of one question."""
-    return greedy_decode_batch(model, [src_ids], max_len, no_repeat_ngram, boundary_id)[0]
-
-
-def beam_decode(model: Seq2Seq, src_ids, max_len: int, beam_size: int = 4, length_penalty: float = 1.0,
-                no_repeat_ngram: int = 0, boundary_id: int | None = None) -> list[int]:
-    """Beam search for one question."""
-    return beam_decode_batch(model, [src_ids], max_len, beam_size, length_penalty, no_repeat_ngram,
-                             boundary_id)[0]
-
-
-def generate_batch(model: Seq2Seq, sources, config: ModelConfig | None = None,
-                   boundary_id: int | None = None) -> list[list[int]]:
-    """Decode several questions with the settings in config (the model's own by default)."""
-    if not sources:
-        return []
-    c = config or model.config
-    if c.decoding == "greedy":
-        return greedy_decode_batch(model, sources, c.max_reply_len, c.no_repeat_ngram, boundary_id)
-    return beam_decode_batch(model, sources, c.max_reply_len, c.beam_size, c.length_penalty, c.no_repeat_ngram,
-                             boundary_id)
-
-
-def generate(model: Seq2Seq, src_ids, config: ModelConfig | None = None, boundary_id: int | None = None) -> list[int]:
-    """Decode one question with the settings in config (the model's own by default)."""
-    return generate_batch(model, [src_ids], config, boundary_id)[0]
 
 
 # -----------------------------------------------------------------------------
@@ -467,121 +311,6 @@ def load_model(model_dir, device="cpu") -> tuple[Seq2Seq, Vocab, ModelConfig]:
     except (RuntimeError, TypeError, AttributeError) as e:
         raise ModelLoadError(f"{MODEL_FILE} in {model_dir} does not match its config/vocab: {e}") from e
     return model.to(device).eval(), vocab, config
-
-
-class Chatbot:
-    """A loaded model that answers questions; safe to share between threads.
-
-    reply() only reads the weights (eval mode, inference mode) and keeps its
-    state in local variables, so concurrent calls do not interfere.
-    """
-
-    def __init__(self, model: Seq2Seq, vocab: Vocab, config: ModelConfig, version: str = "",
-                 metrics: dict | None = None, answers=None):
-        self.model = model.eval()
-        self.vocab = vocab
-        self.config = config
-        self.version = version
-        self.metrics = metrics or {}
-        self._boundary_id = vocab.stoi.get(morph.BOUNDARY)
-        self.answers = answers  # a retrieval.AnswerIndex, or None: always write the reply
-        # The encoder's states of the training questions, for known_matches().
-        self._answer_states = self._question_states(
-            [vocab.encode(q, add_eos=True) for q in answers.question_tokens()]) if answers is not None else None
-
-    @classmethod
-    def load(cls, model_dir, device="cpu") -> "Chatbot":
-        """Load a model directory (a `current` symlink is followed; version is
-        the real directory's name).  Raises ModelLoadError."""
-        model_dir = Path(model_dir).resolve()
-        model, vocab, config = load_model(model_dir, device)
-        try:
-            metrics = json.loads((model_dir / METRICS_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            metrics = {}  # metrics are informative only
-        answers = None
-        if (model_dir / ANSWERS_FILE).exists():  # models from before the index have none
-            try:
-                answers = AnswerIndex.load(model_dir / ANSWERS_FILE)
-            except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-                raise ModelLoadError(f"bad {ANSWERS_FILE} in {model_dir}: {e}") from e
-        return cls(model, vocab, config, version=model_dir.name, metrics=metrics, answers=answers)
-
-    def reply(self, text: str) -> str:
-        return self.reply_batch([text])[0]
-
-    def reply_batch(self, texts: list[str], on_reply=None) -> list[str]:
-        """Replies to several questions, computed together (the server batches
-        chats that arrive at the same time).  ``on_reply(i, reply, known)``, if
-        given, is called as each reply is ready: known answers (known=True)
-        before the ones the network writes."""
-        return self.reply_tokens_batch([morph.tokenize(text, self.config.tokenizer) for text in texts], on_reply)
-
-    def reply_tokens_batch(self, questions: list[list[str]], on_reply=None) -> list[str]:
-        """Replies to tokenized questions: a known answer, or the network's own."""
-        sources, replies = self._known_tokens(questions)
-        if on_reply is not None:
-            for i, reply in enumerate(replies):
-                if reply is not None:
-                    on_reply(i, reply, True)
-        todo = [i for i, r in enumerate(replies) if r is None]
-        for i, reply in zip(todo, self.write_replies(sources, todo)):
-            replies[i] = reply
-            if on_reply is not None:
-                on_reply(i, reply, False)
-        return replies
-
-    def known_replies(self, texts: list[str]):
-        """The first step of ``reply_batch``: ``(sources, replies)``, each
-        question's known answer in ``replies`` (None where the network must
-        write one), and the encoded questions for ``write_replies``."""
-        return self._known_tokens([morph.tokenize(text, self.config.tokenizer) for text in texts])
-
-    def _known_tokens(self, questions: list[list[str]]):
-        c = self.config
-        sources = [self.vocab.encode(q, add_eos=True) for q in questions]
-        replies: list[str | None] = [None] * len(questions)
-        if self.answers is not None and len(self.answers) and c.known_answers and questions:
-            for i, row in enumerate(self.known_matches(questions, sources)):
-                if row is not None:
-                    replies[i] = self.answers.answers[row]
-        return sources, replies
-
-    def write_replies(self, sources, indices: list[int]) -> list[str]:
-        """The second step: the network's replies to ``sources[i]`` for each i."""
-        if not indices:
-            return []
-        written = generate_batch(self.model, [sources[i] for i in indices], self.config, self._boundary_id)
-        return [morph.detokenize(self.vocab.decode(ids)) for ids in written]
-
-    @torch.inference_mode()
-    def known_matches(self, questions, sources) -> list[int | None]:
-        """For each question, the training question whose answer to send, or None.
-
-        Candidates are the training questions that share a word with it and
-        whose TF-IDF cosine reaches min_similarity: the words must match.
-        Among them the best is the one with the highest mean of that cosine
-        and state_weight x the cosine of the encoder's states (the decoder's
-        start state), which learned that differently worded questions with one
-        answer are alike."""
-        c = self.config
-        words = self.answers.similarities(questions)
-        score = words
-        if c.state_weight:
-            states = self._question_states(sources) @ self._answer_states.T
-            score = (words + c.state_weight * states) / (1 + c.state_weight)
-        score = torch.where((words > 0) & (words >= c.min_similarity), score, -math.inf)
-        best, rows = score.max(dim=1)
-        return [row if value > -math.inf else None for value, row in zip(best.tolist(), rows.tolist())]
-
-    @torch.inference_mode()
-    def _question_states(self, sources, batch: int = 256) -> torch.Tensor:
-        """Unit-length decoder start states (n, H) of encoded questions."""
-        out = []
-        for i in range(0, len(sources), batch):
-            _, hidden = _encode_many(self.model, sources[i:i + batch])
-            out.append(F.normalize(hidden[-1].float(), dim=-1).cpu())
-        return torch.cat(out) if out else torch.zeros(0, self.config.hidden_dim)
 
 
 def perplexity(loss: float) -> float:

@@ -77,7 +77,7 @@ class Responder:
     def _load(self, path):
         import torch
 
-        from .model import Chatbot
+        from .bot import Chatbot
 
         torch.set_num_threads(self.torch_threads)
         return Chatbot.load(path)

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from chatbot import morph, versions
-from chatbot.model import (BOS, EOS, PAD, Chatbot, ModelConfig, ModelLoadError, Seq2Seq, Vocab, perplexity,
-                           save_model)
+from chatbot.bot import Chatbot
+from chatbot.model import BOS, EOS, PAD, ModelConfig, ModelLoadError, Seq2Seq, Vocab, perplexity, save_model
 from chatbot.retrieval import ANSWERS_FILE, AnswerIndex
 
 # -----------------------------------------------------------------------------

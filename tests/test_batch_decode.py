@@ -1,7 +1,8 @@
 """Decoding several questions together gives exactly the single-question replies."""
 import pytest
 
-from chatbot.model import Chatbot, generate, generate_batch
+from chatbot.bot import Chatbot
+from chatbot.decode import generate, generate_batch
 
 from test_chat import TINY_PAIRS, tiny_model
 

@@ -8,7 +8,7 @@ from chatbot.batching import Busy, ReplyBatcher
 
 
 class SlowBot:
-    """Stands in for model.Chatbot: writes every reply, and records the
+    """Stands in for bot.Chatbot: writes every reply, and records the
     batches it was given."""
 
     def __init__(self, seconds=0.05):

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from chatbot import morph
-from chatbot.model import (BOS, EOS, PAD, UNK, Chatbot, ModelConfig, ModelLoadError, Seq2Seq, Vocab,
-                           _banned, beam_decode, generate, greedy_decode, save_model)
+from chatbot.bot import Chatbot
+from chatbot.decode import _banned, beam_decode, generate, greedy_decode
+from chatbot.model import BOS, EOS, PAD, UNK, ModelConfig, ModelLoadError, Seq2Seq, Vocab, save_model
 
 SENTENCES = ["안녕하세요 반가워요", "오늘 날씨가 정말 좋네요", "점심 메뉴 추천해 주세요", "비빔밥 어때요?",
              "주말에 뭐 해요?", "영화 보러 가요", "배고파요", "저도 배고파요"]

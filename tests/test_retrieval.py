@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from chatbot import morph
-from chatbot.model import Chatbot, ModelConfig, ModelLoadError, Seq2Seq, Vocab, save_model
+from chatbot.bot import Chatbot
+from chatbot.model import ModelConfig, ModelLoadError, Seq2Seq, Vocab, save_model
 from chatbot.retrieval import ANSWERS_FILE, AnswerIndex
 
 PAIRS = [("오늘 날씨 어때?", "맑고 따뜻해요."), ("오늘 날씨 좋다", "산책 가기 좋은 날이에요."),

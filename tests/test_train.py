@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from chatbot import train, versions
-from chatbot.model import Chatbot
+from chatbot.bot import Chatbot
 
 PAIRS = [
     ("안녕하세요", "안녕하세요. 반가워요."),
