@@ -6,9 +6,8 @@ import re
 import pytest
 import sqlalchemy as sa
 
+from helpers import PAIRS, PASSWORD, admin_login, assert_clean, shot
 from live_server import LiveServer, prepare
-from test_browser import PASSWORD, admin_login, assert_clean, context, shot  # noqa: F401 (fixture)
-from test_train import PAIRS
 
 pytestmark = pytest.mark.browser
 

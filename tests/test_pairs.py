@@ -4,6 +4,7 @@ import sqlalchemy as sa
 from chatbot.database import NEEDS_DELETION, REVIEWED, ROUTE_IMPORT, Exchange, Reviewer
 from chatbot.extensions import db
 from chatbot.pairs import read_pairs_csv, training_pairs
+from helpers import SHARED_DATA
 
 
 def write(path, data: bytes):
@@ -59,8 +60,6 @@ def test_cli_import_of_unreadable_file_imports_nothing(app, tmp_path):
 
 
 def test_cli_import_real_chatbotdata(app, tmp_path):
-    from conftest import SHARED_DATA
-
     lines = SHARED_DATA.read_text(encoding="utf-8").splitlines()[:201]
     path = write(tmp_path / "part.csv", ("\r\n".join(lines) + "\r\n").encode("utf-8-sig"))
     result = app.test_cli_runner().invoke(args=["import-pairs", str(path)])
