@@ -35,7 +35,9 @@ def test_queue_pages_need_login(client):
     for path in ("/admin/queue/", "/admin/queue/next", "/admin/queue/export.csv", "/admin/audit/"):
         response = client.get(path)
         assert response.status_code == 302 and "/login" in response.headers["Location"], path
-    assert client.post("/admin/queue/purge").status_code in (302, 400)
+    token = token_in(client.get("/login").get_data(as_text=True))  # a valid token: only the login is missing
+    response = client.post("/admin/queue/purge", data={"csrf_token": token})
+    assert response.status_code == 302 and "/login" in response.headers["Location"]
 
 
 def test_near_identical_questions_are_grouped_and_one_correction_applies_to_all(app, client, auth, reviewer):
@@ -121,7 +123,9 @@ def test_purge_deletes_needs_deletion_rows_and_keeps_them_in_the_audit(app, clie
     home = client.get("/admin/").get_data(as_text=True)
     assert "삭제 필요 2건 영구 삭제" in home
     with app.app_context():
-        assert all(q not in ("나쁜 말", "스팸") for q, _ in training_pairs())  # never trained on
+        pairs = training_pairs()
+    assert ("고마워", "모르겠어요") in pairs  # the reviewed row is trained on,
+    assert [q for q, _ in pairs if q in ("나쁜 말", "스팸")] == []  # the ones to delete never
     response = client.post("/admin/queue/purge", data={"csrf_token": token_in(home)}, follow_redirects=True)
     assert "2건을 영구히 지웠습니다" in response.get_data(as_text=True)
     assert list(statuses(app)) == [keep]
