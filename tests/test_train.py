@@ -199,7 +199,7 @@ def test_greedy_decoding_and_early_stop(models, select_by):
                                                "patience": 1, "decoding": "greedy", "select_by": select_by})
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert 1 <= metrics["best_epoch"] <= metrics["epochs"] <= 4
-    assert all(s["reply"] for s in metrics["samples"])
+    assert len(metrics["samples"]) == 5 and all(s["reply"] for s in metrics["samples"])
     assert metrics["select_by"] == select_by
     chrfs = [h["dev_chrf"] for h in metrics["history"]]
     if select_by == "chrf":  # the kept epoch has the best dev chrF
