@@ -1,9 +1,8 @@
-"""Shared fixtures: an app on a real SQLite file with the real migrations,
-and for the end-to-end tests a real browser (Debian's chromium via Playwright)."""
+"""Shared fixtures: an app on a real SQLite file with the real migrations, a
+reviewer and a logged-in client, and for the end-to-end tests a real browser
+(Debian's chromium via Playwright).  Plain helpers are in tests/helpers.py."""
 import os
-import re
 import shutil
-from pathlib import Path
 
 import flask_migrate
 import pytest
@@ -11,8 +10,7 @@ import pytest
 from chatbot import create_app
 from chatbot.database import Reviewer
 from chatbot.extensions import db
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chatbot_data" / "ChatbotData.train.csv"
+from helpers import PASSWORD, VIEWPORTS, WATCH, token_in
 
 
 @pytest.fixture
@@ -65,12 +63,42 @@ def make_reviewer(app):
     return make
 
 
-def csrf_token(html: str) -> str:
-    """The CSRF token in a rendered form."""
-    match = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html) or \
-        re.search(r'value="([^"]+)"[^>]*name="csrf_token"', html)
-    assert match, "no csrf_token in the page"
-    return match.group(1)
+@pytest.fixture
+def reviewer(make_reviewer):
+    """The reviewer "kim", with helpers.PASSWORD."""
+    return make_reviewer("kim", PASSWORD)
+
+
+class AuthActions:
+    """Logs ``client`` in and out (as in Flask's flaskr tutorial), by default as
+    the ``reviewer`` fixture's "kim"."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def login(self, username="kim", password=PASSWORD, next_url=None):
+        token = token_in(self._client.get("/login").get_data(as_text=True))
+        data = {"csrf_token": token, "username": username, "password": password}
+        if next_url is not None:
+            data["next"] = next_url
+        return self._client.post("/login", data=data)
+
+    def logout(self):
+        token = token_in(self._client.get("/logout").get_data(as_text=True))
+        return self._client.post("/logout", data={"csrf_token": token})
+
+
+@pytest.fixture
+def auth(client):
+    return AuthActions(client)
+
+
+@pytest.fixture
+def logged_in(client, reviewer, auth):
+    """``client``, logged in as the reviewer."""
+    response = auth.login()
+    assert response.status_code == 302
+    return client
 
 
 # -- the browser -------------------------------------------------------------------
@@ -114,3 +142,33 @@ def browser():
         chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+@pytest.fixture
+def context(browser):
+    """context(kind="desktop"): a new browser context (a VIEWPORTS kind) that
+    records CSP violations, dialogs and console errors; closed after the test."""
+    contexts = []
+
+    def make(kind="desktop"):
+        ctx = browser.new_context(locale="ko-KR", **VIEWPORTS[kind])
+        ctx.add_init_script(WATCH)
+        ctx.dialogs = []
+        ctx.accept_dialogs = False
+
+        def on_dialog(dialog):
+            ctx.dialogs.append(dialog.message)
+            dialog.accept() if ctx.accept_dialogs else dialog.dismiss()
+
+        def on_page(page):
+            page.on("dialog", on_dialog)
+            page.console_errors = []
+            page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
+            page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+        ctx.on("page", on_page)
+        contexts.append(ctx)
+        return ctx
+
+    yield make
+    for ctx in contexts:
+        ctx.close()

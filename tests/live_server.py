@@ -53,7 +53,8 @@ def prepare(workdir: Path, with_model=True, reviewer=None, **config):
             db.session.commit()
         db.engine.dispose()
     if with_model:
-        from test_chat import tiny_model
+        from helpers import tiny_model
+
         tiny_model(workdir / "models")
     return app
 

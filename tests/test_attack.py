@@ -13,14 +13,13 @@ import sys
 
 import pytest
 
+from helpers import tiny_model
 from live_server import ROOT
 
 pytestmark = pytest.mark.fuzz
 
 
 def test_every_attack_class_scaled_down(tmp_path):
-    from test_chat import tiny_model
-
     tiny_model(tmp_path / "models")
     out = tmp_path / "attack.json"
     run = subprocess.run([sys.executable, "-m", "bench.attack", "--quick", "--label", "ci",

@@ -4,7 +4,7 @@ import pytest
 from chatbot.bot import Chatbot
 from chatbot.decode import generate, generate_batch
 
-from test_chat import TINY_PAIRS, tiny_model
+from helpers import TINY_PAIRS, tiny_model
 
 QUESTIONS = ["안녕하세요", "배고파", "", "날씨 어때?", "ㅋ" * 80, "너 누구야", "고마워", "비 와"]
 

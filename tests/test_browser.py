@@ -11,33 +11,13 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from live_server import ROOT, LiveServer, prepare
+from helpers import PASSWORD, VIEWPORTS, admin_login, assert_clean, shot
+from live_server import LiveServer, prepare
 
 pytestmark = pytest.mark.browser
 
-ARTIFACTS = ROOT / "test-artifacts"
-PASSWORD = "correct horse battery"
 WITH_SELECTED = "선택한 항목들을..."  # Flask-Admin's "With selected" menu, in its Korean catalog
 CONNECTED = '#status[data-state="connected"]'
-VIEWPORTS = {
-    "desktop": dict(viewport={"width": 1280, "height": 800}),
-    "mobile": dict(viewport={"width": 360, "height": 640}, is_mobile=True, has_touch=True, device_scale_factor=2),
-}
-# Records every CSP violation and dialog, from before the page's own scripts run.
-WATCH = """
-window.__csp = [];
-document.addEventListener('securitypolicyviolation', function (e) {
-  window.__csp.push(e.violatedDirective + ' ' + (e.blockedURI || '') + ' ' + (e.sourceFile || ''));
-});
-window.__typingSeen = false;
-new MutationObserver(function (records) {
-  records.forEach(function (r) {
-    r.addedNodes.forEach(function (n) {
-      if (n.classList && n.classList.contains('typing')) window.__typingSeen = true;
-    });
-  });
-}).observe(document, {childList: true, subtree: true});
-"""
 
 
 @pytest.fixture(scope="module")
@@ -48,34 +28,6 @@ def live(tmp_path_factory):
     server.app = app
     yield server
     server.stop()
-
-
-@pytest.fixture
-def context(browser):
-    contexts = []
-
-    def make(kind="desktop"):
-        ctx = browser.new_context(locale="ko-KR", **VIEWPORTS[kind])
-        ctx.add_init_script(WATCH)
-        ctx.dialogs = []
-        ctx.accept_dialogs = False
-
-        def on_dialog(dialog):
-            ctx.dialogs.append(dialog.message)
-            dialog.accept() if ctx.accept_dialogs else dialog.dismiss()
-
-        def on_page(page):
-            page.on("dialog", on_dialog)
-            page.console_errors = []
-            page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
-            page.on("pageerror", lambda e: page.console_errors.append(str(e)))
-        ctx.on("page", on_page)
-        contexts.append(ctx)
-        return ctx
-
-    yield make
-    for ctx in contexts:
-        ctx.close()
 
 
 def open_chat(ctx, live):
@@ -102,17 +54,6 @@ def bubble_texts(page, who):
         "els => els.map(e => Array.from(e.childNodes).filter(n => n.nodeType === 3).map(n => n.data).join(''))")
 
 
-def shot(page, name):
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
-
-
-def assert_clean(page):
-    assert page.evaluate("window.__csp") == [], "CSP violations"
-    errors = [e for e in page.console_errors if "favicon" not in e]
-    assert errors == [], errors
-
-
 def rows(live):
     from chatbot.database import Exchange
     from chatbot.extensions import db
@@ -120,17 +61,6 @@ def rows(live):
         result = db.session.execute(sa.select(Exchange).order_by(Exchange.id)).scalars().all()
         db.engine.dispose()
         return result
-
-
-def admin_login(ctx, live, next_path="/admin/exchange/"):
-    page = ctx.new_page()
-    page.goto(live.url + next_path)
-    assert "/login" in page.url
-    page.fill("#username", "kim")
-    page.fill("#password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(re.compile(re.escape(next_path) + "$"))
-    return page
 
 
 # -- the chat ----------------------------------------------------------------------

@@ -1,14 +1,12 @@
 """The models page and the review queue in a real browser, under the CSP:
 retrain with live progress over Socket.IO, rollback, and the keyboard flow
 of the review queue.  Skipped without chromium like tests/test_browser.py."""
-import re
 
 import pytest
 import sqlalchemy as sa
 
+from helpers import PAIRS, PASSWORD, admin_login, assert_clean, shot
 from live_server import LiveServer, prepare
-from test_browser import PASSWORD, admin_login, assert_clean, context, shot  # noqa: F401 (fixture)
-from test_train import PAIRS
 
 pytestmark = pytest.mark.browser
 

@@ -6,44 +6,10 @@ import pytest
 import sqlalchemy as sa
 
 from chatbot import morph, versions
-from chatbot.database import REVIEWED, ROUTE_FALLBACK, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, UNREVIEWED, Exchange, QUESTION_KEY_LENGTH
+from chatbot.database import (QUESTION_KEY_LENGTH, REVIEWED, ROUTE_FALLBACK, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL,
+                              UNREVIEWED, Exchange)
 from chatbot.extensions import db, socketio
-
-TINY_PAIRS = [
-    ("안녕하세요", "안녕하세요! 반가워요."),
-    ("안녕", "안녕하세요! 반가워요."),
-    ("배고파", "맛있는 거 드세요."),
-    ("뭐 먹지", "김치찌개 어때요?"),
-    ("날씨 어때", "맑고 따뜻해요."),
-    ("비 와", "우산 챙기세요."),
-    ("심심해", "산책 어때요?"),
-    ("피곤해", "푹 쉬세요."),
-    ("너 누구야", "저는 한마디예요."),
-    ("고마워", "천만에요."),
-]
-TINY = dict(max_steps=3, embed_dim=16, hidden_dim=16, quiet=True)
-
-
-def tiny_model(models_root, **overrides):
-    from chatbot.train import run_training
-
-    return run_training(TINY_PAIRS, models_root, **{**TINY, **overrides})
-
-
-def connect(app, session_id="browser-session-1"):
-    return socketio.test_client(app, flask_test_client=app.test_client(), auth={"session": session_id})
-
-
-def ask(sock, data):
-    sock.emit("message", data)
-    received = sock.get_received()
-    assert len(received) == 1, received
-    return received[0]["name"], received[0]["args"][0]
-
-
-def rows(app):
-    with app.app_context():
-        return db.session.execute(sa.select(Exchange).order_by(Exchange.id)).scalars().all()
+from helpers import ask, connect, rows, tiny_model
 
 
 def test_chat_page(client):
@@ -163,7 +129,7 @@ def test_server_picks_up_a_new_model_without_restart(app):
 
 def test_in_flight_reply_finishes_on_the_old_model(app):
     models = app.config["MODEL_DIR"]
-    first = tiny_model(models)
+    tiny_model(models)
     responder = app.extensions["chatbot.responder"]
     old = responder.model()
     tiny_model(models, seed=7)

@@ -9,7 +9,7 @@ import pytest
 
 from chatbot.limits import ClientLimits, RateBuckets, RequestLimits
 from chatbot.extensions import db, socketio
-from test_chat import ask, connect, rows
+from helpers import ask, connect, rows, tiny_model, token_in
 
 
 def connect_from(app, address, session_id="browser-session-1"):
@@ -116,7 +116,6 @@ def test_busy_is_answered_and_nothing_is_stored(app, monkeypatch):
         raise Busy()
 
     monkeypatch.setattr(app.extensions["chatbot.responder"]._batcher, "answer", full)
-    from test_chat import tiny_model
     tiny_model(app.config["MODEL_DIR"])
     name, error = ask(connect(app), "안녕")
     assert (name, error["code"]) == ("error", "busy")
@@ -125,7 +124,6 @@ def test_busy_is_answered_and_nothing_is_stored(app, monkeypatch):
 
 
 def test_no_database_connection_is_held_while_the_model_answers(app, monkeypatch):
-    from test_chat import tiny_model
     tiny_model(app.config["MODEL_DIR"])
     batcher = app.extensions["chatbot.responder"]._batcher
     answer = batcher.answer
@@ -170,21 +168,15 @@ def test_a_large_body_is_refused_before_it_is_read(app):
             assert status.startswith("413"), (path, size, status)
 
 
-def test_only_a_reviewer_may_upload_a_large_csv(app, make_reviewer):
-    from conftest import csrf_token
-
-    make_reviewer("minji", "correct horse battery")
+def test_only_a_reviewer_may_upload_a_large_csv(app, logged_in):
     body = "Q,A\n" + "".join(f"질문 {i},답 {i}\n" for i in range(4000))  # ~70 KB, over MAX_REQUEST_BYTES
     assert len(body.encode()) > app.config["MAX_REQUEST_BYTES"]
     anonymous = app.test_client()
     refused = anonymous.post("/admin/queue/import", data={"file": (io.BytesIO(body.encode()), "pairs.csv")})
     assert refused.status_code == 413
-    reviewer = app.test_client()
-    token = csrf_token(reviewer.get("/login").get_data(as_text=True))
-    reviewer.post("/login", data={"username": "minji", "password": "correct horse battery", "csrf_token": token})
-    page = reviewer.get("/admin/").get_data(as_text=True)
-    accepted = reviewer.post("/admin/queue/import", data={"file": (io.BytesIO(body.encode()), "pairs.csv"),
-                                                          "csrf_token": csrf_token(page)})
+    page = logged_in.get("/admin/").get_data(as_text=True)
+    accepted = logged_in.post("/admin/queue/import", data={"file": (io.BytesIO(body.encode()), "pairs.csv"),
+                                                           "csrf_token": token_in(page)})
     assert accepted.status_code == 302
     assert len(rows(app)) == 4000
 

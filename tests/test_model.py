@@ -156,7 +156,7 @@ def test_replies_are_thread_safe():
         t.start()
     for t in threads:
         t.join()
-    assert all(r == expected for r in results.values())
+    assert results == {i: expected for i in range(len(threads))}  # every thread finished, each with the right replies
 
 
 # --- model directory ---------------------------------------------------------

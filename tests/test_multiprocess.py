@@ -21,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 import services
+from helpers import tiny_model
 from live_server import ROOT, LiveServer
 
 pytestmark = pytest.mark.multiprocess
@@ -103,7 +104,6 @@ def backends():
 def test_two_processes_share_events_models_and_the_database(tmp_path, backends):
     redis, postgres = backends
     from chatbot import versions
-    from test_chat import tiny_model
 
     models = tmp_path / "models"
     first = tiny_model(models).name
@@ -248,7 +248,6 @@ def test_nginx_from_the_readme_in_front_of_two_processes(tmp_path, backends):
 
     import psutil
     redis, postgres = backends
-    from test_chat import tiny_model
 
     models = tmp_path / "models"
     tiny_model(models)

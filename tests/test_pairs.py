@@ -4,6 +4,7 @@ import sqlalchemy as sa
 from chatbot.database import NEEDS_DELETION, REVIEWED, ROUTE_IMPORT, Exchange, Reviewer
 from chatbot.extensions import db
 from chatbot.pairs import read_pairs_csv, training_pairs
+from helpers import SHARED_DATA
 
 
 def write(path, data: bytes):
@@ -59,13 +60,16 @@ def test_cli_import_of_unreadable_file_imports_nothing(app, tmp_path):
 
 
 def test_cli_import_real_chatbotdata(app, tmp_path):
-    from conftest import SHARED_DATA
-
     lines = SHARED_DATA.read_text(encoding="utf-8").splitlines()[:201]
     path = write(tmp_path / "part.csv", ("\r\n".join(lines) + "\r\n").encode("utf-8-sig"))
-    result = app.test_cli_runner().invoke(args=["import-pairs", str(path)])
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["import-pairs", str(path)])
     assert result.exit_code == 0, result.output
-    assert "imported 200 pairs" in result.output or "already present" in result.output
+    assert result.output == f"imported 200 pairs from {path}; 0 bad rows skipped; 0 already present\n"
+    again = runner.invoke(args=["import-pairs", str(path)])
+    assert again.output == f"imported 0 pairs from {path}; 0 bad rows skipped; 200 already present\n"
+    with app.app_context():
+        assert db.session.execute(sa.select(sa.func.count(Exchange.id))).scalar() == 200
 
 
 def test_export_writes_reviewed_pairs_with_corrections(app, tmp_path):

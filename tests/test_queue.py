@@ -2,7 +2,6 @@
 group, the next-unreviewed flow, the audit, purging, CSV import/export."""
 import io
 
-import pytest
 import sqlalchemy as sa
 
 from chatbot import morph
@@ -11,12 +10,7 @@ from chatbot.database import (FEEDBACK_DOWN, NEEDS_DELETION, REVIEWED, ROUTE_IMP
 from chatbot.extensions import db
 from chatbot.pairs import training_pairs
 
-from test_review import PASSWORD, add_exchange, get_row, login, statuses, token_in
-
-
-@pytest.fixture
-def reviewer(make_reviewer):
-    return make_reviewer("kim", PASSWORD)
+from helpers import add_exchange, get_row, statuses, token_in
 
 
 def ask(app, question, answer="모르겠어요", **fields):
@@ -41,16 +35,18 @@ def test_queue_pages_need_login(client):
     for path in ("/admin/queue/", "/admin/queue/next", "/admin/queue/export.csv", "/admin/audit/"):
         response = client.get(path)
         assert response.status_code == 302 and "/login" in response.headers["Location"], path
-    assert client.post("/admin/queue/purge").status_code in (302, 400)
+    token = token_in(client.get("/login").get_data(as_text=True))  # a valid token: only the login is missing
+    response = client.post("/admin/queue/purge", data={"csrf_token": token})
+    assert response.status_code == 302 and "/login" in response.headers["Location"]
 
 
-def test_near_identical_questions_are_grouped_and_one_correction_applies_to_all(app, client, reviewer):
+def test_near_identical_questions_are_grouped_and_one_correction_applies_to_all(app, client, auth, reviewer):
     a = ask(app, "점심 뭐 먹지?")
     b = ask(app, "점심 뭐 먹지", answer="몰라요")
     c = ask(app, "점심  뭐  먹지 ?!")
     other = ask(app, "배고파")
     done = ask(app, "점심 뭐 먹지", status=REVIEWED)
-    login(client)
+    auth.login()
     html = client.get("/admin/queue/").get_data(as_text=True)
     assert html.count('href="/admin/queue/group?') == 2  # two groups of unreviewed questions
     first = client.get("/admin/queue/next")
@@ -76,9 +72,9 @@ def test_near_identical_questions_are_grouped_and_one_correction_applies_to_all(
     assert all(e[:2] == ("kim", "group") and e[3:] == (UNREVIEWED, REVIEWED, "비빔밥 어때요?") for e in log)
 
 
-def test_a_row_that_arrived_after_the_page_was_shown_waits(app, client, reviewer):
+def test_a_row_that_arrived_after_the_page_was_shown_waits(app, client, auth, reviewer):
     seen = ask(app, "심심해")
-    login(client)
+    auth.login()
     page = client.get("/admin/queue/next", follow_redirects=True).get_data(as_text=True)
     late = ask(app, "심심해")
     client.post("/admin/queue/group", data={"csrf_token": token_in(page), "key": morph.question_key("심심해"),
@@ -86,10 +82,10 @@ def test_a_row_that_arrived_after_the_page_was_shown_waits(app, client, reviewer
     assert statuses(app) == {seen: NEEDS_DELETION, late: UNREVIEWED}
 
 
-def test_next_unreviewed_flow_puts_disliked_first_and_skip_moves_on(app, client, reviewer):
+def test_next_unreviewed_flow_puts_disliked_first_and_skip_moves_on(app, client, auth, reviewer):
     big = [ask(app, "날씨 어때") for _ in range(3)]
     disliked = ask(app, "너 누구야", feedback=FEEDBACK_DOWN)
-    login(client)
+    auth.login()
     first = client.get("/admin/queue/next", follow_redirects=True).get_data(as_text=True)
     assert "같은 질문 1건" in first and "너 누구야" in first  # 👎 first, though the other group is bigger
     second = client.get("/admin/queue/next?skip=1", follow_redirects=True).get_data(as_text=True)
@@ -105,9 +101,9 @@ def test_next_unreviewed_flow_puts_disliked_first_and_skip_moves_on(app, client,
     assert statuses(app)[big[0]] == UNREVIEWED
 
 
-def test_edits_and_bulk_actions_are_audited(app, client, reviewer):
+def test_edits_and_bulk_actions_are_audited(app, client, auth, reviewer):
     row_id = add_exchange(app, "피곤해")
-    login(client)
+    auth.login()
     html = client.get(f"/admin/exchange/edit/?id={row_id}").get_data(as_text=True)
     client.post(f"/admin/exchange/edit/?id={row_id}", data={
         "csrf_token": token_in(html), "corrected_answer": "푹 쉬세요.", "status": UNREVIEWED})
@@ -120,14 +116,16 @@ def test_edits_and_bulk_actions_are_audited(app, client, reviewer):
     assert "답변 수정" in page and "상태 변경" in page and "피곤해" in page and "kim" in page
 
 
-def test_purge_deletes_needs_deletion_rows_and_keeps_them_in_the_audit(app, client, reviewer):
+def test_purge_deletes_needs_deletion_rows_and_keeps_them_in_the_audit(app, client, auth, reviewer):
     keep = ask(app, "고마워", status=REVIEWED)
     gone = [ask(app, "나쁜 말", status=NEEDS_DELETION), ask(app, "스팸", status=NEEDS_DELETION)]
-    login(client)
+    auth.login()
     home = client.get("/admin/").get_data(as_text=True)
     assert "삭제 필요 2건 영구 삭제" in home
     with app.app_context():
-        assert all(q not in ("나쁜 말", "스팸") for q, _ in training_pairs())  # never trained on
+        pairs = training_pairs()
+    assert ("고마워", "모르겠어요") in pairs  # the reviewed row is trained on,
+    assert [q for q, _ in pairs if q in ("나쁜 말", "스팸")] == []  # the ones to delete never
     response = client.post("/admin/queue/purge", data={"csrf_token": token_in(home)}, follow_redirects=True)
     assert "2건을 영구히 지웠습니다" in response.get_data(as_text=True)
     assert list(statuses(app)) == [keep]
@@ -135,9 +133,9 @@ def test_purge_deletes_needs_deletion_rows_and_keeps_them_in_the_audit(app, clie
     assert client.post("/admin/queue/purge").status_code == 400  # CSRF token needed
 
 
-def test_csv_import_and_export_in_the_admin(app, client, reviewer):
+def test_csv_import_and_export_in_the_admin(app, client, auth, reviewer):
     ask(app, "안녕", answer="안녕하세요", status=REVIEWED)
-    login(client)
+    auth.login()
     home = client.get("/admin/")
     csv_data = "Q,A,label\n잘 자,좋은 꿈 꾸세요.,0\n\"쉼표, 있는 질문\",답이에요,1\n한 칸만\n잘 자,좋은 꿈 꾸세요.,0\n"
     response = client.post("/admin/queue/import", data={

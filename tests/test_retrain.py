@@ -9,11 +9,9 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from chatbot import retrain, versions
 from chatbot.config import PROJECT_ROOT
@@ -21,8 +19,7 @@ from chatbot.database import NEEDS_DELETION, REVIEWED, ROUTE_IMPORT, Exchange
 from chatbot.extensions import db, socketio
 from chatbot.responder import Responder
 
-from test_review import PASSWORD, login, token_in
-from test_train import PAIRS
+from helpers import PAIRS, token_in
 
 TINY_ARGS = "--max-steps 2 --epochs 2 --threads 1 --dev-percent 20"
 
@@ -37,11 +34,6 @@ def app(tmp_path, make_app):
 @pytest.fixture
 def root(app):
     return Path(app.config["MODEL_DIR"])
-
-
-@pytest.fixture
-def reviewer(make_reviewer):
-    return make_reviewer("kim", PASSWORD)
 
 
 def tiny_version(root, **overrides):
@@ -120,14 +112,14 @@ def test_quality_gate_passes_within_the_margin():
     assert not retrain.quality_gate({}, {"dev_chrf": 1.0}, 2.0)[0]
 
 
-def test_a_second_retrain_is_told_one_is_running(app, root, client, reviewer):
+def test_a_second_retrain_is_told_one_is_running(app, root, client, auth, reviewer):
     fd = retrain.try_lock(root)
     try:
         assert retrain.is_running(root)
         result = cli_retrain(app)
         assert result.exit_code == retrain.BUSY_EXIT
         assert "another retrain is running" in result.output
-        login(client)
+        auth.login()
         page = client.get("/admin/models/").get_data(as_text=True)
         response = client.post("/admin/models/retrain", data={"csrf_token": token_in(page)},
                                follow_redirects=True)
@@ -203,15 +195,17 @@ def test_delete_never_removes_current(root):
 def test_models_page_needs_login(client):
     response = client.get("/admin/models/")
     assert response.status_code == 302 and "/login" in response.headers["Location"]
-    assert client.post("/admin/models/activate", data={"name": "x"}).status_code in (302, 400)
+    token = token_in(client.get("/login").get_data(as_text=True))  # a valid token: only the login is missing
+    response = client.post("/admin/models/activate", data={"csrf_token": token, "name": "x"})
+    assert response.status_code == 302 and "/login" in response.headers["Location"]
     assert client.get("/admin/models/status.json").status_code == 302
 
 
-def test_models_page_lists_versions_and_rollback_reloads_the_older_model(app, root, client, reviewer):
+def test_models_page_lists_versions_and_rollback_reloads_the_older_model(app, root, client, auth, reviewer):
     old, new = tiny_version(root), tiny_version(root)
     responder = Responder(root)
     assert responder.model().version == new.name
-    login(client)
+    auth.login()
     page = client.get("/admin/models/")
     html = page.get_data(as_text=True)
     assert page.status_code == 200 and page.headers["Cache-Control"] == "no-store"
@@ -232,9 +226,9 @@ def test_models_page_lists_versions_and_rollback_reloads_the_older_model(app, ro
     assert current_name(root) == old.name
 
 
-def test_models_page_deletes_old_versions_but_not_current(app, root, client, reviewer):
+def test_models_page_deletes_old_versions_but_not_current(app, root, client, auth, reviewer):
     old, new = tiny_version(root), tiny_version(root)
-    login(client)
+    auth.login()
     token = token_in(client.get("/admin/models/").get_data(as_text=True))
     response = client.post("/admin/models/delete", data={"csrf_token": token, "name": new.name},
                            follow_redirects=True)
@@ -248,8 +242,8 @@ def test_models_page_deletes_old_versions_but_not_current(app, root, client, rev
     assert versions.list_versions(root) == [new.name]
 
 
-def test_retrain_button_runs_the_runner_and_pushes_progress(app, root, client, reviewer):
-    login(client)
+def test_retrain_button_runs_the_runner_and_pushes_progress(app, root, client, auth, reviewer):
+    auth.login()
     admin_sock = socketio.test_client(app, namespace="/admin", flask_test_client=client)
     assert admin_sock.is_connected("/admin")
     first = admin_sock.get_received("/admin")

@@ -1,68 +1,20 @@
 """The review side: reviewer login and the /admin screens.
 
 Uses the fixtures of tests/conftest.py: ``app`` (real SQLite file, migrations
-applied, CSRF on), ``client`` and ``make_reviewer``.
+applied, CSRF on), ``client``, ``reviewer``, ``auth`` and ``logged_in``.
 """
 import re
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import pytest
-import sqlalchemy as sa
 
 from chatbot import create_app
 from chatbot.database import (NEEDS_DELETION, REVIEWED, UNREVIEWED, Exchange, Reviewer)
 from chatbot.extensions import db
 from chatbot.auth import safe_next
+from helpers import PASSWORD, add_exchange, get_row, token_in
 
-PASSWORD = "correct horse battery"
 LOGIN_FAILED = "아이디 또는 비밀번호가 올바르지 않습니다"
-
-
-def token_in(html):
-    """The CSRF token of the first form in a page."""
-    match = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html) or \
-        re.search(r'value="([^"]+)"[^>]*name="csrf_token"', html)
-    assert match, "no csrf_token in the page"
-    return match.group(1)
-
-
-def login(client, name="kim", password=PASSWORD, next_url=None):
-    token = token_in(client.get("/login").get_data(as_text=True))
-    data = {"csrf_token": token, "username": name, "password": password}
-    if next_url is not None:
-        data["next"] = next_url
-    return client.post("/login", data=data)
-
-
-def add_exchange(app, question, answer="답", minutes_ago=0, **fields):
-    with app.app_context():
-        row = Exchange(question=question, question_key=question, answer=answer,
-                       created_at=datetime(2024, 5, 1, 12, 0) - timedelta(minutes=minutes_ago), **fields)
-        db.session.add(row)
-        db.session.commit()
-        return row.id
-
-
-def get_row(app, row_id):
-    with app.app_context():
-        return db.session.get(Exchange, row_id)
-
-
-def statuses(app):
-    with app.app_context():
-        return dict(db.session.execute(sa.select(Exchange.id, Exchange.status)).all())
-
-
-@pytest.fixture
-def reviewer(make_reviewer):
-    return make_reviewer("kim", PASSWORD)
-
-
-@pytest.fixture
-def logged_in(client, reviewer):
-    response = login(client)
-    assert response.status_code == 302
-    return client
 
 
 def list_page(client, query=""):
@@ -98,8 +50,8 @@ def test_login_page_is_korean_and_has_csrf_token(client):
 
 
 @pytest.mark.parametrize("name,password", [("kim", "wrong password"), ("nobody", PASSWORD)])
-def test_wrong_password_or_unknown_user_fails(client, reviewer, name, password):
-    response = login(client, name, password)
+def test_wrong_password_or_unknown_user_fails(client, reviewer, auth, name, password):
+    response = auth.login(name, password)
     assert response.status_code == 401
     html = response.get_data(as_text=True)
     assert LOGIN_FAILED in html
@@ -107,8 +59,8 @@ def test_wrong_password_or_unknown_user_fails(client, reviewer, name, password):
     assert client.get("/admin/").status_code == 302
 
 
-def test_login_works(client, reviewer):
-    response = login(client)
+def test_login_works(client, reviewer, auth):
+    response = auth.login()
     assert response.status_code == 302
     assert response.headers["Location"] == "/admin/"
     html = client.get("/admin/").get_data(as_text=True)
@@ -116,15 +68,15 @@ def test_login_works(client, reviewer):
     assert "kim" in html  # shown in the navigation bar
 
 
-def test_login_goes_to_next(client, reviewer):
-    response = login(client, next_url="/admin/exchange/?page=1")
+def test_login_goes_to_next(reviewer, auth):
+    response = auth.login(next_url="/admin/exchange/?page=1")
     assert response.headers["Location"] == "/admin/exchange/?page=1"
 
 
 @pytest.mark.parametrize("bad", ["https://evil.example/", "//evil.example/", "/\\evil.example",
                                  "javascript:alert(1)", "admin", "/admin\r\nX: y"])
-def test_login_ignores_unsafe_next(client, reviewer, bad):
-    response = login(client, next_url=bad)
+def test_login_ignores_unsafe_next(reviewer, auth, bad):
+    response = auth.login(next_url=bad)
     assert response.headers["Location"] == "/admin/"
 
 

@@ -9,29 +9,8 @@ import torch
 
 from chatbot import train, versions
 from chatbot.bot import Chatbot
+from helpers import PAIRS
 
-PAIRS = [
-    ("안녕하세요", "안녕하세요. 반가워요."),
-    ("반가워", "저도 반가워요."),
-    ("오늘 날씨 어때?", "맑고 따뜻해요."),
-    ("비 올까?", "우산을 챙기세요."),
-    ("배고파", "맛있는 거 드세요."),
-    ("점심 뭐 먹지?", "비빔밥 어때요?"),
-    ("저녁 메뉴 추천해줘", "따뜻한 국수 어때요?"),
-    ("심심해", "산책 어때요?"),
-    ("주말에 뭐 하지?", "영화 보러 가요."),
-    ("피곤해", "푹 쉬세요."),
-    ("잠이 안 와", "따뜻한 우유를 마셔 보세요."),
-    ("고마워", "천만에요."),
-    ("잘 자", "좋은 꿈 꾸세요."),
-    ("좋은 아침", "좋은 아침이에요!"),
-    ("커피 마실까?", "좋아요. 한 잔 해요."),
-    ("운동하기 싫어", "조금만 걸어 봐요."),
-    ("시험 망쳤어", "다음에 잘하면 돼요."),
-    ("생일 축하해줘", "생일 축하해요!"),
-    ("너 이름이 뭐야?", "저는 챗봇이에요."),
-    ("몇 살이야?", "비밀이에요."),
-]
 NAME = re.compile(r"^\d{8}-\d{6}(-\d+)?$")
 FAST = ["--max-steps", "3", "--quiet"]
 
@@ -220,7 +199,7 @@ def test_greedy_decoding_and_early_stop(models, select_by):
                                                "patience": 1, "decoding": "greedy", "select_by": select_by})
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert 1 <= metrics["best_epoch"] <= metrics["epochs"] <= 4
-    assert all(s["reply"] for s in metrics["samples"])
+    assert len(metrics["samples"]) == 5 and all(s["reply"] for s in metrics["samples"])
     assert metrics["select_by"] == select_by
     chrfs = [h["dev_chrf"] for h in metrics["history"]]
     if select_by == "chrf":  # the kept epoch has the best dev chrF

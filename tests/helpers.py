@@ -1,0 +1,159 @@
+"""Plain helpers and data shared by the test modules; the shared fixtures are
+in tests/conftest.py.
+
+tests/ is not a package: pytest puts this folder on sys.path (its default
+"prepend" import mode) as it imports conftest.py and the test modules, so
+they import this module as ``helpers``.
+"""
+import re
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from chatbot.database import Exchange
+from chatbot.extensions import db, socketio
+from live_server import ROOT
+
+PASSWORD = "correct horse battery"  # the reviewer's (tests/conftest.py: ``reviewer``, ``auth``)
+SHARED_DATA = ROOT.parent / "shared" / "data" / "chatbot_data" / "ChatbotData.train.csv"
+
+
+def token_in(html):
+    """The CSRF token of the first form in a page."""
+    match = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html) or \
+        re.search(r'value="([^"]+)"[^>]*name="csrf_token"', html)
+    assert match, "no csrf_token in the page"
+    return match.group(1)
+
+
+# -- the database ------------------------------------------------------------------
+
+def add_exchange(app, question, answer="답", minutes_ago=0, **fields):
+    with app.app_context():
+        row = Exchange(question=question, question_key=question, answer=answer,
+                       created_at=datetime(2024, 5, 1, 12, 0) - timedelta(minutes=minutes_ago), **fields)
+        db.session.add(row)
+        db.session.commit()
+        return row.id
+
+
+def get_row(app, row_id):
+    with app.app_context():
+        return db.session.get(Exchange, row_id)
+
+
+def statuses(app):
+    with app.app_context():
+        return dict(db.session.execute(sa.select(Exchange.id, Exchange.status)).all())
+
+
+def rows(app):
+    with app.app_context():
+        return db.session.execute(sa.select(Exchange).order_by(Exchange.id)).scalars().all()
+
+
+# -- the chat over Socket.IO -------------------------------------------------------
+
+def connect(app, session_id="browser-session-1"):
+    return socketio.test_client(app, flask_test_client=app.test_client(), auth={"session": session_id})
+
+
+def ask(sock, data):
+    sock.emit("message", data)
+    received = sock.get_received()
+    assert len(received) == 1, received
+    return received[0]["name"], received[0]["args"][0]
+
+
+# -- training data and a tiny model ------------------------------------------------
+
+TINY_PAIRS = [
+    ("안녕하세요", "안녕하세요! 반가워요."),
+    ("안녕", "안녕하세요! 반가워요."),
+    ("배고파", "맛있는 거 드세요."),
+    ("뭐 먹지", "김치찌개 어때요?"),
+    ("날씨 어때", "맑고 따뜻해요."),
+    ("비 와", "우산 챙기세요."),
+    ("심심해", "산책 어때요?"),
+    ("피곤해", "푹 쉬세요."),
+    ("너 누구야", "저는 한마디예요."),
+    ("고마워", "천만에요."),
+]
+TINY_MODEL = dict(max_steps=3, embed_dim=16, hidden_dim=16, quiet=True)
+
+
+def tiny_model(models_root, **overrides):
+    """Train a tiny model on TINY_PAIRS into models_root (and activate it); its directory."""
+    from chatbot.train import run_training
+
+    return run_training(TINY_PAIRS, models_root, **{**TINY_MODEL, **overrides})
+
+
+PAIRS = [
+    ("안녕하세요", "안녕하세요. 반가워요."),
+    ("반가워", "저도 반가워요."),
+    ("오늘 날씨 어때?", "맑고 따뜻해요."),
+    ("비 올까?", "우산을 챙기세요."),
+    ("배고파", "맛있는 거 드세요."),
+    ("점심 뭐 먹지?", "비빔밥 어때요?"),
+    ("저녁 메뉴 추천해줘", "따뜻한 국수 어때요?"),
+    ("심심해", "산책 어때요?"),
+    ("주말에 뭐 하지?", "영화 보러 가요."),
+    ("피곤해", "푹 쉬세요."),
+    ("잠이 안 와", "따뜻한 우유를 마셔 보세요."),
+    ("고마워", "천만에요."),
+    ("잘 자", "좋은 꿈 꾸세요."),
+    ("좋은 아침", "좋은 아침이에요!"),
+    ("커피 마실까?", "좋아요. 한 잔 해요."),
+    ("운동하기 싫어", "조금만 걸어 봐요."),
+    ("시험 망쳤어", "다음에 잘하면 돼요."),
+    ("생일 축하해줘", "생일 축하해요!"),
+    ("너 이름이 뭐야?", "저는 챗봇이에요."),
+    ("몇 살이야?", "비밀이에요."),
+]
+
+
+# -- the browser (tests/test_browser*.py; the ``context`` fixture is in conftest.py) --
+
+ARTIFACTS = ROOT / "test-artifacts"
+VIEWPORTS = {
+    "desktop": dict(viewport={"width": 1280, "height": 800}),
+    "mobile": dict(viewport={"width": 360, "height": 640}, is_mobile=True, has_touch=True, device_scale_factor=2),
+}
+# Records every CSP violation and dialog, from before the page's own scripts run.
+WATCH = """
+window.__csp = [];
+document.addEventListener('securitypolicyviolation', function (e) {
+  window.__csp.push(e.violatedDirective + ' ' + (e.blockedURI || '') + ' ' + (e.sourceFile || ''));
+});
+window.__typingSeen = false;
+new MutationObserver(function (records) {
+  records.forEach(function (r) {
+    r.addedNodes.forEach(function (n) {
+      if (n.classList && n.classList.contains('typing')) window.__typingSeen = true;
+    });
+  });
+}).observe(document, {childList: true, subtree: true});
+"""
+
+
+def shot(page, name):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def assert_clean(page):
+    assert page.evaluate("window.__csp") == [], "CSP violations"
+    errors = [e for e in page.console_errors if "favicon" not in e]
+    assert errors == [], errors
+
+
+def admin_login(ctx, live, next_path="/admin/exchange/"):
+    page = ctx.new_page()
+    page.goto(live.url + next_path)
+    assert "/login" in page.url
+    page.fill("#username", "kim")
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url(re.compile(re.escape(next_path) + "$"))
+    return page
