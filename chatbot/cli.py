@@ -9,7 +9,8 @@ from flask.cli import with_appcontext
 from . import morph
 from .database import REVIEWED, ROUTE_IMPORT, Exchange, Reviewer, utcnow
 from .extensions import db
-from .pairs import PairsFileError, read_pairs_csv, reviewed_pairs, write_pairs_csv
+from .pairs import reviewed_pairs
+from .pairs_csv import PairsFileError, read_pairs_csv, write_pairs_csv
 
 PASSWORD_ENV = "CHATBOT_ADMIN_PASSWORD"
 MIN_PASSWORD_CHARS = 8
@@ -86,9 +87,9 @@ def import_pairs(path):
 @with_appcontext
 def export_pairs(path):
     """Write the reviewed pairs (corrections applied) to a Q,A,label CSV."""
-    pairs = reviewed_pairs()
-    write_pairs_csv(path, pairs)
-    click.echo(f"exported {len(pairs)} reviewed pairs to {path}")
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        count = write_pairs_csv(f, reviewed_pairs())
+    click.echo(f"exported {count} reviewed pairs to {path}")
 
 
 @click.command("retrain", context_settings={"ignore_unknown_options": True})

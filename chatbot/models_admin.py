@@ -13,7 +13,6 @@ with its contents when it changes.  The file, not the process that launched
 the run, is the source of truth, so it works with several server processes,
 after a server restart mid-run, and for runs started by ``make retrain``.
 """
-import csv
 import logging
 import os
 import shlex
@@ -44,14 +43,11 @@ def _root() -> Path:
 def export_training_pairs(path) -> int:
     """Write the app's training pairs (starter + reviewed + imported) as a Q,A CSV."""
     from .pairs import training_pairs
+    from .pairs_csv import Pair, write_pairs_csv
 
-    pairs = training_pairs()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["Q", "A"])
-        writer.writerows(pairs)
-    return len(pairs)
+        return write_pairs_csv(f, (Pair(q, a) for q, a in training_pairs()))
 
 
 def train_args(app=None) -> list[str]:

@@ -14,7 +14,6 @@ marks 삭제 필요 (static/review.js).
 
 Every change is written to the ``review_audit`` table (``database.audit``).
 """
-import csv
 import io
 import logging
 import os
@@ -28,7 +27,8 @@ from flask_login import current_user
 
 from .database import (FEEDBACK_DOWN, NEEDS_DELETION, REVIEWED, UNREVIEWED, Exchange, audit)
 from .extensions import db
-from .pairs import HEADER, PairsFileError, read_pairs_csv, reviewed_pairs
+from .pairs import reviewed_pairs
+from .pairs_csv import PairsFileError, read_pairs_csv, write_pairs_csv
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +147,10 @@ class QueueView(BaseView):
 
     @expose("/export.csv")
     def export_csv(self):
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(HEADER)
-        for pair in reviewed_pairs():
-            writer.writerow([pair.question, pair.answer, ""])
+        out = io.StringIO(newline="")
+        write_pairs_csv(out, reviewed_pairs())
         name = f"reviewed-pairs-{datetime.now():%Y%m%d-%H%M%S}.csv"
-        return Response("\ufeff" + out.getvalue(), mimetype="text/csv; charset=utf-8",
+        return Response(out.getvalue(), mimetype="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     @expose("/import", methods=["POST"])
