@@ -5,6 +5,12 @@ alone.  Pairs from the database are in ``chatbot.pairs``.
 
 The format is that of ChatbotData: ``Q,A[,label]``, UTF-8 with or without
 a BOM, an optional header row, CRLF or LF line ends, quoted fields.
+
+Formula injection: the admin exports what chat users typed, for reviewers to
+open in a spreadsheet, where a cell starting with ``= + - @``, a tab or a
+carriage return is run as a formula.  The writer puts a ``'`` before such a
+cell (OWASP's advice), and the reader takes it off again; see
+``write_pairs_csv`` for the exact rule.
 """
 import csv
 import io
@@ -12,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HEADER = ("Q", "A", "label")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+QUOTE = "'"
+_ESCAPED_START = FORMULA_START + (QUOTE,)
 
 
 class PairsFileError(Exception):
@@ -23,6 +32,16 @@ class Pair:
     question: str
     answer: str
     label: int | None = None
+
+
+def escape_cell(text: str) -> str:
+    """``text`` with a ``'`` in front if it starts with a formula character or a ``'``."""
+    return QUOTE + text if text.startswith(_ESCAPED_START) else text
+
+
+def unescape_cell(cell: str) -> str:
+    """Undo escape_cell: drop a ``'`` that is followed by a formula character or a ``'``."""
+    return cell[1:] if cell.startswith(QUOTE) and cell[1:].startswith(_ESCAPED_START) else cell
 
 
 def _is_header(row) -> bool:
@@ -61,7 +80,7 @@ def read_pairs_csv(path, max_chars=None):
             if len(row) > 3:
                 errors.append((line, f"has {len(row)} columns; expected Q,A or Q,A,label"))
                 continue
-            question, answer = row[0].strip(), row[1].strip()
+            question, answer = unescape_cell(row[0].strip()), unescape_cell(row[1].strip())
             if not question or not answer:
                 errors.append((line, "empty question or answer"))
                 continue
@@ -71,7 +90,7 @@ def read_pairs_csv(path, max_chars=None):
             label = None
             if len(row) == 3 and row[2].strip():
                 try:
-                    label = int(row[2])
+                    label = int(unescape_cell(row[2].strip()))
                 except ValueError:
                     errors.append((line, f"label {row[2]!r} is not a whole number"))
                     continue
@@ -85,14 +104,25 @@ def write_pairs_csv(out, pairs) -> int:
     """Write Pairs to the text stream ``out`` (opened with ``newline=""``).
 
     Every CSV the app writes comes from here: a BOM (so Excel reads the
-    Korean as UTF-8), the Q,A,label header, LF line ends.  Returns the number
-    of pairs written.
+    Korean as UTF-8), the Q,A,label header, CRLF line ends (RFC 4180; with
+    LF ends Python's csv module leaves a cell holding a lone CR unquoted, and
+    that CR splits the row).  Returns the number of pairs written.
+
+    No cell starts a formula: one that starts with ``= + - @ \\t \\r`` gets
+    a ``'`` in front, and so does one that already starts with ``'``.  The
+    reader drops a leading ``'`` only when a formula character or another
+    ``'`` follows it, so every cell reads back as exactly the text written
+    (``'=x`` is written ``''=x``, ``'quoted`` is written ``''quoted``), and a
+    hand-made file's ``'quoted`` or lone ``'`` stays as it is.  The reader
+    strips unquoted whitespace around a cell (the quote keeps a leading tab
+    or CR); the texts the app stores are stripped already.
     """
-    writer = csv.writer(out, lineterminator="\n")
+    writer = csv.writer(out, lineterminator="\r\n")
     out.write("\ufeff")
     writer.writerow(HEADER)
     count = 0
     for pair in pairs:
-        writer.writerow([pair.question, pair.answer, "" if pair.label is None else pair.label])
+        label = "" if pair.label is None else str(pair.label)
+        writer.writerow([escape_cell(pair.question), escape_cell(pair.answer), escape_cell(label)])
         count += 1
     return count
