@@ -6,10 +6,10 @@ import sqlalchemy as sa
 from flask import current_app
 from flask.cli import with_appcontext
 
-from . import morph
+from . import morph, retrain
 from .database import REVIEWED, ROUTE_IMPORT, Exchange, Reviewer, utcnow
 from .extensions import db
-from .pairs import reviewed_pairs
+from .pairs import reviewed_pairs, training_pairs
 from .pairs_csv import PairsFileError, read_pairs_csv, write_pairs_csv
 
 PASSWORD_ENV = "CHATBOT_ADMIN_PASSWORD"
@@ -104,23 +104,12 @@ def retrain_command(force, margin, train_args):
     Extra arguments after -- go to `python -m chatbot.train` (after RETRAIN_ARGS).
     Exit status: 0 activated or kept back by the gate, 1 failed, 75 another retrain is running.
     """
-    from . import models_admin, retrain
-
-    root = current_app.config["MODEL_DIR"]
-    fd = retrain.try_lock(root)
-    if fd is None:
-        click.echo("error: another retrain is running", err=True)
-        raise SystemExit(retrain.BUSY_EXIT)
     try:
-        pairs_csv = retrain.state_dir(root) / "pairs.csv"
-        count = models_admin.export_training_pairs(pairs_csv)
-        click.echo(f"{count} training pairs (starter + reviewed + imported)")
-    except BaseException:
-        os.close(fd)
-        raise
-    margin = current_app.config["QUALITY_GATE_MARGIN"] if margin is None else margin
-    status = retrain.run(root, pairs_csv, force=force, margin=margin, lock_fd=fd, pair_count=count,
-                         train_args=[*models_admin.train_args(), *train_args], on_line=click.echo)
+        status = retrain.start(current_app.config, training_pairs(), force=force, margin=margin,
+                               extra_train_args=train_args, on_line=click.echo)
+    except retrain.RetrainBusy:
+        click.echo("error: another retrain is running", err=True)
+        raise SystemExit(retrain.BUSY_EXIT) from None
     click.echo(f"{status['state']}: {status['message']}")
     if status["state"] not in (retrain.ACTIVATED, retrain.REFUSED):
         raise SystemExit(1)

@@ -3,6 +3,10 @@
     flask --app app retrain [--force]        # what `make retrain` runs
     python -m chatbot.retrain --models-dir models --pairs-csv pairs.csv [--force] [-- TRAIN ARGS]
 
+``flask retrain`` and the admin page's button both go through ``start``:
+take the lock, write the training pairs, run (in the CLI's process, or in a
+runner process the web request starts and hands the lock to).
+
 A retrain is one *runner* process that holds an exclusive ``fcntl.flock`` on
 ``<MODEL_DIR>/.retrain.lock`` from start to end, and runs
 ``python -m chatbot.train --no-activate`` as its child on a CSV of the app's
@@ -34,20 +38,25 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
 from . import versions
+from .config import PROJECT_ROOT
+from .pairs_csv import Pair, write_pairs_csv
 
 LOCK_NAME = ".retrain.lock"
 STATE_DIR = ".retrain"
 STATUS_NAME = "status.json"
+PAIRS_NAME = "pairs.csv"
 BUSY_EXIT = 75  # EX_TEMPFAIL: another retrain holds the lock
 
 RUNNING, ACTIVATED, REFUSED, FAILED, INTERRUPTED = "running", "activated", "refused", "failed", "interrupted"
@@ -182,6 +191,60 @@ def quality_gate(new: dict, current: dict, margin: float) -> tuple[bool, str]:
     return True, f"dev chrF {new_score:.2f} (current {old_score:.2f}, 허용 차이 {margin:g}점)."
 
 
+# -- starting a retrain (the CLI and the admin page) --------------------------------
+
+def start(config, pairs, *, force=False, margin=None, extra_train_args=(), background=False, on_line=None):
+    """Retrain the app's model on ``pairs`` ((question, answer) tuples).
+
+    ``config`` is the app's config (MODEL_DIR, QUALITY_GATE_MARGIN,
+    RETRAIN_ARGS).  Takes the lock (RetrainBusy if another retrain holds it),
+    writes the pairs to ``.retrain/pairs.csv`` and trains on them: here,
+    returning the final status (``flask retrain``), or with ``background`` in
+    a new runner process that inherits the lock, returning its Popen at once
+    (the admin page: a web request must not wait for a training run).
+    """
+    root = Path(config["MODEL_DIR"])
+    margin = config["QUALITY_GATE_MARGIN"] if margin is None else margin
+    train_args = [*shlex.split(config.get("RETRAIN_ARGS") or ""), *extra_train_args]
+    pairs_csv = state_dir(root) / PAIRS_NAME
+    fd = try_lock(root)
+    if fd is None:
+        raise RetrainBusy()
+    if background:
+        try:
+            count = _write_pairs(pairs_csv, pairs)
+            return _start_runner(root, pairs_csv, fd, force, margin, train_args, count)
+        finally:
+            os.close(fd)  # the runner has its own fd for the lock: it stays held until the runner ends
+    try:
+        count = _write_pairs(pairs_csv, pairs)
+    except BaseException:
+        os.close(fd)
+        raise
+    return run(root, pairs_csv, force=force, margin=margin, train_args=train_args, lock_fd=fd,
+               on_line=on_line, pair_count=count)
+
+
+def _write_pairs(path, pairs) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        return write_pairs_csv(f, (Pair(question, answer) for question, answer in pairs))
+
+
+def _start_runner(root, pairs_csv, lock_fd, force, margin, train_args, pair_count) -> subprocess.Popen:
+    """``python -m chatbot.retrain`` in its own session, handed the locked fd."""
+    command = [sys.executable, "-m", "chatbot.retrain", "--models-dir", str(root), "--pairs-csv", str(pairs_csv),
+               "--pair-count", str(pair_count), "--margin", str(margin), "--lock-fd", str(lock_fd)]
+    if force:
+        command.append("--force")
+    command += ["--", *train_args]
+    proc = subprocess.Popen(command, pass_fds=(lock_fd,), cwd=str(PROJECT_ROOT), start_new_session=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Reap it when it ends, so it never lingers as a zombie.
+    threading.Thread(target=proc.wait, name=f"retrain-{proc.pid}", daemon=True).start()
+    return proc
+
+
 # -- the runner ----------------------------------------------------------------------
 
 def _die_with_parent():
@@ -268,10 +331,14 @@ def _run_locked(root, pairs_csv, force, margin, train_args, python, on_line, pai
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log_path, "w", encoding="utf-8") as log:
         log.write(f"# {_now()} {' '.join(command)}\n")
+        if pair_count is not None:
+            log.write(f"# {pair_count} training pairs\n")
+            if on_line:
+                on_line(f"{pair_count} training pairs")
         log.flush()
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 encoding="utf-8", errors="replace", bufsize=1, env=env,
-                                cwd=str(Path(__file__).resolve().parent.parent),
+                                cwd=str(PROJECT_ROOT),
                                 preexec_fn=_die_with_parent)
         status["trainer_pid"] = proc.pid
         write_status(root, status)
