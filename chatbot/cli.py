@@ -6,10 +6,10 @@ import sqlalchemy as sa
 from flask import current_app
 from flask.cli import with_appcontext
 
-from . import morph, retrain
-from .database import REVIEWED, ROUTE_IMPORT, Exchange, Reviewer, utcnow
+from . import retrain
+from .database import Reviewer
 from .extensions import db
-from .pairs import reviewed_pairs, training_pairs
+from .pairs import add_imported_pairs, reviewed_pairs, training_pairs
 from .pairs_csv import PairsFileError, read_pairs_csv, write_pairs_csv
 
 PASSWORD_ENV = "CHATBOT_ADMIN_PASSWORD"
@@ -36,28 +36,6 @@ def create_admin(name):
     reviewer.set_password(password)
     db.session.commit()
     click.echo(f"{'created' if created else 'updated password of'} reviewer {name!r}")
-
-
-def add_imported_pairs(pairs):
-    """Store pairs as reviewed imported exchanges, skipping ones already imported.
-
-    Returns (added, duplicates); commits.
-    """
-    existing = set(db.session.execute(
-        sa.select(Exchange.question, Exchange.answer).where(Exchange.route == ROUTE_IMPORT)).all())
-    now, added, duplicates = utcnow(), 0, 0
-    for pair in pairs:
-        if (pair.question, pair.answer) in existing:
-            duplicates += 1
-            continue
-        existing.add((pair.question, pair.answer))
-        db.session.add(Exchange(
-            question=pair.question, question_key=morph.question_key(pair.question)[:1000],
-            answer=pair.answer, route=ROUTE_IMPORT, status=REVIEWED, reviewer="import",
-            reviewed_at=now, session_id=None))
-        added += 1
-    db.session.commit()
-    return added, duplicates
 
 
 @click.command("import-pairs")

@@ -6,7 +6,8 @@ the trainer).
 import sqlalchemy as sa
 from flask import current_app
 
-from .database import REVIEWED, Exchange
+from . import morph
+from .database import REVIEWED, ROUTE_IMPORT, Exchange, utcnow
 from .extensions import db
 from .pairs_csv import Pair, PairsFileError, read_pairs_csv
 
@@ -42,3 +43,24 @@ def training_pairs():
             result.append(key)
     return result
 
+
+def add_imported_pairs(pairs):
+    """Store pairs as reviewed imported exchanges, skipping ones already imported.
+
+    Returns (added, duplicates); commits.
+    """
+    existing = set(db.session.execute(
+        sa.select(Exchange.question, Exchange.answer).where(Exchange.route == ROUTE_IMPORT)).all())
+    now, added, duplicates = utcnow(), 0, 0
+    for pair in pairs:
+        if (pair.question, pair.answer) in existing:
+            duplicates += 1
+            continue
+        existing.add((pair.question, pair.answer))
+        db.session.add(Exchange(
+            question=pair.question, question_key=morph.question_key(pair.question)[:1000],
+            answer=pair.answer, route=ROUTE_IMPORT, status=REVIEWED, reviewer="import",
+            reviewed_at=now, session_id=None))
+        added += 1
+    db.session.commit()
+    return added, duplicates

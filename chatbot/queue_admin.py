@@ -27,7 +27,7 @@ from flask_login import current_user
 
 from .database import (FEEDBACK_DOWN, NEEDS_DELETION, REVIEWED, UNREVIEWED, Exchange, audit)
 from .extensions import db
-from .pairs import reviewed_pairs
+from .pairs import add_imported_pairs, reviewed_pairs
 from .pairs_csv import PairsFileError, read_pairs_csv, write_pairs_csv
 
 log = logging.getLogger(__name__)
@@ -155,8 +155,6 @@ class QueueView(BaseView):
 
     @expose("/import", methods=["POST"])
     def import_csv(self):
-        from .cli import add_imported_pairs
-
         upload = request.files.get("file")
         if upload is None or not upload.filename:
             flash("가져올 CSV 파일을 고르세요.", "warning")
