@@ -7,8 +7,8 @@
 take the lock, write the training pairs, run (in the CLI's process, or in a
 runner process the web request starts and hands the lock to).
 
-A retrain is one *runner* process that holds an exclusive ``fcntl.flock`` on
-``<MODEL_DIR>/.retrain.lock`` from start to end, and runs
+A retrain is one *runner* process that holds an exclusive lock on
+``<MODEL_DIR>/.retrain.lock`` from start to end (see ``try_lock``), and runs
 ``python -m chatbot.train --no-activate`` as its child on a CSV of the app's
 training pairs (starter pairs, reviewed and imported pairs; needs-deletion
 rows left out: ``pairs.training_pairs``).  The kernel drops the lock when the
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import fcntl
 import json
 import os
@@ -41,6 +42,7 @@ import re
 import shlex
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -68,6 +70,8 @@ _EPOCH = re.compile(r"^epoch\s+(\d+)\s*\|\s*step\s+(\d+)\s*\|\s*train loss\s+([\
 _SIZES = re.compile(r"^(\d+) train / (\d+) dev pairs")
 _NEW_MODEL = re.compile(r"^new model: (.+?)( \(now current\))?$")
 _TEMP_PID = re.compile(r"^\.tmp-\d{8}-\d{6}-(\d+)-")
+# struct flock (l_type, l_whence, l_start, l_len, l_pid) as Linux's fcntl takes it (64-bit off_t).
+_FLOCK = struct.Struct("hhqqi4x")
 
 
 class RetrainBusy(Exception):
@@ -91,20 +95,32 @@ def lock_file(models_root) -> Path:
 
 # -- the lock ----------------------------------------------------------------------
 
+def _whole_file_lock(fd, command, lock_type) -> int:
+    """fcntl ``command`` for a lock of the whole file; the l_type the kernel hands back."""
+    result = fcntl.fcntl(fd, command, _FLOCK.pack(lock_type, os.SEEK_SET, 0, 0, 0))
+    return _FLOCK.unpack(result)[0]
+
+
 def try_lock(models_root) -> int | None:
     """An fd holding the retrain lock, or None if another process holds it.
 
-    The lock belongs to the open file description: it is released when every
-    fd for it is closed, including by the kernel when the holder dies.
+    The lock is a Linux open-file-description lock (``F_OFD_SETLK``): like
+    ``flock`` it belongs to the open file, so the admin page can hand it to
+    the runner process (``pass_fds``) and the kernel drops it when the last fd
+    is closed, however the holder dies; unlike ``flock`` it can be asked about
+    without taking it (``is_running``).  A classic POSIX lock would not do: it
+    belongs to a process, and closing any fd of the file drops it.
     """
     root = Path(models_root)
     root.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_file(root), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        _whole_file_lock(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK)
+    except OSError as exc:
         os.close(fd)
-        return None
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return None
+        raise
     except BaseException:
         os.close(fd)
         raise
@@ -112,14 +128,21 @@ def try_lock(models_root) -> int | None:
 
 
 def is_running(models_root) -> bool:
-    """True while some process holds the retrain lock."""
-    if not lock_file(models_root).exists():
+    """True while some process holds the retrain lock.
+
+    Asks the kernel (``F_OFD_GETLK``) and never takes the lock: every page
+    view and every server's progress watcher asks, and a poll that held the
+    lock even for a moment would make a real retrain starting then fail as
+    busy.
+    """
+    try:
+        fd = os.open(lock_file(models_root), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
         return False
-    fd = try_lock(models_root)
-    if fd is None:
-        return True
-    os.close(fd)
-    return False
+    try:
+        return _whole_file_lock(fd, fcntl.F_OFD_GETLK, fcntl.F_WRLCK) != fcntl.F_UNLCK
+    finally:
+        os.close(fd)
 
 
 # -- status --------------------------------------------------------------------

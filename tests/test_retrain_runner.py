@@ -2,6 +2,10 @@
 and is_running that never takes the lock."""
 import ast
 import os
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -76,3 +80,77 @@ def test_start_while_a_retrain_runs_is_busy_and_leaves_its_pairs_file_alone(tmp_
         os.close(fd)
     assert pairs_csv.read_text(encoding="utf-8") == "the running retrain's pairs"
     assert not retrain.is_running(Path(tmp_path))
+
+
+# -- is_running asks without taking the lock --------------------------------------
+
+POLLER = """
+import sys, time
+from chatbot import retrain
+print("polling", flush=True)
+while True:
+    retrain.is_running(sys.argv[1])
+"""
+
+
+def test_polling_is_running_never_makes_a_real_retrain_busy(tmp_path):
+    """Page views and the 0.5 s watchers poll is_running in every server process;
+    a `flask retrain` starting meanwhile must get the lock every time."""
+    os.close(retrain.try_lock(tmp_path))
+    poller = subprocess.Popen([sys.executable, "-c", POLLER, str(tmp_path)], cwd=str(PROJECT_ROOT),
+                              stdout=subprocess.PIPE, text=True)
+    stop = threading.Event()
+
+    def poll_here():
+        while not stop.is_set():
+            retrain.is_running(tmp_path)
+    thread = threading.Thread(target=poll_here)
+    try:
+        assert poller.stdout.readline() == "polling\n"
+        thread.start()
+        busy = tries = 0
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            tries += 1
+            fd = retrain.try_lock(tmp_path)
+            if fd is None:
+                busy += 1
+            else:
+                os.close(fd)
+    finally:
+        stop.set()
+        poller.kill()
+        poller.wait()
+        thread.join()
+    assert busy == 0, f"{busy} of {tries} tries were told a retrain is running"
+
+
+def test_is_running_sees_the_lock_held_here_and_elsewhere_and_leaves_it_held(tmp_path):
+    assert not retrain.is_running(tmp_path)  # no lock file yet
+    fd = retrain.try_lock(tmp_path)
+    try:
+        assert retrain.is_running(tmp_path)
+        # Asking from the holder's own process did not release it (as closing
+        # any fd of the file would with a classic POSIX lock).
+        other = subprocess.run([sys.executable, "-c", "import sys; from chatbot import retrain; "
+                                "print(retrain.try_lock(sys.argv[1]))", str(tmp_path)],
+                               cwd=str(PROJECT_ROOT), capture_output=True, text=True, timeout=60)
+        assert other.stdout.strip() == "None", other.stderr
+    finally:
+        os.close(fd)
+    assert not retrain.is_running(tmp_path)
+
+
+def test_the_lock_handed_to_a_runner_is_held_until_the_runner_dies(tmp_path):
+    fd = retrain.try_lock(tmp_path)
+    try:
+        runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], pass_fds=(fd,))
+    finally:
+        os.close(fd)  # as the admin request does after starting the runner
+    try:
+        assert retrain.is_running(tmp_path) and retrain.try_lock(tmp_path) is None
+    finally:
+        runner.kill()
+        runner.wait()
+    assert not retrain.is_running(tmp_path)
+    os.close(retrain.try_lock(tmp_path))
