@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))  # `python bench/quality.py` works as well as `pyt
 from chatbot import morph, train  # noqa: E402
 from chatbot.bot import Chatbot  # noqa: E402
 from chatbot.model import ModelConfig  # noqa: E402
+from chatbot.pairs_csv import read_pairs_csv  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "chatbot_data" / "ChatbotData.train.csv"
 DEFAULT_OUT = ROOT / "bench" / "results" / "quality.json"
@@ -67,8 +68,6 @@ QUICK = dict(embed_dim=16, hidden_dim=32, epochs=2, min_epochs=1, batch_size=16,
 
 
 def read_pairs(path) -> list[tuple[str, str]]:
-    from chatbot.pairs import read_pairs_csv
-
     rows, errors = read_pairs_csv(path)
     for line, reason in errors:
         print(f"{path}: line {line}: {reason} (skipped)", file=sys.stderr)

@@ -6,10 +6,11 @@ import sqlalchemy as sa
 from flask import current_app
 from flask.cli import with_appcontext
 
-from . import morph
-from .database import REVIEWED, ROUTE_IMPORT, Exchange, Reviewer, utcnow
+from . import retrain
+from .database import Reviewer
 from .extensions import db
-from .pairs import PairsFileError, read_pairs_csv, reviewed_pairs, write_pairs_csv
+from .pairs import add_imported_pairs, reviewed_pairs, training_pairs
+from .pairs_csv import PairsFileError, read_pairs_csv, write_pairs_csv
 
 PASSWORD_ENV = "CHATBOT_ADMIN_PASSWORD"
 MIN_PASSWORD_CHARS = 8
@@ -35,28 +36,6 @@ def create_admin(name):
     reviewer.set_password(password)
     db.session.commit()
     click.echo(f"{'created' if created else 'updated password of'} reviewer {name!r}")
-
-
-def add_imported_pairs(pairs):
-    """Store pairs as reviewed imported exchanges, skipping ones already imported.
-
-    Returns (added, duplicates); commits.
-    """
-    existing = set(db.session.execute(
-        sa.select(Exchange.question, Exchange.answer).where(Exchange.route == ROUTE_IMPORT)).all())
-    now, added, duplicates = utcnow(), 0, 0
-    for pair in pairs:
-        if (pair.question, pair.answer) in existing:
-            duplicates += 1
-            continue
-        existing.add((pair.question, pair.answer))
-        db.session.add(Exchange(
-            question=pair.question, question_key=morph.question_key(pair.question),
-            answer=pair.answer, route=ROUTE_IMPORT, status=REVIEWED, reviewer="import",
-            reviewed_at=now, session_id=None))
-        added += 1
-    db.session.commit()
-    return added, duplicates
 
 
 @click.command("import-pairs")
@@ -86,9 +65,9 @@ def import_pairs(path):
 @with_appcontext
 def export_pairs(path):
     """Write the reviewed pairs (corrections applied) to a Q,A,label CSV."""
-    pairs = reviewed_pairs()
-    write_pairs_csv(path, pairs)
-    click.echo(f"exported {len(pairs)} reviewed pairs to {path}")
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        count = write_pairs_csv(f, reviewed_pairs())
+    click.echo(f"exported {count} reviewed pairs to {path}")
 
 
 @click.command("retrain", context_settings={"ignore_unknown_options": True})
@@ -103,23 +82,12 @@ def retrain_command(force, margin, train_args):
     Extra arguments after -- go to `python -m chatbot.train` (after RETRAIN_ARGS).
     Exit status: 0 activated or kept back by the gate, 1 failed, 75 another retrain is running.
     """
-    from . import models_admin, retrain
-
-    root = current_app.config["MODEL_DIR"]
-    fd = retrain.try_lock(root)
-    if fd is None:
-        click.echo("error: another retrain is running", err=True)
-        raise SystemExit(retrain.BUSY_EXIT)
     try:
-        pairs_csv = retrain.state_dir(root) / "pairs.csv"
-        count = models_admin.export_training_pairs(pairs_csv)
-        click.echo(f"{count} training pairs (starter + reviewed + imported)")
-    except BaseException:
-        os.close(fd)
-        raise
-    margin = current_app.config["QUALITY_GATE_MARGIN"] if margin is None else margin
-    status = retrain.run(root, pairs_csv, force=force, margin=margin, lock_fd=fd, pair_count=count,
-                         train_args=[*models_admin.train_args(), *train_args], on_line=click.echo)
+        status = retrain.start(current_app.config, training_pairs(), force=force, margin=margin,
+                               extra_train_args=train_args, on_line=click.echo)
+    except retrain.RetrainBusy:
+        click.echo("error: another retrain is running", err=True)
+        raise SystemExit(retrain.BUSY_EXIT) from None
     click.echo(f"{status['state']}: {status['message']}")
     if status["state"] not in (retrain.ACTIVATED, retrain.REFUSED):
         raise SystemExit(1)

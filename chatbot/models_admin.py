@@ -1,10 +1,10 @@
 """The admin's model page (/admin/models): versions, rollback, delete, retrain.
 
-Retraining from the page starts the same runner as ``flask retrain``
-(``chatbot/retrain.py``) as a separate process.  The request takes the
-retrain lock itself and hands the locked fd to the runner (``pass_fds``), so
-"is one running?" and "start one" are a single atomic step: a second request
-is told one is running, never started twice.
+Retraining from the page goes through ``retrain.start`` like ``flask
+retrain``, in the background: the request takes the retrain lock itself and
+hands the locked fd to a runner process, so "is one running?" and "start
+one" are a single atomic step: a second request is told one is running,
+never started twice.
 
 Live progress: the runner writes ``.retrain/status.json``; while reviewers
 are connected to the ``/admin`` Socket.IO namespace, one watcher thread per
@@ -13,12 +13,8 @@ with its contents when it changes.  The file, not the process that launched
 the run, is the source of truth, so it works with several server processes,
 after a server restart mid-run, and for runs started by ``make retrain``.
 """
-import csv
 import logging
-import os
-import shlex
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -29,8 +25,8 @@ from flask_socketio import disconnect, emit
 
 from . import retrain, versions
 from .admin_base import ReviewerOnly
-from .config import PROJECT_ROOT
 from .extensions import socketio
+from .pairs import training_pairs
 
 log = logging.getLogger(__name__)
 
@@ -42,44 +38,9 @@ def _root() -> Path:
     return Path(current_app.config["MODEL_DIR"])
 
 
-def export_training_pairs(path) -> int:
-    """Write the app's training pairs (starter + reviewed + imported) as a Q,A CSV."""
-    from .pairs import training_pairs
-
-    pairs = training_pairs()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["Q", "A"])
-        writer.writerows(pairs)
-    return len(pairs)
-
-
-def train_args(app=None) -> list[str]:
-    return shlex.split((app or current_app).config.get("RETRAIN_ARGS") or "")
-
-
 def start_retrain(force=False) -> subprocess.Popen:
     """Start a runner process; raises retrain.RetrainBusy if one is running."""
-    root = _root()
-    fd = retrain.try_lock(root)
-    if fd is None:
-        raise retrain.RetrainBusy()
-    try:
-        pairs_csv = retrain.state_dir(root) / "pairs.csv"
-        count = export_training_pairs(pairs_csv)
-        command = [sys.executable, "-m", "chatbot.retrain", "--models-dir", str(root),
-                   "--pairs-csv", str(pairs_csv), "--pair-count", str(count),
-                   "--margin", str(current_app.config["QUALITY_GATE_MARGIN"]), "--lock-fd", str(fd)]
-        if force:
-            command.append("--force")
-        command += ["--", *train_args()]
-        proc = subprocess.Popen(command, pass_fds=(fd,), cwd=str(PROJECT_ROOT), start_new_session=True,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    finally:
-        os.close(fd)  # the runner holds the lock now (same open file description)
-    # Reap it when it ends, so it never lingers as a zombie.
-    threading.Thread(target=proc.wait, name=f"retrain-{proc.pid}", daemon=True).start()
+    proc = retrain.start(current_app.config, training_pairs(), force=force, background=True)
     log.info("retrain started by %s (pid %s, force=%s)", current_user.username, proc.pid, force)
     return proc
 

@@ -14,7 +14,6 @@ marks 삭제 필요 (static/review.js).
 
 Every change is written to the ``review_audit`` table (``database.audit``).
 """
-import csv
 import io
 import logging
 import os
@@ -29,7 +28,8 @@ from flask_login import current_user
 from .admin_base import ReviewerOnly, row_ids
 from .database import (FEEDBACK_DOWN, NEEDS_DELETION, REVIEWED, UNREVIEWED, Exchange, audit)
 from .extensions import db
-from .pairs import HEADER, PairsFileError, read_pairs_csv, reviewed_pairs
+from .pairs import add_imported_pairs, reviewed_pairs
+from .pairs_csv import PairsFileError, read_pairs_csv, write_pairs_csv
 
 log = logging.getLogger(__name__)
 
@@ -137,19 +137,14 @@ class QueueView(ReviewerOnly, BaseView):
 
     @expose("/export.csv")
     def export_csv(self):
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(HEADER)
-        for pair in reviewed_pairs():
-            writer.writerow([pair.question, pair.answer, ""])
+        out = io.StringIO(newline="")
+        write_pairs_csv(out, reviewed_pairs())
         name = f"reviewed-pairs-{datetime.now():%Y%m%d-%H%M%S}.csv"
-        return Response("\ufeff" + out.getvalue(), mimetype="text/csv; charset=utf-8",
+        return Response(out.getvalue(), mimetype="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     @expose("/import", methods=["POST"])
     def import_csv(self):
-        from .cli import add_imported_pairs
-
         upload = request.files.get("file")
         if upload is None or not upload.filename:
             flash("가져올 CSV 파일을 고르세요.", "warning")

@@ -3,8 +3,12 @@
     flask --app app retrain [--force]        # what `make retrain` runs
     python -m chatbot.retrain --models-dir models --pairs-csv pairs.csv [--force] [-- TRAIN ARGS]
 
-A retrain is one *runner* process that holds an exclusive ``fcntl.flock`` on
-``<MODEL_DIR>/.retrain.lock`` from start to end, and runs
+``flask retrain`` and the admin page's button both go through ``start``:
+take the lock, write the training pairs, run (in the CLI's process, or in a
+runner process the web request starts and hands the lock to).
+
+A retrain is one *runner* process that holds an exclusive lock on
+``<MODEL_DIR>/.retrain.lock`` from start to end (see ``try_lock``), and runs
 ``python -m chatbot.train --no-activate`` as its child on a CSV of the app's
 training pairs (starter pairs, reviewed and imported pairs; needs-deletion
 rows left out: ``pairs.training_pairs``).  The kernel drops the lock when the
@@ -30,24 +34,31 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
 from . import versions
+from .config import PROJECT_ROOT
+from .pairs_csv import Pair, write_pairs_csv
 
 LOCK_NAME = ".retrain.lock"
 STATE_DIR = ".retrain"
 STATUS_NAME = "status.json"
+PAIRS_NAME = "pairs.csv"
 BUSY_EXIT = 75  # EX_TEMPFAIL: another retrain holds the lock
 
 RUNNING, ACTIVATED, REFUSED, FAILED, INTERRUPTED = "running", "activated", "refused", "failed", "interrupted"
@@ -59,6 +70,8 @@ _EPOCH = re.compile(r"^epoch\s+(\d+)\s*\|\s*step\s+(\d+)\s*\|\s*train loss\s+([\
 _SIZES = re.compile(r"^(\d+) train / (\d+) dev pairs")
 _NEW_MODEL = re.compile(r"^new model: (.+?)( \(now current\))?$")
 _TEMP_PID = re.compile(r"^\.tmp-\d{8}-\d{6}-(\d+)-")
+# struct flock (l_type, l_whence, l_start, l_len, l_pid) as Linux's fcntl takes it (64-bit off_t).
+_FLOCK = struct.Struct("hhqqi4x")
 
 
 class RetrainBusy(Exception):
@@ -82,20 +95,32 @@ def lock_file(models_root) -> Path:
 
 # -- the lock ----------------------------------------------------------------------
 
+def _whole_file_lock(fd, command, lock_type) -> int:
+    """fcntl ``command`` for a lock of the whole file; the l_type the kernel hands back."""
+    result = fcntl.fcntl(fd, command, _FLOCK.pack(lock_type, os.SEEK_SET, 0, 0, 0))
+    return _FLOCK.unpack(result)[0]
+
+
 def try_lock(models_root) -> int | None:
     """An fd holding the retrain lock, or None if another process holds it.
 
-    The lock belongs to the open file description: it is released when every
-    fd for it is closed, including by the kernel when the holder dies.
+    The lock is a Linux open-file-description lock (``F_OFD_SETLK``): like
+    ``flock`` it belongs to the open file, so the admin page can hand it to
+    the runner process (``pass_fds``) and the kernel drops it when the last fd
+    is closed, however the holder dies; unlike ``flock`` it can be asked about
+    without taking it (``is_running``).  A classic POSIX lock would not do: it
+    belongs to a process, and closing any fd of the file drops it.
     """
     root = Path(models_root)
     root.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_file(root), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        _whole_file_lock(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK)
+    except OSError as exc:
         os.close(fd)
-        return None
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return None
+        raise
     except BaseException:
         os.close(fd)
         raise
@@ -103,14 +128,21 @@ def try_lock(models_root) -> int | None:
 
 
 def is_running(models_root) -> bool:
-    """True while some process holds the retrain lock."""
-    if not lock_file(models_root).exists():
+    """True while some process holds the retrain lock.
+
+    Asks the kernel (``F_OFD_GETLK``) and never takes the lock: every page
+    view and every server's progress watcher asks, and a poll that held the
+    lock even for a moment would make a real retrain starting then fail as
+    busy.
+    """
+    try:
+        fd = os.open(lock_file(models_root), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
         return False
-    fd = try_lock(models_root)
-    if fd is None:
-        return True
-    os.close(fd)
-    return False
+    try:
+        return _whole_file_lock(fd, fcntl.F_OFD_GETLK, fcntl.F_WRLCK) != fcntl.F_UNLCK
+    finally:
+        os.close(fd)
 
 
 # -- status --------------------------------------------------------------------
@@ -180,6 +212,60 @@ def quality_gate(new: dict, current: dict, margin: float) -> tuple[bool, str]:
         return False, (f"새 모델의 dev chrF {new_score:.2f}가 current의 {old_score:.2f}보다 "
                        f"{old_score - new_score:.2f}점 낮습니다 (허용 {margin:g}점).")
     return True, f"dev chrF {new_score:.2f} (current {old_score:.2f}, 허용 차이 {margin:g}점)."
+
+
+# -- starting a retrain (the CLI and the admin page) --------------------------------
+
+def start(config, pairs, *, force=False, margin=None, extra_train_args=(), background=False, on_line=None):
+    """Retrain the app's model on ``pairs`` ((question, answer) tuples).
+
+    ``config`` is the app's config (MODEL_DIR, QUALITY_GATE_MARGIN,
+    RETRAIN_ARGS).  Takes the lock (RetrainBusy if another retrain holds it),
+    writes the pairs to ``.retrain/pairs.csv`` and trains on them: here,
+    returning the final status (``flask retrain``), or with ``background`` in
+    a new runner process that inherits the lock, returning its Popen at once
+    (the admin page: a web request must not wait for a training run).
+    """
+    root = Path(config["MODEL_DIR"])
+    margin = config["QUALITY_GATE_MARGIN"] if margin is None else margin
+    train_args = [*shlex.split(config.get("RETRAIN_ARGS") or ""), *extra_train_args]
+    pairs_csv = state_dir(root) / PAIRS_NAME
+    fd = try_lock(root)
+    if fd is None:
+        raise RetrainBusy()
+    if background:
+        try:
+            count = _write_pairs(pairs_csv, pairs)
+            return _start_runner(root, pairs_csv, fd, force, margin, train_args, count)
+        finally:
+            os.close(fd)  # the runner has its own fd for the lock: it stays held until the runner ends
+    try:
+        count = _write_pairs(pairs_csv, pairs)
+    except BaseException:
+        os.close(fd)
+        raise
+    return run(root, pairs_csv, force=force, margin=margin, train_args=train_args, lock_fd=fd,
+               on_line=on_line, pair_count=count)
+
+
+def _write_pairs(path, pairs) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        return write_pairs_csv(f, (Pair(question, answer) for question, answer in pairs))
+
+
+def _start_runner(root, pairs_csv, lock_fd, force, margin, train_args, pair_count) -> subprocess.Popen:
+    """``python -m chatbot.retrain`` in its own session, handed the locked fd."""
+    command = [sys.executable, "-m", "chatbot.retrain", "--models-dir", str(root), "--pairs-csv", str(pairs_csv),
+               "--pair-count", str(pair_count), "--margin", str(margin), "--lock-fd", str(lock_fd)]
+    if force:
+        command.append("--force")
+    command += ["--", *train_args]
+    proc = subprocess.Popen(command, pass_fds=(lock_fd,), cwd=str(PROJECT_ROOT), start_new_session=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Reap it when it ends, so it never lingers as a zombie.
+    threading.Thread(target=proc.wait, name=f"retrain-{proc.pid}", daemon=True).start()
+    return proc
 
 
 # -- the runner ----------------------------------------------------------------------
@@ -268,10 +354,14 @@ def _run_locked(root, pairs_csv, force, margin, train_args, python, on_line, pai
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log_path, "w", encoding="utf-8") as log:
         log.write(f"# {_now()} {' '.join(command)}\n")
+        if pair_count is not None:
+            log.write(f"# {pair_count} training pairs\n")
+            if on_line:
+                on_line(f"{pair_count} training pairs")
         log.flush()
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 encoding="utf-8", errors="replace", bufsize=1, env=env,
-                                cwd=str(Path(__file__).resolve().parent.parent),
+                                cwd=str(PROJECT_ROOT),
                                 preexec_fn=_die_with_parent)
         status["trainer_pid"] = proc.pid
         write_status(root, status)

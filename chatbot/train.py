@@ -38,6 +38,7 @@ from tqdm import tqdm
 from chatbot import morph, versions
 from chatbot.bot import Chatbot
 from chatbot.model import BOS, EOS, PAD, ModelConfig, ModelLoadError, Seq2Seq, Vocab, perplexity, save_model
+from chatbot.pairs_csv import PairsFileError, read_pairs_csv
 from chatbot.retrieval import ANSWERS_FILE, AnswerIndex
 
 # -----------------------------------------------------------------------------
@@ -466,8 +467,6 @@ def main(argv=None) -> int:
             print(f"{versions.current_dir(models_root)} is already usable; not training")
             return 0
         if app is None:
-            from chatbot.pairs import PairsFileError, read_pairs_csv  # here: it loads Flask and SQLAlchemy
-
             try:
                 rows, errors = read_pairs_csv(args.pairs)
             except PairsFileError as e:

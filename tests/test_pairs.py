@@ -3,7 +3,8 @@ import sqlalchemy as sa
 
 from chatbot.database import NEEDS_DELETION, REVIEWED, ROUTE_IMPORT, Exchange, Reviewer
 from chatbot.extensions import db
-from chatbot.pairs import read_pairs_csv, training_pairs
+from chatbot.pairs import training_pairs
+from chatbot.pairs_csv import read_pairs_csv
 from helpers import SHARED_DATA
 
 
