@@ -9,7 +9,6 @@ from chatbot.database import REVIEWED, Exchange
 from chatbot.extensions import db
 from chatbot.pairs_csv import Pair, read_pairs_csv, write_pairs_csv
 
-from test_review import PASSWORD, login
 
 
 def run_python(code):
@@ -90,14 +89,13 @@ def test_a_quote_before_ordinary_text_in_a_hand_made_file_is_kept(tmp_path):
     assert [(p.question, p.answer) for p in pairs] == [("'quoted", "=1+1"), ("'안녕", "'")]
 
 
-def test_admin_export_is_neutralised_and_imports_back_unchanged(app, client, make_reviewer, tmp_path):
-    make_reviewer("kim", PASSWORD)
+def test_admin_export_is_neutralised_and_imports_back_unchanged(app, logged_in, tmp_path):
+    client = logged_in
     with app.app_context():
         for i, text in enumerate(NASTY):
             db.session.add(Exchange(question=f"{text}", question_key=f"k{i}", answer=f"답{i}",
                                     corrected_answer=text, status=REVIEWED))
         db.session.commit()
-    login(client)
     export = client.get("/admin/queue/export.csv")
     assert export.status_code == 200
     path = tmp_path / "export.csv"

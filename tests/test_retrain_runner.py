@@ -13,7 +13,7 @@ import pytest
 from chatbot import retrain
 from chatbot.config import PROJECT_ROOT
 
-from test_review import PASSWORD, login, token_in
+from helpers import token_in
 
 
 def imported_modules(name):
@@ -42,7 +42,7 @@ def app(make_app):
     return make_app(RETRAIN_ARGS="--epochs 1", QUALITY_GATE_MARGIN=1.5)
 
 
-def test_cli_and_models_page_both_start_through_retrain_start(app, client, make_reviewer, monkeypatch):
+def test_cli_and_models_page_both_start_through_retrain_start(app, logged_in, monkeypatch):
     calls = []
 
     def fake_start(config, pairs, **options):
@@ -54,10 +54,8 @@ def test_cli_and_models_page_both_start_through_retrain_start(app, client, make_
 
     result = app.test_cli_runner().invoke(args=["retrain", "--force", "--", "--seed", "3"])
     assert result.exit_code == 0, result.output
-    make_reviewer("kim", PASSWORD)
-    login(client)
-    token = token_in(client.get("/admin/models/").get_data(as_text=True))
-    client.post("/admin/models/retrain", data={"csrf_token": token})
+    token = token_in(logged_in.get("/admin/models/").get_data(as_text=True))
+    logged_in.post("/admin/models/retrain", data={"csrf_token": token})
 
     (cli_root, cli_pairs, cli_options), (web_root, web_pairs, web_options) = calls
     assert cli_root == web_root == app.config["MODEL_DIR"] and cli_pairs == web_pairs > 0
