@@ -2,7 +2,7 @@
 Korean, forms checked against Flask-WTF's CSRF token, and a theme that loads
 nothing from the internet.
 
-Every view, Flask-Admin's own and ours (queue_admin, models_admin), derives
+Every view, Flask-Admin's own and ours (queue_admin, versions_admin), derives
 from ``ReviewerOnly``, so access is checked by the view itself, not by
 whoever registers it.
 

@@ -24,7 +24,7 @@ verdict; replaced atomically) and ``.retrain/logs/<run>.log`` (the trainer's
 whole output).  So every server process, a server restarted mid-run, and a
 run started by ``make retrain`` all show the same progress; the admin page
 gets it pushed over Socket.IO by a watcher thread that reads the status file
-(``chatbot.models_admin``).
+(``chatbot.versions_admin``).
 
 The quality gate: the new model's dev chrF (``metrics.json`` ``dev_chrf``) is
 compared with ``current``'s; worse by more than ``QUALITY_GATE_MARGIN`` chrF

@@ -261,7 +261,7 @@ def run_training(pairs, models_root, **overrides) -> Path:
                 log_file.write(line + "\n")
                 log_file.flush()
 
-            metrics = _train(tc, mc, device, vocab, train_tok, dev_tok, train_ex, dev_ex, temp_dir, log)
+            _train(tc, mc, device, vocab, train_tok, dev_tok, train_ex, dev_ex, temp_dir, log)  # writes metrics.json
         version_dir = versions.publish(temp_dir, models_root)
     except BaseException:
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,7 +1,7 @@
 """Access control: every admin screen asks for a login, by itself."""
 import pytest
 
-from chatbot import models_admin, queue_admin
+from chatbot import versions_admin, queue_admin
 
 # Everything a visitor may reach without logging in; every other URL the app
 # serves must send them to the login page.
@@ -33,7 +33,7 @@ def test_every_private_endpoint_sends_a_logged_out_visitor_to_the_login_page(mak
     assert len(checked) > 30
 
 
-@pytest.mark.parametrize("view_class", [queue_admin.QueueView, models_admin.ModelsView])
+@pytest.mark.parametrize("view_class", [queue_admin.QueueView, versions_admin.VersionsView])
 def test_queue_and_model_views_check_access_themselves(app, view_class):
     """Not only when some other module mixes a check in."""
     with app.test_request_context("/admin/"):

@@ -25,7 +25,7 @@
   }, true);
 })();
 
-/* The models page (templates/admin/models.html): a confirm() before deleting
+/* The models page (templates/admin/versions.html): a confirm() before deleting
  * a version, and the retrain panel kept live from the server's `retrain`
  * events on the /admin Socket.IO namespace (only logged-in reviewers may
  * join it).  Without Socket.IO the page still shows the state it was

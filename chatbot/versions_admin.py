@@ -1,4 +1,6 @@
-"""The admin's model page (/admin/models): versions, rollback, delete, retrain.
+"""The admin's page of trained model versions (/admin/models, "모델"): the
+versions on disk (chatbot/versions.py), rollback, delete, retrain.  Not about
+database models, which Flask-Admin also calls "models".
 
 Retraining from the page goes through ``retrain.start`` like ``flask
 retrain``, in the background: the request takes the retrain lock itself and
@@ -62,12 +64,12 @@ def status_payload(root):
     return status
 
 
-class ModelsView(ReviewerOnly, BaseView):
+class VersionsView(ReviewerOnly, BaseView):
 
     @expose("/")
     def index(self):
         root = _root()
-        return self.render("admin/models.html", rows=version_rows(root), status=status_payload(root),
+        return self.render("admin/versions.html", rows=version_rows(root), status=status_payload(root),
                            margin=current_app.config["QUALITY_GATE_MARGIN"])
 
     @expose("/status.json")
