@@ -7,9 +7,8 @@ from flask_wtf import CSRFProtect
 
 db = SQLAlchemy()
 migrate = Migrate()
-# Threading mode by default (Config.SOCKETIO_ASYNC_MODE): each event runs in
-# its own thread, and PyTorch releases the GIL while it computes, so one slow
-# reply never holds up other chats.
+# gevent in the server, threading elsewhere (Config.SOCKETIO_ASYNC_MODE); the
+# model runs on OS threads either way (chatbot/batching.py).
 socketio = SocketIO()
 login_manager = LoginManager()
 csrf = CSRFProtect()

@@ -12,3 +12,13 @@ def test_import_contracts_are_kept():
     result = subprocess.run([str(lint), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 broken" in result.stdout, result.stdout
+
+
+def test_the_readme_map_names_every_module():
+    """README "How it works" has a line for each module in chatbot/."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## How it works", 1)[1].split("\n## ", 1)[0]
+    modules = sorted(path.name for path in (ROOT / "chatbot").glob("*.py"))
+    assert len(modules) > 20
+    missing = [name for name in modules if f"`chatbot/{name}`" not in section]
+    assert missing == []
