@@ -1,4 +1,5 @@
 """The code's shape, checked by tools: the import contracts in .importlinter."""
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -22,3 +23,16 @@ def test_the_readme_map_names_every_module():
     assert len(modules) > 20
     missing = [name for name in modules if f"`chatbot/{name}`" not in section]
     assert missing == []
+
+
+def test_no_test_module_imports_another():
+    """Shared fixtures live in conftest.py, shared helpers in tests/helpers.py."""
+    test_modules = {path.stem for path in (ROOT / "tests").glob("test_*.py")}
+    importing = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            importing += [(path.name, name) for name in names if name in test_modules]
+    assert len(test_modules) > 20
+    assert importing == []
