@@ -65,10 +65,9 @@ class ReplyBatcher:
         """Questions not yet taken by a dispatcher."""
         return self._queue.qsize()
 
-    def answer(self, bot, text: str) -> tuple[str, bool]:
-        """(reply, known) of ``bot`` to ``text``, blocking until computed:
-        known is True for a training pair's answer, False for one the network
-        wrote.  Raises Busy when ``queue_max`` questions are waiting."""
+    def answer(self, bot, text: str):
+        """``bot``'s reply to ``text`` (a bot.Reply), blocking until computed.
+        Raises Busy when ``queue_max`` questions are waiting."""
         self._start()
         if self._queue.qsize() >= self.queue_max:
             raise Busy()
@@ -124,9 +123,9 @@ class ReplyBatcher:
         # the network still has to write.
         for (_, future), reply in zip(requests, replies):
             if reply is not None:
-                future.set_result((reply, True))
+                future.set_result(reply)
         todo = [i for i, reply in enumerate(replies) if reply is None]
         if todo:
             written = self._run(bot.write_replies, prepared, todo)
             for i, reply in zip(todo, written):
-                requests[i][1].set_result((reply, False))
+                requests[i][1].set_result(reply)

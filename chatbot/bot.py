@@ -10,14 +10,41 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from chatbot import morph
-from chatbot.decode import generate_batch
-from chatbot.model import METRICS_FILE, ModelConfig, ModelLoadError, Seq2Seq, Vocab, encode_many, load_model
+from chatbot.decode import generate_batch, score_replies
+from chatbot.model import CALIBRATION_FILE, METRICS_FILE, ModelConfig, ModelLoadError, Seq2Seq, Vocab, encode_many, load_model
 from chatbot.retrieval import ANSWERS_FILE, AnswerIndex
+
+
+class Reply(NamedTuple):
+    """A reply, whether it is a training pair's answer (``known``) or one
+    the network wrote, and how sure the bot is of it, from 0 to 1."""
+
+    text: str
+    known: bool
+    confidence: float
+
+
+class Prepared(NamedTuple):
+    """What the first step of a batch hands the second: the encoded
+    questions, and how near each is to any training question (0..1)."""
+
+    sources: list
+    nearness: list
+
+
+def written_confidence(nearness: float, logprob: float) -> float:
+    """The confidence of a reply the network wrote: how near the question is
+    to what the model was trained on, times the network's geometric-mean
+    probability per token of its own reply (exp of the mean log-probability):
+    a fluent reply to a question unlike any training question is not trusted,
+    nor a halting one to a familiar question."""
+    return max(0.0, min(1.0, nearness * math.exp(logprob)))
 
 
 class Chatbot:
@@ -28,8 +55,11 @@ class Chatbot:
     """
 
     def __init__(self, model: Seq2Seq, vocab: Vocab, config: ModelConfig, version: str = "",
-                 metrics: dict | None = None, answers=None):
+                 metrics: dict | None = None, answers=None, threshold: float = 0.0):
         self.model = model.eval()
+        # Below this confidence the server says it does not know (calibrated
+        # by the trainer; 0 for models from before calibration).
+        self.threshold = threshold
         self.vocab = vocab
         self.config = config
         self.version = version
@@ -56,74 +86,99 @@ class Chatbot:
                 answers = AnswerIndex.load(model_dir / ANSWERS_FILE)
             except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
                 raise ModelLoadError(f"bad {ANSWERS_FILE} in {model_dir}: {e}") from e
-        return cls(model, vocab, config, version=model_dir.name, metrics=metrics, answers=answers)
+        return cls(model, vocab, config, version=model_dir.name, metrics=metrics, answers=answers,
+                   threshold=_calibrated_threshold(model_dir))
 
     def reply(self, text: str) -> str:
         return self.reply_batch([text])[0]
 
     def reply_batch(self, texts: list[str], on_reply=None) -> list[str]:
         """Replies to several questions, computed together (the server batches
-        chats that arrive at the same time).  ``on_reply(i, reply, known)``, if
-        given, is called as each reply is ready: known answers (known=True)
+        chats that arrive at the same time).  ``on_reply(i, reply)``, if
+        given, is called with each ``Reply`` as it is ready: known answers
         before the ones the network writes."""
-        return self.reply_tokens_batch([morph.tokenize(text, self.config.tokenizer) for text in texts], on_reply)
+        return [r.text for r in self.replies(texts, on_reply)]
 
-    def reply_tokens_batch(self, questions: list[list[str]], on_reply=None) -> list[str]:
+    def replies(self, texts: list[str], on_reply=None) -> list[Reply]:
+        """``Reply`` (text, known, confidence) to each question."""
+        return self.replies_to_tokens([morph.tokenize(text, self.config.tokenizer) for text in texts], on_reply)
+
+    def replies_to_tokens(self, questions: list[list[str]], on_reply=None) -> list[Reply]:
         """Replies to tokenized questions: a known answer, or the network's own."""
-        sources, replies = self._known_tokens(questions)
+        prepared, replies = self._known_tokens(questions)
         if on_reply is not None:
             for i, reply in enumerate(replies):
                 if reply is not None:
-                    on_reply(i, reply, True)
+                    on_reply(i, reply)
         todo = [i for i, r in enumerate(replies) if r is None]
-        for i, reply in zip(todo, self.write_replies(sources, todo)):
+        for i, reply in zip(todo, self.write_replies(prepared, todo)):
             replies[i] = reply
             if on_reply is not None:
-                on_reply(i, reply, False)
+                on_reply(i, reply)
         return replies
 
     def known_replies(self, texts: list[str]):
-        """The first step of ``reply_batch``: ``(sources, replies)``, each
+        """The first step of ``replies``: ``(prepared, replies)``, each
         question's known answer in ``replies`` (None where the network must
-        write one), and the encoded questions for ``write_replies``."""
+        write one), and what ``write_replies`` needs for the others."""
         return self._known_tokens([morph.tokenize(text, self.config.tokenizer) for text in texts])
 
     def _known_tokens(self, questions: list[list[str]]):
         c = self.config
         sources = [self.vocab.encode(q, add_eos=True) for q in questions]
-        replies: list[str | None] = [None] * len(questions)
-        if self.answers is not None and len(self.answers) and c.known_answers and questions:
-            for i, row in enumerate(self.known_matches(questions, sources)):
-                if row is not None:
-                    replies[i] = self.answers.answers[row]
-        return sources, replies
+        replies: list[Reply | None] = [None] * len(questions)
+        nearness = [0.0] * len(questions)
+        if self.answers is not None and len(self.answers) and questions:
+            matches = self.known_matches(questions, sources)
+            for i, (row, best, near) in enumerate(matches):
+                nearness[i] = near
+                if row is not None and c.known_answers:
+                    replies[i] = Reply(self.answers.answers[row], True, best)
+        return Prepared(sources, nearness), replies
 
-    def write_replies(self, sources, indices: list[int]) -> list[str]:
-        """The second step: the network's replies to ``sources[i]`` for each i."""
+    def write_replies(self, prepared: Prepared, indices: list[int]) -> list[Reply]:
+        """The second step: the network's replies to the questions at ``indices``."""
         if not indices:
             return []
-        written = generate_batch(self.model, [sources[i] for i in indices], self.config, self._boundary_id)
-        return [morph.detokenize(self.vocab.decode(ids)) for ids in written]
+        sources = [prepared.sources[i] for i in indices]
+        written = generate_batch(self.model, sources, self.config, self._boundary_id)
+        logprobs = score_replies(self.model, sources, written)
+        return [Reply(morph.detokenize(self.vocab.decode(ids)), False,
+                      written_confidence(prepared.nearness[i], logprob))
+                for i, ids, logprob in zip(indices, written, logprobs)]
 
     @torch.inference_mode()
-    def known_matches(self, questions, sources) -> list[int | None]:
-        """For each question, the training question whose answer to send, or None.
+    def known_matches(self, questions, sources) -> list[tuple[int | None, float, float]]:
+        """For each question ``(row, confidence, nearness)``: the training
+        question whose answer to send (or None) with how sure the match is,
+        and how near the question is to any training question at all.
 
         Candidates are the training questions that share a word with it and
         whose TF-IDF cosine reaches min_similarity: the words must match.
         Among them the best is the one with the highest mean of that cosine
         and state_weight x the cosine of the encoder's states (the decoder's
         start state), which learned that differently worded questions with one
-        answer are alike."""
+        answer are alike.
+
+        Confidence and nearness are that mean (in [0, 1]) for the match, and
+        its maximum over every training question, each times the share of the
+        question's words the training questions have (AnswerIndex.known_share):
+        on held-out ChatbotData questions against questions about programming,
+        facts or errands, the product told them apart better than either
+        alone (bench/results/experiments.md)."""
         c = self.config
         words = self.answers.similarities(questions)
         score = words
         if c.state_weight:
             states = self._question_states(sources) @ self._answer_states.T
             score = (words + c.state_weight * states) / (1 + c.state_weight)
-        score = torch.where((words > 0) & (words >= c.min_similarity), score, -math.inf)
-        best, rows = score.max(dim=1)
-        return [row if value > -math.inf else None for value, row in zip(best.tolist(), rows.tolist())]
+        score = score.clamp(0, 1)
+        known = self.answers.known_share(questions)
+        nearness = score.max(dim=1).values.tolist()
+        candidates = torch.where((words > 0) & (words >= c.min_similarity), score, -math.inf)
+        best, rows = candidates.max(dim=1)
+        return [(row if value > -math.inf else None, max(value, 0.0) * share, near * share)
+                for value, row, near, share in zip(best.tolist(), rows.tolist(), nearness, known)]
 
     @torch.inference_mode()
     def _question_states(self, sources, batch: int = 256) -> torch.Tensor:
@@ -133,3 +188,17 @@ class Chatbot:
             _, hidden = encode_many(self.model, sources[i:i + batch])
             out.append(F.normalize(hidden[-1].float(), dim=-1).cpu())
         return torch.cat(out) if out else torch.zeros(0, self.config.hidden_dim)
+
+
+def _calibrated_threshold(model_dir: Path) -> float:
+    """The threshold in the model directory's calibration.json; 0 without one."""
+    try:
+        data = json.loads((model_dir / CALIBRATION_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return 0.0  # a model from before calibration answers everything, as it did
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"bad {CALIBRATION_FILE} in {model_dir}: {e}") from e
+    threshold = data.get("threshold") if isinstance(data, dict) else None
+    if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise ModelLoadError(f"bad {CALIBRATION_FILE} in {model_dir}: threshold must be a number from 0 to 1")
+    return float(threshold)

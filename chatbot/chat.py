@@ -194,8 +194,8 @@ def on_message(*args):
     except Busy:
         send_error("busy")
         return
-    row = Exchange(question=text, question_key=key, answer=answer.text,
-                   session_id=chat_session_id(), model_version=answer.model_version, route=answer.route)
+    row = Exchange(question=text, question_key=key, answer=answer.text, session_id=chat_session_id(),
+                   model_version=answer.model_version, route=answer.route, confidence=answer.confidence)
     db.session.add(row)
     db.session.flush()  # the id, without reading the row back after the commit
     payload = exchange_payload(row)
@@ -248,7 +248,8 @@ def init_app(app):
     app.extensions["chatbot.responder"] = Responder(
         app.config["MODEL_DIR"], workers=app.config["REPLY_WORKERS"], batch_max=app.config["REPLY_BATCH_MAX"],
         window_ms=app.config["REPLY_BATCH_WINDOW_MS"], torch_threads=app.config["TORCH_THREADS"],
-        queue_max=app.config["REPLY_QUEUE_MAX"])
+        queue_max=app.config["REPLY_QUEUE_MAX"], min_confidence=app.config["MIN_CONFIDENCE"],
+        unsure_replies=app.config["UNSURE_REPLIES"])
     if not app.testing:  # one thread per server process, from its first chat on
         app.extensions["chatbot.model_watch"] = ModelWatcher(
             app, app.extensions["chatbot.responder"], app.config["MODEL_WATCH_SECONDS"])

@@ -31,6 +31,14 @@ def env_float(name, default):
     return env_number(name, default, float, "a number")
 
 
+def env_fraction(name):
+    """A number from 0 to 1, or None when the variable is unset."""
+    value = env_number(name, None, float, "a number from 0 to 1")
+    if value is not None and not 0 <= value <= 1:
+        raise RuntimeError(f"environment variable {name} must be a number from 0 to 1, got {value!r}")
+    return value
+
+
 def env_bool(name, default):
     value = os.environ.get(name)
     if value is None or value == "":
@@ -131,6 +139,15 @@ class Config:
     REMEMBER_COOKIE_HTTPONLY = True
     REMEMBER_COOKIE_SAMESITE = "Lax"
     WTF_CSRF_TIME_LIMIT = None  # a token lives as long as the login session
+    # Below this confidence (0..1) the bot says it does not know instead of
+    # answering (route "unsure").  Unset: the threshold the trainer calibrated
+    # on its dev split (calibration.json in the model directory); 0 answers
+    # everything.  UNSURE_REPLIES: what it says then, one picked at random,
+    # separated by "|".
+    MIN_CONFIDENCE = env_fraction("MIN_CONFIDENCE")
+    UNSURE_REPLIES = [text.strip() for text in (os.environ.get("UNSURE_REPLIES") or
+                      "잘 모르겠어요. 다르게 말해 줄래요?|음, 그건 아직 잘 몰라요. 조금 다르게 물어봐 줄래요?|"
+                      "아직 배우지 못한 이야기예요. 다른 말로 물어봐 주세요.").split("|") if text.strip()]
     # Retraining (chatbot/retrain.py): a new model whose dev chrF is more than
     # QUALITY_GATE_MARGIN points below current's is kept but not activated
     # unless forced; RETRAIN_ARGS are extra flags for `python -m chatbot.train`.

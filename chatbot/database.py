@@ -19,7 +19,8 @@ ROUTE_KNOWN = "known"      # a training pair's answer, chosen by the model (chat
 ROUTE_MEMORY = "memory"    # a reviewed answer to the same question
 ROUTE_FALLBACK = "fallback"  # no model loaded yet
 ROUTE_IMPORT = "import"    # a pair imported from CSV, never asked in a chat
-ROUTES = (ROUTE_MODEL, ROUTE_MEMORY, ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_KNOWN)
+ROUTE_UNSURE = "unsure"    # the model's confidence was below its threshold: "잘 모르겠어요"
+ROUTES = (ROUTE_MODEL, ROUTE_MEMORY, ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_KNOWN, ROUTE_UNSURE)
 
 FEEDBACK_UP = "up"      # 👍 from the person who asked
 FEEDBACK_DOWN = "down"  # 👎: the exchange goes first in the review list
@@ -56,6 +57,9 @@ class Exchange(db.Model):
     model_version = db.Column(db.String(64), nullable=True)
     route = db.Column(db.Enum(*ROUTES, name="exchange_route", native_enum=False, create_constraint=True),
                       nullable=False, default=ROUTE_MODEL)
+    # How sure the model was of its reply, 0..1 (bot.Chatbot); None where no
+    # model answered (a reviewed answer, an import, no model loaded).
+    confidence = db.Column(db.Float, nullable=True, index=True)
     status = db.Column(db.Enum(*STATUS_LABELS, name="exchange_status", native_enum=False, create_constraint=True),
                        nullable=False, default=UNREVIEWED, index=True)
     corrected_answer = db.Column(db.Text, nullable=True)
@@ -150,13 +154,15 @@ def reviewed_answer(key: str):
 
 
 def review_queue_order():
-    """The review list's order: 👎 not yet reviewed first, then the rest not
-    yet reviewed, then everything else; newest first within each group.
+    """The review list's order: 👎 not yet reviewed first, then the questions
+    the bot was unsure of (what it most needs to learn), then the rest not yet
+    reviewed, then everything else; newest first within each group.
 
     A 👎 leaves the top once reviewed, so handled rows never bury new ones.
     """
     rank = sa.case((sa.and_(Exchange.feedback == FEEDBACK_DOWN, Exchange.status == UNREVIEWED), 0),
-                   (Exchange.status == UNREVIEWED, 1), else_=2)
+                   (sa.and_(Exchange.route == ROUTE_UNSURE, Exchange.status == UNREVIEWED), 1),
+                   (Exchange.status == UNREVIEWED, 2), else_=3)
     return [rank, Exchange.created_at.desc(), Exchange.id.desc()]
 
 

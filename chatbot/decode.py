@@ -163,3 +163,25 @@ def generate_batch(model: Seq2Seq, sources, config: ModelConfig | None = None,
 def generate(model: Seq2Seq, src_ids, config: ModelConfig | None = None, boundary_id: int | None = None) -> list[int]:
     """Decode one question with the settings in config (the model's own by default)."""
     return generate_batch(model, [src_ids], config, boundary_id)[0]
+
+
+@torch.inference_mode()
+def score_replies(model: Seq2Seq, sources, replies) -> list[float]:
+    """The mean log-probability per token of each reply (its </s> included)
+    given its question, teacher-forced in one decoder pass: how sure the
+    network is of what it wrote."""
+    if not sources:
+        return []
+    memory, hidden = encode_many(model, sources)
+    device = memory.values.device
+    targets = [list(ids)[: model.config.max_reply_len] + [EOS] for ids in replies]
+    width = max(map(len, targets))
+    tgt_in = torch.full((len(targets), width), PAD, dtype=torch.long, device=device)
+    tgt_out = torch.full((len(targets), width), PAD, dtype=torch.long, device=device)
+    for row, ids in enumerate(targets):
+        tgt_in[row, : len(ids)] = torch.tensor([BOS] + ids[:-1], dtype=torch.long)
+        tgt_out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    logits, _ = model.decode(tgt_in, hidden, memory)
+    logp = F.log_softmax(logits.float(), dim=-1).gather(2, tgt_out.unsqueeze(2)).squeeze(2)
+    mask = tgt_out != PAD
+    return ((logp * mask).sum(dim=1) / mask.sum(dim=1)).tolist()

@@ -32,6 +32,7 @@ MODEL_FILE = "model.pt"
 VOCAB_FILE = "vocab.json"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
+CALIBRATION_FILE = "calibration.json"  # the confidence threshold (chatbot/train.py calibrate)
 
 
 class ModelLoadError(Exception):

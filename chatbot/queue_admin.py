@@ -26,7 +26,7 @@ from flask_admin import BaseView, expose
 from flask_login import current_user
 
 from .admin_base import ReviewerOnly, row_ids
-from .database import (FEEDBACK_DOWN, NEEDS_DELETION, REVIEWED, UNREVIEWED, Exchange, audit)
+from .database import FEEDBACK_DOWN, NEEDS_DELETION, REVIEWED, ROUTE_UNSURE, UNREVIEWED, Exchange, audit
 from .extensions import db
 from .pairs import add_imported_pairs, reviewed_pairs
 from .pairs_csv import PairsFileError, read_pairs_csv, write_pairs_csv
@@ -39,14 +39,18 @@ DECISIONS = {"reviewed": REVIEWED, "needs_deletion": NEEDS_DELETION}
 
 
 def unreviewed_groups(limit=MAX_GROUPS):
-    """[(key, rows count, 👎 count, newest time)] of unreviewed rows, in queue order."""
+    """[(key, rows count, 👎 count, unsure count, newest time)] of unreviewed
+    rows, in queue order: groups with a 👎 first, then groups the bot said
+    it did not know (what it most needs to learn), then the biggest."""
     disliked = sa.func.sum(sa.case((Exchange.feedback == FEEDBACK_DOWN, 1), else_=0))
+    unsure = sa.func.sum(sa.case((Exchange.route == ROUTE_UNSURE, 1), else_=0))
     count = sa.func.count()
     newest = sa.func.max(Exchange.created_at)
-    query = (sa.select(Exchange.question_key, count, disliked, newest)
+    query = (sa.select(Exchange.question_key, count, disliked, unsure, newest)
              .where(Exchange.status == UNREVIEWED)
              .group_by(Exchange.question_key)
-             .order_by((disliked > 0).desc(), count.desc(), newest.desc(), Exchange.question_key)
+             .order_by((disliked > 0).desc(), (unsure > 0).desc(), count.desc(), newest.desc(),
+                       Exchange.question_key)
              .limit(limit))
     return [tuple(row) for row in db.session.execute(query).all()]
 
@@ -88,9 +92,9 @@ class QueueView(ReviewerOnly, BaseView):
     @expose("/")
     def index(self):
         groups = []
-        for key, count, disliked, newest in unreviewed_groups():
+        for key, count, disliked, unsure, newest in unreviewed_groups():
             rows = group_rows(key)[:3]
-            groups.append({"key": key, "count": count, "disliked": disliked, "newest": newest,
+            groups.append({"key": key, "count": count, "disliked": disliked, "unsure": unsure, "newest": newest,
                            "questions": [r.question for r in rows],
                            "answers": sorted({r.answer for r in rows})})
         return self.render("admin/queue.html", groups=groups)

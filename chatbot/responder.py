@@ -9,13 +9,14 @@ model and finishes on it.
 """
 import logging
 import os
+import random
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import morph
 from .batching import ReplyBatcher
-from .database import ROUTE_FALLBACK, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, reviewed_answer
+from .database import ROUTE_FALLBACK, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, ROUTE_UNSURE, reviewed_answer
 from .extensions import db
 
 log = logging.getLogger(__name__)
@@ -28,14 +29,19 @@ class Answer:
     text: str
     route: str
     model_version: str | None
+    confidence: float | None = None  # the model's, 0..1; None where no model answered
 
 
 class Responder:
     """Holds the current model and reloads it when ``current`` moves."""
 
-    def __init__(self, models_root, workers=1, batch_max=8, window_ms=0.0, torch_threads=1, queue_max=256):
+    def __init__(self, models_root, workers=1, batch_max=8, window_ms=0.0, torch_threads=1, queue_max=256,
+                 min_confidence=None, unsure_replies=("잘 모르겠어요.",)):
         self.models_root = Path(models_root)
         self.torch_threads = torch_threads
+        # None: each model's own calibrated threshold (Chatbot.threshold).
+        self.min_confidence = min_confidence
+        self.unsure_replies = list(unsure_replies)
         # `workers` OS threads compute the replies, several questions per
         # model call when chats arrive together; the chats just wait.
         self._batcher = ReplyBatcher(workers, batch_max, window_ms, queue_max)
@@ -97,5 +103,9 @@ class Responder:
             return Answer(reviewed, ROUTE_MEMORY, version)
         if bot is None:
             return Answer(FALLBACK_ANSWER, ROUTE_FALLBACK, None)
-        text, known = self._batcher.answer(bot, question)
-        return Answer(text or FALLBACK_ANSWER, ROUTE_KNOWN if known else ROUTE_MODEL, version)
+        reply = self._batcher.answer(bot, question)
+        threshold = self.min_confidence if self.min_confidence is not None else bot.threshold
+        if reply.confidence < threshold:  # never at 0: confidence is at least 0
+            return Answer(random.choice(self.unsure_replies), ROUTE_UNSURE, version, reply.confidence)
+        return Answer(reply.text or FALLBACK_ANSWER, ROUTE_KNOWN if reply.known else ROUTE_MODEL, version,
+                      reply.confidence)

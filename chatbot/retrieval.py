@@ -4,7 +4,7 @@ Why: on a few thousand pairs, a human-written answer to a similar question
 reads better than anything a small GRU writes (bench/README.md has the
 numbers).  ``Chatbot`` adds the network's own sense of which questions are
 alike to these word-based similarities, and writes the reply itself when no
-training question is alike (see ``Chatbot.reply_tokens_batch``).
+training question is alike (see ``Chatbot.replies_to_tokens``).
 
 The weighting is scikit-learn's ``TfidfVectorizer`` default (raw counts,
 smoothed idf, rows scaled to unit length, so a dot product is the cosine;
@@ -95,6 +95,17 @@ class AnswerIndex:
         a question with no known term is 0 to all."""
         with torch.inference_mode():
             return (self.matrix @ self._vectors(token_lists)).T.contiguous()
+
+    def known_share(self, token_lists) -> list[float]:
+        """The share of each question's words that some training question
+        has: a question mostly of words the bot never saw (파이썬 리스트
+        정렬 방법) is about something it does not know, however well its
+        one familiar word matches.  1.0 for a question with no words."""
+        shares = []
+        for tokens in token_lists:
+            terms = _terms(tokens)
+            shares.append(sum(t in self.term_ids for t in terms) / len(terms) if terms else 1.0)
+        return shares
 
     def save(self, path) -> None:
         data = {"questions": self.questions, "answers": self.answers}

@@ -25,7 +25,8 @@ from wtforms.validators import Length, Optional
 from . import auth, versions_admin, queue_admin, security
 from .admin_base import ReviewerOnly, ReviewSecureForm, local_swatch, row_ids
 from .database import (AUDIT_ACTIONS, FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED,
-                       ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, STATUS_LABELS, UNREVIEWED,
+                       ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, ROUTE_UNSURE, STATUS_LABELS,
+                       UNREVIEWED,
                        Exchange, ReviewAudit, audit, review_queue_order)
 from .extensions import db
 
@@ -38,6 +39,7 @@ ROUTE_LABELS = {
     ROUTE_MEMORY: "검토된 답변",
     ROUTE_FALLBACK: "기본 응답",
     ROUTE_IMPORT: "가져온 쌍",
+    ROUTE_UNSURE: "모른다고 답함",
 }
 
 
@@ -71,6 +73,21 @@ class CreatedBetweenFilter(sqla_filters.DateBetweenFilter):
         return "기간"
 
 
+class ConfidenceBelowFilter(sqla_filters.FloatSmallerFilter):
+    """Replies the model was less sure of than a number (0..1): the weak ones."""
+
+    def operation(self):
+        return "미만"
+
+
+class ConfidenceAtLeastFilter(sqla_filters.FloatGreaterFilter):
+    def apply(self, query, value, alias=None):
+        return query.filter(self.get_column(alias) >= value)
+
+    def operation(self):
+        return "이상"
+
+
 def _empty_to_none(value):
     if value is None:
         return None
@@ -98,6 +115,12 @@ def _format_feedback(view, context, model, name):
         "싫어요" if model.feedback == FEEDBACK_DOWN else "좋아요", value) if value else ""
 
 
+def _format_confidence(view, context, model, name):
+    """Two decimals; empty where no model answered (a reviewed answer, an import)."""
+    value = getattr(model, name)
+    return "" if value is None else f"{value:.2f}"
+
+
 def _format_time(view, context, model, name):
     value = getattr(model, name)
     return value.strftime("%Y-%m-%d %H:%M") if value else ""
@@ -122,8 +145,8 @@ class ExchangeView(ReviewerOnly, ModelView):
     page_size = 50
     can_set_page_size = True
 
-    column_list = ("question", "answer", "corrected_answer", "feedback", "status", "route", "model_version",
-                   "session_id", "created_at", "reviewer", "reviewed_at")
+    column_list = ("question", "answer", "corrected_answer", "feedback", "status", "route", "confidence",
+                   "model_version", "session_id", "created_at", "reviewer", "reviewed_at")
     column_details_list = ("id",) + column_list + ("question_key",)
     column_labels = {
         "id": "번호",
@@ -134,6 +157,7 @@ class ExchangeView(ReviewerOnly, ModelView):
         "status": "상태",
         "feedback": "평가",
         "route": "경로",
+        "confidence": "확신도",
         "model_version": "모델 버전",
         "session_id": "세션",
         "created_at": "생성 시각 (UTC)",
@@ -147,17 +171,20 @@ class ExchangeView(ReviewerOnly, ModelView):
         "status": _format_status,
         "feedback": _format_feedback,
         "route": _format_route,
+        "confidence": _format_confidence,
         "created_at": _format_time,
         "reviewed_at": _format_time,
     }
     column_formatters_detail = column_formatters
-    column_sortable_list = ("status", "feedback", "route", "created_at", "reviewer", "reviewed_at")
+    column_sortable_list = ("status", "feedback", "route", "confidence", "created_at", "reviewer", "reviewed_at")
     column_searchable_list = ("question", "answer", "corrected_answer")
     column_filters = (
         ChoiceFilter(Exchange.status, "상태", options=tuple(STATUS_LABELS.items())),
         CreatedBetweenFilter(Exchange.created_at, "생성일 (UTC)"),
         ChoiceFilter(Exchange.feedback, "평가", options=tuple(FEEDBACK_LABELS.items())),
         ChoiceFilter(Exchange.route, "경로", options=tuple(ROUTE_LABELS.items())),
+        ConfidenceBelowFilter(Exchange.confidence, "확신도"),
+        ConfidenceAtLeastFilter(Exchange.confidence, "확신도"),
     )
 
     # Only these two fields exist in the edit form, so nothing else can be

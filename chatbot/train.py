@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from chatbot import morph, versions
-from chatbot.bot import Chatbot
-from chatbot.model import BOS, EOS, PAD, ModelConfig, ModelLoadError, Seq2Seq, Vocab, perplexity, save_model
+from chatbot.bot import Chatbot, Reply
+from chatbot.model import BOS, CALIBRATION_FILE, EOS, PAD, ModelConfig, ModelLoadError, Seq2Seq, Vocab, perplexity, save_model
 from chatbot.pairs_csv import PairsFileError, read_pairs_csv
 from chatbot.retrieval import ANSWERS_FILE, AnswerIndex
 
@@ -75,6 +75,9 @@ class TrainConfig:
     device: str = "auto"  # auto = cuda when available
     threads: int = 0  # CPU threads for torch; 0 = half the cores (the server keeps the rest)
     samples: int = 5  # sample dev replies shown in the log and metrics.json
+    # The confidence threshold answers this share of the dev questions; the
+    # rest, least confident first, get "잘 모르겠어요" (calibrate).
+    target_coverage: float = 0.92
     quiet: bool = False  # no progress bar
     activate: bool = True  # point `current` at the new model
 
@@ -85,6 +88,8 @@ class TrainConfig:
             raise ValueError("epochs, batch_size and max_steps must be at least 1")
         if not 0 <= self.dev_percent <= 100:
             raise ValueError("dev_percent must be between 0 and 100")
+        if not 0 < self.target_coverage <= 1:
+            raise ValueError("target_coverage must be above 0 and at most 1")
 
 
 PAIR_PASSES = 110_000  # training budget for the automatic epoch count, in (pair, epoch) presentations
@@ -184,14 +189,22 @@ def evaluate_loss(model, examples, batch_size, device) -> float:
     return total / max(count, 1)
 
 
-def reply_metrics(bot: Chatbot, tokenized, samples: int = 0):
-    """Answer each question as the server would and score the replies against the references."""
+def answer_all(bot: Chatbot, tokenized) -> list[Reply]:
+    """Answer each question as the server would, 64 per model call."""
+    bot.model.eval()
+    replies = []
+    for i in range(0, len(tokenized), 64):
+        replies += bot.replies_to_tokens([q for q, _, _ in tokenized[i:i + 64]])
+    return replies
+
+
+def reply_metrics(bot: Chatbot, tokenized, samples: int = 0, replies=None):
+    """Score the bot's replies (answered here unless given) against the references."""
     import sacrebleu
 
-    bot.model.eval()
-    hyps = []
-    for i in range(0, len(tokenized), 64):  # 64 questions per model call
-        hyps += bot.reply_tokens_batch([q for q, _, _ in tokenized[i:i + 64]])
+    if replies is None:
+        replies = answer_all(bot, tokenized)
+    hyps = [r.text for r in replies]
     refs = [morph.normalize(answer) for _, _, answer in tokenized]
     shown = [{"question": morph.detokenize(q), "reference": ref, "reply": hyp}
              for (q, _, _), ref, hyp in list(zip(tokenized, refs, hyps))[:samples]]
@@ -200,6 +213,34 @@ def reply_metrics(bot: Chatbot, tokenized, samples: int = 0):
     chrf = sacrebleu.corpus_chrf(hyps, [refs]).score
     bleu = sacrebleu.corpus_bleu(hyps, [refs], tokenize="ko-mecab").score
     return round(chrf, 2), round(bleu, 2), shown
+
+
+COVERAGES = (1.0, 0.9, 0.8, 0.7, 0.6)
+
+
+def calibrate(replies: list[Reply], references: list[str], target_coverage: float) -> dict:
+    """The confidence threshold that answers ``target_coverage`` of the dev
+    questions (the rest get "잘 모르겠어요"), and the coverage/quality curve:
+    for each coverage, the threshold and the chrF of the replies kept.
+
+    Dev questions are held out from the index the bot answered them with, so
+    their confidences are what a new question's would be.  A question is
+    answered when its confidence is at least the threshold.
+    """
+    import sacrebleu
+
+    order = sorted(range(len(replies)), key=lambda i: -replies[i].confidence)
+
+    def point(coverage):
+        kept = order[:max(1, math.ceil(coverage * len(order)))]
+        threshold = math.floor(replies[kept[-1]].confidence * 10_000) / 10_000  # rounded down: kept stays kept
+        chrf = sacrebleu.corpus_chrf([replies[i].text for i in kept], [[references[i] for i in kept]]).score
+        return {"coverage": coverage, "threshold": threshold, "answered": len(kept), "chrf": round(chrf, 2)}
+
+    if not replies:  # nothing held out: answer everything
+        return {"threshold": 0.0, "target_coverage": target_coverage, "dev_questions": 0, "curve": []}
+    return {"threshold": point(target_coverage)["threshold"], "target_coverage": target_coverage,
+            "dev_questions": len(replies), "curve": [point(c) for c in COVERAGES]}
 
 
 # -----------------------------------------------------------------------------
@@ -347,7 +388,9 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
     # answers (the dev pairs are not in that index); train chrF is the network
     # alone: did it learn its training answers?
     train_index = AnswerIndex([q for q, _, _ in train_tok], [a for _, _, a in train_tok])
-    dev_chrf, dev_bleu, samples = reply_metrics(Chatbot(model, vocab, mc, answers=train_index), dev_tok, tc.samples)
+    dev_replies = answer_all(Chatbot(model, vocab, mc, answers=train_index), dev_tok)
+    dev_chrf, dev_bleu, samples = reply_metrics(None, dev_tok, tc.samples, replies=dev_replies)
+    calibration = calibrate(dev_replies, [morph.normalize(a) for _, _, a in dev_tok], tc.target_coverage)
     train_chrf, _, _ = reply_metrics(Chatbot(model, vocab, dataclasses.replace(mc, known_answers=False)),
                                      train_tok[:100])
     metrics = {
@@ -377,6 +420,8 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
     }
     log(f"best epoch {best_epoch} | dev chrF {dev_chrf} | dev BLEU {dev_bleu} | train chrF {train_chrf} "
         f"| {train_seconds:.0f}s")
+    log(f"confidence threshold {calibration['threshold']} answers {tc.target_coverage:.0%} of the dev questions; "
+        + ", ".join(f"{p['coverage']:.0%}: chrF {p['chrf']}" for p in calibration["curve"]))
     for s in samples:
         log(f"  Q: {s['question']}\n     ref: {s['reference']}\n     bot: {s['reply']}")
 
@@ -386,6 +431,7 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
     AnswerIndex([q for q, _, _ in everything], [a for _, _, a in everything]).save(out_dir / ANSWERS_FILE)
     plot_losses(history, best_epoch if dev_ex else None, out_dir / "loss.png", tc.label_smoothing)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    (out_dir / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n", encoding="utf-8")
     return metrics
 
 

@@ -5,6 +5,7 @@ import time
 import pytest
 
 from chatbot.batching import Busy, ReplyBatcher
+from chatbot.bot import Reply
 
 
 class SlowBot:
@@ -21,7 +22,7 @@ class SlowBot:
 
     def write_replies(self, texts, indices):
         time.sleep(self.seconds)
-        return [f"re: {texts[i]}" for i in indices]
+        return [Reply(f"re: {texts[i]}", False, 0.5) for i in indices]
 
 
 class KnownFirstBot:
@@ -31,18 +32,18 @@ class KnownFirstBot:
         self.seconds = seconds
 
     def known_replies(self, texts):
-        return list(texts), [f"re: {t}" if t.startswith("known") else None for t in texts]
+        return list(texts), [Reply(f"re: {t}", True, 0.9) if t.startswith("known") else None for t in texts]
 
     def write_replies(self, texts, indices):
         time.sleep(self.seconds)  # the network writing the rest
-        return [f"re: {texts[i]}" for i in indices]
+        return [Reply(f"re: {texts[i]}", False, 0.5) for i in indices]
 
 
 def ask_all(batcher, bot, texts):
     replies = [None] * len(texts)
 
     def ask(i):
-        replies[i] = batcher.answer(bot, texts[i])[0]
+        replies[i] = batcher.answer(bot, texts[i]).text
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(texts))]
     for t in threads:
@@ -78,7 +79,7 @@ def test_a_lone_question_does_not_wait_for_company():
     batcher = ReplyBatcher(workers=1, batch_max=8)
     batcher.answer(bot, "warm-up")
     start = time.monotonic()
-    assert batcher.answer(bot, "안녕") == ("re: 안녕", False)
+    assert batcher.answer(bot, "안녕") == Reply("re: 안녕", False, 0.5)
     assert time.monotonic() - start < 0.05
 
 
@@ -90,7 +91,7 @@ def test_a_failing_model_raises_in_the_caller_and_the_worker_survives():
     batcher = ReplyBatcher(workers=1, batch_max=4)
     with pytest.raises(RuntimeError, match="model exploded"):
         batcher.answer(BrokenBot(), "안녕")
-    assert batcher.answer(SlowBot(seconds=0), "안녕") == ("re: 안녕", False)
+    assert batcher.answer(SlowBot(seconds=0), "안녕") == Reply("re: 안녕", False, 0.5)
 
 
 def test_requests_for_different_models_are_not_mixed():
@@ -99,7 +100,7 @@ def test_requests_for_different_models_are_not_mixed():
     replies = [None] * 6
 
     def ask(i):
-        replies[i] = batcher.answer(old if i % 2 else new, str(i))[0]
+        replies[i] = batcher.answer(old if i % 2 else new, str(i)).text
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
     for t in threads:
@@ -118,7 +119,8 @@ def test_a_known_answer_does_not_wait_for_written_ones_in_its_batch():
 
     def ask(text):
         started = time.monotonic()
-        assert batcher.answer(bot, text) == (f"re: {text}", text.startswith("known"))
+        reply = batcher.answer(bot, text)
+        assert (reply.text, reply.known) == (f"re: {text}", text.startswith("known"))
         done[text] = time.monotonic() - started
 
     threads = [threading.Thread(target=ask, args=(t,)) for t in ("written 1", "known 1", "written 2", "known 2")]
@@ -138,7 +140,7 @@ def test_a_full_queue_answers_busy_at_once():
 
     def ask(i):
         try:
-            results.append(batcher.answer(bot, str(i))[0])
+            results.append(batcher.answer(bot, str(i)).text)
         except Busy:
             results.append("busy")
 

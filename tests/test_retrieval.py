@@ -100,7 +100,7 @@ def test_known_answers_are_announced_before_written_ones():
     bot = bot_with_index()
     order = []
     questions = ["양자역학", "춘천에 가고 싶어", "ㅋㅋㅋ", "점심 뭐 먹지?"]
-    replies = bot.reply_batch(questions, on_reply=lambda i, reply, known: order.append((i, reply, known)))
+    replies = bot.reply_batch(questions, on_reply=lambda i, reply: order.append((i, reply.text, reply.known)))
     assert [(i, known) for i, _, known in order] == [(1, True), (3, True), (0, False), (2, False)]
     assert {i: reply for i, reply, _ in order} == dict(enumerate(replies))
 
@@ -116,7 +116,7 @@ def test_encoder_states_alone_never_make_a_match():
     # training question, so the network writes their replies.
     bot = bot_with_index(state_weight=100.0, min_similarity=0.0)
     tokens = morph.tokenize("ㅋㅋㅋ")
-    assert bot.known_matches([tokens], [bot.vocab.encode(tokens, True)]) == [None]
+    assert bot.known_matches([tokens], [bot.vocab.encode(tokens, True)])[0][0] is None
     assert bot.reply("ㅋㅋㅋ") == bot_with_index(known_answers=False).reply("ㅋㅋㅋ")
 
 
@@ -125,7 +125,7 @@ def test_words_decide_whether_states_decide_which():
     words = index_of(PAIRS).similarities(questions)
     for weight in (0.0, 1.0, 100.0):
         bot = bot_with_index(state_weight=weight, min_similarity=0.3)
-        rows = bot.known_matches(questions, [bot.vocab.encode(q, True) for q in questions])
+        rows = [row for row, _, _ in bot.known_matches(questions, [bot.vocab.encode(q, True) for q in questions])]
         assert rows[-1] is None
         for q, row in enumerate(rows):
             if words[q].max() < 0.3:
@@ -152,3 +152,12 @@ def test_model_dir_answers_file(tmp_path):
         (tmp_path / ANSWERS_FILE).write_text(garbage, encoding="utf-8")
         with pytest.raises(ModelLoadError, match=ANSWERS_FILE):
             Chatbot.load(tmp_path)
+
+
+def test_known_share_counts_the_words_some_training_question_has():
+    index = index_of(PAIRS)
+    shares = index.known_share([morph.tokenize(q) for q in ["점심 뭐 먹지", "점심 파이썬", "양자역학", ""]])
+    assert shares[0] == 1.0
+    assert 0 < shares[1] < 1
+    assert shares[2] == 0.0
+    assert shares[3] == 1.0  # nothing to be unfamiliar with
