@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import shutil
@@ -57,6 +58,8 @@ from chatbot.pairs_csv import read_pairs_csv  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "chatbot_data" / "ChatbotData.train.csv"
 DEFAULT_OUT = ROOT / "bench" / "results" / "quality.json"
+# Written by us for this, never tuned on: bench/data/README.md.
+DEFAULT_OOD = ROOT / "bench" / "data" / "out_of_domain_test.csv"
 TEST_SALT = "bench-quality-test|"  # independent of the trainer's own dev split
 DEFAULT_ROW = "default"
 # --quick: a model small enough to train in seconds (numbers are meaningless).
@@ -65,6 +68,14 @@ QUICK = dict(embed_dim=16, hidden_dim=32, epochs=2, min_epochs=1, batch_size=16,
 
 # -----------------------------------------------------------------------------
 # data
+
+
+def read_questions(path) -> list[tuple[str, str]]:
+    """(question, category) rows of a Q[,category] CSV."""
+    import csv
+
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return [(row["Q"], row.get("category") or "") for row in csv.DictReader(f) if row.get("Q")]
 
 
 def read_pairs(path) -> list[tuple[str, str]]:
@@ -179,6 +190,85 @@ def seq2seq_replies(bot: Chatbot, questions, **decoding) -> tuple[list[str], flo
     return replies, time.time() - started
 
 
+def confidences(bot: Chatbot, questions) -> tuple[list, list[float]]:
+    """The default's replies (text, known, confidence) and each question's
+    best TF-IDF cosine to a training question (the bare cutoff it is compared with)."""
+    replies, best_cosine = [], []
+    for i in range(0, len(questions), 64):
+        batch = questions[i:i + 64]
+        replies += bot.replies(batch)
+        tokens = [morph.tokenize(q, bot.config.tokenizer) for q in batch]
+        best_cosine += bot.answers.similarities(tokens).max(dim=1).values.tolist()
+    return replies, best_cosine
+
+
+def chrf_of(replies, references) -> float | None:
+    import sacrebleu
+
+    return round(sacrebleu.corpus_chrf(list(replies), [list(references)]).score, 2) if replies else None
+
+
+def selective_point(scores, replies, references, ood_scores, threshold) -> dict:
+    """Answer where score >= threshold: coverage, chrF of the answered, and
+    the share of out-of-domain questions that get the fallback."""
+    kept = [i for i, value in enumerate(scores) if value >= threshold]
+    return {"threshold": round(threshold, 4), "coverage": round(len(kept) / len(scores), 4),
+            "chrf_answered": chrf_of([replies[i] for i in kept], [references[i] for i in kept]),
+            "ood_fallback": round(sum(value < threshold for value in ood_scores) / len(ood_scores), 4)
+            if ood_scores else None}
+
+
+def threshold_for(scores, coverage) -> float:
+    """The score that answers ``coverage`` of the questions (ties answered)."""
+    ranked = sorted(scores, reverse=True)
+    return ranked[max(1, math.ceil(coverage * len(ranked))) - 1]
+
+
+def confidence_report(bot: Chatbot, questions, references, ood_questions, png_path) -> dict:
+    """The default at its calibrated threshold (coverage, chrF answered vs all,
+    out-of-domain fallback), and the coverage/chrF curve of the confidence next
+    to a bare TF-IDF cutoff at the same coverages."""
+    replies, cosines = confidences(bot, questions)
+    ood_replies, ood_cosines = confidences(bot, ood_questions) if ood_questions else ([], [])
+    texts = [r.text for r in replies]
+    conf, ood_conf = [r.confidence for r in replies], [r.confidence for r in ood_replies]
+    chrf_all = chrf_of(texts, references)
+    at_threshold = selective_point(conf, texts, references, ood_conf, bot.threshold)
+    curve = []
+    for coverage in (1.0, 0.9, 0.8, 0.7, 0.6):
+        curve.append({"coverage": coverage,
+                      "confidence": selective_point(conf, texts, references, ood_conf, threshold_for(conf, coverage)),
+                      "tfidf_cutoff": selective_point(cosines, texts, references, ood_cosines,
+                                                      threshold_for(cosines, coverage))})
+    # The bare cutoff at the coverage the calibrated threshold gave: the fair comparison.
+    tfidf_same_coverage = selective_point(cosines, texts, references, ood_cosines,
+                                          threshold_for(cosines, at_threshold["coverage"]))
+    plot_curve(curve, png_path)
+    return {"calibrated_threshold": bot.threshold, "chrf_all": chrf_all, **at_threshold,
+            "chrf_answered_over_all": (round(at_threshold["chrf_answered"] / chrf_all, 3)
+                                       if chrf_all and at_threshold["chrf_answered"] is not None else None),
+            "tfidf_cutoff_same_coverage": tfidf_same_coverage, "ood_questions": len(ood_questions),
+            "curve": curve, "png": str(png_path)}
+
+
+def plot_curve(curve, path) -> None:
+    """chrF of the answered questions against coverage, confidence vs the bare TF-IDF cutoff."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.subplots()
+    for key, label in (("confidence", "confidence (default)"), ("tfidf_cutoff", "bare TF-IDF cutoff")):
+        ax.plot([p[key]["coverage"] * 100 for p in curve], [p[key]["chrf_answered"] for p in curve], marker="o",
+                label=label)
+    ax.set_xlabel("coverage: held-out questions answered (%)")
+    ax.set_ylabel("chrF of the answered")
+    ax.invert_xaxis()
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def model_info(bot: Chatbot) -> dict:
     m = bot.metrics
     return {"train_seconds": m.get("train_seconds"), "device": m.get("device"), "params": m.get("params"),
@@ -211,6 +301,8 @@ def parse_args(argv=None):
     p.add_argument("--rows", default="all", help="comma-separated subset of: retrieval, whitespace, morph (default all)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="training/model setting for every seq2seq row (repeatable), e.g. --set hidden_dim=512")
+    p.add_argument("--ood", default=str(DEFAULT_OOD),
+                   help="questions the data does not cover (a Q column), for the fallback share (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="tiny model, 2 epochs: checks the harness, not the model")
     p.add_argument("--keep-models", metavar="DIR", help="keep the trained models here (default: a temp dir, removed)")
     p.add_argument("--log", metavar="FILE.md", help="append one line per seq2seq row (for bench/results/experiments.md)")
@@ -260,7 +352,7 @@ def run(args) -> dict:
               f"top share {row['top_reply_share']}", flush=True)
 
     try:
-        retrieval_replies = None
+        retrieval_replies = confidence = None
         if "retrieval" in wanted:
             retrieval_replies, info = retrieval_row(train_pairs, questions)
             add("retrieval", retrieval_replies, info)
@@ -280,6 +372,12 @@ def run(args) -> dict:
             if retrieval_replies is not None:
                 extra["chrf_beats_retrieval_share"] = chrf_win_share(replies, retrieval_replies, references)
             add(DEFAULT_ROW, replies, model_info(morph_bot), secs, decoding=best_decoding, **extra)
+            ood = [q for q, _ in read_questions(args.ood)] if args.ood else []
+            confidence = confidence_report(morph_bot, questions, references, ood,
+                                           Path(args.out).with_name(Path(args.out).stem + "-coverage.png"))
+            print(f"-- confidence: threshold {confidence['threshold']} coverage {confidence['coverage']} "
+                  f"chrF answered {confidence['chrf_answered']} (all {confidence['chrf_all']}) "
+                  f"out-of-domain fallback {confidence['ood_fallback']}", flush=True)
         if ws_bot is not None:
             replies, secs = seq2seq_replies(ws_bot, questions, **beam)
             add("seq2seq-whitespace+beam", replies, model_info(ws_bot), secs, decoding=beam)
@@ -292,6 +390,7 @@ def run(args) -> dict:
     return {
         "rows": rows,
         "default": DEFAULT_ROW,
+        "confidence": confidence,
         "meta": {
             **data,
             "train_pairs": len(train_pairs),
@@ -336,6 +435,10 @@ def append_log(path, tag, result):
                     f"| {row.get('dev_loss')} | {result['meta']['load_average_before_after']} |\n")
 
 
+def share(value) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     result = run(args)
@@ -348,6 +451,20 @@ def main(argv=None) -> int:
     print(f"\n{m['train_pairs']} train / {m['test_pairs']} test pairs, {m['threads']} threads, "
           f"load average {m['load_average_before_after']}\n")
     print(markdown_table(result))
+    c = result.get("confidence")
+    if c:
+        print(f"\nconfidence (default): threshold {c['calibrated_threshold']} (calibrated on the trainer's dev split)")
+        print(f"  coverage {share(c['coverage'])}, chrF answered {c['chrf_answered']} vs all {c['chrf_all']} "
+              f"(x{c['chrf_answered_over_all']}), out-of-domain fallback {share(c['ood_fallback'])} "
+              f"of {c['ood_questions']}")
+        b = c["tfidf_cutoff_same_coverage"]
+        print(f"  bare TF-IDF cutoff at the same coverage: chrF answered {b['chrf_answered']}, "
+              f"out-of-domain fallback {share(b['ood_fallback'])}")
+        print("  coverage | confidence: chrF answered, ood fallback | TF-IDF cutoff: chrF answered, ood fallback")
+        for p in c["curve"]:
+            a, t = p["confidence"], p["tfidf_cutoff"]
+            print(f"  {p['coverage']:>7.0%} | {a['chrf_answered']}, {share(a['ood_fallback'])} "
+                  f"| {t['chrf_answered']}, {share(t['ood_fallback'])}")
     print(f"\nwrote {out}")
     return 0
 

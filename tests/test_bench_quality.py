@@ -80,3 +80,12 @@ def test_quick_run_writes_all_rows(pairs, tmp_path):
     # The default picks among known answers where a training question is alike.
     assert 0 <= rows["default"]["known_answer_share"] <= 1
     assert 0 <= rows["default"]["chrf_beats_retrieval_share"] <= 1
+    # Confidence: the calibrated threshold's coverage, the out-of-domain set's
+    # fallback, and the curve against a bare TF-IDF cutoff (JSON and PNG).
+    confidence = result["confidence"]
+    assert 0 <= confidence["calibrated_threshold"] <= 1 and 0 <= confidence["coverage"] <= 1
+    assert confidence["ood_questions"] >= 100 and 0 <= confidence["ood_fallback"] <= 1
+    assert [p["coverage"] for p in confidence["curve"]] == [1.0, 0.9, 0.8, 0.7, 0.6]
+    assert confidence["curve"][0]["confidence"]["coverage"] == 1.0
+    assert confidence["curve"][0]["confidence"]["chrf_answered"] == rows["default"]["chrf"]
+    assert (tmp_path / "quality-coverage.png").read_bytes()[:4] == b"\x89PNG"
