@@ -121,6 +121,13 @@ class Config:
     # when it moved, loads the new model and sends its chats a `model` event.
     # 0: no watcher (the model still reloads before the next reply).
     MODEL_WATCH_SECONDS = env_float("MODEL_WATCH_SECONDS", 2.0)
+    # Reviewed answers (chatbot/corrections.py) also answer questions whose
+    # morphemes have a TF-IDF cosine of at least CORRECTION_MIN_SIMILARITY
+    # with a reviewed question's; each process checks the database for other
+    # processes' review changes at most every CORRECTION_REFRESH_SECONDS
+    # (its own changes count at once).
+    CORRECTION_MIN_SIMILARITY = env_float("CORRECTION_MIN_SIMILARITY", 0.65)
+    CORRECTION_REFRESH_SECONDS = env_float("CORRECTION_REFRESH_SECONDS", 2.0)
     # Flask-Admin's look, and cookies that scripts cannot read or send cross-site.
     FLASK_ADMIN_SWATCH = "cerulean"
     SESSION_COOKIE_HTTPONLY = True

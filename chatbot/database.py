@@ -46,7 +46,7 @@ class Exchange(db.Model):
     question = db.Column(db.Text, nullable=False)
     # question_key ignores spacing, punctuation and particles (morph.question_key),
     # so a reviewed answer is found again for the same question asked differently
-    # (reviewed_answer, for every message: the index below).
+    # (chatbot/corrections.py, which also matches similar keys).
     # Stored and looked up cut to QUESTION_KEY_LENGTH (stored_key), whatever
     # MAX_MESSAGE_CHARS allows.
     question_key = db.Column(db.String(QUESTION_KEY_LENGTH), nullable=False)
@@ -136,17 +136,6 @@ class Reviewer(UserMixin, db.Model):
 
     def __repr__(self):
         return f"<Reviewer {self.username}>"
-
-
-def reviewed_answer(key: str):
-    """The newest reviewed answer for a question key, or None."""
-    row = db.session.execute(
-        sa.select(Exchange)
-        .where(Exchange.question_key == stored_key(key), Exchange.status == REVIEWED)
-        .order_by(Exchange.reviewed_at.desc().nulls_last(), Exchange.id.desc())
-        .limit(1)
-    ).scalar_one_or_none()
-    return row.final_answer if row else None
 
 
 def review_queue_order():
