@@ -249,7 +249,9 @@ def init_app(app):
         app.config["MODEL_DIR"], workers=app.config["REPLY_WORKERS"], batch_max=app.config["REPLY_BATCH_MAX"],
         window_ms=app.config["REPLY_BATCH_WINDOW_MS"], torch_threads=app.config["TORCH_THREADS"],
         queue_max=app.config["REPLY_QUEUE_MAX"], min_confidence=app.config["MIN_CONFIDENCE"],
-        unsure_replies=app.config["UNSURE_REPLIES"])
+        unsure_replies=app.config["UNSURE_REPLIES"],
+        correction_min_similarity=app.config["CORRECTION_MIN_SIMILARITY"],
+        correction_refresh_seconds=app.config["CORRECTION_REFRESH_SECONDS"])
     if not app.testing:  # one thread per server process, from its first chat on
         app.extensions["chatbot.model_watch"] = ModelWatcher(
             app, app.extensions["chatbot.responder"], app.config["MODEL_WATCH_SECONDS"])

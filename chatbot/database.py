@@ -16,7 +16,7 @@ STATUS_LABELS = {UNREVIEWED: "미검토", REVIEWED: "검토 완료", NEEDS_DELET
 
 ROUTE_MODEL = "model"      # written by the seq2seq model
 ROUTE_KNOWN = "known"      # a training pair's answer, chosen by the model (chatbot/retrieval.py)
-ROUTE_MEMORY = "memory"    # a reviewed answer to the same question
+ROUTE_MEMORY = "memory"    # a reviewed answer to the same or a similar question (chatbot/corrections.py)
 ROUTE_FALLBACK = "fallback"  # no model loaded yet
 ROUTE_IMPORT = "import"    # a pair imported from CSV, never asked in a chat
 ROUTE_UNSURE = "unsure"    # the model's confidence was below its threshold: "잘 모르겠어요"
@@ -47,7 +47,7 @@ class Exchange(db.Model):
     question = db.Column(db.Text, nullable=False)
     # question_key ignores spacing, punctuation and particles (morph.question_key),
     # so a reviewed answer is found again for the same question asked differently
-    # (reviewed_answer, for every message: the index below).
+    # (chatbot/corrections.py, which also matches similar keys).
     # Stored and looked up cut to QUESTION_KEY_LENGTH (stored_key), whatever
     # MAX_MESSAGE_CHARS allows.
     question_key = db.Column(db.String(QUESTION_KEY_LENGTH), nullable=False)
@@ -140,17 +140,6 @@ class Reviewer(UserMixin, db.Model):
 
     def __repr__(self):
         return f"<Reviewer {self.username}>"
-
-
-def reviewed_answer(key: str):
-    """The newest reviewed answer for a question key, or None."""
-    row = db.session.execute(
-        sa.select(Exchange)
-        .where(Exchange.question_key == stored_key(key), Exchange.status == REVIEWED)
-        .order_by(Exchange.reviewed_at.desc().nulls_last(), Exchange.id.desc())
-        .limit(1)
-    ).scalar_one_or_none()
-    return row.final_answer if row else None
 
 
 def review_queue_order():

@@ -1,5 +1,6 @@
-"""Answers questions: a reviewed answer if there is one, else the model's
-(a training pair's answer it picked, or a reply it wrote).
+"""Answers questions: a reviewed answer if there is one for the question or
+a similar one (corrections.py), else the model's (a training pair's answer
+it picked, or a reply it wrote).
 
 The model in use is whatever ``<MODEL_DIR>/current`` points at.  Before each
 reply the responder checks where the link points (one readlink) and loads the
@@ -14,9 +15,10 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import morph
 from .batching import ReplyBatcher
-from .database import ROUTE_FALLBACK, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, ROUTE_UNSURE, reviewed_answer
+from .config import Config
+from .corrections import Corrections
+from .database import ROUTE_FALLBACK, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, ROUTE_UNSURE
 from .extensions import db
 
 log = logging.getLogger(__name__)
@@ -36,7 +38,9 @@ class Responder:
     """Holds the current model and reloads it when ``current`` moves."""
 
     def __init__(self, models_root, workers=1, batch_max=8, window_ms=0.0, torch_threads=1, queue_max=256,
-                 min_confidence=None, unsure_replies=("잘 모르겠어요.",)):
+                 min_confidence=None, unsure_replies=("잘 모르겠어요.",),
+                 correction_min_similarity=Config.CORRECTION_MIN_SIMILARITY,
+                 correction_refresh_seconds=Config.CORRECTION_REFRESH_SECONDS):
         self.models_root = Path(models_root)
         self.torch_threads = torch_threads
         # None: each model's own calibrated threshold (Chatbot.threshold).
@@ -45,6 +49,7 @@ class Responder:
         # `workers` OS threads compute the replies, several questions per
         # model call when chats arrive together; the chats just wait.
         self._batcher = ReplyBatcher(workers, batch_max, window_ms, queue_max)
+        self.corrections = Corrections(self._batcher.run, correction_min_similarity, correction_refresh_seconds)
         self._lock = threading.Lock()
         self._bot = None
         self._target = None  # the link target the loaded model came from
@@ -95,12 +100,12 @@ class Responder:
         """
         bot = self.model()
         version = bot.version if bot else None
-        reviewed = reviewed_answer(key if key is not None else morph.question_key(question))
+        reviewed = self.corrections.lookup(question, key)
         # Give the database connection back before waiting for the model: a
         # pool of a few connections then serves any number of waiting chats.
         db.session.close()
         if reviewed is not None:
-            return Answer(reviewed, ROUTE_MEMORY, version)
+            return Answer(reviewed[0], ROUTE_MEMORY, version)
         if bot is None:
             return Answer(FALLBACK_ANSWER, ROUTE_FALLBACK, None)
         reply = self._batcher.answer(bot, question)

@@ -180,6 +180,12 @@ class Postgres:
                           "-U", "postgres", "chatbot")
         return self
 
+    def create_database(self, name):
+        """Another empty database in the cluster, for a test that needs its own; its URL."""
+        self._as_postgres(os.path.join(self.bin, "createdb"), "-h", "127.0.0.1", "-p", str(self.port),
+                          "-U", "postgres", name)
+        return self.url.rsplit("/", 1)[0] + "/" + name
+
     def stop(self):
         try:
             self._as_postgres(os.path.join(self.bin, "pg_ctl"), "-D", self.data, "-m", "immediate", "-w", "stop",

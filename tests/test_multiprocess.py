@@ -192,6 +192,81 @@ def test_two_processes_share_events_models_and_the_database(tmp_path, backends):
         assert "Traceback" not in server.log(), server.log()
 
 
+def test_a_correction_made_through_one_process_reaches_a_paraphrase_on_the_other(tmp_path, backends):
+    """A reviewer corrects an answer in process a's admin; process b, which
+    has already answered the paraphrase itself, gives the correction to it
+    within a few seconds (CORRECTION_REFRESH_SECONDS=1), then the edited
+    correction, and stops once the row is back to 미검토."""
+    import requests
+
+    from helpers import PASSWORD, token_in
+    redis, postgres = backends
+    models = tmp_path / "models"
+    tiny_model(models)
+    env = {"DATABASE_URL": postgres.create_database("corrections"), "SOCKETIO_MESSAGE_QUEUE": redis.url,
+           "MODEL_DIR": str(models), "SECRET_KEY": "shared-secret", "REPLY_WORKERS": "1",
+           "CORRECTION_REFRESH_SECONDS": "1"}
+    flask_cli("db", "upgrade", env={**os.environ, **env})
+    flask_cli("create-admin", "kim", env={**os.environ, **env, "CHATBOT_ADMIN_PASSWORD": PASSWORD})
+    question, paraphrase = "춘천에는 비가 와요?", "오늘 춘천에 비 와요?"
+
+    servers = [LiveServer(tmp_path / name, env=env) for name in ("a", "b")]
+    chats = []
+    try:
+        for server in servers:
+            server.workdir.mkdir()
+            server.start()
+        a, b = servers
+        on_a, on_b = Chat("a").connect(a.url), Chat("b").connect(b.url)
+        chats = [on_a, on_b]
+        assert on_b.ask(paraphrase)["route"] != "memory"  # b has built its index without the correction
+        row_id = on_a.ask(question)["id"]
+
+        admin = requests.Session()
+        login = admin.post(a.url + "/login", allow_redirects=False, data={
+            "csrf_token": token_in(admin.get(a.url + "/login").text), "username": "kim", "password": PASSWORD})
+        assert login.status_code == 302 and "/login" not in login.headers["Location"]
+
+        def edit(correction):
+            page = admin.get(f"{a.url}/admin/exchange/edit/?id={row_id}")
+            saved = admin.post(f"{a.url}/admin/exchange/edit/?id={row_id}", allow_redirects=False, data={
+                "csrf_token": token_in(page.text), "corrected_answer": correction, "status": "reviewed"})
+            assert saved.status_code == 302, saved.text[-2000:]
+
+        def answer_on_b(done, seconds=10):
+            """Ask b the paraphrase until done(reply); the reply and the seconds it took."""
+            start = time.monotonic()
+            while True:
+                reply = on_b.ask(paraphrase)
+                if done(reply) or time.monotonic() - start > seconds:
+                    return reply, time.monotonic() - start
+                time.sleep(0.2)
+
+        edit("춘천은 오늘 맑아요.")
+        assert on_a.ask(paraphrase)["answer"] == "춘천은 오늘 맑아요."  # the process that made it: at once
+        reply, took = answer_on_b(lambda r: r["answer"] == "춘천은 오늘 맑아요.")
+        assert (reply["answer"], reply["route"]) == ("춘천은 오늘 맑아요.", "memory") and took < 5, took
+
+        edit("춘천은 오후부터 비가 와요.")  # the same rows reviewed: only the audit shows the change
+        reply, took = answer_on_b(lambda r: r["answer"] == "춘천은 오후부터 비가 와요.")
+        assert reply["answer"] == "춘천은 오후부터 비가 와요." and took < 5, took
+
+        page = admin.get(a.url + "/admin/exchange/")
+        unmarked = admin.post(a.url + "/admin/exchange/action/", allow_redirects=False, data={
+            "csrf_token": token_in(page.text), "action": "mark_unreviewed", "rowid": [str(row_id)],
+            "url": "/admin/exchange/"})
+        assert unmarked.status_code == 302
+        reply, took = answer_on_b(lambda r: r["route"] != "memory")
+        assert reply["route"] != "memory" and took < 5, took
+    finally:
+        for chat in chats:
+            chat.close()
+        for server in servers:
+            server.stop()
+    for server in servers:
+        assert "Traceback" not in server.log(), server.log()
+
+
 def test_the_migrations_on_postgresql(tmp_path, backends):
     """Every migration upgrades and downgrades on PostgreSQL (non-native enums
     as CHECK constraints, string lengths), and the result matches the models."""

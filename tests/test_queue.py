@@ -6,7 +6,7 @@ import sqlalchemy as sa
 
 from chatbot import morph
 from chatbot.database import (FEEDBACK_DOWN, NEEDS_DELETION, REVIEWED, ROUTE_IMPORT, UNREVIEWED, Exchange,
-                              ReviewAudit, reviewed_answer)
+                              ReviewAudit)
 from chatbot.extensions import db
 from chatbot.pairs import training_pairs
 
@@ -65,7 +65,8 @@ def test_near_identical_questions_are_grouped_and_one_correction_applies_to_all(
         assert row.corrected_answer == "비빔밥 어때요?" and row.reviewer == "kim"
     assert get_row(app, done).reviewed_at is None  # an already reviewed row is left alone
     with app.app_context():
-        assert reviewed_answer(key) == "비빔밥 어때요?"
+        corrections = app.extensions["chatbot.responder"].corrections
+        assert corrections.lookup("점심 뭐 먹지?", key) == ("비빔밥 어때요?", 1.0)
         assert ("점심 뭐 먹지?", "비빔밥 어때요?") in training_pairs()
     log = audits(app)
     assert sorted(e[2] for e in log) == sorted([a, b, c])
