@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 5000
 MALLOC_ARENA_MAX ?= 2
 
-.PHONY: run serve bench-serve bench-attack test retrain install install-test clean bench-quality browser
+.PHONY: run serve bench-serve bench-attack bench-learning test retrain install install-test clean bench-quality browser
 
 $(BIN)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,12 @@ test: install-test browser
 # Extra flags: make bench-quality BENCH_ARGS="--train a.csv --test b.csv"
 bench-quality: $(BIN)/.installed-bench
 	$(BIN)/python -m bench.quality $(BENCH_ARGS)
+
+# Learning benchmark (bench/learning.py): does one correction reach a question's
+# paraphrases, before and after a retrain? ~10 min on 2 cores; not run in CI.
+# make bench-learning BENCH_ARGS="--data pairs.csv"
+bench-learning: $(BIN)/.installed-bench
+	$(BIN)/python -m bench.learning $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
