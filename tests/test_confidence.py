@@ -114,6 +114,16 @@ def test_calibrate_answers_the_target_share_of_dev_questions():
     assert train.calibrate([], [], 0.9)["threshold"] == 0.0
 
 
+def test_calibrate_keeps_written_replies_only_when_as_sure_as_matched_ones():
+    matched = [Reply(f"답 {i}", True, 0.4 + i / 20) for i in range(8)]   # 0.40 .. 0.75
+    written = [Reply(f"글 {i}", False, 0.01 * (i + 1)) for i in range(4)]  # 0.01 .. 0.04
+    calibration = train.calibrate(matched + written, [r.text for r in matched + written], 1.0)
+    assert calibration["threshold"] == 0.4  # every matched question kept, no written one
+    assert calibration["dev_answered"] == round(8 / 12, 4)
+    only_written = train.calibrate(written, [r.text for r in written], 0.5)
+    assert only_written["threshold"] == 0.03  # nothing matched (known_answers off): all replies count
+
+
 def test_the_review_queue_puts_thumbs_down_first_then_unsure(app):
     with app.app_context():
         def add(question, route=ROUTE_MODEL, feedback=None, status=UNREVIEWED):
