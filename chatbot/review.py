@@ -51,7 +51,9 @@ class ReviewIndexView(ReviewerOnly, AdminIndexView):
         rows = [(status, label, counts.get(status, 0)) for status, label in STATUS_LABELS.items()]
         disliked = db.session.scalar(sa.select(sa.func.count()).select_from(Exchange).where(
             Exchange.feedback == FEEDBACK_DOWN, Exchange.status == UNREVIEWED))
-        return self.render("admin/review_index.html", status_rows=rows, disliked=disliked,
+        unsure = db.session.scalar(sa.select(sa.func.count()).select_from(Exchange).where(
+            Exchange.route == ROUTE_UNSURE, Exchange.status == UNREVIEWED))
+        return self.render("admin/review_index.html", status_rows=rows, disliked=disliked, unsure=unsure,
                            needs_deletion=counts.get(NEEDS_DELETION, 0))
 
 

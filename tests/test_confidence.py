@@ -1,6 +1,7 @@
 """Confidence: every reply has one, below the threshold the bot says it does
 not know (route "unsure"), and the trainer calibrates the threshold."""
 import json
+import re
 
 import pytest
 
@@ -157,3 +158,18 @@ def test_the_review_list_shows_sorts_and_filters_by_confidence(app, logged_in):
     at_least = next(i for i, f in enumerate(view._filters) if f.operation() == "이상")
     sure = logged_in.get(f"/admin/exchange/?flt0_{at_least}=0.35").get_data(as_text=True)
     assert "모르는 질문" not in sure and "애매한 질문" in sure and "확실한 질문" in sure
+
+
+def test_the_home_page_counts_unsure_replies_and_links_to_them(app, logged_in):
+    with app.app_context():
+        for question, route, status in [("모름 1", ROUTE_UNSURE, UNREVIEWED), ("모름 2", ROUTE_UNSURE, UNREVIEWED),
+                                        ("모름 검토됨", ROUTE_UNSURE, REVIEWED), ("아는 것", ROUTE_KNOWN, UNREVIEWED)]:
+            db.session.add(Exchange(question=question, question_key=question, answer="a", route=route, status=status))
+        db.session.commit()
+    home = logged_in.get("/admin/").get_data(as_text=True)
+    row = home[home.index("모른다고 답한 미검토"):]
+    assert row[:row.index("</tr>")].count('<td class="text-right">2</td>') == 1
+    link = re.search(r'href="([^"]*flt1_3=unsure[^"]*)"', home).group(1).replace("&amp;", "&")
+    listed = logged_in.get(link).get_data(as_text=True)
+    assert "모름 1" in listed and "모름 2" in listed
+    assert "모름 검토됨" not in listed and "아는 것" not in listed
