@@ -79,6 +79,9 @@ class TrainConfig:
     # training answer matched; the rest, and written replies less sure than
     # those, get "잘 모르겠어요" (calibrate).
     target_coverage: float = 0.94
+    # Contrastive matching loss (match_loss) beside the decoder's, 0 = off.
+    match_weight: float = 0.0
+    match_temperature: float = 0.1
     quiet: bool = False  # no progress bar
     activate: bool = True  # point `current` at the new model
 
@@ -170,6 +173,25 @@ def collate(examples, device):
         tgt_out[i, : len(t) + 1] = torch.tensor(t + [EOS])
     lengths = torch.tensor([len(s) for s, _ in examples])
     return src.to(device), lengths, tgt_in.to(device), tgt_out.to(device)
+
+
+def match_loss(model, src, lengths, answers, temperature, device):
+    """Contrastive: each question's encoder state must be nearer its own
+    answer's state (the answer read by the same encoder) than the batch's
+    other answers (in-batch negatives; a repeated answer is not a negative).
+    Questions with one answer are drawn together, which is what the
+    known-answer match's state cosine relies on."""
+    _, hidden = model.encode(src, lengths)
+    questions = F.normalize(hidden[-1], dim=-1)
+    answer_src = [list(a)[: model.config.max_src_len - 1] + [EOS] for a in answers]
+    padded = torch.full((len(answer_src), max(map(len, answer_src))), PAD, dtype=torch.long)
+    for row, ids in enumerate(answer_src):
+        padded[row, : len(ids)] = torch.tensor(ids)
+    _, answer_hidden = model.encode(padded.to(device), torch.tensor([len(ids) for ids in answer_src]))
+    scores = questions @ F.normalize(answer_hidden[-1], dim=-1).T / temperature
+    same = torch.tensor([[a == b for b in answer_src] for a in answer_src], device=device)
+    scores = scores.masked_fill(same & ~torch.eye(len(answer_src), dtype=torch.bool, device=device), -math.inf)
+    return F.cross_entropy(scores, torch.arange(len(answer_src), device=device))
 
 
 # -----------------------------------------------------------------------------
@@ -351,6 +373,9 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
             logits = model(src, lengths, tgt_in)
             loss = F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD,
                                    label_smoothing=tc.label_smoothing)
+            if tc.match_weight:
+                loss = loss + tc.match_weight * match_loss(model, src, lengths, [train_ex[i][1] for i in batch],
+                                                           tc.match_temperature, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)

@@ -9,6 +9,7 @@ import torch
 
 from chatbot import train, versions
 from chatbot.bot import Chatbot
+from chatbot.model import ModelConfig, Seq2Seq
 from helpers import PAIRS
 
 NAME = re.compile(r"^\d{8}-\d{6}(-\d+)?$")
@@ -261,3 +262,19 @@ def test_cli_trains_on_the_apps_pairs(app, monkeypatch):
     assert metrics["train_pairs"] > 100
     assert train.main(["--if-missing", *FAST]) == 0  # already there: nothing new
     assert versions.list_versions(models) == [name]
+
+
+def test_match_loss_trains_the_encoder_and_a_repeated_answer_is_no_negative():
+    torch.manual_seed(0)
+    config = ModelConfig(embed_dim=16, hidden_dim=16)
+    model = Seq2Seq(config, 30)
+    src = torch.tensor([[5, 6, 2], [7, 8, 2], [9, 10, 2]])
+    lengths = torch.tensor([3, 3, 3])
+    answers = [[11, 12], [13, 14], [15, 16]]
+    loss = train.match_loss(model, src, lengths, answers, 0.1, "cpu")
+    assert loss.item() > 0
+    loss.backward()
+    assert model.embed.weight.grad.abs().sum() > 0  # it trains the encoder
+    # A repeated answer is no negative: with one answer for all, nothing to tell apart.
+    same = train.match_loss(model, src, lengths, [[11, 12]] * 3, 0.1, "cpu")
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
