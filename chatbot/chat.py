@@ -251,7 +251,8 @@ def init_app(app):
         queue_max=app.config["REPLY_QUEUE_MAX"], min_confidence=app.config["MIN_CONFIDENCE"],
         unsure_replies=app.config["UNSURE_REPLIES"],
         correction_min_similarity=app.config["CORRECTION_MIN_SIMILARITY"],
-        correction_refresh_seconds=app.config["CORRECTION_REFRESH_SECONDS"])
+        correction_refresh_seconds=app.config["CORRECTION_REFRESH_SECONDS"],
+        correction_unsure_similarity=app.config["CORRECTION_UNSURE_SIMILARITY"])
     if not app.testing:  # one thread per server process, from its first chat on
         app.extensions["chatbot.model_watch"] = ModelWatcher(
             app, app.extensions["chatbot.responder"], app.config["MODEL_WATCH_SECONDS"])

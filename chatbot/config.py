@@ -142,6 +142,10 @@ class Config:
     # paraphrases matched fall (24%, 20%, 16%): no knee, a middle value.
     CORRECTION_MIN_SIMILARITY = env_float("CORRECTION_MIN_SIMILARITY", 0.65)
     CORRECTION_REFRESH_SECONDS = env_float("CORRECTION_REFRESH_SECONDS", 2.0)
+    # A weaker match, down to CORRECTION_UNSURE_SIMILARITY, still answers a
+    # question the bot would otherwise say it does not know: a reviewer's
+    # answer to a similar question beats "잘 모르겠어요".
+    CORRECTION_UNSURE_SIMILARITY = env_float("CORRECTION_UNSURE_SIMILARITY", 0.4)
     # Flask-Admin's look, and cookies that scripts cannot read or send cross-site.
     FLASK_ADMIN_SWATCH = "cerulean"
     SESSION_COOKIE_HTTPONLY = True

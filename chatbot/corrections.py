@@ -98,11 +98,12 @@ class Corrections:
         """This process committed a change: rebuild before the next lookup."""
         self._changed = True
 
-    def lookup(self, question, key=None):
+    def lookup(self, question, key=None, min_similarity=None):
         """(answer, similarity) for ``question``, or None.
 
         ``key`` is its morph.question_key if known.  The same key is certain
-        (1.0); else the most similar reviewed question, at min_similarity or more.
+        (1.0); else the most similar reviewed question, at ``min_similarity``
+        (default: this index's) or more.
         """
         key = stored_key(key if key is not None else morph.question_key(question))
         built = self._current()
@@ -111,7 +112,7 @@ class Corrections:
             return answer, 1.0
         if built.index is None:
             return None
-        return self._run(built.most_similar, key, self.min_similarity)
+        return self._run(built.most_similar, key, self.min_similarity if min_similarity is None else min_similarity)
 
     def _due(self):
         return self._changed or time.monotonic() - self._checked >= self.refresh_seconds

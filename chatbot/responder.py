@@ -40,7 +40,8 @@ class Responder:
     def __init__(self, models_root, workers=1, batch_max=8, window_ms=0.0, torch_threads=1, queue_max=256,
                  min_confidence=None, unsure_replies=("잘 모르겠어요.",),
                  correction_min_similarity=Config.CORRECTION_MIN_SIMILARITY,
-                 correction_refresh_seconds=Config.CORRECTION_REFRESH_SECONDS):
+                 correction_refresh_seconds=Config.CORRECTION_REFRESH_SECONDS,
+                 correction_unsure_similarity=Config.CORRECTION_UNSURE_SIMILARITY):
         self.models_root = Path(models_root)
         self.torch_threads = torch_threads
         # None: each model's own calibrated threshold (Chatbot.threshold).
@@ -50,6 +51,7 @@ class Responder:
         # model call when chats arrive together; the chats just wait.
         self._batcher = ReplyBatcher(workers, batch_max, window_ms, queue_max)
         self.corrections = Corrections(self._batcher.run, correction_min_similarity, correction_refresh_seconds)
+        self.correction_unsure_similarity = min(correction_unsure_similarity, correction_min_similarity)
         self._lock = threading.Lock()
         self._bot = None
         self._target = None  # the link target the loaded model came from
@@ -100,17 +102,19 @@ class Responder:
         """
         bot = self.model()
         version = bot.version if bot else None
-        reviewed = self.corrections.lookup(question, key)
+        reviewed = self.corrections.lookup(question, key, self.correction_unsure_similarity)
         # Give the database connection back before waiting for the model: a
         # pool of a few connections then serves any number of waiting chats.
         db.session.close()
-        if reviewed is not None:
+        if reviewed is not None and reviewed[1] >= self.corrections.min_similarity:
             return Answer(reviewed[0], ROUTE_MEMORY, version)
         if bot is None:
             return Answer(FALLBACK_ANSWER, ROUTE_FALLBACK, None)
         reply = self._batcher.answer(bot, question)
         threshold = self.min_confidence if self.min_confidence is not None else bot.threshold
         if reply.confidence < threshold:  # never at 0: confidence is at least 0
+            if reviewed is not None:  # a weaker match to a correction beats "잘 모르겠어요"
+                return Answer(reviewed[0], ROUTE_MEMORY, version, reply.confidence)
             return Answer(random.choice(self.unsure_replies), ROUTE_UNSURE, version, reply.confidence)
         return Answer(reply.text or FALLBACK_ANSWER, ROUTE_KNOWN if reply.known else ROUTE_MODEL, version,
                       reply.confidence)

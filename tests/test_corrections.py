@@ -187,3 +187,29 @@ def test_another_process_changes_are_seen_within_the_refresh_interval(make_app):
         audit(row, "edit", "kim", old_status=row.status)  # as the edit form does
         db.session.commit()
     assert answer_within("춘천은 흐려요.") == "춘천은 흐려요."
+
+
+@pytest.mark.parametrize("min_confidence, route", [(0.99, ROUTE_MEMORY), (0, ROUTE_KNOWN)])
+def test_a_weaker_match_answers_only_what_the_bot_would_not_know(make_app, min_confidence, route):
+    """Between CORRECTION_UNSURE_SIMILARITY and CORRECTION_MIN_SIMILARITY a
+    correction replaces "잘 모르겠어요", never a reply the bot is sure of."""
+    app = make_app(CORRECTION_REFRESH_SECONDS=3600, MIN_CONFIDENCE=min_confidence, UNSURE_REPLIES=["모름"])
+    tiny_model(app.config["MODEL_DIR"])
+    near, far = "춘천에는 눈이 와요?", "비행기 표 예매해 줘"
+    with app.app_context():
+        row = Exchange(question=QUESTION, question_key=morph.question_key(QUESTION), answer="a",
+                       corrected_answer=CORRECTION)
+        db.session.add(row)
+        row.mark(REVIEWED, "minji")
+        db.session.commit()
+        corrections = app.extensions["chatbot.responder"].corrections
+        similarity = corrections.lookup(near, min_similarity=0)[1]
+        assert app.config["CORRECTION_UNSURE_SIMILARITY"] <= similarity < app.config["CORRECTION_MIN_SIMILARITY"]
+        assert corrections.lookup(far, min_similarity=0)[1] < app.config["CORRECTION_UNSURE_SIMILARITY"]
+    sock = connect(app)
+    answer = reply(sock, near)
+    if route == ROUTE_MEMORY:
+        assert (answer["answer"], answer["route"]) == (CORRECTION, ROUTE_MEMORY)
+        assert (reply(sock, far)["answer"], reply(sock, far)["route"]) == ("모름", "unsure")
+    else:  # the bot answers everything itself: the weak match is not used
+        assert answer["route"] != ROUTE_MEMORY and answer["answer"] != CORRECTION
