@@ -2,8 +2,10 @@
 
 Each question gets a training pair's answer when it matches one closely
 enough (chatbot/retrieval.py's TF-IDF, weighed with the encoder's states),
-else the network writes a reply (chatbot/decode.py).  Batched: the server
-answers chats that arrive together in one call.
+else the network writes a reply (chatbot/decode.py).  Every reply has a
+confidence from 0 to 1; below the threshold the trainer calibrated
+(``threshold``, calibration.json) the server says it does not know.
+Batched: the server answers chats that arrive together in one call.
 """
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """Answers questions: a reviewed answer if there is one for the question or
 a similar one (corrections.py), else the model's (a training pair's answer
-it picked, or a reply it wrote).
+it picked, or a reply it wrote), unless the model is less sure of it than
+its threshold: then a weaker match to a reviewed answer, or an honest
+"잘 모르겠어요" (route unsure).
 
 The model in use is whatever ``<MODEL_DIR>/current`` points at.  Before each
 reply the responder checks where the link points (one readlink) and loads the
