@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import platform
 import shutil
@@ -218,12 +217,6 @@ def selective_point(scores, replies, references, ood_scores, threshold) -> dict:
             if ood_scores else None}
 
 
-def threshold_for(scores, coverage) -> float:
-    """The score that answers ``coverage`` of the questions (ties answered)."""
-    ranked = sorted(scores, reverse=True)
-    return ranked[max(1, math.ceil(coverage * len(ranked))) - 1]
-
-
 def confidence_report(bot: Chatbot, questions, references, ood_questions, png_path) -> dict:
     """The default at its calibrated threshold (coverage, chrF answered vs all,
     out-of-domain fallback), and the coverage/chrF curve of the confidence next
@@ -235,14 +228,15 @@ def confidence_report(bot: Chatbot, questions, references, ood_questions, png_pa
     chrf_all = chrf_of(texts, references)
     at_threshold = selective_point(conf, texts, references, ood_conf, bot.threshold)
     curve = []
-    for coverage in (1.0, 0.9, 0.8, 0.7, 0.6):
+    for coverage in train.COVERAGES:
         curve.append({"coverage": coverage,
-                      "confidence": selective_point(conf, texts, references, ood_conf, threshold_for(conf, coverage)),
+                      "confidence": selective_point(conf, texts, references, ood_conf,
+                                                    train.score_keeping(coverage, conf)),
                       "tfidf_cutoff": selective_point(cosines, texts, references, ood_cosines,
-                                                      threshold_for(cosines, coverage))})
+                                                      train.score_keeping(coverage, cosines))})
     # The bare cutoff at the coverage the calibrated threshold gave: the fair comparison.
     tfidf_same_coverage = selective_point(cosines, texts, references, ood_cosines,
-                                          threshold_for(cosines, at_threshold["coverage"]))
+                                          train.score_keeping(at_threshold["coverage"], cosines))
     plot_curve(curve, png_path)
     return {"calibrated_threshold": bot.threshold, "chrf_all": chrf_all, **at_threshold,
             "chrf_answered_over_all": (round(at_threshold["chrf_answered"] / chrf_all, 3)

@@ -221,12 +221,10 @@ def answer_all(bot: Chatbot, tokenized) -> list[Reply]:
     return replies
 
 
-def reply_metrics(bot: Chatbot, tokenized, samples: int = 0, replies=None):
-    """Score the bot's replies (answered here unless given) against the references."""
+def reply_metrics(replies: list[Reply], tokenized, samples: int = 0):
+    """Score replies to the tokenized questions against their references."""
     import sacrebleu
 
-    if replies is None:
-        replies = answer_all(bot, tokenized)
     hyps = [r.text for r in replies]
     refs = [morph.normalize(answer) for _, _, answer in tokenized]
     shown = [{"question": morph.detokenize(q), "reference": ref, "reply": hyp}
@@ -239,6 +237,12 @@ def reply_metrics(bot: Chatbot, tokenized, samples: int = 0, replies=None):
 
 
 COVERAGES = (1.0, 0.9, 0.8, 0.7, 0.6)
+
+
+def score_keeping(coverage: float, scores) -> float:
+    """The score that keeps ``coverage`` of ``scores``, those at or above it (ties kept)."""
+    ranked = sorted(scores, reverse=True)
+    return ranked[max(1, math.ceil(coverage * len(ranked))) - 1]
 
 
 def calibrate(replies: list[Reply], references: list[str], target_coverage: float) -> dict:
@@ -257,8 +261,7 @@ def calibrate(replies: list[Reply], references: list[str], target_coverage: floa
     import sacrebleu
 
     def threshold_keeping(pool, coverage):
-        ranked = sorted((r.confidence for r in pool), reverse=True)
-        value = ranked[max(1, math.ceil(coverage * len(ranked))) - 1]
+        value = score_keeping(coverage, [r.confidence for r in pool])
         return math.floor(value * 10_000) / 10_000  # rounded down: what it keeps stays kept
 
     def point(coverage):
@@ -394,7 +397,8 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
             dev_loss = evaluate_loss(model, dev_ex, tc.batch_size, device)
             line += f" | dev loss {dev_loss:.3f} | dev ppl {perplexity(dev_loss):8.2f}"
             if tc.select_by == "chrf":
-                dev_chrf = reply_metrics(greedy_bot, dev_tok[:tc.chrf_dev_questions])[0]
+                chosen = dev_tok[:tc.chrf_dev_questions]
+                dev_chrf = reply_metrics(answer_all(greedy_bot, chosen), chosen)[0]
                 line += f" | dev chrF {dev_chrf:5.2f}"
                 model.train()
             score = -dev_chrf if dev_chrf is not None else dev_loss  # lower is better
@@ -425,10 +429,10 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
     # alone: did it learn its training answers?
     train_index = AnswerIndex([q for q, _, _ in train_tok], [a for _, _, a in train_tok])
     dev_replies = answer_all(Chatbot(model, vocab, mc, answers=train_index), dev_tok)
-    dev_chrf, dev_bleu, samples = reply_metrics(None, dev_tok, tc.samples, replies=dev_replies)
+    dev_chrf, dev_bleu, samples = reply_metrics(dev_replies, dev_tok, tc.samples)
     calibration = calibrate(dev_replies, [morph.normalize(a) for _, _, a in dev_tok], tc.target_coverage)
-    train_chrf, _, _ = reply_metrics(Chatbot(model, vocab, dataclasses.replace(mc, known_answers=False)),
-                                     train_tok[:100])
+    writer = Chatbot(model, vocab, dataclasses.replace(mc, known_answers=False))
+    train_chrf, _, _ = reply_metrics(answer_all(writer, train_tok[:100]), train_tok[:100])
     metrics = {
         "train_pairs": len(train_ex),
         "dev_pairs": len(dev_ex),
