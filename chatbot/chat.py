@@ -1,4 +1,5 @@
-"""The chat page and its Socket.IO events.
+"""The chat page and its Socket.IO events (the chat page's and the widget's
+channel; the work behind each event is chatbot/conversation.py's).
 
 Protocol (client → server, then what the server answers the sender with):
 
@@ -9,6 +10,7 @@ Protocol (client → server, then what the server answers the sender with):
   latest exchanges, oldest first, in the ``reply`` format.  The chat session
   is the id the browser sent as ``auth: {session}`` when connecting (kept in
   the tab's sessionStorage, so it survives a reload); nobody else's rows.
+  ``auth: {channel: "widget"}`` records the exchanges as the widget's.
 - ``feedback`` ``{"id": 12, "value": "up" | "down" | null}`` → ``feedback``
   ``{id, value}``; only for exchanges of the same chat session.
 
@@ -29,78 +31,29 @@ import functools
 import logging
 import re
 
-import sqlalchemy as sa
 from flask import Blueprint, current_app, render_template, request, send_from_directory, session
 from flask_socketio import emit
 
-from . import guard, morph
+from . import conversation, guard
 from .config import gevent_patched
-from .database import FEEDBACK_LABELS, Exchange
+from .conversation import MESSAGES, MessageError
+from .database import CHANNEL_WEB, CHANNEL_WIDGET
 from .extensions import db, socketio
 from .model_watch import ModelWatcher
-from .batching import Busy
 from .responder import Responder
 
 log = logging.getLogger(__name__)
 bp = Blueprint("chat", __name__)
 
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-HISTORY_LIMIT = 100  # exchanges sent back after a reload
-_MAX_ROW_ID = 2**63 - 1
-
-MESSAGES = {
-    "rate_limited": "메시지를 너무 빨리 보내고 있어요. {wait}초 뒤에 다시 보내 주세요.",
-    "unknown_event": "알 수 없는 요청입니다.",
-    "bad_packet": "요청을 읽을 수 없습니다.",
-    "reserved_event": "알 수 없는 요청입니다.",
-    "too_many_attachments": "요청을 읽을 수 없습니다.",
-    "bad_feedback": '평가는 {"id": 번호, "value": "up" 또는 "down"} 형식이어야 합니다.',
-    "not_found": "이 대화에서 찾을 수 없는 답변입니다.",
-    "server_error": "답변을 만들지 못했습니다. 잠시 후 다시 시도해 주세요.",
-    "busy": "지금은 질문이 너무 많이 밀려 있어요. 잠시 후 다시 보내 주세요.",
-}
-
-
-class MessageError(ValueError):
-    """A chat message that cannot be answered; ``code`` is for clients."""
-
-    def __init__(self, code, message):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def validate_message(data, max_chars: int) -> str:
-    """Return the message text, or raise MessageError saying what is wrong."""
-    text = data.get("text") if isinstance(data, dict) else data
-    if not isinstance(text, str):
-        raise MessageError("bad_type", '메시지는 {"text": "..."} 형식의 문자열이어야 합니다.')
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise MessageError("bad_encoding", "메시지에 올바르지 않은 문자가 있습니다.") from None
-    if _CONTROL.search(text):
-        raise MessageError("bad_encoding", "메시지에 제어 문자가 있습니다.")
-    text = text.strip()
-    if not text:
-        raise MessageError("empty", "빈 메시지는 보낼 수 없습니다.")
-    if len(text) > max_chars:
-        raise MessageError("too_long", f"메시지가 너무 깁니다 (최대 {max_chars}자, 보낸 글자 {len(text)}자).")
-    return text
 
 
 def validate_feedback(args):
     """``(id, value)`` from a ``feedback`` event's arguments, or raise MessageError."""
     data = args[0] if len(args) == 1 else None
     if not isinstance(data, dict) or "value" not in data:
-        raise MessageError("bad_feedback", MESSAGES["bad_feedback"])
-    row_id, value = data.get("id"), data.get("value")
-    if isinstance(row_id, bool) or not isinstance(row_id, int) or not 0 < row_id <= _MAX_ROW_ID:
-        raise MessageError("bad_feedback", MESSAGES["bad_feedback"])
-    if value is not None and (not isinstance(value, str) or value not in FEEDBACK_LABELS):
-        raise MessageError("bad_feedback", MESSAGES["bad_feedback"])
-    return row_id, value
+        raise MessageError("bad_feedback")
+    return conversation.validate_row_id(data.get("id")), conversation.validate_feedback_value(data.get("value"))
 
 
 def responder() -> Responder:
@@ -116,11 +69,6 @@ def send_error(code, message=None, **extra):
     payload = {"code": code, "message": message or MESSAGES[code], "event": None if event == "*" else event}
     payload.update(extra)
     emit("error", payload)
-
-
-def exchange_payload(row: Exchange) -> dict:
-    return {"id": row.id, "question": row.question, "answer": row.answer, "route": row.route,
-            "model_version": row.model_version, "feedback": row.feedback}
 
 
 def client_limits():
@@ -173,6 +121,9 @@ def on_connect(auth=None):
     if wait:
         raise ConnectionRefusedError({"code": "rate_limited", **rate_limited(wait)})
     session["chat_session"] = wanted if isinstance(wanted, str) and _SESSION_ID.match(wanted) else request.sid
+    # The widget's page (/embed) says so; anything else is the chat page.
+    session["chat_channel"] = CHANNEL_WIDGET if isinstance(auth, dict) and auth.get("channel") == CHANNEL_WIDGET \
+        else CHANNEL_WEB
     watcher = current_app.extensions.get("chatbot.model_watch")
     if watcher is not None:
         watcher.ensure_started()
@@ -184,34 +135,18 @@ def on_message(*args):
     try:
         if len(args) != 1:
             raise MessageError("bad_type", '메시지는 {"text": "..."} 형식의 문자열 하나여야 합니다.')
-        text = validate_message(args[0], current_app.config["MAX_MESSAGE_CHARS"])
+        reply = conversation.ask(args[0], chat_session_id(), session.get("chat_channel", CHANNEL_WEB))
     except MessageError as exc:
         send_error(exc.code, exc.message)
         return
-    key = morph.question_key(text)
-    try:
-        answer = responder().answer(text, key)
-    except Busy:
-        send_error("busy")
-        return
-    row = Exchange(question=text, question_key=key, answer=answer.text, session_id=chat_session_id(),
-                   model_version=answer.model_version, route=answer.route, confidence=answer.confidence)
-    db.session.add(row)
-    db.session.flush()  # the id, without reading the row back after the commit
-    payload = exchange_payload(row)
-    db.session.commit()
-    emit("reply", payload)
+    emit("reply", reply)
 
 
 @socketio.on("history")
 @functools.partial(client_event, history=True)
 def on_history(*args):
     """This chat session's latest exchanges, oldest first (after a reload)."""
-    rows = db.session.execute(
-        sa.select(Exchange).where(Exchange.session_id == chat_session_id())
-        .order_by(Exchange.id.desc()).limit(HISTORY_LIMIT)
-    ).scalars().all()
-    emit("history", {"exchanges": [exchange_payload(row) for row in reversed(rows)]})
+    emit("history", {"exchanges": conversation.history(chat_session_id())})
 
 
 @socketio.on("feedback")
@@ -220,16 +155,9 @@ def on_feedback(*args):
     """👍/👎 on a reply of this chat session; 👎 puts it first in the review list."""
     try:
         row_id, value = validate_feedback(args)
+        emit("feedback", conversation.give_feedback(row_id, value, session_id=chat_session_id()))
     except MessageError as exc:
         send_error(exc.code, exc.message)
-        return
-    row = db.session.get(Exchange, row_id)
-    if row is None or row.session_id != chat_session_id():
-        send_error("not_found")  # the same answer for others' rows as for missing ones
-        return
-    row.feedback = value
-    db.session.commit()
-    emit("feedback", {"id": row.id, "value": row.feedback})
 
 
 @socketio.on("*")

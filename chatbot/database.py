@@ -22,6 +22,12 @@ ROUTE_IMPORT = "import"    # a pair imported from CSV, never asked in a chat
 ROUTE_UNSURE = "unsure"    # the model's confidence was below its threshold: "잘 모르겠어요"
 ROUTES = (ROUTE_MODEL, ROUTE_MEMORY, ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_KNOWN, ROUTE_UNSURE)
 
+CHANNEL_WEB = "web"        # the chat page (chatbot/chat.py)
+CHANNEL_WIDGET = "widget"  # the chat widget on another web site (/embed)
+CHANNEL_API = "api"        # the REST API, with a key (ApiKey)
+CHANNEL_KAKAO = "kakao"    # a KakaoTalk channel, through a Kakao i Open Builder skill
+CHANNELS = (CHANNEL_WEB, CHANNEL_WIDGET, CHANNEL_API, CHANNEL_KAKAO)
+
 FEEDBACK_UP = "up"      # 👍 from the person who asked
 FEEDBACK_DOWN = "down"  # 👎: the exchange goes first in the review list
 FEEDBACK_LABELS = {FEEDBACK_UP: "👍", FEEDBACK_DOWN: "👎"}
@@ -68,6 +74,12 @@ class Exchange(db.Model):
     # The asker's 👍/👎 on the reply (None: no opinion given).
     feedback = db.Column(db.Enum(*FEEDBACK_LABELS, name="exchange_feedback", native_enum=False, create_constraint=True),
                          nullable=True)
+    # Where the question came from (chatbot/conversation.py); rows from
+    # before channels were recorded came from the chat page.
+    channel = db.Column(db.Enum(*CHANNELS, name="exchange_channel", native_enum=False, create_constraint=True),
+                        nullable=False, default=CHANNEL_WEB, server_default=CHANNEL_WEB, index=True)
+    # The REST API key that asked (channel "api"); its feedback may touch only these rows.
+    api_key_id = db.Column(db.Integer, db.ForeignKey("api_key.id"), nullable=True, index=True)
 
     @property
     def final_answer(self) -> str:
@@ -122,6 +134,28 @@ def audit(row, action, reviewer_name, old_status=None):
     db.session.add(ReviewAudit(reviewer=reviewer_name or "-", action=action, exchange_id=row.id,
                                question=row.question, old_status=old_status, new_status=row.status,
                                corrected_answer=row.corrected_answer))
+
+
+class ApiKey(db.Model):
+    """A key for the REST API, made and revoked by reviewers.
+
+    The key is shown once, when it is made; only its SHA-256 is stored (a
+    random key needs no slow hash) and looked up.  ``prefix`` is its first
+    characters, so people can tell their keys apart.
+    """
+
+    __tablename__ = "api_key"
+    id = db.Column(db.Integer, primary_key=True)
+    name = db.Column(db.String(80), nullable=False)
+    prefix = db.Column(db.String(16), nullable=False)
+    key_hash = db.Column(db.String(64), nullable=False, unique=True)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    created_by = db.Column(db.String(80), nullable=True)
+    revoked_at = db.Column(db.DateTime, nullable=True)
+    last_used_at = db.Column(db.DateTime, nullable=True)
+
+    def __repr__(self):
+        return f"<ApiKey {self.id} {self.prefix}>"
 
 
 class Reviewer(UserMixin, db.Model):

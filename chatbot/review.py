@@ -24,7 +24,7 @@ from wtforms.validators import Length, Optional
 
 from . import auth, versions_admin, queue_admin, security
 from .admin_base import ReviewerOnly, ReviewSecureForm, local_swatch, row_ids
-from .database import (AUDIT_ACTIONS, FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED,
+from .database import (AUDIT_ACTIONS, CHANNEL_API, CHANNEL_KAKAO, CHANNEL_WEB, CHANNEL_WIDGET, FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED,
                        ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, ROUTE_UNSURE, STATUS_LABELS,
                        UNREVIEWED,
                        Exchange, ReviewAudit, audit, review_queue_order)
@@ -41,6 +41,12 @@ ROUTE_LABELS = {
     ROUTE_IMPORT: "가져온 쌍",
     ROUTE_UNSURE: "모른다고 답함",
 }
+CHANNEL_LABELS = {
+    CHANNEL_WEB: "채팅 페이지",
+    CHANNEL_WIDGET: "위젯",
+    CHANNEL_API: "REST API",
+    CHANNEL_KAKAO: "카카오톡",
+}
 
 
 class ReviewIndexView(ReviewerOnly, AdminIndexView):
@@ -53,8 +59,11 @@ class ReviewIndexView(ReviewerOnly, AdminIndexView):
             Exchange.feedback == FEEDBACK_DOWN, Exchange.status == UNREVIEWED))
         unsure = db.session.scalar(sa.select(sa.func.count()).select_from(Exchange).where(
             Exchange.route == ROUTE_UNSURE, Exchange.status == UNREVIEWED))
+        by_channel = dict(db.session.execute(
+            sa.select(Exchange.channel, sa.func.count()).group_by(Exchange.channel)).all())
+        channel_rows = [(channel, label, by_channel.get(channel, 0)) for channel, label in CHANNEL_LABELS.items()]
         return self.render("admin/review_index.html", status_rows=rows, disliked=disliked, unsure=unsure,
-                           needs_deletion=counts.get(NEEDS_DELETION, 0))
+                           channel_rows=channel_rows, needs_deletion=counts.get(NEEDS_DELETION, 0))
 
 
 class ChoiceFilter(sqla_filters.FilterEqual):
@@ -105,6 +114,10 @@ def _format_route(view, context, model, name):
     return ROUTE_LABELS.get(model.route, model.route)
 
 
+def _format_channel(view, context, model, name):
+    return CHANNEL_LABELS.get(model.channel, model.channel)
+
+
 def _format_text(view, context, model, name):
     """User text, escaped, in a span that keeps its line breaks."""
     value = getattr(model, name)
@@ -148,7 +161,7 @@ class ExchangeView(ReviewerOnly, ModelView):
     can_set_page_size = True
 
     column_list = ("question", "answer", "corrected_answer", "feedback", "status", "route", "confidence",
-                   "model_version", "session_id", "created_at", "reviewer", "reviewed_at")
+                   "channel", "model_version", "session_id", "created_at", "reviewer", "reviewed_at")
     column_details_list = ("id",) + column_list + ("question_key",)
     column_labels = {
         "id": "번호",
@@ -160,6 +173,7 @@ class ExchangeView(ReviewerOnly, ModelView):
         "feedback": "평가",
         "route": "경로",
         "confidence": "확신도",
+        "channel": "채널",
         "model_version": "모델 버전",
         "session_id": "세션",
         "created_at": "생성 시각 (UTC)",
@@ -174,11 +188,12 @@ class ExchangeView(ReviewerOnly, ModelView):
         "feedback": _format_feedback,
         "route": _format_route,
         "confidence": _format_confidence,
+        "channel": _format_channel,
         "created_at": _format_time,
         "reviewed_at": _format_time,
     }
     column_formatters_detail = column_formatters
-    column_sortable_list = ("status", "feedback", "route", "confidence", "created_at", "reviewer", "reviewed_at")
+    column_sortable_list = ("status", "feedback", "route", "confidence", "channel", "created_at", "reviewer", "reviewed_at")
     column_searchable_list = ("question", "answer", "corrected_answer")
     column_filters = (
         ChoiceFilter(Exchange.status, "상태", options=tuple(STATUS_LABELS.items())),
@@ -187,6 +202,7 @@ class ExchangeView(ReviewerOnly, ModelView):
         ChoiceFilter(Exchange.route, "경로", options=tuple(ROUTE_LABELS.items())),
         ConfidenceBelowFilter(Exchange.confidence, "확신도"),
         ConfidenceAtLeastFilter(Exchange.confidence, "확신도"),
+        ChoiceFilter(Exchange.channel, "채널", options=tuple(CHANNEL_LABELS.items())),
     )
 
     # Only these two fields exist in the edit form, so nothing else can be

@@ -62,3 +62,29 @@ def test_route_known_migration_upgrades_and_downgrades(app):
             db.session.execute(sa.text(insert), {"route": "guessed"})
             db.session.commit()
         db.session.rollback()
+
+
+def test_channel_migration_fills_old_rows_as_the_chat_page_and_checks_values(app):
+    import pytest
+
+    old_insert = ("INSERT INTO exchange (question, question_key, answer, created_at, route, status) "
+                  "VALUES ('old', 'old', 'a', '2024-01-01', 'model', 'unreviewed')")
+    insert = ("INSERT INTO exchange (question, question_key, answer, created_at, route, status, channel) "
+              "VALUES ('q', 'q', 'a', '2024-01-01', 'model', 'unreviewed', :channel)")
+    with app.app_context():
+        flask_migrate.downgrade(revision="e7b2c4d6f813")
+        assert "channel" not in columns(app)
+        db.session.execute(sa.text(old_insert))
+        db.session.commit()
+        flask_migrate.upgrade()
+        assert db.session.execute(sa.text("SELECT channel FROM exchange")).scalar_one() == "web"
+        db.session.execute(sa.text(insert), {"channel": "kakao"})
+        db.session.commit()
+        with pytest.raises(sa.exc.IntegrityError):
+            db.session.execute(sa.text(insert), {"channel": "fax"})
+            db.session.commit()
+        db.session.rollback()
+        assert "api_key" in sa.inspect(db.engine).get_table_names()
+        flask_migrate.downgrade(revision="e7b2c4d6f813")
+        assert "api_key" not in sa.inspect(db.engine).get_table_names()
+        assert db.session.execute(sa.text("SELECT count(*) FROM exchange")).scalar_one() == 2

@@ -1,0 +1,100 @@
+"""Every channel goes through one conversation path (chatbot/conversation.py),
+and each exchange records the channel it came from."""
+import re
+
+import pytest
+from flask_socketio import SocketIOTestClient
+
+from chatbot import conversation
+from chatbot.conversation import MessageError
+from chatbot.database import CHANNEL_API, CHANNEL_KAKAO, CHANNEL_WEB, CHANNEL_WIDGET, ROUTE_FALLBACK
+from chatbot.extensions import socketio
+from helpers import add_exchange, ask, connect, get_row
+
+
+def test_the_chat_page_records_its_channel(app):
+    sock = connect(app)
+    name, reply = ask(sock, {"text": "안녕"})
+    assert name == "reply"
+    assert get_row(app, reply["id"]).channel == CHANNEL_WEB
+
+
+def test_the_widget_says_so_when_connecting_and_nothing_else_can(app):
+    widget = socketio.test_client(app, flask_test_client=app.test_client(),
+                                  auth={"session": "widget-visitor-1", "channel": CHANNEL_WIDGET})
+    _, reply = ask(widget, {"text": "안녕"})
+    assert get_row(app, reply["id"]).channel == CHANNEL_WIDGET
+    # A browser cannot record itself as the API or KakaoTalk.
+    spoof: SocketIOTestClient = socketio.test_client(app, flask_test_client=app.test_client(),
+                                                     auth={"session": "spoofing-visitor", "channel": CHANNEL_KAKAO})
+    _, reply = ask(spoof, {"text": "안녕"})
+    assert get_row(app, reply["id"]).channel == CHANNEL_WEB
+
+
+def test_ask_stores_the_exchange_with_channel_and_key(app):
+    from chatbot.database import ApiKey
+    from chatbot.extensions import db
+
+    with app.app_context():
+        key = ApiKey(name="script", prefix="cb_test", key_hash="0" * 64)
+        db.session.add(key)
+        db.session.commit()
+        reply = conversation.ask({"text": "  배고파 "}, "caller-1", CHANNEL_API, api_key_id=key.id)
+        key_id = key.id
+    assert reply["question"] == "배고파"
+    assert reply["route"] == ROUTE_FALLBACK  # no model in this app yet
+    row = get_row(app, reply["id"])
+    assert (row.channel, row.api_key_id, row.session_id) == (CHANNEL_API, key_id, "caller-1")
+
+
+@pytest.mark.parametrize("data, code", [
+    ({"text": ""}, "empty"), ("   ", "empty"), ({"text": 5}, "bad_type"), (None, "bad_type"),
+    ({"text": "a\x00b"}, "bad_encoding"), ({"text": "\ud800"}, "bad_encoding"), ("가" * 501, "too_long"),
+])
+def test_ask_refuses_bad_messages_with_the_same_codes_on_every_channel(app, data, code):
+    with app.app_context():
+        for channel in (CHANNEL_API, CHANNEL_KAKAO):
+            with pytest.raises(MessageError) as caught:
+                conversation.ask(data, "caller-1", channel)
+            assert caught.value.code == code
+    assert get_row(app, 1) is None  # nothing stored
+
+
+def test_ask_refuses_an_unknown_channel(app):
+    with app.app_context(), pytest.raises(ValueError):
+        conversation.ask("안녕", "caller-1", "fax")
+
+
+def test_feedback_reaches_only_the_owners_rows(app):
+    mine = add_exchange(app, "내 질문", session_id="s-mine", channel=CHANNEL_KAKAO)
+    theirs = add_exchange(app, "남의 질문", session_id="s-theirs", channel=CHANNEL_KAKAO)
+    with app.app_context():
+        assert conversation.give_feedback(mine, "down", session_id="s-mine") == {"id": mine, "value": "down"}
+        with pytest.raises(MessageError) as caught:
+            conversation.give_feedback(theirs, "up", session_id="s-mine")
+        assert caught.value.code == "not_found"
+        with pytest.raises(MessageError) as caught:
+            conversation.give_feedback(mine, "up", api_key_id=None)  # no owner value never matches
+        assert caught.value.code == "not_found"
+        with pytest.raises(MessageError) as caught:
+            conversation.give_feedback(mine, "meh", session_id="s-mine")
+        assert caught.value.code == "bad_feedback"
+    assert get_row(app, mine).feedback == "down"
+    assert get_row(app, theirs).feedback is None
+
+
+def test_the_home_page_counts_exchanges_by_channel_and_links_to_them(app, logged_in):
+    for i in range(3):
+        add_exchange(app, f"카톡 질문 {i}", channel=CHANNEL_KAKAO)
+    add_exchange(app, "위젯 질문", channel=CHANNEL_WIDGET)
+    add_exchange(app, "페이지 질문")
+    home = logged_in.get("/admin/").get_data(as_text=True)
+    row = home[home.index("<td>카카오톡</td>"):]
+    assert row[:row.index("</tr>")].count('<td class="text-right">3</td>') == 1
+    row = home[home.index("<td>REST API</td>"):]
+    assert row[:row.index("</tr>")].count('<td class="text-right">0</td>') == 1
+    link = re.search(r'href="([^"]*=kakao[^"]*)"', home).group(1).replace("&amp;", "&")
+    listed = logged_in.get(link).get_data(as_text=True)
+    assert [f"카톡 질문 {i}" in listed for i in range(3)] == [True, True, True]
+    assert "위젯 질문" not in listed and "페이지 질문" not in listed
+    assert "카카오톡" in listed  # the channel column
