@@ -13,6 +13,12 @@ server RSS, and checks that the database holds exactly one row per answered
 message.  It also measures process start to first
 reply, and the RSS that 200 idle connected sockets add.
 
+The default mode also runs the other channels with ``--channel-callers``
+callers each (chatbot/api.py, chatbot/kakao.py): REST callers, each from its
+own address with the bench's API key, and KakaoTalk users, all from one
+address as Kakao's servers call the skill.  For KakaoTalk it counts the
+answers that came within the reply budget (not the "잠시만요" stand-in).
+
 Every mode in MODES runs the same load on the same machine in one run, so
 their ratio is meaningful even on a noisy shared machine.  Results go to
 bench/results/serve.json and a table is printed.
@@ -54,6 +60,15 @@ MODES = {
 }
 
 
+# One API key and one skill secret for the bench's server.
+BENCH_API_KEY = "cb_bench-serve-key-0123456789abcdef"
+BENCH_KAKAO_SECRET = "bench-serve-kakao-secret"
+# The bench measures serving, not the per-key and per-user limits.
+CHANNEL_ENV = {"API_RATE_LIMIT": "100000/minute", "KAKAO_USER_RATE_LIMIT": "100000/minute",
+               "KAKAO_SKILL_SECRET": BENCH_KAKAO_SECRET}
+KAKAO_BUDGET_S = 3.5
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -79,9 +94,10 @@ class Server:
         self.port = free_port()
         self.db_path = Path(workdir) / "serve.db"
         self.env = dict(os.environ, MODEL_DIR=str(models_dir), DATABASE_URL=f"sqlite:///{self.db_path}",
-                        PORT=str(self.port), HOST="127.0.0.1", **mode_env)
+                        PORT=str(self.port), HOST="127.0.0.1", **CHANNEL_ENV, **mode_env)
         subprocess.run([sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"], cwd=self.root,
                        env=self.env, check=True, capture_output=True)
+        self.has_api_keys = self._add_api_key()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(Path(workdir) / "server.log", "w")
         self.started = time.monotonic()
@@ -133,6 +149,19 @@ class Server:
                            "anon_mb": round(fields["Anonymous"], 1),
                            "file_mb": round(fields["Rss"] - fields["Anonymous"], 1)})
         return detail
+
+    def _add_api_key(self) -> bool:
+        """The bench's REST API key, stored as the admin stores one (its
+        SHA-256); False for a checkout without API keys (--baseline-root)."""
+        import hashlib
+
+        with sqlite3.connect(self.db_path, timeout=30) as con:
+            if not con.execute("select 1 from sqlite_master where name = 'api_key'").fetchone():
+                return False
+            con.execute("insert into api_key (name, prefix, key_hash, created_at) values (?, ?, ?, ?)",
+                        ("bench", BENCH_API_KEY[:10], hashlib.sha256(BENCH_API_KEY.encode()).hexdigest(),
+                         "2026-01-01 00:00:00"))
+        return True
 
     def rows(self) -> int:
         with sqlite3.connect(self.db_path, timeout=30) as con:
@@ -260,6 +289,87 @@ async def load_run(server, clients, seconds, think, seed):
             "connect_errors": stats["connect_errors"], "seconds": round(elapsed, 1)}
 
 
+def kakao_payload(text: str, user: int) -> dict:
+    """A SkillPayload as Kakao i Open Builder sends it to a fallback block's skill."""
+    return {"intent": {"id": "fallback", "name": "폴백 블록"},
+            "userRequest": {"timezone": "Asia/Seoul", "params": {}, "block": {"id": "fallback", "name": "폴백 블록"},
+                            "utterance": text, "lang": "ko",
+                            "user": {"id": f"bench-kakao-user-{user}", "type": "botUserKey", "properties": {}}},
+            "bot": {"id": "bench-bot", "name": "한마디"},
+            "action": {"name": "한마디", "clientExtra": {}, "params": {}, "id": "skill", "detailParams": {}}}
+
+
+async def http_caller(server, channel, index, stop_at, think, stats, rng):
+    """One REST caller (its own address) or KakaoTalk user (Kakao's one
+    address): ask, wait for the answer, think, ask again."""
+    import aiohttp
+
+    if channel == "rest":
+        path, headers = "/api/v1/messages", {"Authorization": f"Bearer {BENCH_API_KEY}"}
+        connector = aiohttp.TCPConnector(local_addr=(client_address(index), 0))
+    else:
+        path, headers, connector = f"/kakao/skill/{BENCH_KAKAO_SECRET}", {}, aiohttp.TCPConnector()
+    from chatbot.kakao import PENDING_TEXT
+
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as http:
+        await asyncio.sleep(rng.uniform(0, think[1]))
+        while time.monotonic() < stop_at:
+            text = rng.choice(QUESTIONS)
+            body = {"text": text, "session": f"bench-{index}"} if channel == "rest" else kakao_payload(text, index)
+            stats["sent"] += 1
+            start = time.perf_counter()
+            try:
+                async with http.post(server.url + path, json=body, headers=headers) as response:
+                    data = await response.json()
+                    seconds = time.perf_counter() - start
+                    status = response.status
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                stats["errors"] += 1
+                continue
+            if channel == "rest":
+                answered = status == 200 and isinstance(data.get("answer"), str)
+                pending = False
+            else:
+                outputs = (data.get("template") or {}).get("outputs") or [{}]
+                reply = (outputs[0].get("simpleText") or {}).get("text")
+                pending = status == 200 and reply == PENDING_TEXT
+                answered = status == 200 and isinstance(reply, str) and not pending
+            if answered:
+                stats["latencies"].append(seconds)
+            elif pending:
+                stats["pending"] += 1
+            else:
+                stats["errors"] += 1
+            await asyncio.sleep(rng.uniform(*think))
+
+
+async def channel_run(server, channel, callers, seconds, think, seed):
+    """``callers`` REST callers or KakaoTalk users for ``seconds``; every
+    answer (and every "잠시만요", answered later) must leave one row."""
+    stats = {"sent": 0, "errors": 0, "pending": 0, "latencies": []}
+    rows_before = server.rows()
+    started = time.monotonic()
+    rng = random.Random(seed)
+    await asyncio.gather(*(http_caller(server, channel, i, started + seconds, think, stats, random.Random(rng.random()))
+                           for i in range(callers)))
+    elapsed = time.monotonic() - started
+    await asyncio.sleep(KAKAO_BUDGET_S + 2)  # a late Kakao answer is stored when it is ready
+    latencies = sorted(stats["latencies"])
+    stored = server.rows() - rows_before
+    expected = len(latencies) + stats["pending"]
+
+    def pct(p):
+        return round(1000 * latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))], 1) if latencies else None
+
+    within = sum(1 for s in latencies if s <= KAKAO_BUDGET_S)
+    return {"channel": channel, "callers": callers, "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
+            "replies_per_s": round(len(latencies) / elapsed, 1), "errors": stats["errors"],
+            "pending": stats["pending"],
+            "within_budget": round(within / stats["sent"], 4) if channel == "kakao" and stats["sent"] else None,
+            "lost_rows": abs(expected - stored), "sent": stats["sent"], "replies": len(latencies),
+            "rows_stored": stored, "seconds": round(elapsed, 1)}
+
+
 async def startup(server):
     """Seconds from process start to the first reply."""
     await asyncio.to_thread(wait_until_up, server.url)
@@ -303,6 +413,13 @@ async def bench_mode(name, mode_env, args, root=ROOT):
                 runs.append(run)
                 await asyncio.sleep(2)  # let the last replies and disconnects settle
             result["runs"] = runs
+            if name == "default" and args.channel_callers and server.has_api_keys:
+                result["channels"] = []
+                for channel in ("rest", "kakao"):
+                    run = await channel_run(server, channel, args.channel_callers, args.seconds, args.think, args.seed)
+                    print(f"  {channel:8} {run['callers']:4} callers: p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, "
+                          f"{run['errors']} errors, {run['pending']} 잠시만요, {run['lost_rows']} lost rows", flush=True)
+                    result["channels"].append(run)
             result["memory_after_runs"] = server.memory_detail()
         finally:
             server.stop()
@@ -329,6 +446,8 @@ def main(argv=None):
     parser.add_argument("--baseline-root", type=Path, default=None,
                         help="another checkout (git worktree add /tmp/old <commit>) whose server runs the "
                              "same load in the same run, as mode 'before'")
+    parser.add_argument("--channel-callers", type=int, default=50,
+                        help="REST and KakaoTalk callers in the default mode (0: skip those rows)")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serve.json")
     args = parser.parse_args(argv)
@@ -363,6 +482,21 @@ def main(argv=None):
         print(f"\n### {name}: start to first reply {result['startup_s']} s, idle RSS {result['idle_rss_mb']} MB, "
               f"200 idle sockets add {result['idle200_rss_delta_mb']} MB\n")
         print(table(result["runs"]))
+    if default.get("channels"):
+        socket_run = next((r for r in default["runs"] if r["clients"] == args.channel_callers), None)
+        print(f"\n### channels, {args.channel_callers} callers each\n")
+        print("| channel | p50 ms | p99 ms | p99 / Socket.IO | within 3.5 s | 잠시만요 | errors | lost rows |\n"
+              "|---|---:|---:|---:|---:|---:|---:|---:|")
+        if socket_run:
+            print(f"| Socket.IO | {socket_run['p50_ms']} | {socket_run['p99_ms']} | 1.00 | | | "
+                  f"{socket_run['errors']} | {socket_run['lost_rows']} |")
+        for r in default["channels"]:
+            ratio = (f"{r['p99_ms'] / socket_run['p99_ms']:.2f}"
+                     if socket_run and socket_run["p99_ms"] and r["p99_ms"] else "")
+            print(f"| {r['channel']} | {r['p50_ms']} | {r['p99_ms']} | {ratio} | {r['within_budget']} | "
+                  f"{r['pending']} | {r['errors']} | {r['lost_rows']} |")
+        report["channels"] = default["channels"]
+        args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     for other in ("plain", "before"):
         if "default" not in results or other not in results:
             continue
