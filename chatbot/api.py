@@ -243,12 +243,13 @@ def openapi_document():
 def init_app(app):
     """Register the API; after limits.init_app, whose limiter it uses."""
     limiter = the_limiter(app)
-    # Per key, shared by both endpoints; replaces HTTP_LIMIT (override_defaults).
+    # Per key, shared by both endpoints.  Both limits replace HTTP_LIMIT for the
+    # whole blueprint (override_defaults), openapi.json included: a constant.
     limiter.shared_limit(app.config["API_RATE_LIMIT"], scope="api-key", key_func=_rate_key,
-                         exempt_when=lambda: bearer_key_id() is None)(bp)
+                         exempt_when=lambda: bearer_key_id() is None, override_defaults=True)(bp)
     # Per address, counting only the answers that refused a key.
     limiter.shared_limit(app.config["API_AUTH_FAILURE_LIMIT"], scope="api-auth", key_func=get_remote_address,
-                         deduct_when=lambda response: response.status_code == 401)(bp)
+                         deduct_when=lambda response: response.status_code == 401, override_defaults=True)(bp)
     csrf.exempt(bp)
     app.register_blueprint(bp)
     app.register_error_handler(404, _outside_blueprint_error)
