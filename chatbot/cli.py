@@ -1,4 +1,4 @@
-"""``flask --app app`` commands: reviewers, CSV import/export, retraining."""
+"""``flask --app app`` commands: reviewers, CSV import/export, retraining, API keys."""
 import os
 
 import click
@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from flask import current_app
 from flask.cli import with_appcontext
 
-from . import retrain
+from . import api, retrain
 from .database import Reviewer
 from .extensions import db
 from .pairs import add_imported_pairs, reviewed_pairs, training_pairs
@@ -93,6 +93,35 @@ def retrain_command(force, margin, train_args):
         raise SystemExit(1)
 
 
+@click.group("api-key")
+def api_key():
+    """Make and revoke REST API keys (as the admin's "API 키" page does)."""
+
+
+@api_key.command("create")
+@click.argument("name")
+@with_appcontext
+def api_key_create(name):
+    """Make a key called NAME and print it: this is the only time it is shown."""
+    name = name.strip()
+    if not 1 <= len(name) <= api.MAX_NAME_CHARS:
+        raise click.ClickException(f"the name needs 1 to {api.MAX_NAME_CHARS} characters")
+    key, secret = api.create_key(name)
+    click.echo(f"created API key {key.id} ({name}); it is shown only now:", err=True)
+    click.echo(secret)
+
+
+@api_key.command("revoke")
+@click.argument("key_id", type=int)
+@with_appcontext
+def api_key_revoke(key_id):
+    """Revoke the key with id KEY_ID: requests with it are refused (401) at once."""
+    key = api.revoke_key(key_id)
+    if key is None:
+        raise click.ClickException(f"no API key {key_id}")
+    click.echo(f"revoked API key {key.id} ({key.name}, {key.prefix}…)")
+
+
 def init_app(app):
-    for command in (create_admin, import_pairs, export_pairs, retrain_command):
+    for command in (create_admin, import_pairs, export_pairs, retrain_command, api_key):
         app.cli.add_command(command)

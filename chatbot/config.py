@@ -93,6 +93,10 @@ class Config:
     # (redis://host:6379/1), which several server processes share.
     HTTP_LIMIT = os.environ.get("HTTP_LIMIT", "300/minute")
     RATELIMIT_STORAGE_URI = os.environ.get("RATELIMIT_STORAGE_URI") or "memory://"
+    # The REST API (chatbot/api.py) is limited per key instead of per address
+    # (HTTP_LIMIT does not apply to it); failed keys are limited per address.
+    API_RATE_LIMIT = os.environ.get("API_RATE_LIMIT") or "60/minute;10/second"
+    API_AUTH_FAILURE_LIMIT = os.environ.get("API_AUTH_FAILURE_LIMIT") or "20/minute"
     # Open connections per server process, in total and per client address
     # (chatbot/worker.py refuses the rest with 503 / 429; behind a proxy the
     # per-address count uses the forwarded address).

@@ -17,6 +17,7 @@ gunicorn worker (chatbot/worker.py: open connections, header time):
   and ``request_size_limit`` lowers the body limit to ``MAX_REQUEST_BYTES``
   for everything but a reviewer's CSV import.
 """
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -133,10 +134,21 @@ class DeadlineInput:
             yield line
 
 
-def refuse(start_response, status, text, retry_after=None):
-    """A short plain-text error response (WSGI), with Retry-After if given."""
-    body = text.encode("utf-8")
-    headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+API_PATH = "/api/"  # the REST API (chatbot/api.py) answers only JSON, its refusals here too
+API_CODES = {"400": "bad_request", "408": "bad_request", "411": "bad_request", "413": "too_long",
+             "429": "rate_limited"}
+
+
+def refuse(start_response, status, text, retry_after=None, as_json=False):
+    """A short plain-text error response (WSGI), with Retry-After if given;
+    ``{"code", "message"}`` for the REST API."""
+    if as_json:
+        body = json.dumps({"code": API_CODES[status[:3]], "message": text}).encode("utf-8")
+        content_type = "application/json"
+    else:
+        body = text.encode("utf-8")
+        content_type = "text/plain; charset=utf-8"
+    headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
     if retry_after is not None:
         headers.append(("Retry-After", str(max(1, round(retry_after)))))
     start_response(status, headers)
@@ -159,17 +171,18 @@ class RequestLimits:
         self.open = ConnectionLimits(total=float("inf"), per_address=per_address) if per_address else None
 
     def __call__(self, environ, start_response):
+        api = environ.get("PATH_INFO", "").startswith(API_PATH)
         if environ.get("REQUEST_METHOD") in ("POST", "PUT", "PATCH"):
             if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-                return refuse(start_response, "411 Length Required", "Content-Length required")
+                return refuse(start_response, "411 Length Required", "Content-Length required", as_json=api)
             try:
                 length = int(environ.get("CONTENT_LENGTH") or 0)
             except ValueError:
                 length = -1
             if length < 0:
-                return refuse(start_response, "400 Bad Request", "Bad Content-Length")
+                return refuse(start_response, "400 Bad Request", "Bad Content-Length", as_json=api)
             if length > self.max_body:
-                return refuse(start_response, "413 Payload Too Large", "Payload too large")
+                return refuse(start_response, "413 Payload Too Large", "Payload too large", as_json=api)
             if length:
                 environ["wsgi.input"] = DeadlineInput(environ["wsgi.input"],
                                                       time.monotonic() + self.body_timeout)
@@ -182,7 +195,8 @@ class RequestLimits:
         if self.open is None:
             return self._call(environ, start_response)
         if self.open.admit(address) is not None:
-            return refuse(start_response, "429 Too Many Requests", "Too many connections from your address", 10)
+            return refuse(start_response, "429 Too Many Requests", "Too many connections from your address", 10,
+                          as_json=api)
         try:
             return self._call(environ, start_response)
         finally:
@@ -194,7 +208,8 @@ class RequestLimits:
         try:
             return self.wsgi_app(environ, start_response)
         except BodyTimeout:  # read outside Flask (the Socket.IO shield)
-            return refuse(start_response, "408 Request Timeout", "The request body did not arrive in time.")
+            return refuse(start_response, "408 Request Timeout", "The request body did not arrive in time.",
+                          as_json=environ.get("PATH_INFO", "").startswith(API_PATH))
 
 
 def is_static_file() -> bool:

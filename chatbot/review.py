@@ -1,6 +1,7 @@
 """The review screens at /admin: the list of exchanges to correct and mark,
 the audit log, and the home page's counts; ``init_app`` puts them together
-with the queue (queue_admin) and the model versions (versions_admin).
+with the queue (queue_admin), the model versions (versions_admin) and the
+REST API keys (api_keys_admin).
 
 Everything here is built per app in ``init_app`` (Flask-Admin views hold a
 blueprint and a reference to their ``Admin``, so one instance can serve only
@@ -22,7 +23,7 @@ from markupsafe import Markup
 from wtforms import TextAreaField
 from wtforms.validators import Length, Optional
 
-from . import auth, versions_admin, queue_admin, security
+from . import api_keys_admin, auth, versions_admin, queue_admin, security
 from .admin_base import ReviewerOnly, ReviewSecureForm, local_swatch, row_ids
 from .database import (AUDIT_ACTIONS, CHANNEL_API, CHANNEL_KAKAO, CHANNEL_WEB, CHANNEL_WIDGET, FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED,
                        ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, ROUTE_UNSURE, STATUS_LABELS,
@@ -311,6 +312,7 @@ def init_app(app):
     admin.add_view(queue_admin.QueueView(name="검토 대기열", endpoint="queue", url="/admin/queue"))
     admin.add_view(AuditView(ReviewAudit, db, name="검토 기록", endpoint="audit"))
     admin.add_view(versions_admin.VersionsView(name="모델", endpoint="versions", url="/admin/models"))
+    admin.add_view(api_keys_admin.ApiKeysView(name="API 키", endpoint="api_keys", url="/admin/api-keys"))
     versions_admin.init_app(app)
     app.extensions["review_admin"] = admin
 

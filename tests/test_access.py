@@ -1,12 +1,15 @@
 """Access control: every admin screen asks for a login, by itself."""
 import pytest
 
-from chatbot import versions_admin, queue_admin
+from chatbot import api_keys_admin, versions_admin, queue_admin
 
 # Everything a visitor may reach without logging in; every other URL the app
 # serves must send them to the login page.
-PUBLIC_ENDPOINTS = {"chat.index", "chat.favicon", "static", "admin.static", "auth.login", "auth.logout"}
-ARGUMENTS = {"export_type": "csv", "version": "20260101-000000", "filename": "x"}
+PUBLIC_ENDPOINTS = {"chat.index", "chat.favicon", "static", "admin.static", "auth.login", "auth.logout",
+                    "api.openapi_document"}
+# The REST API has no login: it asks for a key (401) instead (tests/test_api.py).
+API_KEY_ENDPOINTS = {"api.post_message", "api.post_feedback"}
+ARGUMENTS = {"export_type": "csv", "version": "20260101-000000", "filename": "x", "row_id": 1}
 
 
 def test_every_private_endpoint_sends_a_logged_out_visitor_to_the_login_page(make_app):
@@ -22,18 +25,24 @@ def test_every_private_endpoint_sends_a_logged_out_visitor_to_the_login_page(mak
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             response = client.open(url, method=method, data={"id": "1", "key": "x"})
             checked.append((method, url))
+            if rule.endpoint in API_KEY_ENDPOINTS:
+                assert response.status_code == 401, (method, url, response.status_code)
+                continue
             assert response.status_code in (302, 403), (method, url, response.status_code)
             if response.status_code == 302:
                 assert response.headers["Location"].startswith("/login?next="), (method, url)
     # the walk really covered the screens that change things
     for method, url in [("POST", "/admin/queue/purge"), ("POST", "/admin/queue/import"),
                         ("POST", "/admin/models/activate"), ("POST", "/admin/models/delete"),
-                        ("POST", "/admin/models/retrain"), ("POST", "/admin/exchange/action/")]:
+                        ("POST", "/admin/models/retrain"), ("POST", "/admin/exchange/action/"),
+                        ("POST", "/admin/api-keys/create"), ("POST", "/admin/api-keys/revoke"),
+                        ("POST", "/api/v1/messages"), ("POST", "/api/v1/messages/1/feedback")]:
         assert (method, url) in checked
     assert len(checked) > 30
 
 
-@pytest.mark.parametrize("view_class", [queue_admin.QueueView, versions_admin.VersionsView])
+@pytest.mark.parametrize("view_class", [queue_admin.QueueView, versions_admin.VersionsView,
+                                        api_keys_admin.ApiKeysView])
 def test_queue_and_model_views_check_access_themselves(app, view_class):
     """Not only when some other module mixes a check in."""
     with app.test_request_context("/admin/"):
