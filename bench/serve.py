@@ -61,7 +61,7 @@ MODES = {
 
 
 # One API key and one skill secret for the bench's server.
-BENCH_API_KEY = "cb_bench-serve-key-0123456789abcdef"
+BENCH_API_KEY = "hm_bench-serve-key-0123456789abcdef"
 BENCH_KAKAO_SECRET = "bench-serve-kakao-secret"
 # The bench measures serving, not the per-key and per-user limits.
 CHANNEL_ENV = {"API_RATE_LIMIT": "100000/minute", "KAKAO_USER_RATE_LIMIT": "100000/minute",

@@ -64,6 +64,11 @@ def chat_session_id() -> str:
     return session.get("chat_session") or request.sid
 
 
+def chat_channel() -> str:
+    """The chat page's or the widget's: what the connection said it was (on_connect)."""
+    return session.get("chat_channel", CHANNEL_WEB)
+
+
 def send_error(code, message=None, **extra):
     event = request.event["message"]
     payload = {"code": code, "message": message or MESSAGES[code], "event": None if event == "*" else event}
@@ -135,7 +140,7 @@ def on_message(*args):
     try:
         if len(args) != 1:
             raise MessageError("bad_type", '메시지는 {"text": "..."} 형식의 문자열 하나여야 합니다.')
-        reply = conversation.ask(args[0], chat_session_id(), session.get("chat_channel", CHANNEL_WEB))
+        reply = conversation.ask(args[0], chat_session_id(), chat_channel())
     except MessageError as exc:
         send_error(exc.code, exc.message)
         return
@@ -146,7 +151,7 @@ def on_message(*args):
 @functools.partial(client_event, history=True)
 def on_history(*args):
     """This chat session's latest exchanges, oldest first (after a reload)."""
-    emit("history", {"exchanges": conversation.history(chat_session_id())})
+    emit("history", {"exchanges": conversation.history(chat_session_id(), chat_channel())})
 
 
 @socketio.on("feedback")
@@ -155,7 +160,8 @@ def on_feedback(*args):
     """👍/👎 on a reply of this chat session; 👎 puts it first in the review list."""
     try:
         row_id, value = validate_feedback(args)
-        emit("feedback", conversation.give_feedback(row_id, value, session_id=chat_session_id()))
+        emit("feedback", conversation.give_feedback(row_id, value, session_id=chat_session_id(),
+                                                    channel=chat_channel()))
     except MessageError as exc:
         send_error(exc.code, exc.message)
 

@@ -131,9 +131,12 @@ def give_feedback(row_id, value, **owner) -> dict:
     return {"id": row_id, "value": value}
 
 
-def history(session_id: str, limit: int = HISTORY_LIMIT) -> list[dict]:
-    """A chat session's latest exchanges' payloads, oldest first (after a reload)."""
+def history(session_id: str, channel: str, limit: int = HISTORY_LIMIT) -> list[dict]:
+    """A chat session's latest exchanges' payloads on one channel, oldest
+    first (after a reload).  Session ids come from clients, so an API caller
+    who names a browser's session never shows up in that browser's history."""
     rows = db.session.execute(
-        sa.select(Exchange).where(Exchange.session_id == session_id).order_by(Exchange.id.desc()).limit(limit)
+        sa.select(Exchange).where(Exchange.session_id == session_id, Exchange.channel == channel)
+        .order_by(Exchange.id.desc()).limit(limit)
     ).scalars().all()
     return [payload(row) for row in reversed(rows)]

@@ -98,3 +98,17 @@ def test_the_home_page_counts_exchanges_by_channel_and_links_to_them(app, logged
     assert [f"카톡 질문 {i}" in listed for i in range(3)] == [True, True, True]
     assert "위젯 질문" not in listed and "페이지 질문" not in listed
     assert "카카오톡" in listed  # the channel column
+
+
+def test_another_channel_naming_a_browser_session_never_reaches_its_history_or_feedback(app):
+    browser_session = "browser-session-1"
+    planted = add_exchange(app, "심어 둔 질문", session_id=browser_session, channel=CHANNEL_API)
+    sock = connect(app, browser_session)
+    _, own = ask(sock, {"text": "안녕"})
+    sock.emit("history")
+    history = sock.get_received()[0]["args"][0]["exchanges"]
+    assert [row["id"] for row in history] == [own["id"]]
+    sock.emit("feedback", {"id": planted, "value": "down"})
+    received = sock.get_received()[0]
+    assert (received["name"], received["args"][0]["code"]) == ("error", "not_found")
+    assert get_row(app, planted).feedback is None
