@@ -47,6 +47,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from flask import Blueprint, abort, current_app, g, jsonify, request
+from flask_limiter import ExemptionScope
 
 from . import conversation
 from .conversation import MESSAGES, MessageError
@@ -222,7 +223,10 @@ def ask_within_budget(text: str, session_id: str):
         return None
 
 
-@bp.route("/kakao/skill/<secret>", methods=["GET", "POST"], provide_automatic_options=False)
+# Every method is routed here, so that anything but a POST to the right secret
+# is the same 404 (a 405 would say that /kakao/skill/... exists).
+@bp.route("/kakao/skill/<secret>", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+          provide_automatic_options=False)
 def skill(secret):
     if request.method != "POST" or not secret_ok(secret):
         abort(404)
@@ -281,7 +285,9 @@ def init_app(app):
     csrf.exempt(bp)  # Kakao's servers post JSON without a token; the secret URL stands in for one
     app.extensions["chatbot.kakao_late"] = LateAnswers()
     (limiter,) = app.extensions["limiter"]  # Flask-Limiter's set of its instances; limits.py makes one
-    limiter.exempt(bp)  # not the per-address HTTP_LIMIT: every KakaoTalk user comes from Kakao's few addresses
+    # Not the per-address HTTP_LIMIT: every KakaoTalk user comes from Kakao's few
+    # addresses.  (Exempting META too would drop the blueprint's own limits below.)
+    limiter.exempt(bp, flags=ExemptionScope.DEFAULT | ExemptionScope.APPLICATION)
     if app.config["KAKAO_USER_RATE_LIMIT"]:
         limiter.limit(app.config["KAKAO_USER_RATE_LIMIT"], key_func=lambda: "kakao-user:" + read_payload().session_id,
                       exempt_when=_user_not_known, on_breach=rate_limited)(bp)

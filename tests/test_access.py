@@ -5,7 +5,9 @@ from chatbot import versions_admin, queue_admin
 
 # Everything a visitor may reach without logging in; every other URL the app
 # serves must send them to the login page.
-PUBLIC_ENDPOINTS = {"chat.index", "chat.favicon", "static", "admin.static", "auth.login", "auth.logout"}
+# The KakaoTalk skill answers only Kakao, at a secret URL (404 without it: tests/test_kakao.py).
+PUBLIC_ENDPOINTS = {"chat.index", "chat.favicon", "static", "admin.static", "auth.login", "auth.logout",
+                    "kakao.skill"}
 ARGUMENTS = {"export_type": "csv", "version": "20260101-000000", "filename": "x"}
 
 
