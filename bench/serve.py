@@ -309,7 +309,9 @@ async def http_caller(server, channel, index, stop_at, think, stats, rng):
         connector = aiohttp.TCPConnector(local_addr=(client_address(index), 0))
     else:
         path, headers, connector = f"/kakao/skill/{BENCH_KAKAO_SECRET}", {}, aiohttp.TCPConnector()
-    from chatbot.kakao import PENDING_TEXT
+    from chatbot.kakao import TEXTS
+
+    pending_text = TEXTS["wait"]
 
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as http:
         await asyncio.sleep(rng.uniform(0, think[1]))
@@ -332,7 +334,7 @@ async def http_caller(server, channel, index, stop_at, think, stats, rng):
             else:
                 outputs = (data.get("template") or {}).get("outputs") or [{}]
                 reply = (outputs[0].get("simpleText") or {}).get("text")
-                pending = status == 200 and reply == PENDING_TEXT
+                pending = status == 200 and reply == pending_text
                 answered = status == 200 and isinstance(reply, str) and not pending
             if answered:
                 stats["latencies"].append(seconds)

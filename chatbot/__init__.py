@@ -23,7 +23,7 @@ def create_app(test_config=None):
 
     # Import the modules that register Socket.IO handlers before the first
     # socketio.init_app: Flask-SocketIO only replays handlers it saw then.
-    from . import api, chat, cli, database, limits, review, security
+    from . import api, chat, cli, database, kakao, limits, review, security
 
     app = Flask(__name__, instance_path=str(PROJECT_ROOT / "instance"))
     app.config.from_object(Config)
@@ -61,5 +61,6 @@ def create_app(test_config=None):
     cli.init_app(app)
     limits.init_app(app)  # its middleware wraps Socket.IO's and chat's
     api.init_app(app)  # after limits: it uses its limiter
+    kakao.init_app(app)  # after limits: it sets its own limits on the limiter
     security.init_app(app)  # last: its middleware wraps all of them
     return app

@@ -150,6 +150,17 @@ class Config:
     # question the bot would otherwise say it does not know: a reviewer's
     # answer to a similar question beats "잘 모르겠어요".
     CORRECTION_UNSURE_SIMILARITY = env_float("CORRECTION_UNSURE_SIMILARITY", 0.4)
+    # KakaoTalk (chatbot/kakao.py).  The skill's URL secret: unset, an HMAC of
+    # SECRET_KEY (so it changes with it); set it to keep a URL across a new
+    # SECRET_KEY (URL-safe characters, at least 20).  Kakao waits 5 s for a
+    # skill: past KAKAO_REPLY_BUDGET seconds the user gets "잠시만요…" and the
+    # answer with their next message.  Rate limits (Flask-Limiter's syntax;
+    # empty: none) per KakaoTalk user and for all of them together: they all
+    # come from Kakao's few addresses, so HTTP_LIMIT does not apply.
+    KAKAO_SKILL_SECRET = os.environ.get("KAKAO_SKILL_SECRET") or None
+    KAKAO_REPLY_BUDGET = env_float("KAKAO_REPLY_BUDGET", 3.5)
+    KAKAO_USER_RATE_LIMIT = os.environ.get("KAKAO_USER_RATE_LIMIT", "20/minute")
+    KAKAO_TOTAL_RATE_LIMIT = os.environ.get("KAKAO_TOTAL_RATE_LIMIT", "1200/minute")
     # Flask-Admin's look, and cookies that scripts cannot read or send cross-site.
     FLASK_ADMIN_SWATCH = "cerulean"
     SESSION_COOKIE_HTTPONLY = True

@@ -23,7 +23,7 @@ from markupsafe import Markup
 from wtforms import TextAreaField
 from wtforms.validators import Length, Optional
 
-from . import api_keys_admin, auth, versions_admin, queue_admin, security
+from . import api_keys_admin, auth, kakao_admin, versions_admin, queue_admin, security
 from .admin_base import ReviewerOnly, ReviewSecureForm, local_swatch, row_ids
 from .database import (AUDIT_ACTIONS, CHANNEL_API, CHANNEL_KAKAO, CHANNEL_WEB, CHANNEL_WIDGET, FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED,
                        ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, ROUTE_UNSURE, STATUS_LABELS,
@@ -313,6 +313,7 @@ def init_app(app):
     admin.add_view(AuditView(ReviewAudit, db, name="검토 기록", endpoint="audit"))
     admin.add_view(versions_admin.VersionsView(name="모델", endpoint="versions", url="/admin/models"))
     admin.add_view(api_keys_admin.ApiKeysView(name="API 키", endpoint="api_keys", url="/admin/api-keys"))
+    admin.add_view(kakao_admin.KakaoView(name="카카오톡", endpoint="kakao_admin", url="/admin/kakao"))
     versions_admin.init_app(app)
     app.extensions["review_admin"] = admin
 

@@ -1,0 +1,296 @@
+"""The KakaoTalk channel: a Kakao i Open Builder skill at ``POST /kakao/skill/<secret>``.
+
+Open Builder sends a SkillPayload (JSON: ``intent``, ``userRequest``
+{``utterance``, ``user`` {``id``, ...}, ``block``, ...}, ``bot``, ``action``
+{``clientExtra``, ...}) and shows the user what we answer, a SkillResponse
+2.0: ``{"version": "2.0", "template": {"outputs": [{"simpleText":
+{"text": ...}}], "quickReplies": [...]}}``.  The work is
+chatbot/conversation.py's, as on every channel.
+
+Status codes: a wrong secret (and any method but POST) is 404, so the URL
+alone says nothing.  Everything else is 200 with a SkillResponse, a payload we
+cannot read and a user over the rate limit included: Kakao shows any other
+status as a bare error, and a short Korean text tells the user what happened.
+(A body over ``MAX_REQUEST_BYTES`` is refused with 413 by chatbot/limits.py
+before it reaches us; Kakao never sends one.)
+
+- The secret is an HMAC of SECRET_KEY (``skill_secret``), or
+  ``KAKAO_SKILL_SECRET``; reviewers see the URL at /admin/kakao.
+- The chat session is ``kakao-`` + SHA-256 of the bot id and the Kakao user
+  id: history and feedback work per KakaoTalk user, and the raw id is never
+  stored.
+- Kakao waits 5 seconds for an answer.  The question is answered on a
+  background task; if it is not ready within ``KAKAO_REPLY_BUDGET`` seconds
+  the user gets "잠시만요…" at once, the task still stores the exchange, and
+  the answer goes out before the reply to the user's next message (kept in
+  this process's memory: after a restart, or on another server process, it is
+  only in the review list).
+- 👍/👎 are quick replies with action "block" back to the block that called
+  us (``userRequest.block.id``, the fallback block) carrying ``extra``
+  ``{"feedback": "up"|"down", "exchange": <id>}``; Open Builder sends it back
+  to this skill as ``action.clientExtra``, and only that user's exchanges can
+  be rated.
+- Rate limits: KakaoTalk's requests all come from a few Kakao servers, so the
+  per-address ``HTTP_LIMIT`` does not apply here; instead
+  ``KAKAO_USER_RATE_LIMIT`` per KakaoTalk user and ``KAKAO_TOTAL_RATE_LIMIT``
+  for all of them together (Flask-Limiter).
+"""
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from flask import Blueprint, abort, current_app, g, jsonify, request
+from flask_limiter import ExemptionScope
+
+from . import conversation
+from .conversation import MESSAGES, MessageError
+from .database import CHANNEL_KAKAO, FEEDBACK_DOWN, FEEDBACK_UP
+from .extensions import csrf, db, socketio
+
+log = logging.getLogger(__name__)
+bp = Blueprint("kakao", __name__)
+
+TEXT_LIMIT = 1000  # simpleText's text, in characters
+MAX_ID_CHARS = 256  # Kakao's user and bot ids are a few dozen characters
+TEXTS = {
+    "unreadable": "메시지를 읽지 못했어요. 다시 보내 주세요.",
+    "empty": "메시지를 입력해 주세요.",
+    "wait": "잠시만요… 답변을 준비하고 있어요. 다음 메시지를 보내 주시면 그때 함께 알려 드릴게요.",
+    "late": "아까 물어보신 \"{question}\"에 대한 답변이에요.\n{answer}",
+    FEEDBACK_UP: "평가해 주셔서 고마워요! 👍",
+    FEEDBACK_DOWN: "알려 주셔서 고마워요. 더 좋은 답을 배울게요.",
+}
+FEEDBACK_BUTTONS = {FEEDBACK_UP: "👍", FEEDBACK_DOWN: "👎"}
+
+
+@dataclass
+class SkillRequest:
+    """What we use of a SkillPayload."""
+
+    utterance: str
+    session_id: str
+    block_id: str | None  # the block that called the skill, for the 👍/👎 quick replies
+    extra: dict | None  # action.clientExtra: a quick reply's extra
+
+
+def skill_secret(app=None) -> str:
+    """The URL's secret: KAKAO_SKILL_SECRET, else derived from SECRET_KEY, so
+    every install has its own without anything to set up."""
+    config = (app or current_app).config
+    if config.get("KAKAO_SKILL_SECRET"):
+        return config["KAKAO_SKILL_SECRET"]
+    key = config["SECRET_KEY"]
+    key = key.encode("utf-8") if isinstance(key, str) else key
+    digest = hmac.new(key, b"kakao-skill", hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")[:32]
+
+
+def secret_ok(secret) -> bool:
+    return isinstance(secret, str) and hmac.compare_digest(secret.encode("utf-8", "replace"),
+                                                           skill_secret().encode("utf-8", "replace"))
+
+
+def session_for(bot_id: str, user_id: str) -> str:
+    """The chat session of a KakaoTalk user (of one bot); the raw id is not kept."""
+    digest = hashlib.sha256(f"{bot_id}\n{user_id}".encode("utf-8")).hexdigest()
+    return "kakao-" + digest[:40]
+
+
+def _field(mapping, name):
+    return mapping.get(name) if isinstance(mapping, dict) else None
+
+
+def parse_payload(body: bytes) -> SkillRequest | None:
+    """The SkillRequest in a request body, or None when it is not a SkillPayload
+    with a string utterance and a user id."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
+        return None
+    user_request = _field(data, "userRequest")
+    utterance = _field(user_request, "utterance")
+    user_id = _field(_field(user_request, "user"), "id")
+    bot_id = _field(_field(data, "bot"), "id")
+    bot_id = bot_id if isinstance(bot_id, str) else ""
+    if not isinstance(utterance, str) or not isinstance(user_id, str) or not user_id \
+            or len(user_id) > MAX_ID_CHARS or len(bot_id) > MAX_ID_CHARS:
+        return None
+    try:
+        session_id = session_for(bot_id, user_id)
+    except UnicodeEncodeError:  # a lone surrogate in an id
+        return None
+    block_id = _field(_field(user_request, "block"), "id")
+    extra = _field(_field(data, "action"), "clientExtra")
+    return SkillRequest(utterance, session_id, block_id if isinstance(block_id, str) and block_id else None,
+                        extra if isinstance(extra, dict) else None)
+
+
+def read_payload() -> SkillRequest | None:
+    """This request's SkillRequest, parsed once: the rate limit's key needs it before the view."""
+    if "kakao_request" not in g:
+        g.kakao_request = parse_payload(request.get_data(cache=True))
+    return g.kakao_request
+
+
+def cut(text: str) -> str:
+    return text if len(text) <= TEXT_LIMIT else text[:TEXT_LIMIT - 1] + "…"
+
+
+def skill_response(*texts, quick_replies=None):
+    """A SkillResponse 2.0 of simpleText outputs (at most 1000 characters each), HTTP 200."""
+    template = {"outputs": [{"simpleText": {"text": cut(text)}} for text in texts]}
+    if quick_replies:
+        template["quickReplies"] = quick_replies
+    return jsonify({"version": "2.0", "template": template})
+
+
+def feedback_buttons(exchange_id: int, block_id: str | None) -> list[dict]:
+    """👍/👎 quick replies that call the same block (so this skill) again with the
+    exchange in ``action.clientExtra``.  None without a block id to call."""
+    if block_id is None:
+        return []
+    return [{"label": label, "action": "block", "blockId": block_id, "messageText": label,
+             "extra": {"feedback": value, "exchange": exchange_id}}
+            for value, label in FEEDBACK_BUTTONS.items()]
+
+
+def error_text(exc: MessageError) -> str:
+    return TEXTS["empty"] if exc.code == "empty" else exc.message
+
+
+class LateAnswers:
+    """Answers that were ready only after the reply budget, by chat session
+    (the latest one each), until that user writes again.  In this process's
+    memory, at most ``max_sessions``."""
+
+    def __init__(self, max_sessions=10_000):
+        self.max_sessions = max_sessions
+        self._answers = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, session_id: str, reply: dict):
+        with self._lock:
+            self._answers[session_id] = reply
+            self._answers.move_to_end(session_id)
+            if len(self._answers) > self.max_sessions:
+                self._answers.popitem(last=False)
+
+    def take(self, session_id: str) -> dict | None:
+        with self._lock:
+            return self._answers.pop(session_id, None)
+
+
+def ask_within_budget(text: str, session_id: str):
+    """``conversation.ask`` on a background task with its own app context.
+
+    Returns its payload, or its MessageError, or None when it was not ready
+    within KAKAO_REPLY_BUDGET seconds: the task then still stores the exchange,
+    and leaves the payload in LateAnswers for the user's next message.
+    """
+    app = current_app._get_current_object()
+    lock = threading.Lock()
+    box = {}
+
+    def run():
+        with app.app_context():
+            try:
+                result = conversation.ask(text, session_id, CHANNEL_KAKAO)
+            except MessageError as exc:
+                result = exc
+            except Exception:
+                db.session.rollback()
+                log.exception("failed to answer a KakaoTalk message")
+                result = MessageError("server_error")
+        with lock:
+            box["result"] = result
+            if box.get("late") and isinstance(result, dict):
+                app.extensions["chatbot.kakao_late"].put(session_id, result)
+
+    # A greenlet in the server (the model runs on OS threads; chatbot/batching.py), a thread elsewhere.
+    task = socketio.start_background_task(run)
+    task.join(app.config["KAKAO_REPLY_BUDGET"])
+    with lock:
+        if "result" in box:
+            return box["result"]
+        box["late"] = True
+        return None
+
+
+# Every method is routed here, so that anything but a POST to the right secret
+# is the same 404 (a 405 would say that /kakao/skill/... exists).
+@bp.route("/kakao/skill/<secret>", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+          provide_automatic_options=False)
+def skill(secret):
+    if request.method != "POST" or not secret_ok(secret):
+        abort(404)
+    asked = read_payload()
+    if asked is None:
+        return skill_response(TEXTS["unreadable"])
+    if asked.extra is not None and "feedback" in asked.extra:
+        return feedback(asked)
+    try:
+        conversation.validate_message(asked.utterance, current_app.config["MAX_MESSAGE_CHARS"])
+    except MessageError as exc:
+        return skill_response(error_text(exc))
+    earlier = current_app.extensions["chatbot.kakao_late"].take(asked.session_id)
+    texts = [TEXTS["late"].format(question=earlier["question"], answer=earlier["answer"])] if earlier else []
+    result = ask_within_budget(asked.utterance, asked.session_id)
+    if result is None:
+        return skill_response(*texts, TEXTS["wait"])
+    if isinstance(result, MessageError):
+        return skill_response(*texts, error_text(result))
+    return skill_response(*texts, result["answer"], quick_replies=feedback_buttons(result["id"], asked.block_id))
+
+
+def feedback(asked: SkillRequest):
+    """A 👍/👎 quick reply: rate one of this user's exchanges."""
+    value = asked.extra.get("feedback")
+    try:
+        if value not in FEEDBACK_BUTTONS:
+            raise MessageError("bad_feedback")
+        conversation.give_feedback(asked.extra.get("exchange"), value, session_id=asked.session_id)
+    except MessageError as exc:
+        return skill_response(exc.message)
+    return skill_response(TEXTS[value])
+
+
+def rate_limited(limit):
+    """Over a limit: a SkillResponse (200) that says so; Kakao would show a 429 as a bare error."""
+    wait = max(1, round(limit.reset_at - time.time()))
+    return skill_response(MESSAGES["rate_limited"].format(wait=wait))
+
+
+def _not_counted() -> bool:
+    """A wrong secret is a 404 and counts against nothing."""
+    return not secret_ok((request.view_args or {}).get("secret"))
+
+
+def _user_not_known() -> bool:
+    return _not_counted() or read_payload() is None
+
+
+def init_app(app):
+    """Register the skill; after limits.init_app, whose limiter it sets its own limits on."""
+    configured = app.config.get("KAKAO_SKILL_SECRET")
+    if configured and not re.fullmatch(r"[A-Za-z0-9_-]{20,}", configured):
+        raise RuntimeError("KAKAO_SKILL_SECRET must be at least 20 characters of A-Z, a-z, 0-9, _ and -")
+    app.register_blueprint(bp)
+    csrf.exempt(bp)  # Kakao's servers post JSON without a token; the secret URL stands in for one
+    app.extensions["chatbot.kakao_late"] = LateAnswers()
+    (limiter,) = app.extensions["limiter"]  # Flask-Limiter's set of its instances; limits.py makes one
+    # Not the per-address HTTP_LIMIT: every KakaoTalk user comes from Kakao's few
+    # addresses.  (Exempting META too would drop the blueprint's own limits below.)
+    limiter.exempt(bp, flags=ExemptionScope.DEFAULT | ExemptionScope.APPLICATION)
+    if app.config["KAKAO_USER_RATE_LIMIT"]:
+        limiter.limit(app.config["KAKAO_USER_RATE_LIMIT"], key_func=lambda: "kakao-user:" + read_payload().session_id,
+                      exempt_when=_user_not_known, on_breach=rate_limited)(bp)
+    if app.config["KAKAO_TOTAL_RATE_LIMIT"]:
+        limiter.limit(app.config["KAKAO_TOTAL_RATE_LIMIT"], key_func=lambda: "kakao-all",
+                      exempt_when=_not_counted, on_breach=rate_limited)(bp)

@@ -1,0 +1,372 @@
+"""The KakaoTalk channel (chatbot/kakao.py): Kakao i Open Builder's SkillPayload
+in, SkillResponse 2.0 out, on the one conversation path."""
+import hashlib
+import json
+import re
+import threading
+import time
+
+import pytest
+
+from chatbot import kakao
+from chatbot.conversation import MESSAGES
+from chatbot.database import CHANNEL_KAKAO, FEEDBACK_DOWN, FEEDBACK_UP, ROUTE_FALLBACK, ROUTE_MODEL
+from chatbot.responder import FALLBACK_ANSWER, Answer
+from helpers import get_row, rows
+
+BOT_ID = "5a548e36aea1a43fa851ecd9"
+BLOCK_ID = "5a56ec0008cc1461d75291f6"
+
+
+def skill_payload(utterance, user_id="botUserKey-abc123", client_extra=None, bot_id=BOT_ID, block_id=BLOCK_ID):
+    """A whole SkillPayload as Open Builder sends it (its documented fields)."""
+    return {
+        "intent": {"id": block_id, "name": "폴백 블록"},
+        "userRequest": {
+            "timezone": "Asia/Seoul",
+            "params": {"ignoreMe": "true"},
+            "block": {"id": block_id, "name": "폴백 블록"},
+            "utterance": utterance,
+            "lang": "ko",
+            "user": {"id": user_id, "type": "botUserKey",
+                     "properties": {"botUserKey": user_id, "plusfriendUserKey": "pfk-" + user_id}},
+        },
+        "contexts": [],
+        "bot": {"id": bot_id, "name": "한마디"},
+        "action": {"name": "한마디 스킬", "clientExtra": client_extra, "params": {}, "id": "skill-id-1",
+                   "detailParams": {}},
+    }
+
+
+def skill_url(app):
+    with app.app_context():
+        return "/kakao/skill/" + kakao.skill_secret()
+
+
+def post(client, url, payload):
+    return client.post(url, data=json.dumps(payload), content_type="application/json")
+
+
+def texts(response):
+    """The simpleText texts of a SkillResponse 2.0 (and checks that it is one)."""
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["version"] == "2.0"
+    outputs = body["template"]["outputs"]
+    assert all(set(output) == {"simpleText"} for output in outputs)
+    return [output["simpleText"]["text"] for output in outputs]
+
+
+def expected_session(user_id, bot_id=BOT_ID):
+    return "kakao-" + hashlib.sha256(f"{bot_id}\n{user_id}".encode()).hexdigest()[:40]
+
+
+def test_a_message_is_answered_stored_and_offered_feedback(app, client):
+    response = post(client, skill_url(app), skill_payload("  안녕하세요 ", user_id="user-raw-id-42"))
+    assert texts(response) == [FALLBACK_ANSWER]  # no model in this app yet
+    (row,) = rows(app)
+    assert (row.question, row.answer, row.route, row.channel) == ("안녕하세요", FALLBACK_ANSWER, ROUTE_FALLBACK,
+                                                                  CHANNEL_KAKAO)
+    assert row.session_id == expected_session("user-raw-id-42")
+    assert "user-raw-id-42" not in row.session_id and len(row.session_id) <= 64
+    assert response.get_json()["template"]["quickReplies"] == [
+        {"label": "👍", "action": "block", "blockId": BLOCK_ID, "messageText": "👍",
+         "extra": {"feedback": "up", "exchange": row.id}},
+        {"label": "👎", "action": "block", "blockId": BLOCK_ID, "messageText": "👎",
+         "extra": {"feedback": "down", "exchange": row.id}},
+    ]
+
+
+def test_each_kakao_user_is_a_session_of_their_own(app, client):
+    url = skill_url(app)
+    for user_id in ("user-a", "user-b", "user-a"):
+        texts(post(client, url, skill_payload("배고파", user_id=user_id)))
+    sessions = [row.session_id for row in rows(app)]
+    assert sessions == [expected_session("user-a"), expected_session("user-b"), expected_session("user-a")]
+    assert sessions[0] != sessions[1]
+    # the same user id of another bot is another person
+    texts(post(client, url, skill_payload("배고파", user_id="user-a", bot_id="another-bot")))
+    assert rows(app)[-1].session_id not in sessions
+
+
+def test_without_a_block_id_there_are_no_feedback_buttons(app, client):
+    payload = skill_payload("안녕")
+    del payload["userRequest"]["block"]
+    response = post(client, skill_url(app), payload)
+    assert texts(response) == [FALLBACK_ANSWER]
+    assert "quickReplies" not in response.get_json()["template"]
+    assert len(rows(app)) == 1
+
+
+@pytest.mark.parametrize("url", ["/kakao/skill/wrong-secret", "/kakao/skill/", "/kakao/skill/x%00y"])
+def test_a_wrong_secret_is_not_found_and_stores_nothing(app, client, url):
+    response = post(client, url, skill_payload("안녕"))
+    assert response.status_code == 404
+    assert rows(app) == []
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"])
+def test_another_method_is_not_found_with_the_right_secret_or_a_wrong_one(app, client, method):
+    for url in (skill_url(app), "/kakao/skill/wrong-secret"):
+        assert client.open(url, method=method, json=skill_payload("안녕")).status_code == 404
+    assert rows(app) == []
+
+
+def test_a_secret_one_character_short_is_not_found(app, client):
+    assert client.post(skill_url(app)[:-1], json=skill_payload("안녕")).status_code == 404
+
+
+def _without(path):
+    payload = skill_payload("안녕")
+    *parents, last = path
+    node = payload
+    for key in parents:
+        node = node[key]
+    del node[last]
+    return json.dumps(payload)
+
+
+def _with(path, value):
+    payload = skill_payload("안녕")
+    *parents, last = path
+    node = payload
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return json.dumps(payload)
+
+
+@pytest.mark.parametrize("body", [
+    b"{not json", b"", "안녕".encode("utf-16"), b"\xff\xfe\x00", b"[]", b'"hello"', b"5", b"null",
+    b"[" * 30000 + b"]" * 30000,  # nested deeper than the JSON parser recurses
+    _without(["userRequest"]), _without(["userRequest", "utterance"]), _without(["userRequest", "user"]),
+    _without(["userRequest", "user", "id"]), _with(["userRequest"], "안녕"), _with(["userRequest", "utterance"], 5),
+    _with(["userRequest", "utterance"], None), _with(["userRequest", "user", "id"], 12345),
+    _with(["userRequest", "user", "id"], ""), _with(["userRequest", "user", "id"], "x" * 300),
+    _with(["userRequest", "user", "id"], "\ud800"), _with(["userRequest", "user"], ["id"]),
+])
+def test_a_payload_that_cannot_be_read_gets_a_skill_response_and_stores_nothing(app, client, body):
+    response = client.post(skill_url(app), data=body, content_type="application/json")
+    assert texts(response) == [kakao.TEXTS["unreadable"]]
+    assert "quickReplies" not in response.get_json()["template"]
+    assert rows(app) == []
+
+
+@pytest.mark.parametrize("utterance", ["", "   ", "\n\t "])
+def test_an_empty_message_is_asked_for_politely_and_not_stored(app, client, utterance):
+    assert texts(post(client, skill_url(app), skill_payload(utterance))) == ["메시지를 입력해 주세요."]
+    assert rows(app) == []
+
+
+def test_a_10_kb_message_gets_the_too_long_text_and_is_not_stored(app, client):
+    response = post(client, skill_url(app), skill_payload("가" * 10_000))
+    assert texts(response) == [MESSAGES["too_long"].format(max_chars=500, chars=10_000)]
+    assert rows(app) == []
+
+
+def test_a_message_with_control_characters_gets_conversations_text(app, client):
+    assert texts(post(client, skill_url(app), skill_payload("안\x00녕"))) == [MESSAGES["control_characters"]]
+    assert rows(app) == []
+
+
+def test_a_reply_over_1000_characters_is_cut_but_stored_whole(app, client, monkeypatch):
+    long_answer = "가나다라마바사" * 200  # 1,400 characters
+    monkeypatch.setattr(app.extensions["chatbot.responder"], "answer",
+                        lambda text, key=None: Answer(long_answer, ROUTE_MODEL, "v1", 0.9))
+    (text,) = texts(post(client, skill_url(app), skill_payload("길게 말해 줘")))
+    assert len(text) == 1000
+    assert text == long_answer[:999] + "…"
+    assert rows(app)[0].answer == long_answer
+
+
+def test_feedback_quick_replies_rate_that_users_exchange_and_no_one_elses(app, client):
+    url = skill_url(app)
+    response = post(client, url, skill_payload("배고파", user_id="alice"))
+    up, down = response.get_json()["template"]["quickReplies"]
+    row_id = up["extra"]["exchange"]
+
+    # Pressing 👎 sends the quick reply's messageText as the utterance and its extra as clientExtra.
+    assert texts(post(client, url, skill_payload(down["messageText"], user_id="alice",
+                                                 client_extra=down["extra"]))) == [kakao.TEXTS[FEEDBACK_DOWN]]
+    assert get_row(app, row_id).feedback == FEEDBACK_DOWN
+    # Bob cannot rate Alice's answer, by any id.
+    for extra in (up["extra"], {"feedback": "up", "exchange": row_id + 1}):
+        assert texts(post(client, url, skill_payload("👍", user_id="bob", client_extra=extra))) == \
+            [MESSAGES["not_found"]]
+    assert get_row(app, row_id).feedback == FEEDBACK_DOWN
+    assert texts(post(client, url, skill_payload("👍", user_id="alice", client_extra=up["extra"]))) == \
+        [kakao.TEXTS[FEEDBACK_UP]]
+    assert get_row(app, row_id).feedback == FEEDBACK_UP
+    assert len(rows(app)) == 1  # the presses were not asked as questions
+
+
+@pytest.mark.parametrize("extra", [{"feedback": "meh", "exchange": 1}, {"feedback": None, "exchange": 1},
+                                   {"feedback": "up", "exchange": "1"}, {"feedback": "up", "exchange": True},
+                                   {"feedback": "up"}])
+def test_forged_feedback_extras_change_nothing(app, client, extra):
+    url = skill_url(app)
+    texts(post(client, url, skill_payload("배고파")))
+    assert texts(post(client, url, skill_payload("👍", client_extra=extra))) == [MESSAGES["bad_feedback"]]
+    assert [(row.id, row.feedback) for row in rows(app)] == [(1, None)]
+
+
+def test_a_client_extra_without_feedback_is_an_ordinary_message(app, client):
+    texts(post(client, skill_url(app), skill_payload("배고파", client_extra={"from": "button"})))
+    assert [row.question for row in rows(app)] == ["배고파"]
+
+
+def _slow_for(app, monkeypatch, question, seconds):
+    """The responder takes ``seconds`` to answer ``question``, at once for anything else."""
+    responder = app.extensions["chatbot.responder"]
+    answer = responder.answer
+
+    def slow(text, key=None):
+        if text == question:
+            time.sleep(seconds)
+        return answer(text, key)
+    monkeypatch.setattr(responder, "answer", slow)
+
+
+def wait_for_rows(app, count, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = rows(app)
+        if len(found) >= count:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"fewer than {count} rows after {timeout} s: {rows(app)}")
+
+
+def test_a_late_answer_says_wait_is_stored_and_comes_with_the_next_message(make_app, monkeypatch):
+    app = make_app(KAKAO_REPLY_BUDGET=0.2)
+    client = app.test_client()
+    url = skill_url(app)
+    _slow_for(app, monkeypatch, "천천히 생각해 봐", 1.5)
+    started = time.monotonic()
+    response = post(client, url, skill_payload("천천히 생각해 봐", user_id="patient"))
+    elapsed = time.monotonic() - started
+    assert texts(response) == [kakao.TEXTS["wait"]]
+    assert "quickReplies" not in response.get_json()["template"]
+    assert elapsed < 1.0  # the budget (0.2 s) and some slack, well short of the 1.5 s answer
+    assert rows(app) == []  # still being answered
+    (late,) = wait_for_rows(app, 1)
+    assert (late.question, late.answer, late.channel, late.session_id) == (
+        "천천히 생각해 봐", FALLBACK_ANSWER, CHANNEL_KAKAO, expected_session("patient"))
+
+    # Another user's next message does not get it; the patient user's does, before the new answer.
+    assert texts(post(client, url, skill_payload("안녕", user_id="someone-else"))) == [FALLBACK_ANSWER]
+    response = post(client, url, skill_payload("고마워", user_id="patient"))
+    assert texts(response) == [
+        kakao.TEXTS["late"].format(question="천천히 생각해 봐", answer=FALLBACK_ANSWER), FALLBACK_ANSWER]
+    # its buttons rate the new answer
+    assert response.get_json()["template"]["quickReplies"][0]["extra"]["exchange"] == rows(app)[-1].id
+    assert texts(post(client, url, skill_payload("또 안녕", user_id="patient"))) == [FALLBACK_ANSWER]  # once
+
+
+def test_an_answer_within_the_budget_is_sent_at_once(make_app, monkeypatch):
+    app = make_app(KAKAO_REPLY_BUDGET=2.0)
+    _slow_for(app, monkeypatch, "잠깐 생각", 0.3)
+    response = post(app.test_client(), skill_url(app), skill_payload("잠깐 생각"))
+    assert texts(response) == [FALLBACK_ANSWER]
+    assert len(rows(app)) == 1
+
+
+def test_the_per_user_limit_answers_in_kakaotalk_and_spares_other_users(make_app):
+    # HTTP_LIMIT (per address) would stop the second request: Kakao's users share its addresses.
+    app = make_app(KAKAO_USER_RATE_LIMIT="2/minute", HTTP_LIMIT="1/minute")
+    client = app.test_client()
+    url = skill_url(app)
+    for _ in range(2):
+        assert texts(post(client, url, skill_payload("안녕", user_id="chatty"))) == [FALLBACK_ANSWER]
+    (text,) = texts(post(client, url, skill_payload("안녕", user_id="chatty")))
+    assert re.fullmatch(MESSAGES["rate_limited"].replace("{wait}", r"\d+").replace(".", r"\."), text), text
+    assert texts(post(client, url, skill_payload("안녕", user_id="quiet"))) == [FALLBACK_ANSWER]
+    assert len(rows(app)) == 3
+    # ... while the per-address limit still holds everywhere else
+    assert client.get("/").status_code == 200
+    assert client.get("/").status_code == 429
+
+
+def test_wrong_secrets_and_unreadable_payloads_do_not_use_up_a_users_limit(make_app):
+    app = make_app(KAKAO_USER_RATE_LIMIT="1/minute")
+    client = app.test_client()
+    for _ in range(3):
+        assert post(client, "/kakao/skill/wrong", skill_payload("안녕")).status_code == 404
+        texts(client.post(skill_url(app), data=b"{", content_type="application/json"))
+    assert texts(post(client, skill_url(app), skill_payload("안녕"))) == [FALLBACK_ANSWER]
+
+
+def test_all_kakao_users_together_have_a_bound(make_app):
+    app = make_app(KAKAO_USER_RATE_LIMIT="", KAKAO_TOTAL_RATE_LIMIT="3/minute")
+    client = app.test_client()
+    for n in range(3):
+        assert texts(post(client, skill_url(app), skill_payload("안녕", user_id=f"user-{n}"))) == [FALLBACK_ANSWER]
+    (text,) = texts(post(client, skill_url(app), skill_payload("안녕", user_id="user-4")))
+    assert text.startswith("메시지를 너무 빨리 보내고 있어요.")
+    assert len(rows(app)) == 3
+
+
+def test_the_secret_comes_from_secret_key_or_from_kakao_skill_secret(make_app):
+    app = make_app()
+    derived = skill_url(app).rsplit("/", 1)[1]
+    assert re.fullmatch(r"[A-Za-z0-9_-]{32}", derived)
+    other = make_app(SECRET_KEY="another-install")
+    assert skill_url(other).rsplit("/", 1)[1] != derived
+    own = make_app(KAKAO_SKILL_SECRET="my-own-kakao-secret-0123")
+    assert skill_url(own) == "/kakao/skill/my-own-kakao-secret-0123"
+    client = own.test_client()
+    assert post(client, "/kakao/skill/" + derived, skill_payload("안녕")).status_code == 404
+    assert texts(post(client, "/kakao/skill/my-own-kakao-secret-0123", skill_payload("안녕"))) == [FALLBACK_ANSWER]
+
+
+@pytest.mark.parametrize("secret", ["short", "has spaces in it 0123456789", "슬래시/있는/비밀-0123456789"])
+def test_a_weak_or_unsafe_kakao_skill_secret_is_refused_at_start(make_app, secret):
+    with pytest.raises(RuntimeError, match="KAKAO_SKILL_SECRET"):
+        make_app(KAKAO_SKILL_SECRET=secret)
+
+
+def test_reviewers_see_the_url_to_paste_into_open_builder(app, logged_in):
+    page = logged_in.get("/admin/kakao/")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert f'value="http://localhost{skill_url(app)}"' in html
+    assert "폴백 블록" in html and "스킬데이터 사용" in html
+    assert page.headers["Cache-Control"] == "no-store"
+
+
+def test_the_url_is_not_shown_to_anyone_else(app, client):
+    page = client.get("/admin/kakao/")
+    assert page.status_code == 302
+    assert page.headers["Location"] == "/login?next=/admin/kakao/"
+    with app.app_context():
+        secret = kakao.skill_secret()
+    assert secret not in page.get_data(as_text=True)
+
+
+def test_late_answers_keep_the_latest_per_user_and_a_bounded_number_of_users():
+    late = kakao.LateAnswers(max_sessions=2)
+    late.put("a", {"id": 1})
+    late.put("a", {"id": 2})
+    late.put("b", {"id": 3})
+    late.put("c", {"id": 4})
+    assert (late.take("a"), late.take("b"), late.take("c"), late.take("c")) == (None, {"id": 3}, {"id": 4}, None)
+
+
+def test_many_users_at_once_each_get_their_own_answer(make_app):
+    app = make_app()
+    url = skill_url(app)
+    results = {}
+
+    def ask(n):
+        response = post(app.test_client(), url, skill_payload(f"질문 {n}", user_id=f"user-{n}"))
+        results[n] = response.get_json()["template"]["quickReplies"][0]["extra"]["exchange"]
+
+    threads = [threading.Thread(target=ask, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for n, row_id in results.items():
+        row = get_row(app, row_id)
+        assert (row.question, row.session_id) == (f"질문 {n}", expected_session(f"user-{n}"))
+    assert len(rows(app)) == 8
