@@ -112,3 +112,70 @@ def test_another_channel_naming_a_browser_session_never_reaches_its_history_or_f
     received = sock.get_received()[0]
     assert (received["name"], received["args"][0]["code"]) == ("error", "not_found")
     assert get_row(app, planted).feedback is None
+
+
+# -- the same answers on every channel ----------------------------------------------
+
+UNSURE = ["모르는 질문이에요."]
+
+
+def ask_on(app, channel, text):
+    """(answer, route, stored row) for ``text`` asked on ``channel``; the
+    route from the stored row, which every channel writes the same way."""
+    import hashlib
+    import json
+
+    from chatbot import api, kakao
+    from chatbot.extensions import db
+    from helpers import rows
+
+    client = app.test_client()
+    if channel == CHANNEL_WEB:
+        name, reply = ask(connect(app), {"text": text})
+        assert name == "reply", reply
+        answer = reply["answer"]
+    elif channel == CHANNEL_API:
+        with app.app_context():
+            _, secret = api.create_key("channels", created_by="test")
+        response = client.post("/api/v1/messages", json={"text": text},
+                               headers={"Authorization": f"Bearer {secret}"})
+        assert response.status_code == 200, response.get_json()
+        answer = response.get_json()["answer"]
+    else:
+        with app.app_context():
+            url = "/kakao/skill/" + kakao.skill_secret()
+        user = "botUserKey-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+        payload = {"userRequest": {"utterance": text, "user": {"id": user, "type": "botUserKey", "properties": {}},
+                                   "block": {"id": "blk", "name": "폴백 블록"}, "timezone": "Asia/Seoul",
+                                   "params": {}, "lang": "ko"},
+                   "bot": {"id": "bot", "name": "한마디"}, "intent": {"id": "blk", "name": "폴백 블록"},
+                   "action": {"name": "스킬", "clientExtra": None, "params": {}, "id": "s", "detailParams": {}}}
+        response = client.post(url, data=json.dumps(payload), content_type="application/json")
+        assert response.status_code == 200
+        answer = response.get_json()["template"]["outputs"][0]["simpleText"]["text"]
+    row = rows(app)[-1]
+    with app.app_context():
+        db.engine.dispose()
+    assert (row.question, row.answer, row.channel) == (text, answer, channel)
+    return answer, row.route
+
+
+@pytest.mark.parametrize("channel", [CHANNEL_WEB, CHANNEL_API, CHANNEL_KAKAO])
+def test_every_channel_gives_the_same_answers_corrections_and_fallback(make_app, channel):
+    from chatbot.database import REVIEWED, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_UNSURE
+    from helpers import tiny_model
+
+    app = make_app(MIN_CONFIDENCE=0.99, UNSURE_REPLIES=UNSURE, CORRECTION_REFRESH_SECONDS=0)
+    tiny_model(app.config["MODEL_DIR"])
+    from chatbot import morph
+    from chatbot.database import Exchange
+    from chatbot.extensions import db
+
+    with app.app_context():
+        question = "우리 회사 이름이 뭐야"
+        db.session.add(Exchange(question=question, question_key=morph.question_key(question), answer="틀린 답",
+                                corrected_answer="한마디 주식회사예요.", status=REVIEWED))
+        db.session.commit()
+    assert ask_on(app, channel, "안녕하세요") == ("안녕하세요! 반가워요.", ROUTE_KNOWN)
+    assert ask_on(app, channel, "우리 회사 이름이 뭐야?") == ("한마디 주식회사예요.", ROUTE_MEMORY)
+    assert ask_on(app, channel, "파이썬 리스트 정렬하는 법") == (UNSURE[0], ROUTE_UNSURE)
