@@ -495,7 +495,8 @@ def main(argv=None):
         for r in default["channels"]:
             ratio = (f"{r['p99_ms'] / socket_run['p99_ms']:.2f}"
                      if socket_run and socket_run["p99_ms"] and r["p99_ms"] else "")
-            print(f"| {r['channel']} | {r['p50_ms']} | {r['p99_ms']} | {ratio} | {r['within_budget']} | "
+            budget = "" if r["within_budget"] is None else r["within_budget"]
+            print(f"| {r['channel']} | {r['p50_ms']} | {r['p99_ms']} | {ratio} | {budget} | "
                   f"{r['pending']} | {r['errors']} | {r['lost_rows']} |")
         report["channels"] = default["channels"]
         args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
