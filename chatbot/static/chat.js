@@ -289,20 +289,24 @@
 
   // One id per browser tab session (the widget: per visitor of a site), kept
   // across reloads, so the server can group this conversation's exchanges.
+  // Where storage is denied (a browser that blocks third-party storage, for
+  // the widget's frame) the id lasts as long as the page: reconnects keep
+  // the chat and its 👍/👎, a reload starts a new one.
   function chatSessionId() {
     var key = channel === "widget" ? "hanmadi.widget.session" : "hanmadi.session";
+    var fresh = Array.prototype.map.call(window.crypto.getRandomValues(new Uint8Array(16)), function (b) {
+      return ("0" + b.toString(16)).slice(-2);
+    }).join("");
     try {
       var storage = window[storageName];
       var id = storage.getItem(key);
       if (!id) {
-        id = Array.prototype.map.call(window.crypto.getRandomValues(new Uint8Array(16)), function (b) {
-          return ("0" + b.toString(16)).slice(-2);
-        }).join("");
+        id = fresh;
         storage.setItem(key, id);
       }
       return id;
     } catch (e) {
-      return null; // storage disabled: the server falls back to the socket id
+      return fresh;
     }
   }
 
