@@ -177,6 +177,7 @@ def test_a_listed_site_shows_the_chat_and_keeps_its_history(sites, storage_allow
     send(frame, "배고파")
     assert user_texts(frame) == ["안녕하세요", "배고파"]
     assert rows(live)[-1].session_id == first.session_id
+    shot(page, "widget-desktop-open")
     assert_clean(page)  # nothing broke the shop's CSP, no errors in either document
 
     # The same visitor on the bot's own site has another chat: the frame's
