@@ -18,17 +18,19 @@ def create_app(test_config=None):
 
     from flask import Flask
 
-    from .config import Config, gevent_patched, load_secret_key, normalise_database_url
+    from .config import Config, gevent_patched, load_secret_key, normalise_database_url, parse_origins
     from .extensions import csrf, db, login_manager, migrate, socketio
 
     # Import the modules that register Socket.IO handlers before the first
     # socketio.init_app: Flask-SocketIO only replays handlers it saw then.
-    from . import api, chat, cli, database, kakao, limits, review, security
+    from . import api, chat, cli, database, kakao, limits, review, security, widget
 
     app = Flask(__name__, instance_path=str(PROJECT_ROOT / "instance"))
     app.config.from_object(Config)
     if test_config:
         app.config.update(test_config)
+    if isinstance(app.config["ALLOWED_ORIGINS"], str):
+        app.config["ALLOWED_ORIGINS"] = parse_origins(app.config["ALLOWED_ORIGINS"])
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
     if not app.config["SECRET_KEY"]:
         app.config["SECRET_KEY"] = load_secret_key(app.instance_path)
@@ -54,9 +56,12 @@ def create_app(test_config=None):
         socketio.server_options.pop("client_manager", None)
     async_mode = app.config["SOCKETIO_ASYNC_MODE"] or ("gevent" if gevent_patched() else "threading")
     socketio.init_app(app, async_mode=async_mode,
-                      max_http_buffer_size=16 * app.config["MAX_MESSAGE_CHARS"] + 1024, **socketio_options)
+                      max_http_buffer_size=16 * app.config["MAX_MESSAGE_CHARS"] + 1024,
+                      cors_allowed_origins=security.origin_checker(app.config["ALLOWED_ORIGINS"]),
+                      **socketio_options)
 
     chat.init_app(app)
+    widget.init_app(app)
     review.init_app(app)
     cli.init_app(app)
     limits.init_app(app)  # its middleware wraps Socket.IO's and chat's

@@ -5,6 +5,7 @@ SECRET_KEY is never in the source: without the variable, one is generated
 once into the instance folder (see ``load_secret_key``).
 """
 import os
+import re
 import secrets
 import sys
 import tempfile
@@ -37,6 +38,25 @@ def env_fraction(name):
     if value is not None and not 0 <= value <= 1:
         raise RuntimeError(f"environment variable {name} must be a number from 0 to 1, got {value!r}")
     return value
+
+
+_ORIGIN = re.compile(r"^https?://([a-z0-9-]+(\.[a-z0-9-]+)*|\[[0-9a-f:.]+\])(:[0-9]{1,5})?$")
+
+
+def parse_origins(text, name="ALLOWED_ORIGINS"):
+    """Origins (``https://shop.example.com``) separated by commas or spaces,
+    lower-cased and without a trailing slash.  Anything else is refused at
+    start-up: each one goes into a CSP header as it is."""
+    origins = []
+    for item in re.split(r"[\s,]+", text or ""):
+        origin = item.strip().rstrip("/").lower()
+        if not origin:
+            continue
+        if not _ORIGIN.match(origin):
+            raise RuntimeError(f"{name}: {item!r} is not an origin like https://shop.example.com")
+        if origin not in origins:
+            origins.append(origin)
+    return origins
 
 
 def env_bool(name, default):
@@ -161,6 +181,10 @@ class Config:
     KAKAO_REPLY_BUDGET = env_float("KAKAO_REPLY_BUDGET", 3.5)
     KAKAO_USER_RATE_LIMIT = os.environ.get("KAKAO_USER_RATE_LIMIT", "20/minute")
     KAKAO_TOTAL_RATE_LIMIT = os.environ.get("KAKAO_TOTAL_RATE_LIMIT", "1200/minute")
+    # Web sites that may show the chat widget (chatbot/widget.py): /embed's
+    # CSP frame-ancestors, and origins whose pages may open a Socket.IO
+    # connection (besides the bot's own).  Empty: the bot's own pages only.
+    ALLOWED_ORIGINS = parse_origins(os.environ.get("ALLOWED_ORIGINS", ""))
     # Flask-Admin's look, and cookies that scripts cannot read or send cross-site.
     FLASK_ADMIN_SWATCH = "cerulean"
     SESSION_COOKIE_HTTPONLY = True

@@ -6,6 +6,11 @@ styles only from this site; a page that needs an inline script (none does
 today) gets a per-request nonce from ``csp_nonce()``, which Flask-Admin calls
 for every ``<script>`` it renders, and the nonce is added to that response's
 policy.  Inline event handlers (``onclick=``) can never run.
+
+No page may be framed (``frame-ancestors 'none'``, ``X-Frame-Options:
+DENY``) except the widget's /embed (chatbot/widget.py), which sets its own
+``frame-ancestors``: then no X-Frame-Options is added, since it cannot list
+origins.
 """
 import secrets
 import threading
@@ -43,19 +48,53 @@ def csp_nonce() -> str:
     return nonce
 
 
-def content_security_policy(nonce=None) -> str:
+def content_security_policy(nonce=None, frame_ancestors=None) -> str:
+    """The policy; ``frame_ancestors`` replaces ``'none'`` (a list of sources)."""
     parts = []
     for name, value in CSP_DIRECTIVES:
         if name == "script-src" and nonce:
             value += f" 'nonce-{nonce}'"
+        if name == "frame-ancestors" and frame_ancestors:
+            value = " ".join(frame_ancestors)
         parts.append(f"{name} {value}")
     return "; ".join(parts)
+
+
+def may_be_framed(csp: str) -> bool:
+    """Whether a policy lets some page frame this one."""
+    directives = [part.split() for part in csp.split(";")]
+    return any(words[:1] == ["frame-ancestors"] and words[1:] != ["'none'"] for words in directives)
+
+
+def origin_checker(allowed_origins):
+    """Socket.IO's ``cors_allowed_origins``: the bot's own origin, as
+    python-engineio's default computes it (the Host header, and behind a proxy
+    X-Forwarded-Proto/-Host), plus ``allowed_origins``.  A list alone would
+    drop the default, so a callable."""
+    listed = frozenset(allowed_origins)
+
+    def allowed(origin, environ):
+        if origin in listed:
+            return True
+        host = environ.get("HTTP_HOST")
+        if not host:
+            return False
+        scheme = environ.get("wsgi.url_scheme", "http")
+        own = {f"{scheme}://{host}"}
+        if "HTTP_X_FORWARDED_PROTO" in environ or "HTTP_X_FORWARDED_HOST" in environ:
+            forwarded_scheme = environ.get("HTTP_X_FORWARDED_PROTO", scheme).split(",")[0].strip()
+            forwarded_host = environ.get("HTTP_X_FORWARDED_HOST", host).split(",")[0].strip()
+            own.add(f"{forwarded_scheme}://{forwarded_host}")
+        return origin in own
+
+    return allowed
 
 
 class SecurityHeadersMiddleware:
     """Adds the headers to every response the WSGI app sends, Socket.IO's
     long-polling responses included (those never reach Flask's hooks).
-    A header already set (Flask's CSP with a nonce) is kept."""
+    A header already set (Flask's CSP with a nonce) is kept, and a response
+    whose CSP lets some page frame it (/embed) gets no X-Frame-Options."""
 
     def __init__(self, wsgi_app):
         self.wsgi_app = wsgi_app
@@ -63,9 +102,12 @@ class SecurityHeadersMiddleware:
 
     def __call__(self, environ, start_response):
         def add_headers(status, headers, exc_info=None):
-            present = {name.lower() for name, _ in headers}
+            present = {name.lower(): value for name, value in headers}
+            csp = present.get("content-security-policy")
+            if csp is not None and may_be_framed(csp):
+                present["x-frame-options"] = None
             extra = [(name, value) for name, value in STATIC_HEADERS.items() if name.lower() not in present]
-            if "content-security-policy" not in present:
+            if csp is None:
                 extra.append(("Content-Security-Policy", self.default_csp))
             return start_response(status, list(headers) + extra, exc_info)
 

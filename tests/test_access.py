@@ -5,9 +5,10 @@ from chatbot import api_keys_admin, versions_admin, queue_admin
 
 # Everything a visitor may reach without logging in; every other URL the app
 # serves must send them to the login page.
-# The KakaoTalk skill answers only Kakao, at a secret URL (404 without it: tests/test_kakao.py).
+# The KakaoTalk skill answers only Kakao, at a secret URL (404 without it:
+# tests/test_kakao.py); the widget is for any visitor of a listed site.
 PUBLIC_ENDPOINTS = {"chat.index", "chat.favicon", "static", "admin.static", "auth.login", "auth.logout",
-                    "api.openapi_document", "kakao.skill"}
+                    "api.openapi_document", "kakao.skill", "widget.script", "widget.embed"}
 # The REST API has no login: it asks for a key (401) instead (tests/test_api.py).
 API_KEY_ENDPOINTS = {"api.post_message", "api.post_feedback"}
 ARGUMENTS = {"export_type": "csv", "version": "20260101-000000", "filename": "x", "row_id": 1}

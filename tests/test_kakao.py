@@ -310,7 +310,7 @@ def test_the_secret_comes_from_secret_key_or_from_kakao_skill_secret(make_app):
     app = make_app()
     derived = skill_url(app).rsplit("/", 1)[1]
     assert re.fullmatch(r"[A-Za-z0-9_-]{32}", derived)
-    other = make_app(SECRET_KEY="another-install")
+    other = make_app(**{"SECRET_KEY": "another-install"})
     assert skill_url(other).rsplit("/", 1)[1] != derived
     own = make_app(KAKAO_SKILL_SECRET="my-own-kakao-secret-0123")
     assert skill_url(own) == "/kakao/skill/my-own-kakao-secret-0123"

@@ -7,6 +7,13 @@
  *   emit  "feedback" {id, value}   on "feedback" {id, value}   value: "up" | "down" | null
  *   on    "error"    {code, message, event}
  *
+ * The same script runs the chat page (/) and the widget's page (/embed,
+ * in an iframe on other sites), which says so on its <body>:
+ *   data-channel="widget"  connect with auth {channel: "widget"}
+ *   data-storage="local"   keep the chat session id in localStorage (the
+ *                          visitor's chat on that site survives closing the
+ *                          tab) instead of sessionStorage (this tab only)
+ *
  * Everything from the user or the server goes into the page with
  * textContent, never innerHTML.  No inline scripts or styles are needed,
  * so the page runs under "script-src 'self'; style-src 'self'".
@@ -26,6 +33,8 @@
   var status = document.getElementById("status");
 
   var maxChars = parseInt(form.getAttribute("data-max-chars"), 10) || 0;
+  var channel = document.body.getAttribute("data-channel"); // "widget" on /embed
+  var storageName = document.body.getAttribute("data-storage") === "local" ? "localStorage" : "sessionStorage";
 
   var connected = false;
   var composing = false; // an IME composition (Korean, Japanese, ...) is open
@@ -278,29 +287,37 @@
     return;
   }
 
-  // One id per browser tab session, kept across reloads, so the server can
-  // group this conversation's exchanges.
+  // One id per browser tab session (the widget: per visitor of a site), kept
+  // across reloads, so the server can group this conversation's exchanges.
+  // Where storage is denied (a browser that blocks third-party storage, for
+  // the widget's frame) the id lasts as long as the page: reconnects keep
+  // the chat and its 👍/👎, a reload starts a new one.
   function chatSessionId() {
-    var key = "hanmadi.session";
+    var key = channel === "widget" ? "hanmadi.widget.session" : "hanmadi.session";
+    var fresh = Array.prototype.map.call(window.crypto.getRandomValues(new Uint8Array(16)), function (b) {
+      return ("0" + b.toString(16)).slice(-2);
+    }).join("");
     try {
-      var id = window.sessionStorage.getItem(key);
+      var storage = window[storageName];
+      var id = storage.getItem(key);
       if (!id) {
-        id = Array.prototype.map.call(window.crypto.getRandomValues(new Uint8Array(16)), function (b) {
-          return ("0" + b.toString(16)).slice(-2);
-        }).join("");
-        window.sessionStorage.setItem(key, id);
+        id = fresh;
+        storage.setItem(key, id);
       }
       return id;
     } catch (e) {
-      return null; // storage disabled: the server falls back to the socket id
+      return fresh;
     }
   }
+
+  var auth = { session: chatSessionId() };
+  if (channel) auth.channel = channel;
 
   // WebSocket first; fall back to long-polling if a proxy blocks WebSocket.
   var socket = window.io({
     transports: ["websocket", "polling"],
     tryAllTransports: true,
-    auth: { session: chatSessionId() }
+    auth: auth
   });
 
   socket.on("connect", function () {
