@@ -27,6 +27,8 @@ def create_app(test_config=None):
 
     app = Flask(__name__, instance_path=str(PROJECT_ROOT / "instance"))
     app.config.from_object(Config)
+    # JSON answers (the REST API, the KakaoTalk skill) in readable Korean, not \uXXXX escapes.
+    app.json.ensure_ascii = False
     if test_config:
         app.config.update(test_config)
     if isinstance(app.config["ALLOWED_ORIGINS"], str):

@@ -382,3 +382,11 @@ def test_the_cli_makes_and_revokes_keys(app):
     assert runner.invoke(args=["api-key", "create", " "]).exit_code == 1
     assert len(keys(app)) == 1
 
+
+
+def test_answers_are_json_in_readable_utf8(app):
+    _, secret = make_key(app)
+    response = app.test_client().post(MESSAGES, json={"text": "안녕하세요"}, headers=bearer(secret))
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    assert '"question": "안녕하세요"'.replace(" ", "") in response.get_data(as_text=True).replace(" ", "")
