@@ -12,7 +12,10 @@ Every answer is JSON; an error is ``{"code", "message"}`` with the codes of
 the Socket.IO ``error`` event (conversation.MESSAGES) plus the few that only
 HTTP has (``API_MESSAGES``).
 
-Keys: ``Authorization: Bearer <key>``; only the key's SHA-256 is stored.
+Keys: ``Authorization: Bearer <key>``; only the key's SHA-256 is stored.  Each
+process keeps the live keys it has seen for ``API_KEY_CACHE_SECONDS`` (a
+request then skips the database); a revoked key is refused at once by the
+process that revoked it and within that time by the others.
 Rate limits (Flask-Limiter, in ``RATELIMIT_STORAGE_URI``): ``API_RATE_LIMIT``
 per key over both endpoints, instead of the per-address ``HTTP_LIMIT`` (many
 API clients may share an address, and one client may use several); and
@@ -83,7 +86,8 @@ def create_key(name: str, created_by: str | None = None) -> tuple[ApiKey, str]:
 
 
 def revoke_key(key_id: int) -> ApiKey | None:
-    """Revoke a key (at once, in every process: each request looks it up); None if there is none."""
+    """Revoke a key: refused at once in this process, within
+    ``API_KEY_CACHE_SECONDS`` in the others (``live_keys``); None if there is none."""
     key = db.session.get(ApiKey, key_id)
     if key is None:
         return None
@@ -91,7 +95,16 @@ def revoke_key(key_id: int) -> ApiKey | None:
         key.revoked_at = utcnow()
         db.session.commit()
         log.info("API key %s (%s) revoked", key.id, key.prefix)
+    current_app.extensions["chatbot.api_keys"].clear()
     return key
+
+
+def live_keys() -> dict:
+    """This process's recently seen live keys: SHA-256 → (key id, when looked
+    up).  Only keys found live in the database get in, so their number is
+    bounded by the keys reviewers made; a request with one skips the
+    database for ``API_KEY_CACHE_SECONDS``."""
+    return current_app.extensions["chatbot.api_keys"]
 
 
 def bearer_key_id() -> int | None:
@@ -102,16 +115,29 @@ def bearer_key_id() -> int | None:
         scheme, _, secret = request.headers.get("Authorization", "").partition(" ")
         secret = secret.strip()
         if scheme.lower() == "bearer" and secret and len(secret) <= MAX_KEY_CHARS:
-            row = db.session.execute(sa.select(ApiKey.id, ApiKey.last_used_at).where(
-                ApiKey.key_hash == hash_key(secret), ApiKey.revoked_at.is_(None))).first()
-            if row is not None:
-                g.api_key_id = row.id
-                _touch(row.id, row.last_used_at)
+            g.api_key_id = _look_up(hash_key(secret))
     return g.api_key_id
 
 
+def _look_up(key_hash: str) -> int | None:
+    """The live key's id from this process's cache, else from the database."""
+    cache, now = live_keys(), time.monotonic()
+    cached = cache.get(key_hash)
+    if cached is not None and now - cached[1] < current_app.config["API_KEY_CACHE_SECONDS"]:
+        return cached[0]
+    row = db.session.execute(sa.select(ApiKey.id, ApiKey.last_used_at).where(
+        ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))).first()
+    if row is None:
+        cache.pop(key_hash, None)
+        return None
+    cache[key_hash] = (row.id, now)
+    _touch(row.id, row.last_used_at)
+    return row.id
+
+
 def _touch(key_id, last_used_at):
-    """Record that the key is in use, but write at most once a minute per key."""
+    """Record that the key is in use, but write at most once a minute per key
+    (and look at most once per API_KEY_CACHE_SECONDS)."""
     now = utcnow()
     if last_used_at is None or now - last_used_at >= LAST_USED_EVERY:
         db.session.execute(sa.update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
@@ -242,6 +268,7 @@ def openapi_document():
 
 def init_app(app):
     """Register the API; after limits.init_app, whose limiter it uses."""
+    app.extensions["chatbot.api_keys"] = {}
     limiter = the_limiter(app)
     # Per key, shared by both endpoints.  Both limits replace HTTP_LIMIT for the
     # whole blueprint (override_defaults), openapi.json included: a constant.

@@ -117,6 +117,10 @@ class Config:
     # (HTTP_LIMIT does not apply to it); failed keys are limited per address.
     API_RATE_LIMIT = os.environ.get("API_RATE_LIMIT") or "60/minute;10/second"
     API_AUTH_FAILURE_LIMIT = os.environ.get("API_AUTH_FAILURE_LIMIT") or "20/minute"
+    # Seconds a server process trusts a live API key it has seen without
+    # asking the database again: how long a key revoked elsewhere (another
+    # process, the CLI) may still be accepted here.
+    API_KEY_CACHE_SECONDS = env_float("API_KEY_CACHE_SECONDS", 5.0)
     # Open connections per server process, in total and per client address
     # (chatbot/worker.py refuses the rest with 503 / 429; behind a proxy the
     # per-address count uses the forwarded address).

@@ -169,6 +169,23 @@ def test_a_revoked_key_is_refused_at_once(app):
     assert len(rows(app)) == 1
 
 
+def test_a_key_revoked_by_another_process_is_refused_once_the_cache_expires(make_app):
+    import time
+
+    app = make_app(API_KEY_CACHE_SECONDS=0.5)
+    key_id, secret = make_key(app)
+    client = app.test_client()
+    assert client.post(MESSAGES, json={"text": "안녕"}, headers=bearer(secret)).status_code == 200
+    with app.app_context():  # what the CLI's revoke does, from its own process
+        db.session.execute(sa.update(ApiKey).where(ApiKey.id == key_id).values(revoked_at=utcnow()))
+        db.session.commit()
+        db.engine.dispose()
+    assert client.post(MESSAGES, json={"text": "안녕"}, headers=bearer(secret)).status_code == 200  # cached
+    time.sleep(0.6)
+    assert_error(client.post(MESSAGES, json={"text": "안녕"}, headers=bearer(secret)), 401, "unauthorized")
+    assert len(rows(app)) == 2
+
+
 def test_only_the_keys_hash_is_stored(app):
     key_id, secret = make_key(app)
     key = get_key(app, key_id)
@@ -178,7 +195,8 @@ def test_only_the_keys_hash_is_stored(app):
     assert secret not in (key.name, key.prefix, key.key_hash, key.created_by)
 
 
-def test_last_used_is_written_at_most_once_a_minute(app):
+def test_last_used_is_written_at_most_once_a_minute(make_app):
+    app = make_app(API_KEY_CACHE_SECONDS=0)  # every request looks the key up
     key_id, secret = make_key(app)
     client = app.test_client()
     assert get_key(app, key_id).last_used_at is None

@@ -32,7 +32,7 @@ def test_widget_js_is_a_cacheable_script_that_frames_embed(client):
     assert response.headers["Cache-Control"] == "public, max-age=300"
     assert response.headers["Cross-Origin-Resource-Policy"] == "cross-origin"
     script = response.get_data(as_text=True)
-    assert 'frame.src = BOT + "/embed";' in script
+    assert 'frame.src = BOT + "/embed" + (visitor ? "#session=" + visitor : "");' in script
     assert "var BOT = new URL(script.src).origin;" in script
     assert "innerHTML" not in script and "setAttribute(\"style\"" not in script
 

@@ -289,10 +289,14 @@
 
   // One id per browser tab session (the widget: per visitor of a site), kept
   // across reloads, so the server can group this conversation's exchanges.
-  // Where storage is denied (a browser that blocks third-party storage, for
-  // the widget's frame) the id lasts as long as the page: reconnects keep
-  // the chat and its 👍/👎, a reload starts a new one.
+  // Where storage is denied (and widget.js passed no id) the id lasts as
+  // long as the page: reconnects keep the chat and its 👍/👎, a reload
+  // starts a new one.
   function chatSessionId() {
+    // In the widget, widget.js passes the visitor's id from the host site's
+    // own storage (#session=...): that one survives where the frame's cannot.
+    var given = channel === "widget" && /^#session=([0-9a-f]{32})$/.exec(window.location.hash);
+    if (given) return given[1];
     var key = channel === "widget" ? "hanmadi.widget.session" : "hanmadi.session";
     var fresh = Array.prototype.map.call(window.crypto.getRandomValues(new Uint8Array(16)), function (b) {
       return ("0" + b.toString(16)).slice(-2);

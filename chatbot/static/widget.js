@@ -40,6 +40,28 @@
   var CHAT_ICON = "M4 3h16a2 2 0 0 1 2 2v11a2 2 0 0 1-2 2H9l-5 4v-4a2 2 0 0 1-2-2V5a2 2 0 0 1 2-2z";
   var CLOSE_ICON = "M6.4 5 12 10.6 17.6 5 19 6.4 13.4 12 19 17.6 17.6 19 12 13.4 6.4 19 5 17.6 10.6 12 5 6.4z";
 
+  // The visitor's chat id, kept in this site's own localStorage: first-party
+  // storage, which browsers that block or partition a frame's storage keep,
+  // so the conversation survives a reload on every browser, per site and
+  // visitor.  It reaches the frame in the URL's fragment, never sent to a
+  // server.  null where this site's storage is denied too (the frame then
+  // keeps an id of its own).
+  function visitorId() {
+    var key = "hanmadi.widget.session";
+    try {
+      var id = window.localStorage.getItem(key);
+      if (!/^[0-9a-f]{32}$/.test(id || "")) {
+        id = Array.prototype.map.call(window.crypto.getRandomValues(new Uint8Array(16)), function (b) {
+          return ("0" + b.toString(16)).slice(-2);
+        }).join("");
+        window.localStorage.setItem(key, id);
+      }
+      return id;
+    } catch (e) {
+      return null;
+    }
+  }
+
   function style(el, props) {
     for (var name in props) el.style[name] = props[name];
   }
@@ -110,7 +132,8 @@
     function open() {
       if (!frame) {
         frame = document.createElement("iframe");
-        frame.src = BOT + "/embed";
+        var visitor = visitorId();
+        frame.src = BOT + "/embed" + (visitor ? "#session=" + visitor : "");
         frame.title = "한마디 채팅";
         style(frame, { display: "block", width: "100%", height: "100%", border: "0", margin: "0" });
         panel.insertBefore(frame, close); // the close button stays on top
