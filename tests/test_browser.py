@@ -284,7 +284,7 @@ def test_admin_works_under_the_csp(live, context):
     row.locator("input.action-checkbox").check()
     admin.get_by_text(WITH_SELECTED).click()
     admin.context.accept_dialogs = True
-    admin.get_by_text("검토 완료로 표시").click()
+    admin.get_by_role("link", name="검토 완료로 표시").click()
     admin.wait_for_selector(".alert-success")
     assert admin.context.dialogs == ["선택한 대화를 검토 완료로 표시할까요?"]  # the confirmation ran
     assert "검토 완료" in admin.locator(".alert-success").inner_text()

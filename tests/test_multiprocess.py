@@ -267,6 +267,61 @@ def test_a_correction_made_through_one_process_reaches_a_paraphrase_on_the_other
         assert "Traceback" not in server.log(), server.log()
 
 
+def test_api_and_kakao_limits_are_counted_across_processes_in_redis(tmp_path, backends):
+    """With RATELIMIT_STORAGE_URI on Redis, a key's and a KakaoTalk user's
+    rate limits count the requests to both processes together, and both
+    channels' exchanges land in PostgreSQL with their channel."""
+    import requests
+
+    redis, postgres = backends
+    models = tmp_path / "models"
+    tiny_model(models)
+    database = postgres.create_database("channels")
+    env = {"DATABASE_URL": database, "SOCKETIO_MESSAGE_QUEUE": redis.url, "RATELIMIT_STORAGE_URI": redis.url,
+           "MODEL_DIR": str(models), "SECRET_KEY": "shared-secret", "REPLY_WORKERS": "1",
+           "API_RATE_LIMIT": "4/minute", "KAKAO_USER_RATE_LIMIT": "3/minute",
+           "KAKAO_SKILL_SECRET": "multiprocess-kakao-secret-0001"}
+    flask_cli("db", "upgrade", env={**os.environ, **env})
+    key = flask_cli("api-key", "create", "multiprocess", env={**os.environ, **env}).stdout.split()[-1]
+    assert key.startswith("hm_")
+
+    def skill(server, user, text):
+        payload = {"userRequest": {"utterance": text, "user": {"id": user, "type": "botUserKey", "properties": {}},
+                                   "block": {"id": "blk", "name": "폴백 블록"}, "timezone": "Asia/Seoul",
+                                   "params": {}, "lang": "ko"},
+                   "bot": {"id": "bot", "name": "한마디"}, "intent": {"id": "blk", "name": "폴백 블록"},
+                   "action": {"name": "스킬", "clientExtra": None, "params": {}, "id": "s", "detailParams": {}}}
+        response = requests.post(server.url + "/kakao/skill/" + env["KAKAO_SKILL_SECRET"], json=payload, timeout=10)
+        assert response.status_code == 200
+        return response.json()["template"]
+
+    servers = [LiveServer(tmp_path / name, env=env) for name in ("a", "b")]
+    try:
+        for server in servers:
+            server.workdir.mkdir()
+            server.start()
+        a, b = servers
+        statuses = [requests.post(server.url + "/api/v1/messages", json={"text": "안녕하세요"}, timeout=10,
+                                  headers={"Authorization": f"Bearer {key}"}).status_code
+                    for server in (a, b, a, b, a, b)]
+        assert statuses == [200, 200, 200, 200, 429, 429]
+        answered = [bool(skill(server, "kakao-user-1", "배고파").get("quickReplies")) for server in (a, b, a, b)]
+        assert answered == [True, True, True, False]  # the 4th is the rate-limit text, with no 👍/👎
+        assert skill(b, "kakao-user-2", "배고파").get("quickReplies")  # another user: their own count
+    finally:
+        for server in servers:
+            server.stop()
+    for server in servers:
+        assert "Traceback" not in server.log(), server.log()
+    engine = sa.create_engine(database.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.connect() as connection:
+            counts = dict(connection.execute(sa.text("SELECT channel, count(*) FROM exchange GROUP BY channel")).all())
+    finally:
+        engine.dispose()
+    assert counts == {"api": 4, "kakao": 4}
+
+
 def test_the_migrations_on_postgresql(tmp_path, backends):
     """Every migration upgrades and downgrades on PostgreSQL (non-native enums
     as CHECK constraints, string lengths), and the result matches the models."""
