@@ -39,6 +39,7 @@ import fcntl
 import json
 import os
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -270,14 +271,56 @@ def _start_runner(root, pairs_csv, lock_fd, force, margin, train_args, pair_coun
 
 # -- the runner ----------------------------------------------------------------------
 
-def _die_with_parent():
-    """In the trainer child: get SIGKILL when the runner dies (Linux)."""
+# The trainer yields the CPU to the server's chats: a lower priority (nice),
+# so that a retrain on a 1-2 core machine does not slow the replies.
+TRAINER_NICE = 10
+OUT_OF_MEMORY = "메모리가 부족해 학습이 중단되었습니다"
+
+
+def _trainer_setup():
+    """In the trainer child: get SIGKILL when the runner dies (Linux), its own
+    process group, and a lower CPU priority than the server."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
     os.setpgrp()  # a Ctrl-C in the runner's terminal is the runner's to handle
+    os.nice(TRAINER_NICE)
+
+
+def oom_kills() -> int | None:
+    """How many processes the kernel's OOM killer has killed in this process's
+    memory cgroup (v2 ``memory.events``, v1 ``memory.oom_control``); None
+    where neither can be read."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # cgroup v2
+            candidates = [Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.events"]
+        elif "memory" in controllers.split(","):
+            candidates = [Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.oom_control"]
+        else:
+            continue
+        for candidate in candidates:
+            try:
+                fields = dict(row.split() for row in candidate.read_text().splitlines() if row.strip())
+            except (OSError, ValueError):
+                continue
+            if "oom_kill" in fields:
+                return int(fields["oom_kill"])
+    return None
+
+
+def failure_message(rc: int, killed_for_memory: bool, peak_mb: float | None) -> str:
+    """What the admin page and ``make retrain`` say about a failed trainer."""
+    peak = f" 학습 프로세스의 최대 메모리 {peak_mb:.0f} MB." if peak_mb else ""
+    if killed_for_memory:
+        return f"{OUT_OF_MEMORY}.{peak} current는 그대로입니다. README의 메모리 안내를 보세요."
+    return f"학습이 실패했습니다 (종료 코드 {rc}).{peak} current는 그대로입니다."
 
 
 def _pid_alive(pid: int) -> bool:
@@ -359,10 +402,11 @@ def _run_locked(root, pairs_csv, force, margin, train_args, python, on_line, pai
             if on_line:
                 on_line(f"{pair_count} training pairs")
         log.flush()
+        kills_before = oom_kills()
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 encoding="utf-8", errors="replace", bufsize=1, env=env,
                                 cwd=str(PROJECT_ROOT),
-                                preexec_fn=_die_with_parent)
+                                preexec_fn=_trainer_setup)
         status["trainer_pid"] = proc.pid
         write_status(root, status)
         try:
@@ -397,8 +441,16 @@ def _run_locked(root, pairs_csv, force, margin, train_args, python, on_line, pai
         status["elapsed_seconds"] = round(time.monotonic() - started, 1)
         status["finished_at"] = _now()
         status["eta_seconds"] = 0
+        # The trainer is this runner's only child: its peak resident memory.
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        status["trainer_peak_mb"] = round(peak_mb, 1)
         if rc != 0 or new_dir is None or not new_dir.is_dir():
-            status.update(state=FAILED, message=f"학습이 실패했습니다 (종료 코드 {rc}). current는 그대로입니다.")
+            # SIGKILL is what the OOM killer sends; where the cgroup's count
+            # can be read, it says whether it was the OOM killer.
+            kills_after = oom_kills()
+            for_memory = rc == -signal.SIGKILL and (kills_before is None or kills_after is None
+                                                     or kills_after > kills_before)
+            status.update(state=FAILED, out_of_memory=for_memory, message=failure_message(rc, for_memory, peak_mb))
         else:
             status["version"] = new_dir.name
             new_metrics = read_metrics(new_dir)

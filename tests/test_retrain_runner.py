@@ -152,3 +152,54 @@ def test_the_lock_handed_to_a_runner_is_held_until_the_runner_dies(tmp_path):
         runner.wait()
     assert not retrain.is_running(tmp_path)
     os.close(retrain.try_lock(tmp_path))
+
+
+def _self_killing_python(tmp_path):
+    """A stand-in for the trainer's python that the kernel kills with SIGKILL
+    (as the OOM killer does), after printing a line."""
+    script = tmp_path / "python"
+    script.write_text("#!/bin/sh\necho 'epoch   1 | step     1 | train loss 1.000'\nkill -9 $$\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_a_trainer_killed_for_memory_is_reported_in_words_and_current_stays(tmp_path, monkeypatch):
+    from chatbot import retrain
+
+    kills = iter([3, 4])  # the memory cgroup's OOM kill count, before and after the trainer
+    monkeypatch.setattr(retrain, "oom_kills", lambda: next(kills))
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("Q,A\n안녕,안녕하세요\n", encoding="utf-8")
+    status = retrain.run(tmp_path / "models", pairs, python=_self_killing_python(tmp_path))
+    assert (status["state"], status["out_of_memory"]) == (retrain.FAILED, True)
+    assert status["message"].startswith(retrain.OUT_OF_MEMORY + ".")
+    assert "MB" in status["message"] and status["trainer_peak_mb"] > 0
+    assert retrain.read_status(tmp_path / "models")["message"] == status["message"]
+    assert not (tmp_path / "models" / "current").exists()
+
+
+def test_a_trainer_killed_by_someone_else_is_a_plain_failure(tmp_path, monkeypatch):
+    from chatbot import retrain
+
+    monkeypatch.setattr(retrain, "oom_kills", lambda: 3)  # no OOM kill in between
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("Q,A\n안녕,안녕하세요\n", encoding="utf-8")
+    status = retrain.run(tmp_path / "models", pairs, python=_self_killing_python(tmp_path))
+    assert (status["state"], status["out_of_memory"]) == (retrain.FAILED, False)
+    assert status["message"].startswith("학습이 실패했습니다 (종료 코드 -9).")
+    assert retrain.OUT_OF_MEMORY not in status["message"]
+
+
+def test_the_trainer_runs_at_a_lower_cpu_priority_than_the_runner(tmp_path):
+    import os
+
+    from chatbot import retrain
+
+    script = tmp_path / "python"
+    script.write_text("#!/bin/sh\necho \"nice $(cut -d' ' -f19 /proc/$$/stat)\"\n")
+    script.chmod(0o755)
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("Q,A\n안녕,안녕하세요\n", encoding="utf-8")
+    lines = []
+    retrain.run(tmp_path / "models", pairs, python=str(script), on_line=lines.append)
+    assert f"nice {os.nice(0) + retrain.TRAINER_NICE}" in lines
