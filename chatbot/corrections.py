@@ -30,7 +30,6 @@ from sqlalchemy import event
 from . import morph
 from .database import REVIEWED, Exchange, ReviewAudit, stored_key
 from .extensions import db
-from .retrieval import AnswerIndex
 
 # A change to any of these on an Exchange can change what the index holds.
 _INDEXED_FIELDS = ("status", "question_key", "answer", "corrected_answer", "reviewed_at")
@@ -64,7 +63,14 @@ class _Built:
     def __init__(self, rows):
         self.by_key = dict(rows)  # later rows (newer reviews) overwrite earlier ones
         keys = list(self.by_key)
-        self.index = AnswerIndex([key.split() for key in keys], [self.by_key[k] for k in keys]) if keys else None
+        self.index = None
+        if keys:
+            # Imported only here: retrieval needs PyTorch (about 200 MB), which
+            # the app's command-line processes (flask retrain's runner,
+            # import-pairs, db upgrade) should never load.
+            from .retrieval import AnswerIndex
+
+            self.index = AnswerIndex([key.split() for key in keys], [self.by_key[k] for k in keys])
 
     def most_similar(self, key, min_similarity):
         """(answer, cosine) of the reviewed question most like ``key``, if it reaches min_similarity."""

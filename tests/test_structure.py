@@ -36,3 +36,22 @@ def test_no_test_module_imports_another():
             importing += [(path.name, name) for name in names if name in test_modules]
     assert len(test_modules) > 20
     assert importing == []
+
+
+def test_the_app_and_its_commands_load_no_pytorch(tmp_path):
+    """PyTorch is about 200 MB: only the process that answers or trains may
+    load it, never flask retrain's runner, import-pairs or db upgrade."""
+
+    code = ("import sys\n"
+            "from chatbot import create_app, retrain\n"
+            f"app = create_app({{'SQLALCHEMY_DATABASE_URI': 'sqlite:///{tmp_path / 'x.db'}', 'SECRET_KEY': 'x',"
+            f" 'MODEL_DIR': '{tmp_path / 'models'}'}})\n"
+            "import flask_migrate\n"
+            "with app.app_context():\n"
+            "    flask_migrate.upgrade()\n"
+            "    from chatbot.pairs import training_pairs\n"
+            "    assert training_pairs()\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == "[]"
