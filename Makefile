@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 5000
 MALLOC_ARENA_MAX ?= 2
 
-.PHONY: run serve bench-serve bench-attack bench-learning test retrain install install-test clean bench-quality browser
+.PHONY: run serve bench-serve bench-smallvm bench-attack bench-learning test retrain install install-test clean bench-quality browser
 
 $(BIN)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -76,6 +76,11 @@ clean:
 # Serving benchmark (bench/README.md): a few minutes; not run in CI.
 bench-serve: $(BIN)/.installed-bench
 	$(BIN)/python -m bench.serve $(BENCH_ARGS)
+
+# Small-VM benchmark (bench/smallvm.py): the server and a retrain in one memory
+# cgroup of MEMORY_LIMIT_MB (900) while clients chat; needs root.
+bench-smallvm: $(BIN)/.installed-bench
+	$(BIN)/python -m bench.smallvm $(BENCH_ARGS)
 
 # Attack benchmark (bench/attack.py): one attack per class against a scratch
 # server while a legitimate client chats; ~10 min (--quick: under 2 min, for CI).

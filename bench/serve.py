@@ -94,10 +94,11 @@ def ensure_model(models_dir: Path):
 class Server:
     """`make serve` in its own process group, with its database and RSS."""
 
-    def __init__(self, mode_env, models_dir, workdir, root=ROOT, venv=None):
+    def __init__(self, mode_env, models_dir, workdir, root=ROOT, venv=None, wrap=()):
         """``root``: the checkout whose ``make serve`` runs (default: this one);
         ``venv``: a virtual environment for it (``make serve VENV=...``), so an
-        older checkout (``git worktree add``) runs with this one's packages."""
+        older checkout (``git worktree add``) runs with this one's packages;
+        ``wrap``: a command prefix (bench/smallvm.py's memory cgroup)."""
         self.root = Path(root)
         self.port = free_port()
         self.db_path = Path(workdir) / "serve.db"
@@ -109,7 +110,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(Path(workdir) / "server.log", "w")
         self.started = time.monotonic()
-        command = ["make", "--no-print-directory", "serve"] + ([f"VENV={venv}"] if venv else [])
+        command = [*wrap, "make", "--no-print-directory", "serve"] + ([f"VENV={venv}"] if venv else [])
         self.proc = subprocess.Popen(command, cwd=self.root, env=self.env,
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
