@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.optim.adam import adam as adam_update
 from tqdm import tqdm
 
 from chatbot import morph, versions
@@ -283,6 +284,46 @@ def calibrate(replies: list[Reply], references: list[str], target_coverage: floa
 # training
 
 
+class Adam:
+    """Adam, with PyTorch's own update (``torch.optim.adam.adam``, which
+    ``torch.optim.Adam.step`` calls with these same defaults).
+
+    Why not torch.optim.Adam itself: its ``step`` and ``zero_grad`` wrappers
+    import ``torch._dynamo`` (and sympy) on first use, 67 MB that a trainer
+    sharing a 1 GB VM with the server cannot spare.  The updates are the same
+    to the bit (tests/test_train.py).
+    """
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.exp_avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.steps = [torch.tensor(0.0) for _ in self.params]
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self):
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        adam_update(
+            [self.params[i] for i in live], [self.params[i].grad for i in live], [self.exp_avgs[i] for i in live],
+            [self.exp_avg_sqs[i] for i in live], [], [self.steps[i] for i in live],
+            amsgrad=False, beta1=self.betas[0], beta2=self.betas[1], lr=self.lr, weight_decay=0.0, eps=self.eps,
+            maximize=False)
+
+
+def plateau_step(lr: float, best: float, dev_loss: float, decay: float) -> tuple[float, float]:
+    """The learning rate and best dev loss after an epoch: cut by ``decay``
+    unless the dev loss improved (ReduceLROnPlateau with patience 0 and its
+    default relative threshold, 1e-4)."""
+    if dev_loss < best * (1 - 1e-4):
+        return lr, dev_loss
+    return lr * decay, best
+
+
 def _split_overrides(overrides):
     train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
@@ -353,10 +394,8 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
     torch.manual_seed(mc.seed)
     rng = random.Random(mc.seed)
     model = Seq2Seq(mc, len(vocab)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.learning_rate)
-    # Cut the learning rate by lr_decay each time the dev loss fails to improve (1.0: constant).
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=tc.lr_decay, patience=0) \
-        if tc.lr_decay < 1.0 and dev_ex else None
+    optimizer = Adam(model.parameters(), lr=tc.learning_rate)
+    best_dev_loss = math.inf  # lr_decay cuts the learning rate each time the dev loss fails to improve
     log(f"{len(train_ex)} train / {len(dev_ex)} dev pairs, vocab {len(vocab)}, "
         f"{model.num_params():,} parameters, device {device}, {torch.get_num_threads()} threads")
 
@@ -379,7 +418,7 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
             if tc.match_weight:
                 loss = loss + tc.match_weight * match_loss(model, src, lengths, [train_ex[i][1] for i in batch],
                                                            tc.match_temperature, device)
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             optimizer.step()
@@ -405,8 +444,8 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
         else:  # nothing held out: keep the last epoch
             score = -epoch
         history.append((epoch, train_loss, dev_loss, dev_chrf))
-        if scheduler is not None:
-            scheduler.step(dev_loss)
+        if dev_loss is not None and tc.lr_decay < 1.0:
+            optimizer.lr, best_dev_loss = plateau_step(optimizer.lr, best_dev_loss, dev_loss, tc.lr_decay)
         mark = ""
         if epoch < tc.min_epochs or score < best_score:  # before min_epochs: keep the latest
             if epoch >= tc.min_epochs and dev_ex:

@@ -10,7 +10,8 @@ import torch
 from chatbot import train, versions
 from chatbot.bot import Chatbot
 from chatbot.model import ModelConfig, Seq2Seq
-from helpers import PAIRS
+from helpers import PAIRS, TINY_PAIRS
+from live_server import ROOT
 
 NAME = re.compile(r"^\d{8}-\d{6}(-\d+)?$")
 FAST = ["--max-steps", "3", "--quiet"]
@@ -278,3 +279,50 @@ def test_match_loss_trains_the_encoder_and_a_repeated_answer_is_no_negative():
     # A repeated answer is no negative: with one answer for all, nothing to tell apart.
     same = train.match_loss(model, src, lengths, [[11, 12]] * 3, 0.1, "cpu")
     assert same.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_trainers_adam_updates_exactly_as_torch_optim_adam():
+    import torch
+
+    from chatbot.train import Adam
+
+    torch.manual_seed(0)
+    ours, theirs = torch.nn.GRU(4, 6), torch.nn.GRU(4, 6)
+    theirs.load_state_dict(ours.state_dict())
+    theirs.bias_hh_l0.requires_grad_(False)  # a frozen parameter is skipped by both
+    ours.bias_hh_l0.requires_grad_(False)
+    opt_ours, opt_theirs = Adam(ours.parameters(), lr=0.01), torch.optim.Adam(theirs.parameters(), lr=0.01)
+    for step in range(5):
+        x = torch.randn(3, 2, 4)
+        for model, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            opt.zero_grad()
+            out, _ = model(x)
+            (out ** 2).sum().backward()
+            opt.step()
+    for (name, a), (_, b) in zip(ours.named_parameters(), theirs.named_parameters()):
+        assert torch.equal(a, b), name
+    assert not torch.equal(ours.weight_ih_l0, torch.nn.GRU(4, 6).weight_ih_l0)  # it did move
+
+
+def test_a_training_run_never_loads_torch_dynamo(tmp_path):
+    """torch.optim's wrappers would import torch._dynamo and sympy: 67 MB."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from chatbot import train\n"
+            f"train.run_training({TINY_PAIRS!r} * 3, {str(tmp_path / 'models')!r}, max_steps=3, embed_dim=16,"
+            " hidden_dim=16, quiet=True, samples=0)\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('torch._dynamo', 'sympy'))))\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_learning_rate_is_cut_only_when_the_dev_loss_does_not_improve():
+    from chatbot.train import plateau_step
+
+    assert plateau_step(0.01, 2.0, 1.5, 0.5) == (0.01, 1.5)          # better: kept, new best
+    assert plateau_step(0.01, 2.0, 2.0, 0.5) == (0.005, 2.0)         # the same: cut
+    assert plateau_step(0.01, 2.0, 1.99999, 0.5) == (0.005, 2.0)     # within 1e-4 of the best: cut
+    assert plateau_step(0.01, float("inf"), 3.0, 0.5) == (0.01, 3.0)  # the first epoch sets the best
