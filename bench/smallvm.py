@@ -127,8 +127,27 @@ class MemoryCgroup:
                 time.sleep(0.1)
 
 
+ROLES = (("trainer", "chatbot.train"), ("runner", "retrain"), ("server", "gunicorn"))
+
+
+def anonymous_by_role(cgroup: MemoryCgroup) -> dict:
+    """Anonymous MB per role (server, runner, trainer) of the processes in the cgroup."""
+    out = {}
+    for pid in cgroup._read("cgroup.procs").split():
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+        except OSError:
+            continue
+        anon = next((int(line.split()[1]) for line in rollup if line.startswith("Anonymous:")), 0) / 1024
+        role = next((name for name, marker in ROLES if marker in command), "other")
+        out[role] = round(out.get(role, 0) + anon, 1)
+    return out
+
+
 class Sampler(threading.Thread):
-    """The cgroup's memory every 0.25 s (its own peak counter where the kernel has one)."""
+    """The cgroup's memory every 0.25 s (its own peak counter where the kernel
+    has one), and each role's anonymous memory."""
 
     def __init__(self, cgroup: MemoryCgroup):
         super().__init__(daemon=True)
@@ -140,7 +159,7 @@ class Sampler(threading.Thread):
             try:
                 anon, file = self.cgroup.anon_file_mb()
                 self.samples.append((round(time.monotonic() - started, 2), round(self.cgroup.usage_mb(), 1),
-                                     round(anon, 1), round(file, 1)))
+                                     round(anon, 1), round(file, 1), anonymous_by_role(self.cgroup)))
             except OSError:
                 pass
             time.sleep(0.25)
@@ -258,7 +277,10 @@ def run(args) -> dict:
         result["peak_mb"] = round(peak if peak is not None else max((s[1] for s in sampler.samples), default=0), 1)
         if sampler.samples:
             result["peak_anon_mb"] = max(s[2] for s in sampler.samples)
-            result["samples"] = sampler.samples[::4]  # one a second: (seconds, usage, anon, file) MB
+            roles = {role for *_, by_role in sampler.samples for role in by_role}
+            result["peak_anon_by_role_mb"] = {role: max(by_role.get(role, 0) for *_, by_role in sampler.samples)
+                                              for role in sorted(roles)}
+            result["samples"] = sampler.samples[::4]  # one a second: seconds, usage, anon, file MB; anon by role
         cgroup.remove()
         shutil.rmtree(work, ignore_errors=True)
     return result

@@ -68,7 +68,7 @@ STATE_LABELS = {RUNNING: "학습 중", ACTIVATED: "적용됨", REFUSED: "품질 
 
 _EPOCH = re.compile(r"^epoch\s+(\d+)\s*\|\s*step\s+(\d+)\s*\|\s*train loss\s+([\d.]+|nan|inf)"
                     r"(?:\s*\|\s*dev loss\s+([\d.]+|nan|inf))?")
-_SIZES = re.compile(r"^(\d+) train / (\d+) dev pairs")
+_SIZES = re.compile(r"^(\d+) train / (\d+) dev pairs.*?(?:, up to (\d+) epochs)?$")
 _NEW_MODEL = re.compile(r"^new model: (.+?)( \(now current\))?$")
 _TEMP_PID = re.compile(r"^\.tmp-\d{8}-\d{6}-(\d+)-")
 # struct flock (l_type, l_whence, l_start, l_len, l_pid) as Linux's fcntl takes it (64-bit off_t).
@@ -345,19 +345,6 @@ def remove_stale_temp_dirs(models_root) -> list[str]:
     return removed
 
 
-def _total_epochs(train_args, train_pairs):
-    for i, arg in enumerate(train_args):
-        if arg == "--epochs" and i + 1 < len(train_args):
-            return int(train_args[i + 1])
-        if arg.startswith("--epochs="):
-            return int(arg.split("=", 1)[1])
-    try:  # the trainer's own rule for the epoch count (loads torch: only here)
-        from .train import TrainConfig, auto_epochs
-        return auto_epochs(TrainConfig(), train_pairs).epochs
-    except Exception:
-        return None
-
-
 def run(models_root, pairs_csv, *, force=False, margin=2.0, train_args=(), lock_fd=None,
         python=None, on_line=None, pair_count=None) -> dict:
     """Train on ``pairs_csv`` under the retrain lock, then apply the quality gate.
@@ -418,7 +405,9 @@ def _run_locked(root, pairs_csv, force, margin, train_args, python, on_line, pai
                     on_line(line)
                 if m := _SIZES.match(line):
                     status["train_pairs"], status["dev_pairs"] = int(m.group(1)), int(m.group(2))
-                    status["epochs"] = _total_epochs(train_args, int(m.group(1)))
+                    # The trainer says how many epochs it will run at most: the
+                    # runner never loads PyTorch (about 200 MB) to work it out.
+                    status["epochs"] = int(m.group(3)) if m.group(3) else None
                     first_epoch_at = time.monotonic()
                     write_status(root, status)
                 elif m := _EPOCH.match(line):

@@ -397,7 +397,8 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
     optimizer = Adam(model.parameters(), lr=tc.learning_rate)
     best_dev_loss = math.inf  # lr_decay cuts the learning rate each time the dev loss fails to improve
     log(f"{len(train_ex)} train / {len(dev_ex)} dev pairs, vocab {len(vocab)}, "
-        f"{model.num_params():,} parameters, device {device}, {torch.get_num_threads()} threads")
+        f"{model.num_params():,} parameters, device {device}, {torch.get_num_threads()} threads, "
+        f"up to {tc.epochs} epochs")
 
     started = time.time()
     step, epoch, best_score, best_epoch, best_state, bad_epochs = 0, 0, math.inf, 0, None, 0

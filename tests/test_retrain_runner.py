@@ -203,3 +203,24 @@ def test_the_trainer_runs_at_a_lower_cpu_priority_than_the_runner(tmp_path):
     lines = []
     retrain.run(tmp_path / "models", pairs, python=str(script), on_line=lines.append)
     assert f"nice {os.nice(0) + retrain.TRAINER_NICE}" in lines
+
+
+def test_the_runner_takes_the_epoch_count_from_the_trainer_and_never_loads_pytorch(tmp_path):
+    """The runner only watches the trainer: PyTorch (about 200 MB) stays out of it."""
+    import subprocess
+    import sys
+
+    from live_server import ROOT
+
+    script = tmp_path / "python"
+    script.write_text("#!/bin/sh\necho '90 train / 10 dev pairs, vocab 65, 1,000 parameters, device cpu, "
+                      "1 threads, up to 7 epochs'\n")
+    script.chmod(0o755)
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("Q,A\n안녕,안녕하세요\n", encoding="utf-8")
+    code = ("import sys\nfrom chatbot import retrain\n"
+            f"status = retrain.run({str(tmp_path / 'models')!r}, {str(pairs)!r}, python={str(script)!r})\n"
+            "print(status['epochs'], status['train_pairs'], 'torch' in sys.modules)\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["7", "90", "False"]
