@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import random
+import secrets
 import shutil
 import signal
 import subprocess
@@ -231,7 +232,7 @@ def run(args) -> dict:
     pairs_csv = work / "pairs.csv"
     pair_count = write_pairs(pairs_csv, Path(args.data), args.pairs)
     env = dict(os.environ, MODEL_DIR=str(models), DATABASE_URL=f"sqlite:///{work / 'serve.db'}",
-               SECRET_KEY="bench-smallvm", RETRAIN_ARGS=" ".join(["--quiet", *args.train_args]))
+               SECRET_KEY=secrets.token_hex(16), RETRAIN_ARGS=" ".join(["--quiet", *args.train_args]))
     for step in (["db", "upgrade"], ["import-pairs", str(pairs_csv)]):
         done = flask(step, env)
         if done.returncode:
