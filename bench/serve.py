@@ -242,7 +242,14 @@ async def ask(client, inbox, text, timeout=30.0):
     return name, time.perf_counter() - start
 
 
-async def chatter(url, stop_at, think, stats, rng, address=None):
+def percentile_ms(latencies, p):
+    """The p-th percentile of latencies in seconds, in milliseconds (None for none)."""
+    latencies = sorted(latencies)
+    return round(1000 * latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))], 1) if latencies else None
+
+
+async def chatter(url, done, think, stats, rng, address=None):
+    """One Socket.IO client: ask, wait for the reply, think, ask again, until ``done()``."""
     try:
         client = await connect(url, address)
     except Exception:
@@ -253,7 +260,7 @@ async def chatter(url, stop_at, think, stats, rng, address=None):
     client.on("reply", lambda data: inbox.put_nowait("reply"))
     client.on("error", lambda data: inbox.put_nowait("error"))
     await asyncio.sleep(rng.uniform(0, think[1]))  # do not all start at once
-    while time.monotonic() < stop_at:
+    while not done():
         stats["sent"] += 1
         name, seconds = await ask(client, inbox, rng.choice(QUESTIONS))
         if name == "reply":
@@ -280,18 +287,16 @@ async def load_run(server, clients, seconds, think, seed):
     started = time.monotonic()
     stop_at = started + seconds
     rng = random.Random(seed)
-    await asyncio.gather(*(chatter(server.url, stop_at, think, stats, random.Random(rng.random()), client_address(i))
-                           for i in range(clients)))
+    await asyncio.gather(*(chatter(server.url, lambda: time.monotonic() >= stop_at, think, stats,
+                                   random.Random(rng.random()), client_address(i)) for i in range(clients)))
     elapsed = time.monotonic() - started
     sampler.cancel()
     latencies = sorted(stats["latencies"])
     replies = len(latencies)
     stored = server.rows() - rows_before
 
-    def pct(p):
-        return round(1000 * latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))], 1) if latencies else None
-
-    return {"clients": clients, "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
+    return {"clients": clients, "p50_ms": percentile_ms(latencies, 50), "p95_ms": percentile_ms(latencies, 95),
+            "p99_ms": percentile_ms(latencies, 99),
             "replies_per_s": round(replies / elapsed, 1), "errors": stats["errors"],
             "lost_rows": abs(replies - stored), "rss_mb": round(max(peak), 1),
             "sent": stats["sent"], "replies": replies, "rows_stored": stored,
@@ -379,11 +384,9 @@ async def channel_run(server, channel, callers, seconds, think, seed):
     stored = server.rows() - rows_before
     expected = len(latencies) + stats["pending"]
 
-    def pct(p):
-        return round(1000 * latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))], 1) if latencies else None
-
     within = sum(1 for s in latencies if s <= KAKAO_BUDGET_S)
-    return {"channel": channel, "callers": callers, "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
+    return {"channel": channel, "callers": callers, "p50_ms": percentile_ms(latencies, 50),
+            "p95_ms": percentile_ms(latencies, 95), "p99_ms": percentile_ms(latencies, 99),
             "replies_per_s": round(len(latencies) / elapsed, 1), "errors": stats["errors"],
             "pending": stats["pending"],
             "within_budget": round(within / stats["sent"], 4) if channel == "kakao" and stats["sent"] else None,

@@ -40,8 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.serve import (MODELS, QUESTIONS, Server, ask, client_address, connect, disconnect,  # noqa: E402
-                         ensure_model, wait_until_up)
+from bench.serve import (MODELS, Server, chatter, client_address, ensure_model, percentile_ms,  # noqa: E402
+                         wait_until_up)
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "smallvm.json"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "chatbot_data" / "ChatbotData.train.csv"
@@ -167,39 +167,12 @@ class Sampler(threading.Thread):
 
 
 async def chat_until(url, done, clients, think, seed):
-    """``clients`` Socket.IO clients ask, wait and think until ``done()``."""
+    """``clients`` Socket.IO clients (bench/serve.py's) ask, wait and think until ``done()``."""
     stats = {"sent": 0, "errors": 0, "latencies": [], "connect_errors": 0}
     rng = random.Random(seed)
-
-    async def one(i, rng):
-        try:
-            client = await connect(url, client_address(i))
-        except Exception:
-            stats["errors"] += 1
-            stats["connect_errors"] += 1
-            return
-        inbox = asyncio.Queue()
-        client.on("reply", lambda data: inbox.put_nowait("reply"))
-        client.on("error", lambda data: inbox.put_nowait("error"))
-        while not done():
-            stats["sent"] += 1
-            name, seconds = await ask(client, inbox, rng.choice(QUESTIONS))
-            if name == "reply":
-                stats["latencies"].append(seconds)
-            else:
-                stats["errors"] += 1
-                if name == "timeout":
-                    break
-            await asyncio.sleep(rng.uniform(*think))
-        await disconnect(client)
-
-    await asyncio.gather(*(one(i, random.Random(rng.random())) for i in range(clients)))
+    await asyncio.gather(*(chatter(url, done, think, stats, random.Random(rng.random()), client_address(i))
+                           for i in range(clients)))
     return stats
-
-
-def percentile(values, p):
-    values = sorted(values)
-    return round(1000 * values[min(len(values) - 1, int(p / 100 * len(values)))], 1) if values else None
 
 
 def write_pairs(path: Path, data: Path, limit: int | None):
@@ -265,8 +238,8 @@ def run(args) -> dict:
                              "dev_chrf": status.get("dev_chrf"), "current_dev_chrf": status.get("current_dev_chrf")}
         replies = len(stats["latencies"])
         result["chat"] = {"sent": stats["sent"], "replies": replies, "errors": stats["errors"],
-                          "connect_errors": stats["connect_errors"], "p50_ms": percentile(stats["latencies"], 50),
-                          "p99_ms": percentile(stats["latencies"], 99),
+                          "connect_errors": stats["connect_errors"], "p50_ms": percentile_ms(stats["latencies"], 50),
+                          "p99_ms": percentile_ms(stats["latencies"], 99),
                           "lost_rows": abs(replies - (server.rows() - rows_before))}
         result["server_alive"] = server.proc.poll() is None and bool(server.processes())
     finally:
@@ -318,8 +291,8 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     r, c = result.get("retrain", {}), result.get("chat", {})
-    print(f"\n| limit | pairs | retrain | trainer peak MB | cgroup peak MB | OOM kills | chat p50 ms | chat p99 ms "
-          f"| errors | lost rows | server |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("\n| limit | pairs | retrain | trainer peak MB | cgroup peak MB | OOM kills | chat p50 ms | chat p99 ms "
+          "| errors | lost rows | server |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
     print(f"| {result['limit_mb']} MB | {result['pairs']} | {r.get('state')} in {r.get('seconds')} s "
           f"| {r.get('trainer_peak_mb')} | {result['peak_mb']} | {result['oom_kills']} | {c.get('p50_ms')} "
           f"| {c.get('p99_ms')} | {c.get('errors')} | {c.get('lost_rows')} | "

@@ -52,6 +52,15 @@ def rows(app):
         return db.session.execute(sa.select(Exchange).order_by(Exchange.id)).scalars().all()
 
 
+def live_rows(live):
+    """Every exchange a live server (tests/live_server.py) stored, its file's
+    connections closed again afterwards."""
+    with live.app.app_context():
+        result = db.session.execute(sa.select(Exchange).order_by(Exchange.id)).scalars().all()
+        db.engine.dispose()
+        return result
+
+
 # -- the chat over Socket.IO -------------------------------------------------------
 
 def connect(app, session_id="browser-session-1"):

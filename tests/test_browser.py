@@ -9,9 +9,8 @@ import re
 import time
 
 import pytest
-import sqlalchemy as sa
 
-from helpers import PASSWORD, VIEWPORTS, admin_login, assert_clean, shot
+from helpers import PASSWORD, VIEWPORTS, admin_login, assert_clean, live_rows, shot
 from live_server import LiveServer, prepare
 
 pytestmark = pytest.mark.browser
@@ -52,15 +51,6 @@ def bubble_texts(page, who):
     return page.eval_on_selector_all(
         f".msg.{who}:not(.typing) .bubble",
         "els => els.map(e => Array.from(e.childNodes).filter(n => n.nodeType === 3).map(n => n.data).join(''))")
-
-
-def rows(live):
-    from chatbot.database import Exchange
-    from chatbot.extensions import db
-    with live.app.app_context():
-        result = db.session.execute(sa.select(Exchange).order_by(Exchange.id)).scalars().all()
-        db.engine.dispose()
-        return result
 
 
 # -- the chat ----------------------------------------------------------------------
@@ -229,7 +219,7 @@ def test_xss_payloads_are_plain_text_in_the_chat_and_the_admin_list(live, contex
     assert table.locator('a[href^="javascript:"]').count() == 0
     assert "49" not in admin.locator("table.model-list td.col-question").all_inner_texts()
     shot(admin, "xss-admin-list")
-    row_id = [r.id for r in rows(live) if r.question == XSS[0]][0]
+    row_id = [r.id for r in live_rows(live) if r.question == XSS[0]][0]
     for path in (f"/admin/exchange/edit/?id={row_id}", f"/admin/exchange/details/?id={row_id}"):
         admin.goto(live.url + path)
         assert admin.get_by_text(XSS[0], exact=True).count() >= 1
@@ -259,7 +249,7 @@ def test_thumbs_down_reaches_the_top_of_the_review_queue(live, context):
     assert first.locator(".fb-up").get_attribute("aria-pressed") == "false"
     shot(page, "chat-mobile-thumbs-down")
     row_id = int(first.get_attribute("data-id"))
-    assert [r.feedback for r in rows(live) if r.id == row_id] == ["down"]
+    assert [r.feedback for r in live_rows(live) if r.id == row_id] == ["down"]
 
     admin = admin_login(context(), live)
     top = admin.locator("table.model-list tbody tr").first
@@ -288,6 +278,6 @@ def test_admin_works_under_the_csp(live, context):
     admin.wait_for_selector(".alert-success")
     assert admin.context.dialogs == ["선택한 대화를 검토 완료로 표시할까요?"]  # the confirmation ran
     assert "검토 완료" in admin.locator(".alert-success").inner_text()
-    assert [r.status for r in rows(live) if r.question == "검토할 질문"] == ["reviewed"]
+    assert [r.status for r in live_rows(live) if r.question == "검토할 질문"] == ["reviewed"]
     shot(admin, "admin-bulk-action")
     assert_clean(admin)

@@ -20,10 +20,9 @@ import re
 import threading
 
 import pytest
-import sqlalchemy as sa
 import websocket
 
-from helpers import WATCH, assert_clean, shot
+from helpers import WATCH, assert_clean, live_rows, shot
 from live_server import LiveServer, free_port, prepare
 
 pytestmark = pytest.mark.browser
@@ -132,15 +131,6 @@ def user_texts(frame):
         "els => els.map(e => Array.from(e.childNodes).filter(n => n.nodeType === 3).map(n => n.data).join(''))")
 
 
-def rows(live):
-    from chatbot.database import Exchange
-    from chatbot.extensions import db
-    with live.app.app_context():
-        result = db.session.execute(sa.select(Exchange).order_by(Exchange.id)).scalars().all()
-        db.engine.dispose()
-        return result
-
-
 def test_a_listed_site_shows_the_chat_and_keeps_its_history(sites, storage_allowed):
     live, shop, _ = sites
     page = storage_allowed()
@@ -162,7 +152,7 @@ def test_a_listed_site_shows_the_chat_and_keeps_its_history(sites, storage_allow
     reply = send(frame, "안녕하세요")
     assert reply.locator(".bubble").inner_text().strip()
     assert user_texts(frame) == ["안녕하세요"]
-    first = rows(live)[-1]
+    first = live_rows(live)[-1]
     assert (first.question, first.channel, first.session_id) == ("안녕하세요", "widget", src.rsplit("=", 1)[1])
 
     # the panel's own close button gives the focus back to the chat button
@@ -178,7 +168,7 @@ def test_a_listed_site_shows_the_chat_and_keeps_its_history(sites, storage_allow
     assert user_texts(frame) == ["안녕하세요"]
     send(frame, "배고파")
     assert user_texts(frame) == ["안녕하세요", "배고파"]
-    assert rows(live)[-1].session_id == first.session_id
+    assert live_rows(live)[-1].session_id == first.session_id
     shot(page, "widget-desktop-open")
     assert_clean(page)  # nothing broke the shop's CSP, no errors in either document
 
@@ -201,7 +191,7 @@ def test_where_third_party_storage_is_blocked_the_history_still_survives_a_reloa
     assert page.locator(FRAME).element_handle().content_frame().evaluate(
         "() => { try { localStorage.length; return 'allowed'; } catch (e) { return e.name; } }") == "SecurityError"
     send(frame, "심심해")
-    session = rows(live)[-1].session_id
+    session = live_rows(live)[-1].session_id
     assert session == page.evaluate("localStorage.getItem('hanmadi.widget.session')")
     page.reload()
     frame = open_widget(page, shop)
@@ -209,7 +199,7 @@ def test_where_third_party_storage_is_blocked_the_history_still_survives_a_reloa
     frame.locator(".msg.bot[data-id]").first.wait_for(timeout=10000)
     assert user_texts(frame) == ["심심해"]
     send(frame, "피곤해")
-    assert rows(live)[-1].session_id == session
+    assert live_rows(live)[-1].session_id == session
     assert_clean(page)
 
 
