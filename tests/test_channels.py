@@ -127,7 +127,7 @@ def ask_on(app, channel, text):
 
     from chatbot import api, kakao
     from chatbot.extensions import db
-    from helpers import rows
+    from helpers import rows, skill_payload
 
     client = app.test_client()
     if channel == CHANNEL_WEB:
@@ -145,12 +145,7 @@ def ask_on(app, channel, text):
         with app.app_context():
             url = "/kakao/skill/" + kakao.skill_secret()
         user = "botUserKey-" + hashlib.sha256(text.encode()).hexdigest()[:8]
-        payload = {"userRequest": {"utterance": text, "user": {"id": user, "type": "botUserKey", "properties": {}},
-                                   "block": {"id": "blk", "name": "폴백 블록"}, "timezone": "Asia/Seoul",
-                                   "params": {}, "lang": "ko"},
-                   "bot": {"id": "bot", "name": "한마디"}, "intent": {"id": "blk", "name": "폴백 블록"},
-                   "action": {"name": "스킬", "clientExtra": None, "params": {}, "id": "s", "detailParams": {}}}
-        response = client.post(url, data=json.dumps(payload), content_type="application/json")
+        response = client.post(url, data=json.dumps(skill_payload(text, user)), content_type="application/json")
         assert response.status_code == 200
         answer = response.get_json()["template"]["outputs"][0]["simpleText"]["text"]
     row = rows(app)[-1]

@@ -12,31 +12,7 @@ from chatbot import kakao
 from chatbot.conversation import MESSAGES
 from chatbot.database import CHANNEL_KAKAO, FEEDBACK_DOWN, FEEDBACK_UP, ROUTE_FALLBACK, ROUTE_MODEL
 from chatbot.responder import FALLBACK_ANSWER, Answer
-from helpers import get_row, rows
-
-BOT_ID = "5a548e36aea1a43fa851ecd9"
-BLOCK_ID = "5a56ec0008cc1461d75291f6"
-
-
-def skill_payload(utterance, user_id="botUserKey-abc123", client_extra=None, bot_id=BOT_ID, block_id=BLOCK_ID):
-    """A whole SkillPayload as Open Builder sends it (its documented fields)."""
-    return {
-        "intent": {"id": block_id, "name": "폴백 블록"},
-        "userRequest": {
-            "timezone": "Asia/Seoul",
-            "params": {"ignoreMe": "true"},
-            "block": {"id": block_id, "name": "폴백 블록"},
-            "utterance": utterance,
-            "lang": "ko",
-            "user": {"id": user_id, "type": "botUserKey",
-                     "properties": {"botUserKey": user_id, "plusfriendUserKey": "pfk-" + user_id}},
-        },
-        "contexts": [],
-        "bot": {"id": bot_id, "name": "한마디"},
-        "action": {"name": "한마디 스킬", "clientExtra": client_extra, "params": {}, "id": "skill-id-1",
-                   "detailParams": {}},
-    }
-
+from helpers import BLOCK_ID, BOT_ID, get_row, rows, skill_payload
 
 def skill_url(app):
     with app.app_context():

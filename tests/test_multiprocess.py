@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 import services
-from helpers import tiny_model
+from helpers import skill_payload, tiny_model
 from live_server import ROOT, LiveServer
 
 pytestmark = pytest.mark.multiprocess
@@ -286,12 +286,8 @@ def test_api_and_kakao_limits_are_counted_across_processes_in_redis(tmp_path, ba
     assert key.startswith("hm_")
 
     def skill(server, user, text):
-        payload = {"userRequest": {"utterance": text, "user": {"id": user, "type": "botUserKey", "properties": {}},
-                                   "block": {"id": "blk", "name": "폴백 블록"}, "timezone": "Asia/Seoul",
-                                   "params": {}, "lang": "ko"},
-                   "bot": {"id": "bot", "name": "한마디"}, "intent": {"id": "blk", "name": "폴백 블록"},
-                   "action": {"name": "스킬", "clientExtra": None, "params": {}, "id": "s", "detailParams": {}}}
-        response = requests.post(server.url + "/kakao/skill/" + env["KAKAO_SKILL_SECRET"], json=payload, timeout=10)
+        response = requests.post(server.url + "/kakao/skill/" + env["KAKAO_SKILL_SECRET"],
+                                 json=skill_payload(text, user), timeout=10)
         assert response.status_code == 200
         return response.json()["template"]
 
