@@ -56,10 +56,6 @@ def validate_feedback(args):
     return conversation.validate_row_id(data.get("id")), conversation.validate_feedback_value(data.get("value"))
 
 
-def responder() -> Responder:
-    return current_app.extensions["chatbot.responder"]
-
-
 def chat_session_id() -> str:
     return session.get("chat_session") or request.sid
 

@@ -147,7 +147,7 @@ class SocketIOShield:
             # limits.RequestLimits, in front, has refused chunked bodies and bad lengths.
             length = int(environ.get("CONTENT_LENGTH") or 0)
             if length > self.max_bytes:
-                return refuse(start_response, "413 Payload Too Large", "Payload too large")
+                return refuse(environ, start_response, "413 Payload Too Large", "Payload too large")
             # Read the (small) body here: python-engineio logs a traceback and
             # drops a body that is not UTF-8 or holds a packet it cannot decode.
             body = environ["wsgi.input"].read(length) if length else b""
@@ -156,14 +156,14 @@ class SocketIOShield:
             except UnicodeDecodeError:
                 packets = None
             if packets is None or (body and not all(_engineio_decodable(p) for p in packets)):
-                return refuse(start_response, "400 Bad Request", "Bad payload")
+                return refuse(environ, start_response, "400 Bad Request", "Bad payload")
             environ["wsgi.input"] = io.BytesIO(body)
         try:
             return self.wsgi_app(environ, start_response)
         except KeyError:
             # python-engineio's _get_socket: "Session is disconnected"
             # (raised before any response was started)
-            return refuse(start_response, "400 Bad Request", "Session is disconnected")
+            return refuse(environ, start_response, "400 Bad Request", "Session is disconnected")
 
 
 def harden(socketio):

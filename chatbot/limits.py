@@ -139,10 +139,10 @@ API_CODES = {"400": "bad_request", "408": "bad_request", "411": "bad_request", "
              "429": "rate_limited"}
 
 
-def refuse(start_response, status, text, retry_after=None, as_json=False):
+def refuse(environ, start_response, status, text, retry_after=None):
     """A short plain-text error response (WSGI), with Retry-After if given;
-    ``{"code", "message"}`` for the REST API."""
-    if as_json:
+    ``{"code", "message"}`` for the REST API's paths."""
+    if environ.get("PATH_INFO", "").startswith(API_PATH):
         body = json.dumps({"code": API_CODES[status[:3]], "message": text}).encode("utf-8")
         content_type = "application/json"
     else:
@@ -171,18 +171,17 @@ class RequestLimits:
         self.open = ConnectionLimits(total=float("inf"), per_address=per_address) if per_address else None
 
     def __call__(self, environ, start_response):
-        api = environ.get("PATH_INFO", "").startswith(API_PATH)
         if environ.get("REQUEST_METHOD") in ("POST", "PUT", "PATCH"):
             if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-                return refuse(start_response, "411 Length Required", "Content-Length required", as_json=api)
+                return refuse(environ, start_response, "411 Length Required", "Content-Length required")
             try:
                 length = int(environ.get("CONTENT_LENGTH") or 0)
             except ValueError:
                 length = -1
             if length < 0:
-                return refuse(start_response, "400 Bad Request", "Bad Content-Length", as_json=api)
+                return refuse(environ, start_response, "400 Bad Request", "Bad Content-Length")
             if length > self.max_body:
-                return refuse(start_response, "413 Payload Too Large", "Payload too large", as_json=api)
+                return refuse(environ, start_response, "413 Payload Too Large", "Payload too large")
             if length:
                 environ["wsgi.input"] = DeadlineInput(environ["wsgi.input"],
                                                       time.monotonic() + self.body_timeout)
@@ -191,12 +190,12 @@ class RequestLimits:
         if path.startswith(SOCKETIO_PATH) and "sid=" not in environ.get("QUERY_STRING", ""):
             wait = self.client_limits.handshake(address)  # an Engine.IO handshake
             if wait:
-                return refuse(start_response, "429 Too Many Requests", "Too many connections", wait)
+                return refuse(environ, start_response, "429 Too Many Requests", "Too many connections", wait)
         if self.open is None:
             return self._call(environ, start_response)
         if self.open.admit(address) is not None:
-            return refuse(start_response, "429 Too Many Requests", "Too many connections from your address", 10,
-                          as_json=api)
+            return refuse(environ, start_response, "429 Too Many Requests", "Too many connections from your address",
+                          10)
         try:
             return self._call(environ, start_response)
         finally:
@@ -208,8 +207,7 @@ class RequestLimits:
         try:
             return self.wsgi_app(environ, start_response)
         except BodyTimeout:  # read outside Flask (the Socket.IO shield)
-            return refuse(start_response, "408 Request Timeout", "The request body did not arrive in time.",
-                          as_json=environ.get("PATH_INFO", "").startswith(API_PATH))
+            return refuse(environ, start_response, "408 Request Timeout", "The request body did not arrive in time.")
 
 
 def is_static_file() -> bool:
