@@ -42,6 +42,7 @@ from . import conversation, openapi
 from .conversation import MESSAGES, MessageError
 from .database import CHANNEL_API, ApiKey, utcnow
 from .extensions import csrf, db
+from .limits import http_limiter
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +149,6 @@ def _rate_key() -> str:
     return f"api-key:{bearer_key_id()}"
 
 
-def the_limiter(app):
-    """limits.init_app's Flask-Limiter (the extension keeps a set: one here)."""
-    (limiter,) = app.extensions["limiter"]
-    return limiter
-
-
 # -- errors ----------------------------------------------------------------------------
 
 def error(code: str, message: str | None = None, status: int | None = None):
@@ -174,7 +169,7 @@ def _message_error(exc):
 
 @bp.errorhandler(RateLimitExceeded)
 def _rate_limited(exc):
-    limit = the_limiter(current_app).current_limit
+    limit = http_limiter(current_app).current_limit
     wait = max(1, int(limit.reset_at - time.time())) if limit is not None else 1
     response = error("rate_limited", MESSAGES["rate_limited"].format(wait=wait))
     response.headers["Retry-After"] = str(wait)
@@ -269,7 +264,7 @@ def openapi_document():
 def init_app(app):
     """Register the API; after limits.init_app, whose limiter it uses."""
     app.extensions["chatbot.api_keys"] = {}
-    limiter = the_limiter(app)
+    limiter = http_limiter(app)
     # Per key, shared by both endpoints.  Both limits replace HTTP_LIMIT for the
     # whole blueprint (override_defaults), openapi.json included: a constant.
     limiter.shared_limit(app.config["API_RATE_LIMIT"], scope="api-key", key_func=_rate_key,

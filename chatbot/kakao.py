@@ -53,6 +53,7 @@ from . import conversation
 from .conversation import MESSAGES, MessageError
 from .database import CHANNEL_KAKAO, FEEDBACK_DOWN, FEEDBACK_UP
 from .extensions import csrf, db, socketio
+from .limits import http_limiter
 
 log = logging.getLogger(__name__)
 bp = Blueprint("kakao", __name__)
@@ -284,7 +285,7 @@ def init_app(app):
     app.register_blueprint(bp)
     csrf.exempt(bp)  # Kakao's servers post JSON without a token; the secret URL stands in for one
     app.extensions["chatbot.kakao_late"] = LateAnswers()
-    (limiter,) = app.extensions["limiter"]  # Flask-Limiter's set of its instances; limits.py makes one
+    limiter = http_limiter(app)
     # Not the per-address HTTP_LIMIT: every KakaoTalk user comes from Kakao's few
     # addresses.  (Exempting META too would drop the blueprint's own limits below.)
     limiter.exempt(bp, flags=ExemptionScope.DEFAULT | ExemptionScope.APPLICATION)

@@ -232,11 +232,17 @@ def request_size_limit():
         request.max_content_length = config["MAX_REQUEST_BYTES"]
 
 
+def http_limiter(app) -> Limiter:
+    """The app's Flask-Limiter, made in init_app (the extension keeps a set of
+    its instances in app.extensions["limiter"]: one here)."""
+    (limiter,) = app.extensions["limiter"]
+    return limiter
+
+
 def init_app(app):
     config = app.config
     client_limits = ClientLimits(config)
     app.extensions["chatbot.limits"] = client_limits
-    # Flask-Limiter keeps itself in app.extensions["limiter"]; one per app.
     limiter = Limiter(get_remote_address, app=app, storage_uri=config["RATELIMIT_STORAGE_URI"],
                       default_limits=[config["HTTP_LIMIT"]] if config["HTTP_LIMIT"] else [], headers_enabled=True)
     limiter.request_filter(is_static_file)
