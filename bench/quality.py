@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))  # `python bench/quality.py` works as well as `pyt
 
 from chatbot import morph, train  # noqa: E402
 from chatbot.bot import Chatbot  # noqa: E402
-from chatbot.model import ModelConfig  # noqa: E402
+from chatbot.model_dir import ModelConfig  # noqa: E402
 from chatbot.pairs_csv import read_pairs_csv  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "chatbot_data" / "ChatbotData.train.csv"
@@ -197,7 +197,7 @@ def confidences(bot: Chatbot, questions) -> tuple[list, list[float]]:
         batch = questions[i:i + 64]
         replies += bot.replies(batch)
         tokens = [morph.tokenize(q, bot.config.tokenizer) for q in batch]
-        best_cosine += bot.answers.similarities(tokens).max(dim=1).values.tolist()
+        best_cosine += bot.answers.similarities(tokens).max(axis=1).tolist()
     return replies, best_cosine
 
 

@@ -6,6 +6,7 @@ else the network writes a reply (chatbot/decode.py).  Every reply has a
 confidence from 0 to 1; below the threshold the trainer calibrated
 (``threshold``, calibration.json) the server says it does not know.
 Batched: the server answers chats that arrive together in one call.
+The network runs in NumPy (chatbot/inference.py): no torch here.
 """
 from __future__ import annotations
 
@@ -14,12 +15,12 @@ import math
 from pathlib import Path
 from typing import NamedTuple
 
-import torch
-import torch.nn.functional as F
+import numpy as np
 
 from chatbot import morph
 from chatbot.decode import generate_batch, score_replies
-from chatbot.model import CALIBRATION_FILE, METRICS_FILE, ModelConfig, ModelLoadError, Seq2Seq, Vocab, encode_many, load_model
+from chatbot.inference import Network
+from chatbot.model_dir import CALIBRATION_FILE, METRICS_FILE, ModelConfig, ModelLoadError, Vocab, read_config_and_vocab
 from chatbot.retrieval import ANSWERS_FILE, AnswerIndex
 
 
@@ -52,13 +53,14 @@ def written_confidence(nearness: float, logprob: float) -> float:
 class Chatbot:
     """A loaded model that answers questions; safe to share between threads.
 
-    reply() only reads the weights (eval mode, inference mode) and keeps its
-    state in local variables, so concurrent calls do not interfere.
+    reply() only reads the weights and keeps its state in local variables,
+    so concurrent calls do not interfere.  ``network`` is an
+    inference.Network (the trainer's evaluations: Network.from_module).
     """
 
-    def __init__(self, model: Seq2Seq, vocab: Vocab, config: ModelConfig, version: str = "",
+    def __init__(self, network: Network, vocab: Vocab, config: ModelConfig, version: str = "",
                  metrics: dict | None = None, answers=None, threshold: float = 0.0):
-        self.model = model.eval()
+        self.network = network
         # Below this confidence the server says it does not know (calibrated
         # by the trainer; 0 for models from before calibration).
         self.threshold = threshold
@@ -73,11 +75,12 @@ class Chatbot:
             [vocab.encode(q, add_eos=True) for q in answers.question_tokens()]) if answers is not None else None
 
     @classmethod
-    def load(cls, model_dir, device="cpu") -> "Chatbot":
+    def load(cls, model_dir) -> "Chatbot":
         """Load a model directory (a `current` symlink is followed; version is
         the real directory's name).  Raises ModelLoadError."""
         model_dir = Path(model_dir).resolve()
-        model, vocab, config = load_model(model_dir, device)
+        config, vocab = read_config_and_vocab(model_dir)
+        network = Network.load(model_dir, config, len(vocab))
         try:
             metrics = json.loads((model_dir / METRICS_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
@@ -88,7 +91,7 @@ class Chatbot:
                 answers = AnswerIndex.load(model_dir / ANSWERS_FILE)
             except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
                 raise ModelLoadError(f"bad {ANSWERS_FILE} in {model_dir}: {e}") from e
-        return cls(model, vocab, config, version=model_dir.name, metrics=metrics, answers=answers,
+        return cls(network, vocab, config, version=model_dir.name, metrics=metrics, answers=answers,
                    threshold=_calibrated_threshold(model_dir))
 
     def reply(self, text: str) -> str:
@@ -143,13 +146,12 @@ class Chatbot:
         if not indices:
             return []
         sources = [prepared.sources[i] for i in indices]
-        written = generate_batch(self.model, sources, self.config, self._boundary_id)
-        logprobs = score_replies(self.model, sources, written)
+        written = generate_batch(self.network, sources, self.config, self._boundary_id)
+        logprobs = score_replies(self.network, sources, written)
         return [Reply(morph.detokenize(self.vocab.decode(ids)), False,
                       written_confidence(prepared.nearness[i], logprob))
                 for i, ids, logprob in zip(indices, written, logprobs)]
 
-    @torch.inference_mode()
     def known_matches(self, questions, sources) -> list[tuple[int | None, float, float]]:
         """For each question ``(row, confidence, nearness)``: the training
         question whose answer to send (or None) with how sure the match is,
@@ -174,22 +176,23 @@ class Chatbot:
         if c.state_weight:
             states = self._question_states(sources) @ self._answer_states.T
             score = (words + c.state_weight * states) / (1 + c.state_weight)
-        score = score.clamp(0, 1)
+        score = score.clip(0, 1)
         known = self.answers.known_share(questions)
-        nearness = score.max(dim=1).values.tolist()
-        candidates = torch.where((words > 0) & (words >= c.min_similarity), score, -math.inf)
-        best, rows = candidates.max(dim=1)
+        nearness = score.max(axis=1).tolist()
+        candidates = np.where((words > 0) & (words >= c.min_similarity), score, -np.inf)
+        rows = candidates.argmax(axis=1)
+        best = candidates[np.arange(len(rows)), rows]
         return [(row if value > -math.inf else None, max(value, 0.0) * share, near * share)
                 for value, row, near, share in zip(best.tolist(), rows.tolist(), nearness, known)]
 
-    @torch.inference_mode()
-    def _question_states(self, sources, batch: int = 256) -> torch.Tensor:
+    def _question_states(self, sources, batch: int = 256) -> np.ndarray:
         """Unit-length decoder start states (n, H) of encoded questions."""
         out = []
         for i in range(0, len(sources), batch):
-            _, hidden = encode_many(self.model, sources[i:i + batch])
-            out.append(F.normalize(hidden[-1].float(), dim=-1).cpu())
-        return torch.cat(out) if out else torch.zeros(0, self.config.hidden_dim)
+            _, hidden = self.network.encode(sources[i:i + batch])
+            last = hidden[-1]
+            out.append(last / np.maximum(np.linalg.norm(last, axis=1, keepdims=True), 1e-12))
+        return np.concatenate(out) if out else np.zeros((0, self.config.hidden_dim), dtype=np.float32)
 
 
 def _calibrated_threshold(model_dir: Path) -> float:

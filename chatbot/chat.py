@@ -177,7 +177,7 @@ def init_app(app):
     app.register_blueprint(bp)
     app.extensions["chatbot.responder"] = Responder(
         app.config["MODEL_DIR"], workers=app.config["REPLY_WORKERS"], batch_max=app.config["REPLY_BATCH_MAX"],
-        window_ms=app.config["REPLY_BATCH_WINDOW_MS"], torch_threads=app.config["TORCH_THREADS"],
+        window_ms=app.config["REPLY_BATCH_WINDOW_MS"], model_threads=app.config["MODEL_THREADS"],
         queue_max=app.config["REPLY_QUEUE_MAX"], min_confidence=app.config["MIN_CONFIDENCE"],
         unsure_replies=app.config["UNSURE_REPLIES"],
         correction_min_similarity=app.config["CORRECTION_MIN_SIMILARITY"],

@@ -81,12 +81,13 @@ class Config:
     MAX_MESSAGE_CHARS = env_int("MAX_MESSAGE_CHARS", 500)
     # Reply workers (default: one per CPU core), each decoding up to
     # REPLY_BATCH_MAX questions that arrived together, waiting at most
-    # REPLY_BATCH_WINDOW_MS for company, on TORCH_THREADS threads.  The models
+    # REPLY_BATCH_WINDOW_MS for company, on MODEL_THREADS BLAS threads.  The models
     # are small: more threads per reply only fight each other under load.
     REPLY_WORKERS = env_int("REPLY_WORKERS", os.cpu_count() or 1)
     REPLY_BATCH_MAX = env_int("REPLY_BATCH_MAX", 8)
     REPLY_BATCH_WINDOW_MS = env_float("REPLY_BATCH_WINDOW_MS", 0.0)
-    TORCH_THREADS = env_int("TORCH_THREADS", 1)
+    # TORCH_THREADS: its name before the server answered with NumPy.
+    MODEL_THREADS = env_int("MODEL_THREADS", env_int("TORCH_THREADS", 1))
     # What one client may use (chatbot/limits.py).  Token buckets: events a
     # second on average, and the burst allowed at once; a rate of 0 turns
     # one off.  They are kept per chat session and per client address, not

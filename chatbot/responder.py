@@ -39,13 +39,13 @@ class Answer:
 class Responder:
     """Holds the current model and reloads it when ``current`` moves."""
 
-    def __init__(self, models_root, workers=1, batch_max=8, window_ms=0.0, torch_threads=1, queue_max=256,
+    def __init__(self, models_root, workers=1, batch_max=8, window_ms=0.0, model_threads=1, queue_max=256,
                  min_confidence=None, unsure_replies=("잘 모르겠어요.",),
                  correction_min_similarity=Config.CORRECTION_MIN_SIMILARITY,
                  correction_refresh_seconds=Config.CORRECTION_REFRESH_SECONDS,
                  correction_unsure_similarity=Config.CORRECTION_UNSURE_SIMILARITY):
         self.models_root = Path(models_root)
-        self.torch_threads = torch_threads
+        self.model_threads = model_threads
         # None: each model's own calibrated threshold (Chatbot.threshold).
         self.min_confidence = min_confidence
         self.unsure_replies = list(unsure_replies)
@@ -77,9 +77,9 @@ class Responder:
         with self._lock:
             if target in (self._target, self._failed_target):
                 return self._bot
-            from .model import ModelLoadError
+            from .model_dir import ModelLoadError
 
-            try:  # on a model thread: importing PyTorch and loading take seconds of CPU
+            try:  # on a model thread: loading and encoding the known questions take CPU
                 bot = self._batcher.run(self._load, self.models_root / target)
             except ModelLoadError as exc:
                 log.error("not switching to model %s: %s", target, exc)
@@ -90,11 +90,13 @@ class Responder:
             return bot
 
     def _load(self, path):
-        import torch
+        from threadpoolctl import threadpool_limits
 
         from .bot import Chatbot
 
-        torch.set_num_threads(self.torch_threads)
+        # NumPy's BLAS would start a thread per core for every reply worker:
+        # under load they only fight each other (the matrices are small).
+        threadpool_limits(self.model_threads, user_api="blas")
         return Chatbot.load(path)
 
     def answer(self, question: str, key: str | None = None) -> Answer:

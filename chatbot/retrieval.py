@@ -9,7 +9,8 @@ training question is alike (see ``Chatbot.replies_to_tokens``).
 The weighting is scikit-learn's ``TfidfVectorizer`` default (raw counts,
 smoothed idf, rows scaled to unit length, so a dot product is the cosine;
 unlike it, a question's unknown words count, see ``_vectors``),
-done with a torch sparse matrix so the server needs nothing beyond torch.
+done in NumPy with the matrix stored by column (term): a question has a
+handful of terms, and only the training questions that share one get a score.
 The index is saved in the model directory as ``answers.json``: the question
 tokens and the answers.
 """
@@ -20,7 +21,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from chatbot import morph
 
@@ -53,17 +54,16 @@ class AnswerIndex:
         df = Counter(t for d in docs for t in d)
         n = len(docs)
         self.idf = [math.log((1 + n) / (1 + df[t])) + 1 for t in self.term_ids]  # term_ids is in id order
-        rows, cols, values = [], [], []
+        columns = [[] for _ in self.term_ids]  # per term: (question, weight)
         for r, d in enumerate(docs):
             weights = {self.term_ids[t]: c * self.idf[self.term_ids[t]] for t, c in d.items()}
             norm = math.sqrt(sum(w * w for w in weights.values())) or 1.0
-            for c, w in sorted(weights.items()):
-                rows.append(r)
-                cols.append(c)
-                values.append(w / norm)
-        self.matrix = torch.sparse_coo_tensor(torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1),
-                                              torch.tensor(values, dtype=torch.float32),
-                                              (n, len(self.term_ids)), check_invariants=True).coalesce()
+            for c, w in weights.items():
+                columns[c].append((r, w / norm))
+        # Compressed sparse columns: term t's questions are rows[starts[t]:starts[t + 1]].
+        self.starts = np.cumsum([0] + [len(col) for col in columns], dtype=np.int64)
+        self.rows = np.array([r for col in columns for r, _ in col], dtype=np.int32)
+        self.weights = np.array([w for col in columns for _, w in col], dtype=np.float32)
 
     def __len__(self) -> int:
         return len(self.answers)
@@ -71,30 +71,32 @@ class AnswerIndex:
     def question_tokens(self) -> list[list[str]]:
         return [_split(q) for q in self.questions]
 
-    def _vectors(self, token_lists) -> torch.Tensor:
-        """Unit-length TF-IDF vectors (terms, B) of the questions.
+    def _query(self, tokens) -> list[tuple[int, float]]:
+        """A question's unit-length TF-IDF vector, as (term id, weight).
 
         A word no training question has counts towards the length with the
         highest idf: 양자역학 알아? is then not 'just like' 맛집 알아?, as it
         would be if unknown words were dropped (scikit-learn drops them)."""
-        out = torch.zeros(len(self.term_ids), len(token_lists))
-        unknown = torch.zeros(len(token_lists))
+        known, unknown = [], 0.0
         unseen_idf = math.log(1 + len(self.answers)) + 1  # smoothed idf of a term in no question
-        for b, tokens in enumerate(token_lists):
-            for t, c in Counter(_terms(tokens)).items():
-                i = self.term_ids.get(t)
-                if i is not None:
-                    out[i, b] = c * self.idf[i]
-                else:
-                    unknown[b] += (c * unseen_idf) ** 2
-        norm = (out.pow(2).sum(dim=0) + unknown).sqrt()
-        return out / norm.clamp_min(1e-12)
+        for t, c in Counter(_terms(tokens)).items():
+            i = self.term_ids.get(t)
+            if i is not None:
+                known.append((i, c * self.idf[i]))
+            else:
+                unknown += (c * unseen_idf) ** 2
+        norm = math.sqrt(sum(w * w for _, w in known) + unknown)
+        return [(i, w / norm) for i, w in known] if norm > 0 else []
 
-    def similarities(self, token_lists) -> torch.Tensor:
+    def similarities(self, token_lists) -> np.ndarray:
         """Cosine similarity (B, n) of each question to every training question;
         a question with no known term is 0 to all."""
-        with torch.inference_mode():
-            return (self.matrix @ self._vectors(token_lists)).T.contiguous()
+        out = np.zeros((len(token_lists), len(self.answers)), dtype=np.float32)
+        for b, tokens in enumerate(token_lists):
+            for term, weight in self._query(tokens):
+                span = slice(self.starts[term], self.starts[term + 1])
+                out[b, self.rows[span]] += self.weights[span] * np.float32(weight)
+        return out
 
     def known_share(self, token_lists) -> list[float]:
         """The share of each question's words that some training question

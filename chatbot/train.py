@@ -33,12 +33,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from threadpoolctl import threadpool_limits
 from torch.optim.adam import adam as adam_update
 from tqdm import tqdm
 
 from chatbot import morph, versions
 from chatbot.bot import Chatbot, Reply
-from chatbot.model import BOS, CALIBRATION_FILE, EOS, PAD, ModelConfig, ModelLoadError, Seq2Seq, Vocab, perplexity, save_model
+from chatbot.inference import Network
+from chatbot.model import Seq2Seq, perplexity, save_model
+from chatbot.model_dir import BOS, CALIBRATION_FILE, EOS, PAD, ModelConfig, ModelLoadError, Vocab
 from chatbot.pairs_csv import PairsFileError, read_pairs_csv
 from chatbot.retrieval import ANSWERS_FILE, AnswerIndex
 
@@ -215,7 +218,6 @@ def evaluate_loss(model, examples, batch_size, device) -> float:
 
 def answer_all(bot: Chatbot, tokenized) -> list[Reply]:
     """Answer each question as the server would, 64 per model call."""
-    bot.model.eval()
     replies = []
     for i in range(0, len(tokenized), 64):
         replies += bot.replies_to_tokens([q for q, _, _ in tokenized[i:i + 64]])
@@ -354,10 +356,13 @@ def run_training(pairs, models_root, **overrides) -> Path:
     overrides.setdefault("tokenizer", (os.environ.get("MORPH_BACKEND") or "mecab").lower())
     tc, mc = _split_overrides(overrides)
     device = _pick_device(tc.device)
+    # A model this small gains little from more threads, and they fight with
+    # the web server (and each other) for a small machine's cores.  The
+    # evaluations decode with NumPy (chatbot/inference.py): its BLAS too.
+    threads = tc.threads or max(1, min(4, (os.cpu_count() or 2) // 2))
+    threadpool_limits(threads, user_api="blas")
     if device.type == "cpu":
-        # A model this small gains little from more threads, and they fight
-        # with the web server (and each other) for a small machine's cores.
-        torch.set_num_threads(tc.threads or max(1, min(4, (os.cpu_count() or 2) // 2)))
+        torch.set_num_threads(threads)
 
     pairs = [(str(q), str(a)) for q, a in pairs]
     if not pairs:
@@ -405,7 +410,7 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
     best_loss = best_chrf = None
     history = []  # (epoch, train loss, dev loss or None, dev chrF or None) for loss.png and metrics.json
     # Epoch selection by chrF judges the network alone: greedy, no known answers.
-    greedy_bot = Chatbot(model, vocab, dataclasses.replace(mc, decoding="greedy", known_answers=False))
+    greedy = dataclasses.replace(mc, decoding="greedy", known_answers=False)
     model.train()
     while epoch < tc.epochs and (tc.max_steps is None or step < tc.max_steps):
         epoch += 1
@@ -438,6 +443,7 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
             line += f" | dev loss {dev_loss:.3f} | dev ppl {perplexity(dev_loss):8.2f}"
             if tc.select_by == "chrf":
                 chosen = dev_tok[:tc.chrf_dev_questions]
+                greedy_bot = Chatbot(Network.from_module(model), vocab, greedy)
                 dev_chrf = reply_metrics(answer_all(greedy_bot, chosen), chosen)[0]
                 line += f" | dev chrF {dev_chrf:5.2f}"
                 model.train()
@@ -464,14 +470,15 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
     if best_state is not None:  # None only if every dev loss was NaN
         model.load_state_dict(best_state)
     model.eval()
+    network = Network.from_module(model)  # what the server will answer with
     # Dev questions are answered as the server would, from the training pairs'
     # answers (the dev pairs are not in that index); train chrF is the network
     # alone: did it learn its training answers?
     train_index = AnswerIndex([q for q, _, _ in train_tok], [a for _, _, a in train_tok])
-    dev_replies = answer_all(Chatbot(model, vocab, mc, answers=train_index), dev_tok)
+    dev_replies = answer_all(Chatbot(network, vocab, mc, answers=train_index), dev_tok)
     dev_chrf, dev_bleu, samples = reply_metrics(dev_replies, dev_tok, tc.samples)
     calibration = calibrate(dev_replies, [morph.normalize(a) for _, _, a in dev_tok], tc.target_coverage)
-    writer = Chatbot(model, vocab, dataclasses.replace(mc, known_answers=False))
+    writer = Chatbot(network, vocab, dataclasses.replace(mc, known_answers=False))
     train_chrf, _, _ = reply_metrics(answer_all(writer, train_tok[:100]), train_tok[:100])
     metrics = {
         "train_pairs": len(train_ex),

@@ -21,8 +21,8 @@ def test_batch_equals_one_at_a_time(bot, decoding):
     from chatbot import morph
 
     sources = [bot.vocab.encode(morph.tokenize(q), add_eos=True) for q in QUESTIONS]
-    one_by_one = [generate(bot.model, s, bot.config, bot._boundary_id) for s in sources]
-    assert generate_batch(bot.model, sources, bot.config, bot._boundary_id) == one_by_one
+    one_by_one = [generate(bot.network, s, bot.config, bot._boundary_id) for s in sources]
+    assert generate_batch(bot.network, sources, bot.config, bot._boundary_id) == one_by_one
     assert all(0 < len(r) <= bot.config.max_reply_len for r in one_by_one)
 
 

@@ -1,12 +1,15 @@
 """The known-answer index, and the model choosing among its answers."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from chatbot import morph
 from chatbot.bot import Chatbot
-from chatbot.model import ModelConfig, ModelLoadError, Seq2Seq, Vocab, save_model
+from chatbot.inference import Network
+from chatbot.model import Seq2Seq, save_model
+from chatbot.model_dir import ModelConfig, ModelLoadError, Vocab
 from chatbot.retrieval import ANSWERS_FILE, AnswerIndex
 
 PAIRS = [("오늘 날씨 어때?", "맑고 따뜻해요."), ("오늘 날씨 좋다", "산책 가기 좋은 날이에요."),
@@ -50,14 +53,14 @@ def test_similarity_is_scikit_learns_tfidf_cosine():
     index = index_of(PAIRS)
     tokens = [morph.tokenize(q) for q in questions]
     assert all(t in index.term_ids for q in tokens for t in q if t != morph.BOUNDARY)
-    assert torch.allclose(index.similarities(tokens), torch.tensor(expected, dtype=torch.float32), atol=1e-5)
+    assert np.allclose(index.similarities(tokens), expected, atol=1e-5)
 
 
 def test_unknown_words_make_a_question_less_alike():
     # scikit-learn drops unknown words, so "양자역학 어때?" would be as alike to
     # "오늘 날씨 어때?" as "어때?" alone; here the unknown word counts.
     index = index_of(PAIRS)
-    alone, with_unknown = index.similarities([morph.tokenize("어때?"), morph.tokenize("양자역학 어때?")]).max(dim=1).values
+    alone, with_unknown = index.similarities([morph.tokenize("어때?"), morph.tokenize("양자역학 어때?")]).max(axis=1)
     assert 0 < with_unknown < alone
     assert index.similarities([morph.tokenize("양자역학")]).max() == 0
 
@@ -67,7 +70,7 @@ def test_save_and_load_give_the_same_index(tmp_path):
     index.save(tmp_path / ANSWERS_FILE)
     again = AnswerIndex.load(tmp_path / ANSWERS_FILE)
     questions = [morph.tokenize(q) for q in ["오늘 날씨", "점심 추천", "주말 계획"]]
-    assert torch.equal(again.similarities(questions), index.similarities(questions))
+    assert np.array_equal(again.similarities(questions), index.similarities(questions))
     assert again.answers == index.answers and again.question_tokens() == index.question_tokens()
 
 
@@ -76,11 +79,16 @@ def test_save_and_load_give_the_same_index(tmp_path):
 TINY = dict(embed_dim=16, hidden_dim=32, max_reply_len=20, seed=3)
 
 
-def bot_with_index(**overrides):
+def model_and_vocab(**overrides):
     config = ModelConfig(**{**TINY, **overrides})
     vocab = Vocab.build(morph.tokenize(t) for pair in PAIRS for t in pair)
     torch.manual_seed(config.seed)
-    return Chatbot(Seq2Seq(config, len(vocab)), vocab, config, answers=index_of(PAIRS))
+    return Seq2Seq(config, len(vocab)).eval(), vocab
+
+
+def bot_with_index(**overrides):
+    model, vocab = model_and_vocab(**overrides)
+    return Chatbot(Network.from_module(model), vocab, model.config, answers=index_of(PAIRS))
 
 
 def test_known_question_gets_a_known_answer_and_a_new_one_gets_written():
@@ -144,7 +152,8 @@ def test_high_min_similarity_means_write_unless_identical():
 
 def test_model_dir_answers_file(tmp_path):
     bot = bot_with_index()
-    save_model(tmp_path, bot.model, bot.vocab, bot.config)
+    model, vocab = model_and_vocab()
+    save_model(tmp_path, model, vocab, model.config)
     assert Chatbot.load(tmp_path).answers is None  # a model from before the index: writes every reply
     bot.answers.save(tmp_path / ANSWERS_FILE)
     assert Chatbot.load(tmp_path).reply("춘천에 가고 싶어") == "닭갈비 드시고 오세요."

@@ -38,9 +38,38 @@ def test_no_test_module_imports_another():
     assert importing == []
 
 
+def test_answering_loads_no_pytorch(tmp_path):
+    """The server answers with NumPy (chatbot/inference.py): a process that
+    loaded a model and answered, from the model and from a reviewed answer
+    (corrections.py's TF-IDF index), has not imported torch."""
+    from helpers import tiny_model
+
+    tiny_model(tmp_path / "models", max_steps=2)
+    code = ("import sys\n"
+            "from chatbot import create_app, morph\n"
+            "from chatbot.database import REVIEWED, Exchange\n"
+            "from chatbot.extensions import db\n"
+            f"app = create_app({{'SQLALCHEMY_DATABASE_URI': 'sqlite:///{tmp_path / 'x.db'}', 'SECRET_KEY': 'x',"
+            f" 'MODEL_DIR': '{tmp_path / 'models'}'}})\n"
+            "import flask_migrate\n"
+            "with app.app_context():\n"
+            "    flask_migrate.upgrade()\n"
+            "    db.session.add(Exchange(question='춘천 가는 길', question_key=morph.question_key('춘천 가는 길'), answer='x',\n"
+            "                            corrected_answer='기차를 타세요.', status=REVIEWED))\n"
+            "    db.session.commit()\n"
+            "    responder = app.extensions['chatbot.responder']\n"
+            "    print(responder.answer('배고파').route, responder.answer('춘천 가는 길').route)\n"
+            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    routes, modules = run.stdout.strip().splitlines()[-2:]
+    assert routes.split()[1] == "memory" and routes.split()[0] in ("known", "model", "unsure")
+    assert modules == "[]"
+
+
 def test_the_app_and_its_commands_load_no_pytorch(tmp_path):
-    """PyTorch is about 200 MB: only the process that answers or trains may
-    load it, never flask retrain's runner, import-pairs or db upgrade."""
+    """PyTorch is about 200 MB: only the trainer may load it, never flask
+    retrain's runner, import-pairs or db upgrade (nor the server, above)."""
 
     code = ("import sys\n"
             "from chatbot import create_app, retrain\n"

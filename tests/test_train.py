@@ -67,7 +67,7 @@ def test_cli_trains_publishes_and_activates(pairs_csv, models, monkeypatch):
     assert hidden_entries(models) == []
     files = sorted(p.name for p in (models / name).iterdir())
     assert files == ["answers.json", "calibration.json", "config.json", "loss.png", "metrics.json", "model.pt",
-                     "train.log", "vocab.json"]
+                     "train.log", "vocab.json", "weights.npz"]
     assert (models / name / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     metrics = json.loads((models / name / "metrics.json").read_text(encoding="utf-8"))
