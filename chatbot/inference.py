@@ -21,8 +21,17 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from chatbot.model_dir import EOS, MODEL_FILE, PAD, WEIGHTS_FILE, ModelConfig, ModelLoadError
+
+
+def limit_threads(threads: int) -> None:
+    """Cap NumPy's BLAS at ``threads`` threads in this process.  Its default,
+    one per core, made encoding six times slower on 2 cores: the matrices are
+    small and every reply worker would start its own.  (threadpoolctl can
+    only cap a library already loaded: this module has loaded NumPy.)"""
+    threadpool_limits(max(1, threads), user_api="blas")
 
 
 class Memory(NamedTuple):
@@ -36,6 +45,12 @@ class Memory(NamedTuple):
     def rows(self, index) -> "Memory":
         """The memory rows for each decoder row (its question's)."""
         return Memory(*(a[index] for a in self))
+
+
+def _matmul(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """x (..., in) @ weight (in, out) as one 2-D product: NumPy's stacked
+    matmul of a 3-D x runs a small product per row instead."""
+    return (x.reshape(-1, x.shape[-1]) @ weight).reshape(*x.shape[:-1], weight.shape[1])
 
 
 def _sigmoid(x):
@@ -104,15 +119,15 @@ class _GRUDirection(NamedTuple):
     def run(self, inputs, mask, hidden, reverse=False):
         """inputs (B, T, in), mask (B, T) of real steps, hidden (B, H) ->
         outputs (B, T, H) (zero where masked) and the last real step's state."""
-        gates_x = inputs @ self.w_ih + self.b_ih  # every step's input part at once
+        gates_x = _matmul(inputs, self.w_ih) + self.b_ih  # every step's input part at once
         size = hidden.shape[1]
         outputs = np.zeros(inputs.shape[:2] + (size,), dtype=np.float32)
         steps = range(inputs.shape[1] - 1, -1, -1) if reverse else range(inputs.shape[1])
         for t in steps:
             gx = gates_x[:, t]
             gh = hidden @ self.w_hh + self.b_hh
-            r = _sigmoid(gx[:, :size] + gh[:, :size])
-            z = _sigmoid(gx[:, size:2 * size] + gh[:, size:2 * size])
+            rz = _sigmoid(gx[:, :2 * size] + gh[:, :2 * size])
+            r, z = rz[:, :size], rz[:, size:]
             n = np.tanh(gx[:, 2 * size:] + r * gh[:, 2 * size:])
             new = (1.0 - z) * n + z * hidden
             if mask is None:
@@ -190,7 +205,8 @@ class Network:
     @staticmethod
     def _linear(x, layer):
         weight, bias = layer
-        return x @ weight if bias is None else x @ weight + bias
+        y = _matmul(x, weight)
+        return y if bias is None else y + bias
 
     def encode(self, sources):
         """Questions (lists of ids, any lengths) -> (Memory, decoder start state (layers, B, H)).
@@ -224,7 +240,7 @@ class Network:
         if self.config.attention == "general":
             scores = query @ memory.keys.transpose(0, 2, 1)  # (B, T, S)
         else:
-            q = (query @ self.w_query)[:, :, None, :]  # (B, T, 1, H)
+            q = _matmul(query, self.w_query)[:, :, None, :]  # (B, T, 1, H)
             scores = np.tanh(q + memory.keys[:, None]) @ self.v
         scores = np.where(memory.mask[:, None, :], scores, -np.inf)
         return _softmax(scores) @ memory.values

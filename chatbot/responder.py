@@ -90,13 +90,10 @@ class Responder:
             return bot
 
     def _load(self, path):
-        from threadpoolctl import threadpool_limits
-
         from .bot import Chatbot
+        from .inference import limit_threads
 
-        # NumPy's BLAS would start a thread per core for every reply worker:
-        # under load they only fight each other (the matrices are small).
-        threadpool_limits(self.model_threads, user_api="blas")
+        limit_threads(self.model_threads)
         return Chatbot.load(path)
 
     def answer(self, question: str, key: str | None = None) -> Answer:

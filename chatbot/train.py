@@ -33,13 +33,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from threadpoolctl import threadpool_limits
 from torch.optim.adam import adam as adam_update
 from tqdm import tqdm
 
 from chatbot import morph, versions
 from chatbot.bot import Chatbot, Reply
-from chatbot.inference import Network
+from chatbot.inference import Network, limit_threads
 from chatbot.model import Seq2Seq, perplexity, save_model
 from chatbot.model_dir import BOS, CALIBRATION_FILE, EOS, PAD, ModelConfig, ModelLoadError, Vocab
 from chatbot.pairs_csv import PairsFileError, read_pairs_csv
@@ -360,7 +359,7 @@ def run_training(pairs, models_root, **overrides) -> Path:
     # the web server (and each other) for a small machine's cores.  The
     # evaluations decode with NumPy (chatbot/inference.py): its BLAS too.
     threads = tc.threads or max(1, min(4, (os.cpu_count() or 2) // 2))
-    threadpool_limits(threads, user_api="blas")
+    limit_threads(threads)
     if device.type == "cpu":
         torch.set_num_threads(threads)
 
