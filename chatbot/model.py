@@ -110,23 +110,29 @@ class Seq2Seq(nn.Module):
         hidden = torch.tanh(self.bridge(hidden)).contiguous()
         return Memory(out, self.attention.keys(out), src != PAD), hidden
 
-    def decode(self, tgt_in, hidden, memory: Memory):
+    def decode(self, tgt_in, hidden, memory: Memory, positions=None):
         """Run the decoder over tgt_in (B, T); returns logits (B, T, V) and the new state.
 
         Luong attention is computed after the GRU step, so with teacher forcing
-        all T steps run in one GRU call; generation calls it with T=1.
+        all T steps run in one GRU call.  ``positions``, a (B, T) bool mask,
+        keeps only those steps' logits, (N, V): the loss ignores padding, and
+        at thousands of tokens a row, the logits, their softmax and their
+        gradients are most of a training step's memory and time.
         """
         out, hidden = self.decoder(self.drop(self.dec_embed(tgt_in)), hidden)
         context = self.attention(out, memory)
         attended = self.drop(torch.tanh(self.combine(torch.cat([out, context], dim=-1))))
+        if positions is not None:
+            attended = attended[positions]
         if self.config.tie_output:
             attended = self.out_proj(attended)
         return self.out(attended), hidden
 
-    def forward(self, src, src_lengths, tgt_in):
-        """Teacher forcing: logits (B, T, V) for predicting tgt_in shifted by one."""
+    def forward(self, src, src_lengths, tgt_in, positions=None):
+        """Teacher forcing: logits (B, T, V) for predicting tgt_in shifted by
+        one; (N, V) for the ``positions`` only (see decode)."""
         memory, hidden = self.encode(src, src_lengths)
-        logits, _ = self.decode(tgt_in, hidden, memory)
+        logits, _ = self.decode(tgt_in, hidden, memory, positions)
         return logits
 
     def num_params(self) -> int:

@@ -77,8 +77,12 @@ class Responder:
         with self._lock:
             if target in (self._target, self._failed_target):
                 return self._bot
+            from .inference import limit_threads
             from .model_dir import ModelLoadError
 
+            # Here, not on the model thread: threadpoolctl looks up libc with
+            # a subprocess, which gevent runs only from its main loop.
+            limit_threads(self.model_threads)
             try:  # on a model thread: loading and encoding the known questions take CPU
                 bot = self._batcher.run(self._load, self.models_root / target)
             except ModelLoadError as exc:
@@ -91,9 +95,7 @@ class Responder:
 
     def _load(self, path):
         from .bot import Chatbot
-        from .inference import limit_threads
 
-        limit_threads(self.model_threads)
         return Chatbot.load(path)
 
     def answer(self, question: str, key: str | None = None) -> Answer:

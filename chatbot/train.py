@@ -208,9 +208,10 @@ def evaluate_loss(model, examples, batch_size, device) -> float:
     total, count = 0.0, 0
     for i in range(0, len(examples), batch_size):
         src, lengths, tgt_in, tgt_out = collate(examples[i:i + batch_size], device)
-        logits = model(src, lengths, tgt_in)
-        total += F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD, reduction="sum").item()
-        count += (tgt_out != PAD).sum().item()
+        real = tgt_out != PAD
+        logits = model(src, lengths, tgt_in, real)
+        total += F.cross_entropy(logits, tgt_out[real], reduction="sum").item()
+        count += len(logits)
     model.train()
     return total / max(count, 1)
 
@@ -368,6 +369,7 @@ def run_training(pairs, models_root, **overrides) -> Path:
         raise TrainingError("no training pairs: add some question/answer pairs first")
     train_pairs, dev_pairs = split_pairs(pairs, tc.dev_percent)
     train_tok, dev_tok = tokenize_pairs(train_pairs, mc.tokenizer), tokenize_pairs(dev_pairs, mc.tokenizer)
+    morph.release()  # nothing below splits text into morphemes
     if not train_tok:
         raise TrainingError(f"the training split is empty ({len(pairs)} pairs, {len(dev_pairs)} held out for dev)")
     vocab = Vocab.build([t for q, a, _ in train_tok for t in (q, a)], tc.min_freq, tc.max_vocab)
@@ -417,9 +419,9 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
         bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=tc.quiet or not sys.stderr.isatty())
         for n, batch in enumerate(bar, start=1):
             src, lengths, tgt_in, tgt_out = collate([train_ex[i] for i in batch], device)
-            logits = model(src, lengths, tgt_in)
-            loss = F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD,
-                                   label_smoothing=tc.label_smoothing)
+            real = tgt_out != PAD  # the padding's logits would only be thrown away
+            logits = model(src, lengths, tgt_in, real)
+            loss = F.cross_entropy(logits, tgt_out[real], label_smoothing=tc.label_smoothing)
             if tc.match_weight:
                 loss = loss + tc.match_weight * match_loss(model, src, lengths, [train_ex[i][1] for i in batch],
                                                            tc.match_temperature, device)

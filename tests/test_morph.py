@@ -113,3 +113,13 @@ def test_mecab_works_when_konlpy_was_imported_first():
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_release_lets_go_of_the_dictionary_and_it_comes_back():
+    """The trainer releases MeCab once the pairs are tokenized; anything that
+    tokenizes later loads it again."""
+    before = morph.tokenize("춘천에는 비가 와요.")
+    morph.release()
+    assert morph.get_tagger.cache_info().currsize == 0
+    assert morph.tokenize("춘천에는 비가 와요.") == before
+    assert morph.get_tagger.cache_info().currsize == 1

@@ -9,7 +9,8 @@ import torch
 
 from chatbot import train, versions
 from chatbot.bot import Chatbot
-from chatbot.model import ModelConfig, Seq2Seq
+from chatbot.model import Seq2Seq
+from chatbot.model_dir import PAD, ModelConfig
 from helpers import PAIRS, TINY_PAIRS
 from live_server import ROOT
 
@@ -326,3 +327,29 @@ def test_the_learning_rate_is_cut_only_when_the_dev_loss_does_not_improve():
     assert plateau_step(0.01, 2.0, 2.0, 0.5) == (0.005, 2.0)         # the same: cut
     assert plateau_step(0.01, 2.0, 1.99999, 0.5) == (0.005, 2.0)     # within 1e-4 of the best: cut
     assert plateau_step(0.01, float("inf"), 3.0, 0.5) == (0.01, 3.0)  # the first epoch sets the best
+
+
+@pytest.mark.parametrize("tie_output", [False, True])
+def test_the_loss_on_real_positions_is_the_padded_loss(tie_output):
+    """Training computes logits only where the reply has a token: the same
+    loss and gradients as all logits with the padding ignored."""
+    torch.manual_seed(0)
+    model = Seq2Seq(ModelConfig(embed_dim=16, hidden_dim=32, dropout=0.0, tie_output=tie_output), 30)
+    examples = [([5, 6, 7, 2], [8, 9]), ([10, 2], [11, 12, 13, 14, 15]), ([16, 17, 2], [18])]
+    src, lengths, tgt_in, tgt_out = train.collate(examples, torch.device("cpu"))
+    real = tgt_out != PAD
+    assert real.sum() < real.numel()  # there is padding to leave out
+
+    def loss_and_grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+    full, full_grads = loss_and_grads(torch.nn.functional.cross_entropy(
+        model(src, lengths, tgt_in).flatten(0, 1), tgt_out.flatten(), ignore_index=PAD, label_smoothing=0.1))
+    logits = model(src, lengths, tgt_in, real)
+    assert logits.shape == (int(real.sum()), 30)
+    ours, our_grads = loss_and_grads(torch.nn.functional.cross_entropy(logits, tgt_out[real], label_smoothing=0.1))
+    assert ours == pytest.approx(full, abs=1e-6)
+    for a, b in zip(our_grads, full_grads):
+        assert torch.allclose(a, b, atol=1e-6)
