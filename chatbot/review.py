@@ -25,29 +25,14 @@ from wtforms.validators import Length, Optional
 
 from . import api_keys_admin, auth, kakao_admin, versions_admin, queue_admin, security
 from .admin_base import ReviewerOnly, ReviewSecureForm, local_swatch, row_ids
-from .database import (AUDIT_ACTIONS, CHANNEL_API, CHANNEL_KAKAO, CHANNEL_WEB, CHANNEL_WIDGET, FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED,
-                       ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, ROUTE_UNSURE, STATUS_LABELS,
-                       UNREVIEWED,
+from .database import (AUDIT_ACTIONS, CHANNEL_LABELS, FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED,
+                       ROUTE_LABELS, ROUTE_UNSURE, STATUS_LABELS, UNREVIEWED,
                        Exchange, ReviewAudit, audit, review_queue_order)
 from .extensions import db
 
 log = logging.getLogger(__name__)
 
 ADMIN_NAME = "한마디 검토"
-ROUTE_LABELS = {
-    ROUTE_MODEL: "모델이 작성",
-    ROUTE_KNOWN: "학습 데이터 답변",
-    ROUTE_MEMORY: "검토된 답변",
-    ROUTE_FALLBACK: "기본 응답",
-    ROUTE_IMPORT: "가져온 쌍",
-    ROUTE_UNSURE: "모른다고 답함",
-}
-CHANNEL_LABELS = {
-    CHANNEL_WEB: "채팅 페이지",
-    CHANNEL_WIDGET: "위젯",
-    CHANNEL_API: "REST API",
-    CHANNEL_KAKAO: "카카오톡",
-}
 
 
 class ReviewIndexView(ReviewerOnly, AdminIndexView):
