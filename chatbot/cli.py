@@ -1,6 +1,7 @@
 """``flask --app app`` commands: reviewers, CSV import/export, retraining, API keys."""
 import io
 import os
+import sys
 import tempfile
 
 import click
@@ -101,7 +102,7 @@ def export_exchanges(path, first_day, last_day, status, route, channel, file_for
         raise click.UsageError(str(exc)) from exc
 
     if path == "-":
-        out = io.TextIOWrapper(click.get_binary_stream("stdout"), encoding="utf-8", newline="", write_through=True)
+        out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="", write_through=True)
         try:
             count = export.write(out, file_format, filters)
         finally:

@@ -117,11 +117,15 @@ def csv_chunks(rows):
     yield buffer.getvalue()
 
 
+# One encoder for every line: json.dumps with options makes a new one each call.
+_JSON = json.JSONEncoder(ensure_ascii=False)
+
+
 def jsonl_chunks(rows):
     """The JSON Lines text of ``rows``, a chunk per BATCH rows."""
     lines = []
     for row in rows:
-        lines.append(json.dumps(dict(zip(FIELDS, map(_json_value, row))), ensure_ascii=False) + "\n")
+        lines.append(_JSON.encode(dict(zip(FIELDS, map(_json_value, row)))) + "\n")
         if len(lines) == BATCH:
             yield "".join(lines)
             lines = []

@@ -1,7 +1,7 @@
 """The review screens at /admin: the list of exchanges to correct and mark,
 the audit log, and the home page's counts; ``init_app`` puts them together
-with the queue (queue_admin), the model versions (versions_admin) and the
-REST API keys (api_keys_admin).
+with the queue (queue_admin), the export page (export_admin), the model
+versions (versions_admin) and the REST API keys (api_keys_admin).
 
 Everything here is built per app in ``init_app`` (Flask-Admin views hold a
 blueprint and a reference to their ``Admin``, so one instance can serve only
@@ -23,7 +23,7 @@ from markupsafe import Markup
 from wtforms import TextAreaField
 from wtforms.validators import Length, Optional
 
-from . import api_keys_admin, auth, kakao_admin, versions_admin, queue_admin, security
+from . import api_keys_admin, auth, export_admin, kakao_admin, versions_admin, queue_admin, security
 from .admin_base import ReviewerOnly, ReviewSecureForm, local_swatch, row_ids
 from .database import (AUDIT_ACTIONS, CHANNEL_LABELS, FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED,
                        ROUTE_LABELS, ROUTE_UNSURE, STATUS_LABELS, UNREVIEWED,
@@ -296,6 +296,7 @@ def init_app(app):
     admin.add_view(ExchangeView(Exchange, db, name="대화 검토", endpoint="exchange"))
     admin.add_view(queue_admin.QueueView(name="검토 대기열", endpoint="queue", url="/admin/queue"))
     admin.add_view(AuditView(ReviewAudit, db, name="검토 기록", endpoint="audit"))
+    admin.add_view(export_admin.ExportView(name="내보내기", endpoint="export", url="/admin/export"))
     admin.add_view(versions_admin.VersionsView(name="모델", endpoint="versions", url="/admin/models"))
     admin.add_view(api_keys_admin.ApiKeysView(name="API 키", endpoint="api_keys", url="/admin/api-keys"))
     admin.add_view(kakao_admin.KakaoView(name="카카오톡", endpoint="kakao_admin", url="/admin/kakao"))
