@@ -1,13 +1,16 @@
 """``flask --app app`` commands: reviewers, CSV import/export, retraining, API keys."""
+import io
 import os
+import sys
+import tempfile
 
 import click
 import sqlalchemy as sa
 from flask import current_app
 from flask.cli import with_appcontext
 
-from . import api, retrain
-from .database import Reviewer
+from . import api, export, retrain
+from .database import CHANNELS, ROUTES, STATUS_LABELS, Reviewer
 from .extensions import db
 from .pairs import add_imported_pairs, reviewed_pairs, training_pairs
 from .pairs_csv import PairsFileError, read_pairs_csv, write_pairs_csv
@@ -70,6 +73,58 @@ def export_pairs(path):
     click.echo(f"exported {count} reviewed pairs to {path}")
 
 
+@click.command("export-exchanges")
+@click.argument("path", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--from", "first_day", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="first day (UTC, YYYY-MM-DD), included")
+@click.option("--to", "last_day", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              help="last day (UTC, YYYY-MM-DD), included")
+@click.option("--status", type=click.Choice(tuple(STATUS_LABELS)), default=None)
+@click.option("--route", type=click.Choice(ROUTES), default=None)
+@click.option("--channel", type=click.Choice(CHANNELS), default=None)
+@click.option("--format", "file_format", type=click.Choice(export.FORMATS), default=None,
+              help="default: from PATH's extension (.csv, .jsonl or .ndjson)")
+@with_appcontext
+def export_exchanges(path, first_day, last_day, status, route, channel, file_format):
+    """Write every exchange with all its fields to PATH (- for stdout), as CSV or JSON Lines.
+
+    The file appears only when the whole export is written (a temp file
+    beside it is renamed), readable by its owner only: it holds what users
+    typed.
+    """
+    file_format = file_format or export.format_of(path)
+    if file_format is None:
+        raise click.UsageError(f"cannot tell the format from {path!r}: give --format csv or --format jsonl")
+    try:
+        filters = export.Filters(first_day=first_day and first_day.date(), last_day=last_day and last_day.date(),
+                                 status=status, route=route, channel=channel)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+    if path == "-":
+        out = io.TextIOWrapper(sys.stdout.buffer, encoding="utf-8", newline="", write_through=True)
+        try:
+            count = export.write(out, file_format, filters)
+        finally:
+            out.detach()  # leave stdout open
+        click.echo(f"exported {count} exchanges", err=True)
+        return
+    target = os.path.abspath(path)
+    try:
+        fd, temp = tempfile.mkstemp(dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.",
+                                    suffix=".tmp")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {path}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            count = export.write(f, file_format, filters)
+        os.replace(temp, target)
+    except BaseException:
+        os.unlink(temp)
+        raise
+    click.echo(f"exported {count} exchanges to {path}")
+
+
 @click.command("retrain", context_settings={"ignore_unknown_options": True})
 @click.option("--force", is_flag=True, help="activate the new model even if the quality gate refuses it")
 @click.option("--margin", type=float, default=None,
@@ -123,5 +178,5 @@ def api_key_revoke(key_id):
 
 
 def init_app(app):
-    for command in (create_admin, import_pairs, export_pairs, retrain_command, api_key):
+    for command in (create_admin, import_pairs, export_pairs, export_exchanges, retrain_command, api_key):
         app.cli.add_command(command)

@@ -21,12 +21,27 @@ ROUTE_FALLBACK = "fallback"  # no model loaded yet
 ROUTE_IMPORT = "import"    # a pair imported from CSV, never asked in a chat
 ROUTE_UNSURE = "unsure"    # the model's confidence was below its threshold: "잘 모르겠어요"
 ROUTES = (ROUTE_MODEL, ROUTE_MEMORY, ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_KNOWN, ROUTE_UNSURE)
+# The admin's words for them (review list, export form).
+ROUTE_LABELS = {
+    ROUTE_MODEL: "모델이 작성",
+    ROUTE_KNOWN: "학습 데이터 답변",
+    ROUTE_MEMORY: "검토된 답변",
+    ROUTE_FALLBACK: "기본 응답",
+    ROUTE_IMPORT: "가져온 쌍",
+    ROUTE_UNSURE: "모른다고 답함",
+}
 
 CHANNEL_WEB = "web"        # the chat page (chatbot/chat.py)
 CHANNEL_WIDGET = "widget"  # the chat widget on another web site (/embed)
 CHANNEL_API = "api"        # the REST API, with a key (ApiKey)
 CHANNEL_KAKAO = "kakao"    # a KakaoTalk channel, through a Kakao i Open Builder skill
 CHANNELS = (CHANNEL_WEB, CHANNEL_WIDGET, CHANNEL_API, CHANNEL_KAKAO)
+CHANNEL_LABELS = {
+    CHANNEL_WEB: "채팅 페이지",
+    CHANNEL_WIDGET: "위젯",
+    CHANNEL_API: "REST API",
+    CHANNEL_KAKAO: "카카오톡",
+}
 
 FEEDBACK_UP = "up"      # 👍 from the person who asked
 FEEDBACK_DOWN = "down"  # 👎: the exchange goes first in the review list

@@ -1,7 +1,7 @@
 """The review screens at /admin: the list of exchanges to correct and mark,
 the audit log, and the home page's counts; ``init_app`` puts them together
-with the queue (queue_admin), the model versions (versions_admin) and the
-REST API keys (api_keys_admin).
+with the queue (queue_admin), the export page (export_admin), the model
+versions (versions_admin) and the REST API keys (api_keys_admin).
 
 Everything here is built per app in ``init_app`` (Flask-Admin views hold a
 blueprint and a reference to their ``Admin``, so one instance can serve only
@@ -23,31 +23,16 @@ from markupsafe import Markup
 from wtforms import TextAreaField
 from wtforms.validators import Length, Optional
 
-from . import api_keys_admin, auth, kakao_admin, versions_admin, queue_admin, security
+from . import api_keys_admin, auth, export_admin, kakao_admin, versions_admin, queue_admin, security
 from .admin_base import ReviewerOnly, ReviewSecureForm, local_swatch, row_ids
-from .database import (AUDIT_ACTIONS, CHANNEL_API, CHANNEL_KAKAO, CHANNEL_WEB, CHANNEL_WIDGET, FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED,
-                       ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, ROUTE_UNSURE, STATUS_LABELS,
-                       UNREVIEWED,
+from .database import (AUDIT_ACTIONS, CHANNEL_LABELS, FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED,
+                       ROUTE_LABELS, ROUTE_UNSURE, STATUS_LABELS, UNREVIEWED,
                        Exchange, ReviewAudit, audit, review_queue_order)
 from .extensions import db
 
 log = logging.getLogger(__name__)
 
 ADMIN_NAME = "한마디 검토"
-ROUTE_LABELS = {
-    ROUTE_MODEL: "모델이 작성",
-    ROUTE_KNOWN: "학습 데이터 답변",
-    ROUTE_MEMORY: "검토된 답변",
-    ROUTE_FALLBACK: "기본 응답",
-    ROUTE_IMPORT: "가져온 쌍",
-    ROUTE_UNSURE: "모른다고 답함",
-}
-CHANNEL_LABELS = {
-    CHANNEL_WEB: "채팅 페이지",
-    CHANNEL_WIDGET: "위젯",
-    CHANNEL_API: "REST API",
-    CHANNEL_KAKAO: "카카오톡",
-}
 
 
 class ReviewIndexView(ReviewerOnly, AdminIndexView):
@@ -311,6 +296,7 @@ def init_app(app):
     admin.add_view(ExchangeView(Exchange, db, name="대화 검토", endpoint="exchange"))
     admin.add_view(queue_admin.QueueView(name="검토 대기열", endpoint="queue", url="/admin/queue"))
     admin.add_view(AuditView(ReviewAudit, db, name="검토 기록", endpoint="audit"))
+    admin.add_view(export_admin.ExportView(name="내보내기", endpoint="export", url="/admin/export"))
     admin.add_view(versions_admin.VersionsView(name="모델", endpoint="versions", url="/admin/models"))
     admin.add_view(api_keys_admin.ApiKeysView(name="API 키", endpoint="api_keys", url="/admin/api-keys"))
     admin.add_view(kakao_admin.KakaoView(name="카카오톡", endpoint="kakao_admin", url="/admin/kakao"))

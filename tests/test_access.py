@@ -1,7 +1,7 @@
 """Access control: every admin screen asks for a login, by itself."""
 import pytest
 
-from chatbot import api_keys_admin, versions_admin, queue_admin
+from chatbot import api_keys_admin, export_admin, versions_admin, queue_admin
 
 # Everything a visitor may reach without logging in; every other URL the app
 # serves must send them to the login page.
@@ -38,13 +38,14 @@ def test_every_private_endpoint_sends_a_logged_out_visitor_to_the_login_page(mak
                         ("POST", "/admin/models/activate"), ("POST", "/admin/models/delete"),
                         ("POST", "/admin/models/retrain"), ("POST", "/admin/exchange/action/"),
                         ("POST", "/admin/api-keys/create"), ("POST", "/admin/api-keys/revoke"),
+                        ("GET", "/admin/export/"), ("POST", "/admin/export/"),
                         ("POST", "/api/v1/messages"), ("POST", "/api/v1/messages/1/feedback")]:
         assert (method, url) in checked
     assert len(checked) > 30
 
 
 @pytest.mark.parametrize("view_class", [queue_admin.QueueView, versions_admin.VersionsView,
-                                        api_keys_admin.ApiKeysView])
+                                        api_keys_admin.ApiKeysView, export_admin.ExportView])
 def test_queue_and_model_views_check_access_themselves(app, view_class):
     """Not only when some other module mixes a check in."""
     with app.test_request_context("/admin/"):
