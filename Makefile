@@ -6,7 +6,7 @@ HOST   ?= 127.0.0.1
 PORT   ?= 5000
 MALLOC_ARENA_MAX ?= 2
 
-.PHONY: run serve bench-serve bench-smallvm bench-attack bench-learning test retrain install install-test clean bench-quality browser
+.PHONY: run serve simulate bench-analytics bench-serve bench-smallvm bench-attack bench-learning test retrain install install-test clean bench-quality browser
 
 $(BIN)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -87,3 +87,14 @@ bench-smallvm: $(BIN)/.installed-bench
 # make bench-attack BENCH_ARGS="--label after --root /tmp/old --quick"
 bench-attack: $(BIN)/.installed-bench
 	$(BIN)/python -m bench.attack $(BENCH_ARGS)
+
+# Statistics page benchmark (bench/analytics.py): 1,000,000 exchanges in a scratch
+# SQLite file, the page's queries and the whole page timed; about 2 minutes.
+bench-analytics: install
+	$(BIN)/python -m bench.analytics $(BENCH_ARGS)
+
+# A simulated month of chats in the app's database (DATABASE_URL, else
+# instance/chatbot.db), to see /admin/analytics with data; never on real chats.
+# make simulate SIMULATE_ARGS="--db /tmp/demo.db --days 60"
+simulate: install
+	$(BIN)/python -m bench.simulate $(SIMULATE_ARGS)

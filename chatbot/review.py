@@ -23,7 +23,7 @@ from markupsafe import Markup
 from wtforms import TextAreaField
 from wtforms.validators import Length, Optional
 
-from . import api_keys_admin, auth, export_admin, kakao_admin, versions_admin, queue_admin, security
+from . import analytics_admin, api_keys_admin, auth, export_admin, kakao_admin, versions_admin, queue_admin, security
 from .admin_base import ReviewerOnly, ReviewSecureForm, local_swatch, row_ids
 from .database import (AUDIT_ACTIONS, CHANNEL_LABELS, FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED,
                        ROUTE_LABELS, ROUTE_UNSURE, STATUS_LABELS, UNREVIEWED,
@@ -189,7 +189,16 @@ class ExchangeView(ReviewerOnly, ModelView):
         ConfidenceBelowFilter(Exchange.confidence, "확신도"),
         ConfidenceAtLeastFilter(Exchange.confidence, "확신도"),
         ChoiceFilter(Exchange.channel, "채널", options=tuple(CHANNEL_LABELS.items())),
+        # One question group (the queue's and /admin/analytics' links); new
+        # filters go last, so the numbers in saved links keep their meaning.
+        ChoiceFilter(Exchange.question_key, "질문 키"),
     )
+
+    @classmethod
+    def filter_arg(cls, column) -> str:
+        """The URL argument that filters the list by ``column`` ("flt0_7"):
+        Flask-Admin numbers filters by their place in column_filters."""
+        return next(f"flt0_{i}" for i, f in enumerate(cls.column_filters) if f.column is column)
 
     # Only these two fields exist in the edit form, so nothing else can be
     # changed through it, whatever a request sends.
@@ -300,6 +309,9 @@ def init_app(app):
     admin.add_view(versions_admin.VersionsView(name="모델", endpoint="versions", url="/admin/models"))
     admin.add_view(api_keys_admin.ApiKeysView(name="API 키", endpoint="api_keys", url="/admin/api-keys"))
     admin.add_view(kakao_admin.KakaoView(name="카카오톡", endpoint="kakao_admin", url="/admin/kakao"))
+    admin.add_view(analytics_admin.AnalyticsView(
+        name="통계", endpoint="analytics", url="/admin/analytics",
+        group_filter_arg=ExchangeView.filter_arg(Exchange.question_key)))
     versions_admin.init_app(app)
     app.extensions["review_admin"] = admin
 

@@ -1,7 +1,7 @@
 """Access control: every admin screen asks for a login, by itself."""
 import pytest
 
-from chatbot import api_keys_admin, export_admin, versions_admin, queue_admin
+from chatbot import analytics_admin, api_keys_admin, export_admin, versions_admin, queue_admin
 
 # Everything a visitor may reach without logging in; every other URL the app
 # serves must send them to the login page.
@@ -11,7 +11,7 @@ PUBLIC_ENDPOINTS = {"chat.index", "chat.favicon", "static", "admin.static", "aut
                     "api.openapi_document", "kakao.skill", "widget.script", "widget.embed"}
 # The REST API has no login: it asks for a key (401) instead (tests/test_api.py).
 API_KEY_ENDPOINTS = {"api.post_message", "api.post_feedback"}
-ARGUMENTS = {"export_type": "csv", "version": "20260101-000000", "filename": "x", "row_id": 1}
+ARGUMENTS = {"export_type": "csv", "version": "20260101-000000", "filename": "x", "row_id": 1, "table": "periods"}
 
 
 def test_every_private_endpoint_sends_a_logged_out_visitor_to_the_login_page(make_app):
@@ -39,14 +39,17 @@ def test_every_private_endpoint_sends_a_logged_out_visitor_to_the_login_page(mak
                         ("POST", "/admin/models/retrain"), ("POST", "/admin/exchange/action/"),
                         ("POST", "/admin/api-keys/create"), ("POST", "/admin/api-keys/revoke"),
                         ("GET", "/admin/export/"), ("POST", "/admin/export/"),
-                        ("POST", "/api/v1/messages"), ("POST", "/api/v1/messages/1/feedback")]:
+                        ("POST", "/api/v1/messages"), ("POST", "/api/v1/messages/1/feedback"),
+                        ("GET", "/admin/analytics/"), ("GET", "/admin/analytics/periods.csv")]:
         assert (method, url) in checked
     assert len(checked) > 30
 
 
 @pytest.mark.parametrize("view_class", [queue_admin.QueueView, versions_admin.VersionsView,
-                                        api_keys_admin.ApiKeysView, export_admin.ExportView])
+                                        api_keys_admin.ApiKeysView, export_admin.ExportView,
+                                        analytics_admin.AnalyticsView])
 def test_queue_and_model_views_check_access_themselves(app, view_class):
     """Not only when some other module mixes a check in."""
+    extra = {"group_filter_arg": "flt0_7"} if view_class is analytics_admin.AnalyticsView else {}
     with app.test_request_context("/admin/"):
-        assert view_class(name="x", endpoint="x").is_accessible() is False
+        assert view_class(name="x", endpoint="x", **extra).is_accessible() is False

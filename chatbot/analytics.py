@@ -1,0 +1,255 @@
+"""The numbers behind /admin/analytics (analytics_admin): how the chats went
+per day or week, per model version, per channel, and which questions went
+wrong most often.
+
+Every number is a SQL aggregate over ``exchange`` (one GROUP BY with
+``sum(case ...)`` columns): the database counts, Python only divides the
+counts it gets back, so the page costs the same whether a day had ten
+exchanges or a hundred thousand.  Imported pairs (route ``import``) were
+never asked in a chat and are left out of everything.
+
+Days and weeks are UTC, like every time the admin shows; a week starts on
+Monday.  A range is whole days, both ends included.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from . import retrain, versions
+from .database import (CORRECTED_SQL, FEEDBACK_DOWN, FEEDBACK_UP, REVIEWED, ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_KNOWN, ROUTE_MEMORY,
+                       ROUTE_MODEL, ROUTE_UNSURE, Exchange)
+from .extensions import db
+
+DAY, WEEK = "day", "week"
+PERIODS = (DAY, WEEK)
+DEFAULT_DAYS = 30
+MAX_DAYS = 366          # a longer range is cut to its last MAX_DAYS days
+TOP_GROUPS = 20
+EARLIEST, LATEST = date(2000, 1, 1), date(2999, 12, 31)  # far from date.min/max: no overflow
+
+# The route groups the page shows: the bot wrote it, a training pair's answer,
+# a reviewed answer, or it did not answer (no model yet / "잘 모르겠어요").
+ROUTE_GROUPS = {
+    "model": (ROUTE_MODEL,),
+    "known": (ROUTE_KNOWN,),
+    "memory": (ROUTE_MEMORY,),
+    "unsure": (ROUTE_FALLBACK, ROUTE_UNSURE),
+}
+
+
+@dataclass(frozen=True)
+class Span:
+    """Whole UTC days ``start``..``end`` (both included), bucketed by ``period``."""
+
+    start: date
+    end: date
+    period: str = DAY
+
+    @property
+    def since(self) -> datetime:
+        return datetime.combine(self.start, time.min)
+
+    @property
+    def until(self) -> datetime:
+        """The first moment after the range (exclusive bound)."""
+        return datetime.combine(self.end + timedelta(days=1), time.min)
+
+    def buckets(self) -> list[date]:
+        """Every day, or every Monday of a week that touches the range: the
+        x axis, so a day without exchanges is a zero, not a gap."""
+        first = self.start if self.period == DAY else self.start - timedelta(days=self.start.weekday())
+        step = timedelta(days=1 if self.period == DAY else 7)
+        result = []
+        while first <= self.end:
+            result.append(first)
+            first += step
+        return result
+
+
+def parse_span(args, today: date) -> tuple[Span, list[str]]:
+    """The span a request asks for (``from``, ``to`` as YYYY-MM-DD, ``period``)
+    and the reasons, in Korean, for anything in it that could not be used.
+
+    Never raises: a bad value falls back to the default (the last
+    DEFAULT_DAYS days, per day), and a range longer than MAX_DAYS is cut to
+    its last MAX_DAYS days.
+    """
+    errors = []
+    period = args.get("period") or DAY
+    if period not in PERIODS:
+        errors.append(f"집계 단위 '{period}'은(는) 쓸 수 없어 일별로 보여 줍니다.")
+        period = DAY
+
+    def day(name, default):
+        text = (args.get(name) or "").strip()
+        if not text:
+            return default
+        try:
+            value = date.fromisoformat(text)
+        except ValueError:
+            value = None
+        if value is None or not EARLIEST <= value <= LATEST:
+            errors.append(f"날짜 '{text[:20]}'을(를) 쓸 수 없습니다 ({EARLIEST}~{LATEST}, YYYY-MM-DD). 기본값을 씁니다.")
+            return default
+        return value
+
+    end = day("to", today)
+    start = day("from", end - timedelta(days=DEFAULT_DAYS - 1))
+    if start > end:
+        errors.append(f"시작일 {start}이 종료일 {end}보다 늦어 종료일까지 {DEFAULT_DAYS}일을 보여 줍니다.")
+        start = end - timedelta(days=DEFAULT_DAYS - 1)
+    if (end - start).days + 1 > MAX_DAYS:
+        start = end - timedelta(days=MAX_DAYS - 1)
+        errors.append(f"기간은 최대 {MAX_DAYS}일입니다: {start}부터 보여 줍니다.")
+    return Span(start, end, period), errors
+
+
+@dataclass
+class Stats:
+    """Counts for one group of exchanges, and the rates the page shows."""
+
+    key: object = None
+    exchanges: int = 0
+    model: int = 0
+    known: int = 0
+    memory: int = 0
+    unsure: int = 0        # fallback and "잘 모르겠어요" together
+    up: int = 0
+    down: int = 0
+    reviewed: int = 0
+    corrected: int = 0     # reviewed, and the correction differs from the answer
+    extra: dict = field(default_factory=dict)
+
+    def share(self, count):
+        return count / self.exchanges if self.exchanges else None
+
+    @property
+    def rates(self) -> dict:
+        """Each rate as a fraction 0..1, or None where there is nothing to divide by."""
+        return {
+            "model": self.share(self.model), "known": self.share(self.known),
+            "memory": self.share(self.memory), "unsure": self.share(self.unsure),
+            "up": self.share(self.up), "down": self.share(self.down),
+            "reviewed": self.share(self.reviewed),
+            "corrected": self.corrected / self.reviewed if self.reviewed else None,
+        }
+
+    def add(self, other: "Stats"):
+        for name in COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+COUNTS = ("exchanges", "model", "known", "memory", "unsure", "up", "down", "reviewed", "corrected")
+
+
+def _count(condition):
+    return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
+
+
+def corrected_condition():
+    """A reviewed exchange whose answer had to be changed, in the words of
+    the partial index ix_exchange_corrected (a database uses a partial index
+    only for a query that says the same)."""
+    return sa.text(CORRECTED_SQL)
+
+
+def _count_columns():
+    return [
+        sa.func.count().label("exchanges"),
+        *(_count(Exchange.route.in_(routes)).label(name) for name, routes in ROUTE_GROUPS.items()),
+        _count(Exchange.feedback == FEEDBACK_UP).label("up"),
+        _count(Exchange.feedback == FEEDBACK_DOWN).label("down"),
+        _count(Exchange.status == REVIEWED).label("reviewed"),
+    ]
+
+
+def in_span(span: Span):
+    """The chat exchanges of the span (imported pairs are not chats)."""
+    return sa.and_(Exchange.created_at >= span.since, Exchange.created_at < span.until,
+                   Exchange.route != ROUTE_IMPORT)
+
+
+def bucket(column, period: str, dialect: str):
+    """The day, or the Monday of the week, ``column`` falls in, as YYYY-MM-DD
+    text: the one place that knows each database's date functions."""
+    if dialect == "postgresql":
+        return sa.func.to_char(sa.func.date_trunc(period, column), "YYYY-MM-DD")
+    if period == WEEK:  # SQLite: forward to Sunday (or stay), then back to its Monday
+        return sa.func.strftime("%Y-%m-%d", column, "weekday 0", "-6 days")
+    return sa.func.strftime("%Y-%m-%d", column)
+
+
+def _grouped(key, span: Span) -> list[Stats]:
+    """Stats per value of ``key``: two queries that each read one index and no
+    row (ix_exchange_analytics, then the corrected rows' ix_exchange_corrected)."""
+    query = sa.select(key.label("key"), *_count_columns()).where(in_span(span)).group_by(key)
+    rows = {row.key: Stats(**row._asdict()) for row in db.session.execute(query)}
+    corrected = sa.select(key, sa.func.count()).where(in_span(span), corrected_condition()).group_by(key)
+    for value, count in db.session.execute(corrected):
+        rows[value].corrected = count
+    return list(rows.values())
+
+
+def by_period(span: Span) -> list[Stats]:
+    """One Stats per day or week of the span, oldest first, zeros included."""
+    key = bucket(Exchange.created_at, span.period, db.engine.dialect.name)
+    found = {row.key: row for row in _grouped(key, span)}
+    return [found.get(day.isoformat()) or Stats(key=day.isoformat()) for day in span.buckets()]
+
+
+def by_channel(span: Span) -> list[Stats]:
+    """One Stats per channel that had exchanges, the busiest first."""
+    return sorted(_grouped(Exchange.channel, span), key=lambda s: (-s.exchanges, s.key))
+
+
+def by_version(span: Span, models_root) -> list[Stats]:
+    """One Stats per model version, newest first: each version on disk (its
+    dev metrics from metrics.json in ``extra``), and any version that answered
+    in the span but is no longer on disk.  ``key`` None: no model answered
+    (a fallback before the first model)."""
+    found = {row.key: row for row in _grouped(Exchange.model_version, span)}
+    root = Path(models_root)
+    current = versions.current_dir(root)
+    on_disk = versions.list_versions(root)
+    names = list(reversed(on_disk)) + sorted((k for k in found if k is not None and k not in on_disk), reverse=True)
+    rows = []
+    for name in names:
+        row = found.pop(name, None) or Stats(key=name)
+        path = root / name
+        row.extra = {"metrics": retrain.read_metrics(path) if name in on_disk else {},
+                     "on_disk": name in on_disk,
+                     "current": current is not None and name in on_disk and path.resolve() == current}
+        rows.append(row)
+    if None in found:
+        rows.append(found[None])
+    return rows
+
+
+def top_groups(span: Span, limit: int = TOP_GROUPS) -> list[dict]:
+    """The question groups (question_key) with the most exchanges that went
+    wrong: a 👎, no answer (fallback or "잘 모르겠어요"), or a corrected
+    answer; the worst first."""
+    down = _count(Exchange.feedback == FEEDBACK_DOWN)
+    unsure = _count(Exchange.route.in_(ROUTE_GROUPS["unsure"]))
+    corrected = _count(corrected_condition())
+    wrong = sa.func.count()
+    query = (sa.select(Exchange.question_key, wrong.label("wrong"), down.label("down"), unsure.label("unsure"),
+                       corrected.label("corrected"), sa.func.max(Exchange.question).label("question"))
+             .where(in_span(span), sa.or_(Exchange.feedback == FEEDBACK_DOWN,
+                                          Exchange.route.in_(ROUTE_GROUPS["unsure"]), corrected_condition()))
+             .group_by(Exchange.question_key)
+             .order_by(wrong.desc(), Exchange.question_key)
+             .limit(limit))
+    return [row._asdict() for row in db.session.execute(query)]
+
+
+def total(rows: list[Stats]) -> Stats:
+    """The counts of several groups added up (the span's totals from its days)."""
+    result = Stats(key="합계")
+    for row in rows:
+        result.add(row)
+    return result
