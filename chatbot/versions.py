@@ -1,7 +1,7 @@
 """Trained models on disk: one directory per version, `current` picks one.
 
     models/
-        20250101-120000/      model.pt vocab.json config.json metrics.json train.log
+        20250101-120000/      model.pt weights.npz vocab.json config.json metrics.json train.log
         20250101-120000-2/    a second model published in the same second
         .tmp-20250101-1205...  a training run in progress (hidden)
         current -> 20250101-120000-2

@@ -143,7 +143,7 @@ def test_a_corrupt_model_does_not_replace_the_serving_one(app):
     sock = connect(app)
     assert ask(sock, "안녕")[1]["model_version"] == good.name
     broken = tiny_model(models, seed=7)
-    (broken / "model.pt").write_bytes(b"not a model")
+    (broken / "weights.npz").write_bytes(b"not a model")  # what the server reads (chatbot/inference.py)
     name, reply = ask(sock, "안녕")
     assert name == "reply" and reply["model_version"] == good.name
     assert os.readlink(os.path.join(models, "current")) == broken.name
