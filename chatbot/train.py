@@ -17,7 +17,9 @@ Any failure removes the temp dir and leaves `current` as it was.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
+import gc
 import hashlib
 import json
 import math
@@ -134,10 +136,12 @@ def split_pairs(pairs, dev_percent: int):
 
 def tokenize_pairs(pairs, backend: str | None = None):
     """Morphemes (or words, backend "whitespace") of both sides; pairs where
-    either side is empty are dropped."""
+    either side is empty are dropped.  Each token is one shared string
+    (sys.intern): 11k pairs hold 300k tokens of 6.5k kinds."""
     out = []
     for q, a in pairs:
-        q_tokens, a_tokens = morph.tokenize(q, backend), morph.tokenize(a, backend)
+        q_tokens = [sys.intern(t) for t in morph.tokenize(q, backend)]
+        a_tokens = [sys.intern(t) for t in morph.tokenize(a, backend)]
         if q_tokens and a_tokens:
             out.append((q_tokens, a_tokens, a))
     return out
@@ -217,10 +221,11 @@ def evaluate_loss(model, examples, batch_size, device) -> float:
 
 
 def answer_all(bot: Chatbot, tokenized) -> list[Reply]:
-    """Answer each question as the server would, 64 per model call."""
+    """Answer each question as the server would, 16 per model call (a beam
+    search's arrays grow with the questions in a call: 64 took 30 MB more)."""
     replies = []
-    for i in range(0, len(tokenized), 64):
-        replies += bot.replies_to_tokens([q for q, _, _ in tokenized[i:i + 64]])
+    for i in range(0, len(tokenized), 16):
+        replies += bot.replies_to_tokens([q for q, _, _ in tokenized[i:i + 16]])
     return replies
 
 
@@ -236,6 +241,11 @@ def reply_metrics(replies: list[Reply], tokenized, samples: int = 0):
         return None, None, shown
     chrf = sacrebleu.corpus_chrf(hyps, [refs]).score
     bleu = sacrebleu.corpus_bleu(hyps, [refs], tokenize="ko-mecab").score
+    # sacrebleu's ko-mecab tokenizer caches its calls class-wide, which keeps
+    # every instance, its MeCab and the mapped dictionary (50-75 MB) for good.
+    from sacrebleu.tokenizers.tokenizer_ko_mecab import TokenizerKoMecab
+
+    TokenizerKoMecab.__call__.cache_clear()
     return round(chrf, 2), round(bleu, 2), shown
 
 
@@ -315,6 +325,18 @@ class Adam:
             [self.exp_avg_sqs[i] for i in live], [], [self.steps[i] for i in live],
             amsgrad=False, beta1=self.betas[0], beta2=self.betas[1], lr=self.lr, weight_decay=0.0, eps=self.eps,
             maximize=False)
+
+
+def release_free_memory() -> None:
+    """Return the memory freed since the last call to the system.  glibc
+    keeps freed blocks in its heap for reuse, so after training the process
+    would hold the batches' memory while it evaluates; malloc_trim gives
+    back every free page (a no-op where the C library is not glibc)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def plateau_step(lr: float, best: float, dev_loss: float, decay: float) -> tuple[float, float]:
@@ -471,7 +493,13 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
     if best_state is not None:  # None only if every dev loss was NaN
         model.load_state_dict(best_state)
     model.eval()
+    params = model.num_params()
+    save_model(out_dir, model.cpu(), vocab, mc)
     network = Network.from_module(model)  # what the server will answer with
+    # The evaluations below need only that NumPy network: give the training's
+    # memory back (weights, gradients, Adam's state, the last batch) first.
+    model = optimizer = best_state = logits = loss = None
+    release_free_memory()
     # Dev questions are answered as the server would, from the training pairs'
     # answers (the dev pairs are not in that index); train chrF is the network
     # alone: did it learn its training answers?
@@ -497,7 +525,7 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
         "dev_chrf": dev_chrf,
         "dev_bleu": dev_bleu,
         "train_chrf": train_chrf,  # on up to 100 training questions: did it learn them?
-        "params": model.num_params(),
+        "params": params,
         "tokenizer": mc.tokenizer,
         "history": [{"epoch": e, "train_loss": round(t, 4), "dev_loss": None if d is None else round(d, 4),
                      "dev_chrf": c} for e, t, d, c in history],
@@ -514,7 +542,6 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
     for s in samples:
         log(f"  Q: {s['question']}\n     ref: {s['reference']}\n     bot: {s['reply']}")
 
-    save_model(out_dir, model.cpu(), vocab, mc)
     # The server picks among the answers of every pair, dev pairs included.
     everything = train_tok + dev_tok
     AnswerIndex([q for q, _, _ in everything], [a for _, _, a in everything]).save(out_dir / ANSWERS_FILE)
@@ -584,8 +611,27 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+M_MMAP_THRESHOLD = -3  # mallopt(3)
+LARGE_BLOCK = 1 << 20
+
+
+def allocate_large_blocks_apart() -> None:
+    """Have glibc map blocks of 1 MB and more on their own and unmap them
+    when freed.  Its default serves them from the heap once the first is
+    freed; a batch's logits, their softmax and gradients (about 10 MB each,
+    a different size every batch) then leave the heap at its most
+    fragmented, 60-90 MB more RSS on the 11k pairs.  The page faults cost
+    about a quarter of an epoch's time (bench/results/experiments.md).
+    The trainer's process only: the CLI, which `make retrain` runs."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK)
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    allocate_large_blocks_apart()
     flags = ("epochs", "max_steps", "batch_size", "seed", "device", "dev_percent", "threads")
     overrides = {k: v for k, v in vars(args).items() if k in flags and v is not None}
     overrides.update(quiet=args.quiet, activate=not args.no_activate)
