@@ -163,10 +163,17 @@ def wrong_condition():
     return sa.text(f"({WRONG_SQL})")
 
 
-def in_span(span: Span):
-    """The chat exchanges of the span (imported pairs are not chats)."""
-    return sa.and_(Exchange.created_at >= span.since, Exchange.created_at < span.until,
-                   Exchange.route != ROUTE_IMPORT)
+def in_span(span: Span, by_index: bool = True):
+    """The chat exchanges of the span (imported pairs are not chats).
+
+    ``by_index`` False: the same rows, in words that SQLite cannot seek with
+    an index on created_at (a unary +), so that it reads the partial index the
+    query names instead of guessing, on a database never ANALYZEd, that the
+    range on ix_exchange_created_at and a read of every row is cheaper."""
+    created_at = Exchange.created_at
+    if not by_index and db.engine.dialect.name == "sqlite":
+        created_at = sa.literal_column("+exchange.created_at", type_=Exchange.created_at.type)
+    return sa.and_(created_at >= span.since, created_at < span.until, Exchange.route != ROUTE_IMPORT)
 
 
 def day_of(dialect: str):
@@ -205,40 +212,41 @@ def overview(span: Span) -> dict[str, dict]:
     """Stats per day or week, per model version and per channel of the span,
     as {PERIOD: {key: Stats}, VERSION: ..., CHANNEL: ...}, from one statement.
 
-    Its inner query counts the span's exchanges per day and per value of
+    Its innermost query counts the span's exchanges per day and per value of
     every column a number depends on (route, status, feedback, channel,
     model version): on SQLite in the order of ix_exchange_analytics, so
     without sorting a row and without reading one (a few hundred groups a
-    day), and the corrected rows per day, channel and version from the
-    partial index ix_exchange_corrected.  The outer queries add those groups
-    up three ways (by period, version and channel) in the database.
+    day).  Those groups are added up per day, channel and version (the
+    counts' sum(case ...) columns, a few thousand groups), beside the
+    corrected rows, counted the same way from the partial index
+    ix_exchange_corrected; the outer queries add those up three ways.
     """
     dialect = db.engine.dialect.name
     day = day_of(dialect)
     dims = (Exchange.route, Exchange.status, Exchange.feedback, Exchange.channel, Exchange.model_version)
-    counted = (sa.select(day.label("day"), *dims, sa.func.count().label("n"), sa.literal_column("0").label("fixed"))
-               .where(in_days(span, dialect)).group_by(day, *dims))
-    corrected = (sa.select(day.label("day"), sa.null(), sa.null(), sa.null(), Exchange.channel, Exchange.model_version,
-                           sa.literal_column("0"), sa.func.count())
-                 .where(in_span(span), corrected_condition())  # by created_at: ix_exchange_corrected
-                 .group_by(day, Exchange.channel, Exchange.model_version))
-    g = sa.union_all(counted, corrected).cte("g")
+    g = (sa.select(day.label("day"), *dims, sa.func.count().label("n"))
+         .where(in_days(span, dialect)).group_by(day, *dims).subquery("g"))
 
     def total(condition):
         return sa.func.sum(sa.case((condition, g.c.n), else_=0))
 
-    sums = [
-        sa.func.sum(g.c.n).label("exchanges"),
-        *(total(g.c.route.in_(routes)).label(name) for name, routes in ROUTE_GROUPS.items()),
-        total(g.c.feedback == FEEDBACK_UP).label("up"),
-        total(g.c.feedback == FEEDBACK_DOWN).label("down"),
-        total(g.c.status == REVIEWED).label("reviewed"),
-        sa.func.sum(g.c.fixed).label("corrected"),
-    ]
-    period = bucket(g.c.day, span.period, dialect)
+    counted = (sa.select(g.c.day, g.c.channel, g.c.model_version, sa.func.sum(g.c.n).label("exchanges"),
+                         *(total(g.c.route.in_(routes)).label(name) for name, routes in ROUTE_GROUPS.items()),
+                         total(g.c.feedback == FEEDBACK_UP).label("up"),
+                         total(g.c.feedback == FEEDBACK_DOWN).label("down"),
+                         total(g.c.status == REVIEWED).label("reviewed"),
+                         sa.literal_column("0").label("corrected"))
+               .group_by(g.c.day, g.c.channel, g.c.model_version))
+    zero = sa.literal_column("0")
+    corrected = (sa.select(day, Exchange.channel, Exchange.model_version, *([zero] * 8), sa.func.count())
+                 .where(in_span(span), corrected_condition())  # by created_at: ix_exchange_corrected
+                 .group_by(day, Exchange.channel, Exchange.model_version))
+    h = sa.union_all(counted, corrected).cte("h")
+    sums = [sa.func.sum(h.c[name]).label(name) for name in COUNTS]
+    period = bucket(h.c.day, span.period, dialect)
     query = sa.union_all(*(sa.select(sa.literal(kind).label("kind"), key.label("key"), *sums).group_by(key)
-                           for kind, key in ((PERIOD, period), (VERSION, g.c.model_version),
-                                             (CHANNEL, g.c.channel))))
+                           for kind, key in ((PERIOD, period), (VERSION, h.c.model_version),
+                                             (CHANNEL, h.c.channel))))
     result = {PERIOD: {}, VERSION: {}, CHANNEL: {}}
     for row in db.session.execute(query):
         result[row.kind][row.key] = Stats(key=row.key, **{name: int(getattr(row, name)) for name in COUNTS})
@@ -298,7 +306,7 @@ def top_groups(span: Span, limit: int = TOP_GROUPS) -> list[dict]:
                          _count(Exchange.feedback == FEEDBACK_DOWN).label("down"),
                          _count(Exchange.route.in_(ROUTE_GROUPS["unsure"])).label("unsure"),
                          sa.literal_column("0").label("corrected"))
-               .where(in_span(span), wrong_condition()).group_by(Exchange.question_key))
+               .where(in_span(span, by_index=False), wrong_condition()).group_by(Exchange.question_key))
     corrected = (sa.select(Exchange.question_key, sa.func.sum(not_counted), sa.literal_column("0"),
                            sa.literal_column("0"), sa.func.count())
                  .where(in_span(span), corrected_condition()).group_by(Exchange.question_key))

@@ -75,7 +75,7 @@ WRONG_SQL = "feedback = 'down' OR route IN ('fallback', 'unsure')"
 # back, it computes it again from the column).
 ANALYTICS_DAY_SQL = "substr(created_at, 1, 10)"
 ANALYTICS_COLUMNS = ("route", "status", "feedback", "channel", "model_version")
-CORRECTED_COLUMNS = ("created_at", "route", "channel", "model_version", "question_key", "feedback")
+CORRECTED_COLUMNS = ("status", "created_at", "route", "channel", "model_version", "question_key", "feedback")
 WRONG_COLUMNS = ("question_key", "created_at", "feedback", "route")
 
 

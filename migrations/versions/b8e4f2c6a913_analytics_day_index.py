@@ -33,7 +33,7 @@ def upgrade():
         op.drop_index('ix_exchange_analytics', table_name='exchange')
         op.execute(f"CREATE INDEX ix_exchange_analytics ON exchange ({DAY_SQL}, {COLUMNS}, created_at)")
     op.drop_index('ix_exchange_corrected', table_name='exchange')
-    _corrected(['created_at', 'route', 'channel', 'model_version', 'question_key', 'feedback'])
+    _corrected(['status', 'created_at', 'route', 'channel', 'model_version', 'question_key', 'feedback'])
     op.create_index('ix_exchange_wrong', 'exchange', ['question_key', 'created_at', 'feedback', 'route'],
                     unique=False, sqlite_where=sa.text(WRONG_SQL), postgresql_where=sa.text(WRONG_SQL))
 
