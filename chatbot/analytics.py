@@ -2,10 +2,11 @@
 per day or week, per model version, per channel, and which questions went
 wrong most often.
 
-Every number is a SQL aggregate over ``exchange`` (one GROUP BY with
-``sum(case ...)`` columns): the database counts, Python only divides the
-counts it gets back, so the page costs the same whether a day had ten
-exchanges or a hundred thousand.  Imported pairs (route ``import``) were
+Every number is a SQL aggregate over ``exchange``, counted in the database
+from indexes alone (no row is read, and on SQLite no GROUP BY sorts the
+range's rows: see overview and top_groups): Python only divides the counts
+it gets back.  The page makes two statements; bench/README.md has their
+plans and times on a million rows.  Imported pairs (route ``import``) were
 never asked in a chat and are left out of everything.
 
 Days and weeks are UTC, like every time the admin shows; a week starts on
