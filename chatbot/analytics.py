@@ -171,10 +171,14 @@ def in_span(span: Span, by_index: bool = True):
     an index on created_at (a unary +), so that it reads the partial index the
     query names instead of guessing, on a database never ANALYZEd, that the
     range on ix_exchange_created_at and a read of every row is cheaper."""
-    created_at = Exchange.created_at
+    return _in_span(Exchange.__table__, span, by_index)
+
+
+def _in_span(table, span: Span, by_index: bool):
+    created_at = table.c.created_at
     if not by_index and db.engine.dialect.name == "sqlite":
-        created_at = sa.literal_column("+exchange.created_at", type_=Exchange.created_at.type)
-    return sa.and_(created_at >= span.since, created_at < span.until, Exchange.route != ROUTE_IMPORT)
+        created_at = sa.literal_column(f"+{table.name}.created_at", type_=created_at.type)
+    return sa.and_(created_at >= span.since, created_at < span.until, table.c.route != ROUTE_IMPORT)
 
 
 def day_of(dialect: str):
@@ -320,14 +324,16 @@ def top_groups(span: Span, limit: int = TOP_GROUPS) -> list[dict]:
            .limit(limit)
            .cte("top"))
 
-    def questions(condition):  # the group's rows of the span that ``condition`` picks (by its index)
+    def questions(condition, by_index):  # the group's rows of the span that ``condition`` picks
         same = Exchange.__table__.alias("same")
         return (sa.select(same.c.question.label("question"))
-                .where(same.c.question_key == top.c.question_key, same.c.created_at >= span.since,
-                       same.c.created_at < span.until, same.c.route != ROUTE_IMPORT, condition)
+                .where(same.c.question_key == top.c.question_key, _in_span(same, span, by_index), condition)
                 .correlate(top))
 
-    shown = sa.union_all(questions(wrong_condition()), questions(corrected_condition())).subquery("shown")
+    # The 👎 and unanswered rows by ix_exchange_wrong (question_key, created_at); the corrected ones
+    # by ix_exchange_key_status_reviewed (question_key, status), not by a range of all groups' rows.
+    shown = sa.union_all(questions(wrong_condition(), True),
+                         questions(corrected_condition(), False)).subquery("shown")
     question = sa.select(sa.func.max(shown.c.question)).scalar_subquery()
     query = sa.select(*top.c, question.label("question")).order_by(top.c.wrong.desc(), top.c.question_key)
     return [{**row._asdict(), **{name: int(getattr(row, name)) for name in ("wrong", "down", "unsure", "corrected")}}

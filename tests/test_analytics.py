@@ -250,10 +250,14 @@ def test_sqlite_groups_in_index_order_and_reads_no_row(app):
     for plan, reads in ((overview, ("COVERING INDEX ix_exchange_analytics (<expr>>? AND <expr><?)",
                                     "INDEX ix_exchange_corrected (status=? AND created_at>? AND created_at<?)")),
                         (groups, ("COVERING INDEX ix_exchange_wrong", "INDEX ix_exchange_corrected"))):
-        searches = [line for line in plan if line.startswith(("SEARCH exchange", "SCAN exchange"))]
+        searches = [line for line in plan if line.startswith(("SEARCH exchange ", "SCAN exchange "))]
         assert len(searches) == 2 and all(read in line for read, line in zip(reads, searches)), plan
         after = plan[plan.index(searches[0]) + 1]
         assert "TEMP B-TREE" not in after, plan  # the big one: grouped as it is read
+    # The question shown, for the top groups only: each by its question_key.
+    assert [line for line in groups if line.startswith("SEARCH same")] == [
+        "SEARCH same USING INDEX ix_exchange_wrong (question_key=? AND created_at>? AND created_at<?)",
+        "SEARCH same USING INDEX ix_exchange_key_status_reviewed (question_key=? AND status=?)"]
     # The corrected rows (a few percent) are sorted by their group; their partial
     # index's WHERE is the query's, so SQLite reads no row for it (a deferred seek).
 
