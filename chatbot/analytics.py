@@ -2,10 +2,11 @@
 per day or week, per model version, per channel, and which questions went
 wrong most often.
 
-Every number is a SQL aggregate over ``exchange`` (one GROUP BY with
-``sum(case ...)`` columns): the database counts, Python only divides the
-counts it gets back, so the page costs the same whether a day had ten
-exchanges or a hundred thousand.  Imported pairs (route ``import``) were
+Every number is a SQL aggregate over ``exchange``, counted in the database
+from indexes alone (no row is read, and on SQLite no GROUP BY sorts the
+range's rows: see overview and top_groups): Python only divides the counts
+it gets back.  The page makes two statements; bench/README.md has their
+plans and times on a million rows.  Imported pairs (route ``import``) were
 never asked in a chat and are left out of everything.
 
 Days and weeks are UTC, like every time the admin shows; a week starts on
@@ -20,8 +21,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from . import retrain, versions
-from .database import (CORRECTED_SQL, FEEDBACK_DOWN, FEEDBACK_UP, REVIEWED, ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_KNOWN, ROUTE_MEMORY,
-                       ROUTE_MODEL, ROUTE_UNSURE, Exchange)
+from .database import (CORRECTED_SQL, FEEDBACK_DOWN, FEEDBACK_UP, REVIEWED, ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_KNOWN,
+                       ROUTE_MEMORY, ROUTE_MODEL, ROUTE_UNSURE, WRONG_SQL, Exchange)
 from .extensions import db
 
 DAY, WEEK = "day", "week"
@@ -157,20 +158,46 @@ def corrected_condition():
     return sa.text(CORRECTED_SQL)
 
 
-def _count_columns():
-    return [
-        sa.func.count().label("exchanges"),
-        *(_count(Exchange.route.in_(routes)).label(name) for name, routes in ROUTE_GROUPS.items()),
-        _count(Exchange.feedback == FEEDBACK_UP).label("up"),
-        _count(Exchange.feedback == FEEDBACK_DOWN).label("down"),
-        _count(Exchange.status == REVIEWED).label("reviewed"),
-    ]
+def wrong_condition():
+    """A 👎 or no answer (fallback, "잘 모르겠어요"), in the words of the
+    partial index ix_exchange_wrong."""
+    return sa.text(f"({WRONG_SQL})")
 
 
-def in_span(span: Span):
-    """The chat exchanges of the span (imported pairs are not chats)."""
-    return sa.and_(Exchange.created_at >= span.since, Exchange.created_at < span.until,
-                   Exchange.route != ROUTE_IMPORT)
+def in_span(span: Span, by_index: bool = True):
+    """The chat exchanges of the span (imported pairs are not chats).
+
+    ``by_index`` False: the same rows, in words that SQLite cannot seek with
+    an index on created_at (a unary +), so that it reads the partial index the
+    query names instead of guessing, on a database never ANALYZEd, that the
+    range on ix_exchange_created_at and a read of every row is cheaper."""
+    return _in_span(Exchange.__table__, span, by_index)
+
+
+def _in_span(table, span: Span, by_index: bool):
+    created_at = table.c.created_at
+    if not by_index and db.engine.dialect.name == "sqlite":
+        created_at = sa.literal_column(f"+{table.name}.created_at", type_=created_at.type)
+    return sa.and_(created_at >= span.since, created_at < span.until, table.c.route != ROUTE_IMPORT)
+
+
+def day_of(dialect: str):
+    """The UTC day of ``created_at``.  On SQLite the text YYYY-MM-DD, in the
+    words of the expression index ix_exchange_analytics (its first column),
+    with the numbers as literals: SQLite matches an indexed expression only
+    to the very same expression, and a bound parameter is not."""
+    if dialect == "sqlite":
+        return sa.func.substr(Exchange.created_at, sa.literal_column("1"), sa.literal_column("10"))
+    return sa.func.date_trunc(sa.literal_column("'day'"), Exchange.created_at)
+
+
+def in_days(span: Span, dialect: str):
+    """in_span, said so that each database reads its ix_exchange_analytics:
+    on SQLite by the day (the index's order), elsewhere by ``created_at``."""
+    if dialect != "sqlite":
+        return in_span(span)
+    day = day_of(dialect)
+    return sa.and_(day >= span.start.isoformat(), day <= span.end.isoformat(), Exchange.route != ROUTE_IMPORT)
 
 
 def bucket(column, period: str, dialect: str):
@@ -183,35 +210,72 @@ def bucket(column, period: str, dialect: str):
     return sa.func.strftime("%Y-%m-%d", column)
 
 
-def _grouped(key, span: Span) -> list[Stats]:
-    """Stats per value of ``key``: two queries that each read one index and no
-    row (ix_exchange_analytics, then the corrected rows' ix_exchange_corrected)."""
-    query = sa.select(key.label("key"), *_count_columns()).where(in_span(span)).group_by(key)
-    rows = {row.key: Stats(**row._asdict()) for row in db.session.execute(query)}
-    corrected = sa.select(key, sa.func.count()).where(in_span(span), corrected_condition()).group_by(key)
-    for value, count in db.session.execute(corrected):
-        rows[value].corrected = count
-    return list(rows.values())
+PERIOD, VERSION, CHANNEL = "period", "version", "channel"
 
 
-def by_period(span: Span) -> list[Stats]:
-    """One Stats per day or week of the span, oldest first, zeros included."""
-    key = bucket(Exchange.created_at, span.period, db.engine.dialect.name)
-    found = {row.key: row for row in _grouped(key, span)}
-    return [found.get(day.isoformat()) or Stats(key=day.isoformat()) for day in span.buckets()]
+def overview(span: Span) -> dict[str, dict]:
+    """Stats per day or week, per model version and per channel of the span,
+    as {PERIOD: {key: Stats}, VERSION: ..., CHANNEL: ...}, from one statement.
+
+    Its innermost query counts the span's exchanges per day and per value of
+    every column a number depends on (route, status, feedback, channel,
+    model version): on SQLite in the order of ix_exchange_analytics, so
+    without sorting a row and without reading one (a few hundred groups a
+    day).  Those groups are added up per day, channel and version (the
+    counts' sum(case ...) columns, a few thousand groups), beside the
+    corrected rows, counted the same way from the partial index
+    ix_exchange_corrected; the outer queries add those up three ways.
+    """
+    dialect = db.engine.dialect.name
+    day = day_of(dialect)
+    dims = (Exchange.route, Exchange.status, Exchange.feedback, Exchange.channel, Exchange.model_version)
+    g = (sa.select(day.label("day"), *dims, sa.func.count().label("n"))
+         .where(in_days(span, dialect)).group_by(day, *dims).subquery("g"))
+
+    def total(condition):
+        return sa.func.sum(sa.case((condition, g.c.n), else_=0))
+
+    counted = (sa.select(g.c.day, g.c.channel, g.c.model_version, sa.func.sum(g.c.n).label("exchanges"),
+                         *(total(g.c.route.in_(routes)).label(name) for name, routes in ROUTE_GROUPS.items()),
+                         total(g.c.feedback == FEEDBACK_UP).label("up"),
+                         total(g.c.feedback == FEEDBACK_DOWN).label("down"),
+                         total(g.c.status == REVIEWED).label("reviewed"),
+                         sa.literal_column("0").label("corrected"))
+               .group_by(g.c.day, g.c.channel, g.c.model_version))
+    zero = sa.literal_column("0")
+    corrected = (sa.select(day, Exchange.channel, Exchange.model_version, *([zero] * 8), sa.func.count())
+                 .where(in_span(span), corrected_condition())  # by created_at: ix_exchange_corrected
+                 .group_by(day, Exchange.channel, Exchange.model_version))
+    h = sa.union_all(counted, corrected).cte("h")
+    sums = [sa.func.sum(h.c[name]).label(name) for name in COUNTS]
+    period = bucket(h.c.day, span.period, dialect)
+    query = sa.union_all(*(sa.select(sa.literal(kind).label("kind"), key.label("key"), *sums).group_by(key)
+                           for kind, key in ((PERIOD, period), (VERSION, h.c.model_version),
+                                             (CHANNEL, h.c.channel))))
+    result = {PERIOD: {}, VERSION: {}, CHANNEL: {}}
+    for row in db.session.execute(query):
+        result[row.kind][row.key] = Stats(key=row.key, **{name: int(getattr(row, name)) for name in COUNTS})
+    return result
 
 
-def by_channel(span: Span) -> list[Stats]:
+def by_period(span: Span, found: dict | None = None) -> list[Stats]:
+    """One Stats per day or week of the span, oldest first, zeros included.
+    ``found``: the span's overview(), if already made."""
+    rows = (found or overview(span))[PERIOD]
+    return [rows.get(day.isoformat()) or Stats(key=day.isoformat()) for day in span.buckets()]
+
+
+def by_channel(span: Span, found: dict | None = None) -> list[Stats]:
     """One Stats per channel that had exchanges, the busiest first."""
-    return sorted(_grouped(Exchange.channel, span), key=lambda s: (-s.exchanges, s.key))
+    return sorted((found or overview(span))[CHANNEL].values(), key=lambda s: (-s.exchanges, s.key))
 
 
-def by_version(span: Span, models_root) -> list[Stats]:
+def by_version(span: Span, models_root, found: dict | None = None) -> list[Stats]:
     """One Stats per model version, newest first: each version on disk (its
     dev metrics from metrics.json in ``extra``), and any version that answered
     in the span but is no longer on disk.  ``key`` None: no model answered
     (a fallback before the first model)."""
-    found = {row.key: row for row in _grouped(Exchange.model_version, span)}
+    found = dict((found or overview(span))[VERSION])
     root = Path(models_root)
     current = versions.current_dir(root)
     on_disk = versions.list_versions(root)
@@ -232,19 +296,48 @@ def by_version(span: Span, models_root) -> list[Stats]:
 def top_groups(span: Span, limit: int = TOP_GROUPS) -> list[dict]:
     """The question groups (question_key) with the most exchanges that went
     wrong: a 👎, no answer (fallback or "잘 모르겠어요"), or a corrected
-    answer; the worst first."""
-    down = _count(Exchange.feedback == FEEDBACK_DOWN)
-    unsure = _count(Exchange.route.in_(ROUTE_GROUPS["unsure"]))
-    corrected = _count(corrected_condition())
-    wrong = sa.func.count()
-    query = (sa.select(Exchange.question_key, wrong.label("wrong"), down.label("down"), unsure.label("unsure"),
-                       corrected.label("corrected"), sa.func.max(Exchange.question).label("question"))
-             .where(in_span(span), sa.or_(Exchange.feedback == FEEDBACK_DOWN,
-                                          Exchange.route.in_(ROUTE_GROUPS["unsure"]), corrected_condition()))
-             .group_by(Exchange.question_key)
-             .order_by(wrong.desc(), Exchange.question_key)
-             .limit(limit))
-    return [row._asdict() for row in db.session.execute(query)]
+    answer; the worst first.
+
+    One statement from two partial indexes, reading no row for the counts:
+    the 👎 and unanswered rows (ix_exchange_wrong, in question_key order, so
+    they are grouped without sorting), and the corrected rows
+    (ix_exchange_corrected), each counted as wrong only where the first did
+    not count it already.  The question shown (the group's greatest among
+    those rows) is then read for the top groups only.
+    """
+    # Null-safe "not counted yet": with a NULL feedback the condition is NULL, not false.
+    not_counted = sa.case((wrong_condition(), 0), else_=1)
+    flagged = (sa.select(Exchange.question_key, sa.func.count().label("wrong"),
+                         _count(Exchange.feedback == FEEDBACK_DOWN).label("down"),
+                         _count(Exchange.route.in_(ROUTE_GROUPS["unsure"])).label("unsure"),
+                         sa.literal_column("0").label("corrected"))
+               .where(in_span(span, by_index=False), wrong_condition()).group_by(Exchange.question_key))
+    corrected = (sa.select(Exchange.question_key, sa.func.sum(not_counted), sa.literal_column("0"),
+                           sa.literal_column("0"), sa.func.count())
+                 .where(in_span(span), corrected_condition()).group_by(Exchange.question_key))
+    both = sa.union_all(flagged, corrected).subquery("both")
+    wrong = sa.func.sum(both.c.wrong)
+    top = (sa.select(both.c.question_key, wrong.label("wrong"), sa.func.sum(both.c.down).label("down"),
+                     sa.func.sum(both.c.unsure).label("unsure"), sa.func.sum(both.c.corrected).label("corrected"))
+           .group_by(both.c.question_key)
+           .order_by(wrong.desc(), both.c.question_key)
+           .limit(limit)
+           .cte("top"))
+
+    def questions(condition, by_index):  # the group's rows of the span that ``condition`` picks
+        same = Exchange.__table__.alias("same")
+        return (sa.select(same.c.question.label("question"))
+                .where(same.c.question_key == top.c.question_key, _in_span(same, span, by_index), condition)
+                .correlate(top))
+
+    # The 👎 and unanswered rows by ix_exchange_wrong (question_key, created_at); the corrected ones
+    # by ix_exchange_key_status_reviewed (question_key, status), not by a range of all groups' rows.
+    shown = sa.union_all(questions(wrong_condition(), True),
+                         questions(corrected_condition(), False)).subquery("shown")
+    question = sa.select(sa.func.max(shown.c.question)).scalar_subquery()
+    query = sa.select(*top.c, question.label("question")).order_by(top.c.wrong.desc(), top.c.question_key)
+    return [{**row._asdict(), **{name: int(getattr(row, name)) for name in ("wrong", "down", "unsure", "corrected")}}
+            for row in db.session.execute(query)]
 
 
 def total(rows: list[Stats]) -> Stats:

@@ -147,9 +147,10 @@ class AnalyticsView(ReviewerOnly, BaseView):
     def index(self):
         today = utcnow().date()
         span, errors = analytics.parse_span(request.args, today)
-        periods = analytics.by_period(span)
-        versions = analytics.by_version(span, _models_root())
-        channels = analytics.by_channel(span)
+        found = analytics.overview(span)  # one query for the three tables
+        periods = analytics.by_period(span, found)
+        versions = analytics.by_version(span, _models_root(), found)
+        channels = analytics.by_channel(span, found)
         groups = analytics.top_groups(span)
         ranges = [(label, {"from": (today - timedelta(days=days - 1)).isoformat(), "to": today.isoformat(),
                            "period": period})

@@ -65,6 +65,18 @@ def stored_key(key: str) -> str:
 # chatbot/analytics.py queries it with these words, so the partial index
 # ix_exchange_corrected is used.
 CORRECTED_SQL = "status = 'reviewed' AND corrected_answer IS NOT NULL AND corrected_answer <> answer"
+# A 👎 or no answer (the fallback, "잘 모르겠어요"): with the corrected ones, the
+# exchanges that went wrong (analytics.top_groups, partial index ix_exchange_wrong).
+WRONG_SQL = "feedback = 'down' OR route IN ('fallback', 'unsure')"
+# ix_exchange_analytics on SQLite: the day first, so that a GROUP BY day and
+# the columns after it reads the index in order instead of sorting every row
+# (analytics.day_of says the same words); created_at last, so that the index
+# alone answers (SQLite 3.40 does not read an indexed expression's value
+# back, it computes it again from the column).
+ANALYTICS_DAY_SQL = "substr(created_at, 1, 10)"
+ANALYTICS_COLUMNS = ("route", "status", "feedback", "channel", "model_version")
+CORRECTED_COLUMNS = ("status", "created_at", "route", "channel", "model_version", "question_key", "feedback")
+WRONG_COLUMNS = ("question_key", "created_at", "feedback", "route")
 
 
 class Exchange(db.Model):
@@ -121,12 +133,23 @@ class Exchange(db.Model):
     __table_args__ = (
         db.Index("ix_exchange_key_status_reviewed", "question_key", "status", "reviewed_at"),
         # /admin/analytics (chatbot/analytics.py) counts a date range by these
-        # columns: the index alone answers it, without reading the rows.
-        db.Index("ix_exchange_analytics", "created_at", "route", "status", "feedback", "channel", "model_version"),
+        # columns: the index alone answers it, without reading the rows; on
+        # SQLite by the day, in the index's order (ANALYTICS_DAY_SQL).  On
+        # PostgreSQL, which hashes the groups and needs no order, the index is
+        # (created_at, *ANALYTICS_COLUMNS) (migrations a7d3e9b1c456, b8e4f2c6a913);
+        # Alembic compares neither an expression index nor ddl_if.
+        db.Index("ix_exchange_analytics", sa.text(ANALYTICS_DAY_SQL), *ANALYTICS_COLUMNS,
+                 "created_at").ddl_if(dialect="sqlite"),
         # ... and the few corrected rows (their answer and correction would
-        # otherwise mean reading every row of the range).
-        db.Index("ix_exchange_corrected", "created_at", "route", "channel", "model_version",
+        # otherwise mean reading every row of the range: a query that says the
+        # index's WHERE needs no row to check it, and SQLite reads a row only
+        # for a column the index lacks, hence question_key and feedback) ...
+        db.Index("ix_exchange_corrected", *CORRECTED_COLUMNS,
                  sqlite_where=sa.text(CORRECTED_SQL), postgresql_where=sa.text(CORRECTED_SQL)),
+        # ... and the 👎 and unanswered ones, by question group (the groups
+        # that went wrong most often, counted in this order without sorting).
+        db.Index("ix_exchange_wrong", *WRONG_COLUMNS,
+                 sqlite_where=sa.text(WRONG_SQL), postgresql_where=sa.text(WRONG_SQL)),
     )
 
     @validates("question_key")

@@ -6,7 +6,7 @@ import io
 import json
 import os
 import re
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from html import unescape
 
 import flask_migrate
@@ -142,6 +142,124 @@ def test_top_groups(any_db):
         groups = analytics.top_groups(span())
     assert [(g["question_key"], g["wrong"], g["down"], g["unsure"], g["corrected"]) for g in groups] == \
         [("a", 3, 2, 0, 2), ("c", 2, 1, 2, 0)]
+
+
+def many_rows(count=400):
+    """Rows with every combination the counts tell apart, by a hash of the row
+    number: routes (imports too), feedback, review states, corrections equal
+    to the answer or not (with and without feedback), channels, versions (and
+    none), question groups, at any time of the days around RANGE."""
+    routes, feedbacks = ("model", "known", "memory", "unsure", "fallback", "import"), ("up", "down", None)
+    statuses, channels = ("unreviewed", "reviewed", "needs_deletion"), ("web", "widget", "api", "kakao")
+    corrections, versions = (None, "답", "고친 답"), ("v1", "v2", None)
+    rows = []
+    for i in range(count):
+        h = i * 2654435761 % 1000003
+        at = datetime(2024, 4, 27) + timedelta(seconds=h * 17 % (18 * 86400))  # 2024-04-27 .. 2024-05-14
+        rows.append((at.isoformat(sep=" "), routes[h % 6], feedbacks[h // 7 % 3], statuses[h // 21 % 3],
+                     corrections[h // 63 % 3], channels[h // 189 % 4], versions[h // 757 % 3], f"k{h // 11 % 9}"))
+    return rows
+
+
+def expected(rows, start, end, key):
+    """The counts of ``rows`` in the days start..end per ``key(row)``, one row at a time."""
+    found = {}
+    for at, route, feedback, status, corrected, channel, version, group in rows:
+        if route == "import" or not start <= at[:10] <= end:
+            continue
+        fixed = status == "reviewed" and corrected is not None and corrected != "답"
+        counts = found.setdefault(key(at, channel, version), [0] * 9)
+        for n, flag in enumerate((True, route == "model", route == "known", route == "memory",
+                                  route in ("unsure", "fallback"), feedback == "up", feedback == "down",
+                                  status == "reviewed", fixed)):
+            counts[n] += flag
+    return {k: tuple(v) for k, v in found.items()}
+
+
+def test_every_count_matches_the_rows_one_by_one(any_db, tmp_path):
+    """The grouped-in-the-database numbers against a plain count of each row."""
+    rows = many_rows()
+    add_rows(any_db, rows)
+    rows = ROWS + rows
+    monday = lambda at: (date.fromisoformat(at[:10]) - timedelta(days=date.fromisoformat(at[:10]).weekday()))
+    with any_db.app_context():
+        for start, end in (("2024-04-29", "2024-05-12"), ("2024-05-01", "2024-05-07"), ("2024-04-27", "2024-05-14")):
+            days = counts(analytics.by_period(span(start, end)))
+            assert {k: v for k, v in days.items() if any(v)} == expected(rows, start, end, lambda at, c, v: at[:10])
+            weeks = counts(analytics.by_period(span(start, end, "week")))
+            assert weeks == expected(rows, start, end, lambda at, c, v: monday(at).isoformat())
+            assert counts(analytics.by_channel(span(start, end))) == expected(rows, start, end, lambda at, c, v: c)
+            versions = counts(analytics.by_version(span(start, end), tmp_path / "models"))
+            assert versions == expected(rows, start, end, lambda at, c, v: v)
+
+
+def test_top_groups_count_each_wrong_exchange_once(any_db):
+    """A corrected exchange that also had a 👎 or no answer counts once; one
+    without feedback (NULL) counts too; the question shown is the group's
+    greatest among its wrong exchanges of the span."""
+    rows = many_rows()
+    add_rows(any_db, rows)
+    rows = ROWS + rows
+    with any_db.app_context():
+        groups = analytics.top_groups(span("2024-04-29", "2024-05-12"), limit=100)
+    found = {}
+    for at, route, feedback, status, corrected, channel, version, group in rows:
+        fixed = status == "reviewed" and corrected is not None and corrected != "답"
+        down, unsure = feedback == "down", route in ("unsure", "fallback")
+        if route == "import" or not "2024-04-29" <= at[:10] <= "2024-05-12" or not (down or unsure or fixed):
+            continue
+        counts_ = found.setdefault(group, [0, 0, 0, 0])
+        for n, flag in enumerate((True, down, unsure, fixed)):
+            counts_[n] += flag
+    assert any(c[3] for c in found.values())
+    worst = sorted(found.items(), key=lambda item: (-item[1][0], item[0]))
+    assert [(g["question_key"], g["wrong"], g["down"], g["unsure"], g["corrected"]) for g in groups] == \
+        [(key, *c) for key, c in worst]
+    assert all(g["question"] == f"{g['question_key']} 질문" for g in groups)
+
+
+def statements(app, call):
+    """The SQL statements ``call`` runs, with their parameters."""
+    import sqlalchemy as sa
+    seen = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        seen.append((statement, parameters))
+
+    with app.app_context():
+        sa.event.listen(db.engine, "before_cursor_execute", record)
+        try:
+            call()
+        finally:
+            sa.event.remove(db.engine, "before_cursor_execute", record)
+        plans = []
+        for statement, parameters in seen:
+            plan = db.session.connection().exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters).all()
+            plans.append([row[-1] for row in plan])
+    return plans
+
+
+def test_sqlite_groups_in_index_order_and_reads_no_row(app):
+    """The plans on SQLite: every row of the span comes from an index alone
+    (COVERING, or a partial index whose WHERE the query says), and no GROUP
+    BY sorts them; only the few groups are sorted afterwards."""
+    add_rows(app, many_rows())
+    year = span("2023-05-13", "2024-05-12", "week")
+    [overview] = statements(app, lambda: analytics.overview(year))
+    [groups] = statements(app, lambda: analytics.top_groups(year))
+    for plan, reads in ((overview, ("COVERING INDEX ix_exchange_analytics (<expr>>? AND <expr><?)",
+                                    "INDEX ix_exchange_corrected (status=? AND created_at>? AND created_at<?)")),
+                        (groups, ("COVERING INDEX ix_exchange_wrong", "INDEX ix_exchange_corrected"))):
+        searches = [line for line in plan if line.startswith(("SEARCH exchange ", "SCAN exchange "))]
+        assert len(searches) == 2 and all(read in line for read, line in zip(reads, searches)), plan
+        after = plan[plan.index(searches[0]) + 1]
+        assert "TEMP B-TREE" not in after, plan  # the big one: grouped as it is read
+    # The question shown, for the top groups only: each by its question_key.
+    assert [line for line in groups if line.startswith("SEARCH same")] == [
+        "SEARCH same USING INDEX ix_exchange_wrong (question_key=? AND created_at>? AND created_at<?)",
+        "SEARCH same USING INDEX ix_exchange_key_status_reviewed (question_key=? AND status=?)"]
+    # The corrected rows (a few percent) are sorted by their group; their partial
+    # index's WHERE is the query's, so SQLite reads no row for it (a deferred seek).
 
 
 def test_the_bucket_function_per_dialect(app):

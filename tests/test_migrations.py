@@ -88,3 +88,34 @@ def test_channel_migration_fills_old_rows_as_the_chat_page_and_checks_values(app
         flask_migrate.downgrade(revision="e7b2c4d6f813")
         assert "api_key" not in sa.inspect(db.engine).get_table_names()
         assert db.session.execute(sa.text("SELECT count(*) FROM exchange")).scalar_one() == 2
+
+
+def test_analytics_day_index_migration_upgrades_and_downgrades(app):
+    """b8e4f2c6a913: on SQLite the analytics index by day first (an expression
+    index), the corrected rows' index with question_key and feedback, and the
+    partial index of the 👎 and unanswered rows; undone, the indexes before it."""
+    def indexes():
+        with app.app_context():
+            return {name: sql for name, sql in db.session.execute(sa.text(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND name IN "
+                "('ix_exchange_analytics', 'ix_exchange_corrected', 'ix_exchange_wrong')"))}
+
+    def columns_of(sql):
+        return sql.split(" ON exchange ", 1)[1].split(" WHERE ")[0].replace('"', "").replace(" ", "")
+
+    new = indexes()
+    assert columns_of(new["ix_exchange_analytics"]) == \
+        "(substr(created_at,1,10),route,status,feedback,channel,model_version,created_at)"
+    assert columns_of(new["ix_exchange_corrected"]) == \
+        "(status,created_at,route,channel,model_version,question_key,feedback)"
+    assert columns_of(new["ix_exchange_wrong"]) == "(question_key,created_at,feedback,route)"
+    assert "WHERE feedback = 'down' OR route IN ('fallback', 'unsure')" in new["ix_exchange_wrong"]
+    with app.app_context():
+        flask_migrate.downgrade(revision="a7d3e9b1c456")
+    old = indexes()
+    assert set(old) == {"ix_exchange_analytics", "ix_exchange_corrected"}
+    assert columns_of(old["ix_exchange_analytics"]) == "(created_at,route,status,feedback,channel,model_version)"
+    assert columns_of(old["ix_exchange_corrected"]) == "(created_at,route,channel,model_version)"
+    with app.app_context():
+        flask_migrate.upgrade()
+    assert indexes() == new
