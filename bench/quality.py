@@ -435,6 +435,9 @@ def share(value) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from chatbot.train import allocate_large_blocks_apart
+
+    allocate_large_blocks_apart()  # as the trainer's CLI (make retrain) does: the same training time
     result = run(args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

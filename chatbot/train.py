@@ -101,6 +101,7 @@ class TrainConfig:
             raise ValueError("target_coverage must be above 0 and at most 1")
 
 
+BEST_STATE_FILE = "best-epoch.pt"  # in the temp dir while training; gone before it is published
 PAIR_PASSES = 110_000  # training budget for the automatic epoch count, in (pair, epoch) presentations
 
 
@@ -429,7 +430,9 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
         f"up to {tc.epochs} epochs")
 
     started = time.time()
-    step, epoch, best_score, best_epoch, best_state, bad_epochs = 0, 0, math.inf, 0, None, 0
+    step, epoch, best_score, best_epoch, bad_epochs = 0, 0, math.inf, 0, 0
+    # The best epoch's weights wait on disk, not in memory beside the model's.
+    best_state = out_dir / BEST_STATE_FILE
     best_loss = best_chrf = None
     history = []  # (epoch, train loss, dev loss or None, dev chrF or None) for loss.png and metrics.json
     # Epoch selection by chrF judges the network alone: greedy, no known answers.
@@ -481,7 +484,7 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
             if epoch >= tc.min_epochs and dev_ex:
                 mark = " *"
             best_score, best_loss, best_chrf, best_epoch, bad_epochs = score, dev_loss, dev_chrf, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            torch.save(model.state_dict(), best_state)
         else:
             bad_epochs += 1
         log(line + f" | {time.time() - epoch_start:.1f}s" + mark)
@@ -490,15 +493,16 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
             break
     train_seconds = time.time() - started
 
-    if best_state is not None:  # None only if every dev loss was NaN
-        model.load_state_dict(best_state)
+    if best_state.exists():  # absent only if every dev loss was NaN
+        model.load_state_dict(torch.load(best_state, weights_only=True))
+        best_state.unlink()
     model.eval()
     params = model.num_params()
     save_model(out_dir, model.cpu(), vocab, mc)
     network = Network.from_module(model)  # what the server will answer with
     # The evaluations below need only that NumPy network: give the training's
     # memory back (weights, gradients, Adam's state, the last batch) first.
-    model = optimizer = best_state = logits = loss = None
+    model = optimizer = logits = loss = None
     release_free_memory()
     # Dev questions are answered as the server would, from the training pairs'
     # answers (the dev pairs are not in that index); train chrF is the network

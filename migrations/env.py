@@ -92,6 +92,9 @@ def run_migrations_online():
     connectable = get_engine()
 
     with connectable.connect() as connection:
+        from chatbot.database import compared_objects
+
+        conf_args.setdefault("include_object", compared_objects(connection.dialect.name))
         context.configure(
             connection=connection,
             target_metadata=get_metadata(),
