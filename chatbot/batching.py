@@ -9,8 +9,8 @@ replies per second go up while a lone question is answered at once.
 The model always runs on real OS threads.  In the server (gunicorn's gevent
 worker, where ``threading`` is patched and every chat is a greenlet) the
 dispatchers are greenlets that hand each model call to a gevent ThreadPool of
-``workers`` OS threads and wait for it cooperatively: PyTorch releases the GIL
-while it computes, and the event loop goes on serving every other socket.
+``workers`` OS threads and wait for it cooperatively: NumPy releases the GIL
+in its matrix products, and the event loop goes on serving every other socket.
 Without gevent (tests, the flask CLI) the dispatchers are OS threads that
 call the model themselves.
 

@@ -65,9 +65,9 @@ class _Built:
         keys = list(self.by_key)
         self.index = None
         if keys:
-            # Imported only here: retrieval needs PyTorch (about 200 MB), which
+            # Imported only here: retrieval needs NumPy (about 15 MB), which
             # the app's command-line processes (flask retrain's runner,
-            # import-pairs, db upgrade) should never load.
+            # import-pairs, db upgrade) have no use for.
             from .retrieval import AnswerIndex
 
             self.index = AnswerIndex([key.split() for key in keys], [self.by_key[k] for k in keys])

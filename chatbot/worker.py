@@ -1,7 +1,7 @@
 """The gunicorn worker that serves the chat: gevent, with caps on connections.
 
 Each connection is a greenlet (a few KB), not an OS thread, so an idle or
-slow client costs almost nothing; PyTorch runs on a few real OS threads
+slow client costs almost nothing; the model runs on a few real OS threads
 (chatbot/batching.py), so the event loop never waits for the model.
 
 gunicorn's own gevent worker takes connections until its pool is full and
