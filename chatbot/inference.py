@@ -16,6 +16,7 @@ trainer writes beside ``model.pt``; a model from before it is converted from
 """
 from __future__ import annotations
 
+import logging
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -24,6 +25,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from chatbot.model_dir import EOS, MODEL_FILE, PAD, WEIGHTS_FILE, ModelConfig, ModelLoadError
+
+log = logging.getLogger(__name__)
 
 
 def limit_threads(threads: int) -> None:
@@ -189,6 +192,9 @@ class Network:
                 with np.load(path, allow_pickle=False) as data:
                     state = {k: data[k] for k in data.files}
             else:
+                log.warning("%s has no %s: reading %s needs torch (about 190 MB more in this process); "
+                            "`python -m chatbot.train --if-missing` (make run) adds it", model_dir, WEIGHTS_FILE,
+                            MODEL_FILE)
                 state = _state_from_model_pt(model_dir)
             network = cls(state, config)
         except ModelLoadError:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -150,10 +151,34 @@ def save_model(model_dir, model: Seq2Seq, vocab: Vocab, config: ModelConfig) -> 
     model_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     torch.save(state, model_dir / MODEL_FILE)
-    with open(model_dir / WEIGHTS_FILE, "wb") as f:
-        np.savez(f, **{k: v.float().numpy() for k, v in state.items()})
+    _write_weights(model_dir, state)
     vocab.save(model_dir / VOCAB_FILE)
     (model_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def _write_weights(model_dir: Path, state: dict) -> None:
+    """weights.npz from a state dict, written whole or not at all."""
+    temp = model_dir / f".{WEIGHTS_FILE}.tmp"
+    with open(temp, "wb") as f:
+        np.savez(f, **{k: v.float().numpy() for k, v in state.items()})
+    os.replace(temp, model_dir / WEIGHTS_FILE)
+
+
+def add_numpy_weights(model_dir) -> bool:
+    """Give a model directory from before weights.npz its weights.npz (from
+    model.pt), so the server loads it without torch.  False when it has one
+    already; raises ModelLoadError when model.pt cannot be read."""
+    model_dir = Path(model_dir)
+    if (model_dir / WEIGHTS_FILE).exists():
+        return False
+    try:
+        state = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle garbage, ...: torch raises many kinds
+        raise ModelLoadError(f"cannot read {MODEL_FILE} in {model_dir}: {e}") from e
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{MODEL_FILE} in {model_dir} is not a state dict")
+    _write_weights(model_dir, state)
+    return True
 
 
 def load_model(model_dir, device="cpu") -> tuple[Seq2Seq, Vocab, ModelConfig]:

@@ -41,8 +41,9 @@ from tqdm import tqdm
 from chatbot import morph, versions
 from chatbot.bot import Chatbot, Reply
 from chatbot.inference import Network, limit_threads
-from chatbot.model import Seq2Seq, perplexity, save_model
-from chatbot.model_dir import BOS, CALIBRATION_FILE, EOS, PAD, ModelConfig, ModelLoadError, Vocab
+from chatbot.model import Seq2Seq, add_numpy_weights, perplexity, save_model
+from chatbot.model_dir import (BOS, CALIBRATION_FILE, EOS, MODEL_FILE, PAD, WEIGHTS_FILE, ModelConfig, ModelLoadError,
+                               Vocab)
 from chatbot.pairs_csv import PairsFileError, read_pairs_csv
 from chatbot.retrieval import ANSWERS_FILE, AnswerIndex
 
@@ -649,7 +650,10 @@ def main(argv=None) -> int:
             app = create_app()
             models_root = Path(args.models_dir or app.config["MODEL_DIR"])
         if args.if_missing and has_usable_model(models_root):
-            print(f"{versions.current_dir(models_root)} is already usable; not training")
+            current = versions.current_dir(models_root)
+            if add_numpy_weights(current):  # a model from before weights.npz: the server then needs no torch
+                print(f"{current}: wrote {WEIGHTS_FILE} from {MODEL_FILE}")
+            print(f"{current} is already usable; not training")
             return 0
         if app is None:
             try:

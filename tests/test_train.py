@@ -1,9 +1,11 @@
 """Tests for chatbot/train.py and chatbot/versions.py (tiny, fast training runs)."""
 import csv
+import io
 import json
 import os
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -105,6 +107,24 @@ def test_if_missing_does_nothing_when_current_is_usable(pairs_csv, models):
     assert len(before) == 1
     assert train.main(args) == 0
     assert versions.list_versions(models) == before
+
+
+def test_if_missing_gives_an_older_model_its_numpy_weights(pairs_csv, models, capsys):
+    """`make run` on a model directory from before weights.npz: the server
+    would read model.pt with torch (190 MB); now it does not have to."""
+    args = ["--pairs", str(pairs_csv), "--models-dir", str(models), "--if-missing", *FAST]
+    assert train.main(args) == 0
+    current = versions.current_dir(models)
+    expected = (current / "weights.npz").read_bytes()
+    (current / "weights.npz").unlink()
+    capsys.readouterr()
+    assert train.main(args) == 0
+    assert "wrote weights.npz from model.pt" in capsys.readouterr().out
+    assert versions.list_versions(models) == [current.name]  # converted, not retrained
+    with np.load(current / "weights.npz") as ours, np.load(io.BytesIO(expected)) as theirs:
+        assert sorted(ours.files) == sorted(theirs.files) and len(theirs.files) > 10
+        assert all(np.array_equal(ours[k], theirs[k]) for k in theirs.files)
+    assert [p.name for p in current.iterdir() if p.name.startswith(".")] == []  # no temp file left
 
 
 def test_empty_csv_fails_and_writes_nothing(tmp_path, models, capsys):
