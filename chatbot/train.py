@@ -394,6 +394,7 @@ def run_training(pairs, models_root, **overrides) -> Path:
     train_pairs, dev_pairs = split_pairs(pairs, tc.dev_percent)
     train_tok, dev_tok = tokenize_pairs(train_pairs, mc.tokenizer), tokenize_pairs(dev_pairs, mc.tokenizer)
     morph.release()  # nothing below splits text into morphemes
+    release_free_memory()  # MeCab's and the tokenizing's heap
     if not train_tok:
         raise TrainingError(f"the training split is empty ({len(pairs)} pairs, {len(dev_pairs)} held out for dev)")
     vocab = Vocab.build([t for q, a, _ in train_tok for t in (q, a)], tc.min_freq, tc.max_vocab)
@@ -649,12 +650,16 @@ def main(argv=None) -> int:
 
             app = create_app()
             models_root = Path(args.models_dir or app.config["MODEL_DIR"])
-        if args.if_missing and has_usable_model(models_root):
+        if args.if_missing:
             current = versions.current_dir(models_root)
-            if add_numpy_weights(current):  # a model from before weights.npz: the server then needs no torch
-                print(f"{current}: wrote {WEIGHTS_FILE} from {MODEL_FILE}")
-            print(f"{current} is already usable; not training")
-            return 0
+            try:  # a model from before weights.npz gets one: the server then needs no torch
+                if current is not None and add_numpy_weights(current):
+                    print(f"{current}: wrote {WEIGHTS_FILE} from {MODEL_FILE}")
+            except ModelLoadError:
+                pass  # unusable: trained again below
+            if has_usable_model(models_root):
+                print(f"{current} is already usable; not training")
+                return 0
         if app is None:
             try:
                 rows, errors = read_pairs_csv(args.pairs)

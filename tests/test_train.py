@@ -127,6 +127,17 @@ def test_if_missing_gives_an_older_model_its_numpy_weights(pairs_csv, models, ca
     assert [p.name for p in current.iterdir() if p.name.startswith(".")] == []  # no temp file left
 
 
+def test_if_missing_retrains_when_an_older_model_cannot_be_read(pairs_csv, models):
+    args = ["--pairs", str(pairs_csv), "--models-dir", str(models), "--if-missing", *FAST]
+    assert train.main(args) == 0
+    broken = versions.current_dir(models)
+    (broken / "weights.npz").unlink()
+    (broken / "model.pt").write_bytes(b"not a model")
+    assert train.main(args) == 0
+    assert versions.current_dir(models).name != broken.name  # a new one, not the broken one
+    assert (versions.current_dir(models) / "weights.npz").is_file()
+
+
 def test_empty_csv_fails_and_writes_nothing(tmp_path, models, capsys):
     empty = tmp_path / "empty.csv"
     empty.write_text("Q,A,label\n", encoding="utf-8")
