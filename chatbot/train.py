@@ -329,15 +329,12 @@ class Adam:
             maximize=False)
 
 
-def release_free_memory(collect: bool = True) -> None:
+def release_free_memory() -> None:
     """Return the memory freed since the last call to the system.  glibc
     keeps freed blocks in its heap for reuse, so after training the process
     would hold the batches' memory while it evaluates; malloc_trim gives
-    back every free page (a no-op where the C library is not glibc).
-    ``collect``: first a full garbage collection (a tenth of a second in a
-    big process: not once an epoch)."""
-    if collect:
-        gc.collect()
+    back every free page (a no-op where the C library is not glibc)."""
+    gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
@@ -482,7 +479,6 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
         else:  # nothing held out: keep the last epoch
             score = -epoch
         history.append((epoch, train_loss, dev_loss, dev_chrf))
-        release_free_memory(collect=False)  # the holes this epoch's batches left, before the next's
         if dev_loss is not None and tc.lr_decay < 1.0:
             optimizer.lr, best_dev_loss = plateau_step(optimizer.lr, best_dev_loss, dev_loss, tc.lr_decay)
         mark = ""
@@ -621,7 +617,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # mallopt(3)
+M_MMAP_THRESHOLD = -3  # mallopt(3)
 LARGE_BLOCK = 1 << 20
 
 
@@ -634,9 +630,7 @@ def allocate_large_blocks_apart() -> None:
     about a quarter of an epoch's time (bench/results/experiments.md).
     The trainer's process only: the CLI, which `make retrain` runs."""
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK)
-        libc.mallopt(M_ARENA_MAX, 2)  # as the server (Makefile): the trainer's threads share two heaps
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK)
     except (OSError, AttributeError):
         pass
 
