@@ -267,12 +267,6 @@ class Network:
 
 def _state_from_model_pt(model_dir: Path) -> dict:
     """A model from before weights.npz: read its model.pt with torch."""
-    import torch
+    from chatbot.model import read_state  # imports torch: only for such a model
 
-    try:
-        state = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle garbage, ...: torch raises many kinds
-        raise ModelLoadError(f"cannot read {MODEL_FILE} in {model_dir}: {e}") from e
-    if not isinstance(state, dict):
-        raise ModelLoadError(f"{MODEL_FILE} in {model_dir} is not a state dict")
-    return {k: v.float().numpy() for k, v in state.items()}
+    return {k: v.float().numpy() for k, v in read_state(model_dir).items()}

@@ -164,6 +164,17 @@ def _write_weights(model_dir: Path, state: dict) -> None:
     os.replace(temp, model_dir / WEIGHTS_FILE)
 
 
+def read_state(model_dir: Path) -> dict:
+    """model.pt's state dict (on the CPU); every failure is a ModelLoadError."""
+    try:
+        state = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle garbage, ...: torch raises many kinds
+        raise ModelLoadError(f"cannot read {MODEL_FILE} in {model_dir}: {e}") from e
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"{MODEL_FILE} in {model_dir} is not a state dict")
+    return state
+
+
 def add_numpy_weights(model_dir) -> bool:
     """Give a model directory from before weights.npz its weights.npz (from
     model.pt), so the server loads it without torch.  False when it has one
@@ -171,13 +182,7 @@ def add_numpy_weights(model_dir) -> bool:
     model_dir = Path(model_dir)
     if (model_dir / WEIGHTS_FILE).exists():
         return False
-    try:
-        state = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle garbage, ...: torch raises many kinds
-        raise ModelLoadError(f"cannot read {MODEL_FILE} in {model_dir}: {e}") from e
-    if not isinstance(state, dict):
-        raise ModelLoadError(f"{MODEL_FILE} in {model_dir} is not a state dict")
-    _write_weights(model_dir, state)
+    _write_weights(model_dir, read_state(model_dir))
     return True
 
 
@@ -187,10 +192,7 @@ def load_model(model_dir, device="cpu") -> tuple[Seq2Seq, Vocab, ModelConfig]:
     config, vocab = read_config_and_vocab(model_dir)
     if not (model_dir / MODEL_FILE).is_file():
         raise ModelLoadError(f"model directory {model_dir} has no {MODEL_FILE}")
-    try:
-        state = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle garbage, ...: torch raises many kinds
-        raise ModelLoadError(f"cannot read {MODEL_FILE} in {model_dir}: {e}") from e
+    state = read_state(model_dir)
     model = Seq2Seq(config, len(vocab))
     try:
         model.load_state_dict(state)
