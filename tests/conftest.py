@@ -1,6 +1,6 @@
 """Shared fixtures: an app on a real SQLite file with the real migrations, a
-reviewer and a logged-in client, and for the end-to-end tests a real browser
-(Debian's chromium via Playwright).  Plain helpers are in tests/helpers.py."""
+reviewer and a logged-in client, a throwaway PostgreSQL server, and for the
+end-to-end tests a real browser (Debian's chromium via Playwright).  Plain helpers are in tests/helpers.py."""
 import os
 import shutil
 
@@ -11,6 +11,7 @@ from chatbot import create_app
 from chatbot.database import Reviewer
 from chatbot.extensions import db
 from helpers import PASSWORD, VIEWPORTS, WATCH, token_in
+import services
 
 
 @pytest.fixture
@@ -43,6 +44,19 @@ def make_app(tmp_path):
     for app in made:
         with app.app_context():
             db.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL server (tests/services.py) for a test module;
+    each test makes its own database on it (postgres.create_database)."""
+    services.ensure_installed()
+    server = services.Postgres(None)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

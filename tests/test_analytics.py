@@ -12,7 +12,6 @@ from html import unescape
 import flask_migrate
 import pytest
 
-import services
 from chatbot import analytics, charts, create_app
 from chatbot.database import Exchange
 from chatbot.extensions import db
@@ -47,17 +46,6 @@ def add_rows(app, rows=ROWS):
                                     feedback=feedback, status=status, corrected_answer=corrected, channel=channel,
                                     model_version=version, created_at=datetime.fromisoformat(at)))
         db.session.commit()
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    services.ensure_installed()
-    server = services.Postgres(None)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

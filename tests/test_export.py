@@ -12,7 +12,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import time
 import tracemalloc
 import uuid
@@ -21,7 +20,6 @@ from datetime import datetime
 import pytest
 import sqlalchemy as sa
 
-import services
 from chatbot import export
 from chatbot.database import ApiKey, Exchange
 from chatbot.extensions import db
@@ -37,19 +35,6 @@ TIME_FIELDS = {"created_at", "reviewed_at"}
 
 
 # -- the databases ---------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def postgres():
-    """One PostgreSQL server for the module; each test makes its own database."""
-    if services.pg_bin() is None:
-        services.missing("postgresql not installed")
-    server = services.Postgres(tempfile.mkdtemp(prefix="chatbot-export-"))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def any_app(request, make_app):
