@@ -38,6 +38,16 @@ def test_no_test_module_imports_another():
     assert importing == []
 
 
+TORCH_MODULES = "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+
+
+def output_of(code: str) -> list[str]:
+    """The stdout lines of ``code`` run in a fresh Python (a clean sys.modules)."""
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout.strip().splitlines()
+
+
 def test_answering_loads_no_pytorch(tmp_path):
     """The server answers with NumPy (chatbot/inference.py): a process that
     loaded a model and answered, from the model and from a reviewed answer
@@ -59,10 +69,8 @@ def test_answering_loads_no_pytorch(tmp_path):
             "    db.session.commit()\n"
             "    responder = app.extensions['chatbot.responder']\n"
             "    print(responder.answer('배고파').route, responder.answer('춘천 가는 길').route)\n"
-            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n")
-    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-2000:]
-    routes, modules = run.stdout.strip().splitlines()[-2:]
+            + TORCH_MODULES)
+    routes, modules = output_of(code)[-2:]
     assert routes.split()[1] == "memory" and routes.split()[0] in ("known", "model", "unsure")
     assert modules == "[]"
 
@@ -80,7 +88,5 @@ def test_the_app_and_its_commands_load_no_pytorch(tmp_path):
             "    flask_migrate.upgrade()\n"
             "    from chatbot.pairs import training_pairs\n"
             "    assert training_pairs()\n"
-            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n")
-    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.strip().splitlines()[-1] == "[]"
+            + TORCH_MODULES)
+    assert output_of(code)[-1] == "[]"
