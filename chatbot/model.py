@@ -2,7 +2,8 @@
 
 Top to bottom:
 
-1. Seq2Seq - embedding, bidirectional GRU encoder, GRU decoder + attention
+1. Seq2Seq - embedding, bidirectional GRU encoder, GRU decoder + attention,
+   and its training loss (linear_cross_entropy)
 2. save_model / load_model - the model directory (model.pt, weights.npz, vocab.json, config.json)
 
 The config and vocabulary are chatbot/model_dir.py (no torch).  Answering
@@ -75,6 +76,48 @@ class Attention(nn.Module):
         return weights @ memory.values
 
 
+def linear_cross_entropy(x, weight, bias, target, label_smoothing: float = 0.0, chunk_elements: int = 2 ** 20):
+    """``F.cross_entropy(F.linear(x, weight, bias), target, label_smoothing=…)``
+    for x (N, H) and a (V, H) output layer, a chunk of rows at a time: only
+    one chunk's logits (about ``chunk_elements`` numbers) exist at once,
+    never all N × V of them with their softmax and gradient."""
+    rows = max(1, chunk_elements // weight.shape[0])
+    return _LinearCrossEntropy.apply(x, weight, bias, target, label_smoothing, rows)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """The forward pass works out the gradients too, chunk by chunk: a
+    chunk's log-probabilities turn into d loss / d logits in place and go
+    straight into the gradients of x, weight and bias, which backward then
+    only scales.  (The fused linear cross-entropy of Liger Kernel, on CPU.)"""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, target, smoothing, rows):
+        n, vocab = x.shape[0], weight.shape[0]
+        with_grads = any(ctx.needs_input_grad[:3])
+        if with_grads:
+            grad_x, grad_w, grad_b = torch.empty_like(x), torch.zeros_like(weight), torch.zeros_like(bias)
+        total = x.new_zeros(())
+        for i in range(0, n, rows):
+            xi, ti = x[i:i + rows], target[i:i + rows, None]
+            z = torch.addmm(bias, xi, weight.t())
+            z -= torch.logsumexp(z, dim=1, keepdim=True)  # log-probabilities
+            total -= (1 - smoothing) * z.gather(1, ti).sum() + smoothing / vocab * z.sum()
+            if with_grads:  # d loss / d logits = (softmax - smoothed one-hot target) / n
+                z.exp_().sub_(smoothing / vocab).scatter_add_(1, ti, z.new_full(ti.shape, smoothing - 1)).div_(n)
+                grad_x[i:i + rows] = z @ weight
+                grad_w.addmm_(z.t(), xi)
+                grad_b += z.sum(0)
+        if with_grads:
+            ctx.save_for_backward(grad_x, grad_w, grad_b)
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_x, grad_w, grad_b = ctx.saved_tensors
+        return grad_x * grad_loss, grad_w * grad_loss, grad_b * grad_loss, None, None, None
+
+
 class Seq2Seq(nn.Module):
     def __init__(self, config: ModelConfig, vocab_size: int):
         super().__init__()
@@ -111,15 +154,18 @@ class Seq2Seq(nn.Module):
         hidden = torch.tanh(self.bridge(hidden)).contiguous()
         return Memory(out, self.attention.keys(out), src != PAD), hidden
 
-    def decode(self, tgt_in, hidden, memory: Memory, positions=None):
+    def decode(self, tgt_in, hidden, memory: Memory):
         """Run the decoder over tgt_in (B, T); returns logits (B, T, V) and the new state.
 
         Luong attention is computed after the GRU step, so with teacher forcing
-        all T steps run in one GRU call.  ``positions``, a (B, T) bool mask,
-        keeps only those steps' logits, (N, V): the loss ignores padding, and
-        at thousands of tokens a row, the logits, their softmax and their
-        gradients are most of a training step's memory and time.
+        all T steps run in one GRU call.
         """
+        states, hidden = self.output_inputs(tgt_in, hidden, memory)
+        return self.out(states), hidden
+
+    def output_inputs(self, tgt_in, hidden, memory: Memory, positions=None):
+        """The output layer's inputs for tgt_in (B, T), and the new decoder
+        state; ``positions``, a (B, T) bool mask, keeps only those steps (N, ·)."""
         out, hidden = self.decoder(self.drop(self.dec_embed(tgt_in)), hidden)
         context = self.attention(out, memory)
         attended = self.drop(torch.tanh(self.combine(torch.cat([out, context], dim=-1))))
@@ -127,14 +173,24 @@ class Seq2Seq(nn.Module):
             attended = attended[positions]
         if self.config.tie_output:
             attended = self.out_proj(attended)
-        return self.out(attended), hidden
+        return attended, hidden
 
-    def forward(self, src, src_lengths, tgt_in, positions=None):
-        """Teacher forcing: logits (B, T, V) for predicting tgt_in shifted by
-        one; (N, V) for the ``positions`` only (see decode)."""
+    def forward(self, src, src_lengths, tgt_in):
+        """Teacher forcing: logits (B, T, V) for predicting tgt_in shifted by one."""
         memory, hidden = self.encode(src, src_lengths)
-        logits, _ = self.decode(tgt_in, hidden, memory, positions)
+        logits, _ = self.decode(tgt_in, hidden, memory)
         return logits
+
+    def loss(self, src, src_lengths, tgt_in, tgt_out, label_smoothing: float = 0.0):
+        """Teacher forcing: the mean cross-entropy of predicting tgt_out (B, T),
+        padding left out.  The same as ``F.cross_entropy`` on ``forward``'s
+        logits with ``ignore_index=PAD``, but it never holds those logits: at
+        thousands of tokens a row, they, their softmax and their gradients
+        were most of a training step's memory (see linear_cross_entropy)."""
+        memory, hidden = self.encode(src, src_lengths)
+        real = tgt_out != PAD
+        states, _ = self.output_inputs(tgt_in, hidden, memory, real)
+        return linear_cross_entropy(states, self.out.weight, self.out.bias, tgt_out[real], label_smoothing)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

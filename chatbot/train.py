@@ -214,10 +214,9 @@ def evaluate_loss(model, examples, batch_size, device) -> float:
     total, count = 0.0, 0
     for i in range(0, len(examples), batch_size):
         src, lengths, tgt_in, tgt_out = collate(examples[i:i + batch_size], device)
-        real = tgt_out != PAD
-        logits = model(src, lengths, tgt_in, real)
-        total += F.cross_entropy(logits, tgt_out[real], reduction="sum").item()
-        count += len(logits)
+        tokens = int((tgt_out != PAD).sum())
+        total += model.loss(src, lengths, tgt_in, tgt_out).item() * tokens
+        count += tokens
     model.train()
     return total / max(count, 1)
 
@@ -231,6 +230,18 @@ def answer_all(bot: Chatbot, tokenized) -> list[Reply]:
     return replies
 
 
+def reply_chrf(replies: list[Reply], tokenized) -> float | None:
+    """chrF of replies to the tokenized questions against their references:
+    all that epoch selection and train chrF need.  Without BLEU, whose
+    tokenizer would map MeCab's dictionary beside the training's memory."""
+    import sacrebleu
+
+    if not replies:
+        return None
+    refs = [morph.normalize(answer) for _, _, answer in tokenized]
+    return round(sacrebleu.corpus_chrf([r.text for r in replies], [refs]).score, 2)
+
+
 def reply_metrics(replies: list[Reply], tokenized, samples: int = 0):
     """Score replies to the tokenized questions against their references."""
     import sacrebleu
@@ -241,14 +252,13 @@ def reply_metrics(replies: list[Reply], tokenized, samples: int = 0):
              for (q, _, _), ref, hyp in list(zip(tokenized, refs, hyps))[:samples]]
     if not hyps:
         return None, None, shown
-    chrf = sacrebleu.corpus_chrf(hyps, [refs]).score
     bleu = sacrebleu.corpus_bleu(hyps, [refs], tokenize="ko-mecab").score
     # sacrebleu's ko-mecab tokenizer caches its calls class-wide, which keeps
     # every instance, its MeCab and the mapped dictionary (50-75 MB) for good.
     from sacrebleu.tokenizers.tokenizer_ko_mecab import TokenizerKoMecab
 
     TokenizerKoMecab.__call__.cache_clear()
-    return round(chrf, 2), round(bleu, 2), shown
+    return reply_chrf(replies, tokenized), round(bleu, 2), shown
 
 
 COVERAGES = (1.0, 0.9, 0.8, 0.7, 0.6)
@@ -446,13 +456,11 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
         bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=tc.quiet or not sys.stderr.isatty())
         for n, batch in enumerate(bar, start=1):
             src, lengths, tgt_in, tgt_out = collate([train_ex[i] for i in batch], device)
-            real = tgt_out != PAD  # the padding's logits would only be thrown away
-            logits = model(src, lengths, tgt_in, real)
-            loss = F.cross_entropy(logits, tgt_out[real], label_smoothing=tc.label_smoothing)
+            optimizer.zero_grad()  # before the forward pass: last step's gradients are not held beside it
+            loss = model.loss(src, lengths, tgt_in, tgt_out, tc.label_smoothing)
             if tc.match_weight:
                 loss = loss + tc.match_weight * match_loss(model, src, lengths, [train_ex[i][1] for i in batch],
                                                            tc.match_temperature, device)
-            optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
             optimizer.step()
@@ -472,7 +480,7 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
             if tc.select_by == "chrf":
                 chosen = dev_tok[:tc.chrf_dev_questions]
                 greedy_bot = Chatbot(Network.from_module(model), vocab, greedy)
-                dev_chrf = reply_metrics(answer_all(greedy_bot, chosen), chosen)[0]
+                dev_chrf = reply_chrf(answer_all(greedy_bot, chosen), chosen)
                 line += f" | dev chrF {dev_chrf:5.2f}"
                 model.train()
             score = -dev_chrf if dev_chrf is not None else dev_loss  # lower is better
@@ -504,7 +512,7 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
     network = Network.from_module(model)  # what the server will answer with
     # The evaluations below need only that NumPy network: give the training's
     # memory back (weights, gradients, Adam's state, the last batch) first.
-    model = optimizer = logits = loss = None
+    model = optimizer = loss = None
     release_free_memory()
     # Dev questions are answered as the server would, from the training pairs'
     # answers (the dev pairs are not in that index); train chrF is the network
@@ -514,7 +522,7 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
     dev_chrf, dev_bleu, samples = reply_metrics(dev_replies, dev_tok, tc.samples)
     calibration = calibrate(dev_replies, [morph.normalize(a) for _, _, a in dev_tok], tc.target_coverage)
     writer = Chatbot(network, vocab, dataclasses.replace(mc, known_answers=False))
-    train_chrf, _, _ = reply_metrics(answer_all(writer, train_tok[:100]), train_tok[:100])
+    train_chrf = reply_chrf(answer_all(writer, train_tok[:100]), train_tok[:100])
     metrics = {
         "train_pairs": len(train_ex),
         "dev_pairs": len(dev_ex),

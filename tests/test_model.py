@@ -15,7 +15,7 @@ from chatbot import morph
 from chatbot.bot import Chatbot
 from chatbot.decode import _banned, _top, beam_decode, generate, greedy_decode
 from chatbot.inference import Network
-from chatbot.model import Seq2Seq, load_model, save_model
+from chatbot.model import Seq2Seq, linear_cross_entropy, load_model, save_model
 from chatbot.model_dir import BOS, EOS, PAD, UNK, ModelConfig, ModelLoadError, Vocab
 
 SENTENCES = ["안녕하세요 반가워요", "오늘 날씨가 정말 좋네요", "점심 메뉴 추천해 주세요", "비빔밥 어때요?",
@@ -133,6 +133,31 @@ def test_top_k_is_ordered_and_breaks_ties_by_index():
     assert _top(scores, 3).tolist() == [1, 3, 4]
     assert _top(scores, 6).tolist() == [1, 3, 4, 0, 5, 2]
     assert _top(scores, 1).tolist() == [1]
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("chunk_elements", [1, 40, 75, 10 ** 6])  # a row per chunk, 2 rows, ragged, all at once
+def test_linear_cross_entropy_is_cross_entropy_of_the_linear_layer(smoothing, chunk_elements):
+    torch.manual_seed(0)
+    x = torch.randn(7, 5, requires_grad=True)
+    layer = torch.nn.Linear(5, 20)
+    target = torch.tensor([0, 3, 19, 3, 7, 1, 12])
+
+    def value_and_grads(loss):
+        x.grad = layer.weight.grad = layer.bias.grad = None
+        (3 * loss).backward()  # backward scales by the incoming gradient
+        return loss.item(), [x.grad.clone(), layer.weight.grad.clone(), layer.bias.grad.clone()]
+
+    expected, expected_grads = value_and_grads(
+        torch.nn.functional.cross_entropy(layer(x), target, label_smoothing=smoothing))
+    ours, our_grads = value_and_grads(
+        linear_cross_entropy(x, layer.weight, layer.bias, target, smoothing, chunk_elements))
+    assert ours == pytest.approx(expected, abs=1e-6)
+    for a, b in zip(our_grads, expected_grads):
+        assert torch.allclose(a, b, atol=1e-6)
+    with torch.inference_mode():  # the evaluations: the value alone
+        assert linear_cross_entropy(x, layer.weight, layer.bias, target, smoothing, chunk_elements).item() == \
+            pytest.approx(expected, abs=1e-6)
 
 
 def test_tied_output_shares_the_embedding():
