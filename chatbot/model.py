@@ -89,7 +89,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """The forward pass works out the gradients too, chunk by chunk: a
     chunk's log-probabilities turn into d loss / d logits in place and go
     straight into the gradients of x, weight and bias, which backward then
-    only scales.  (The fused linear cross-entropy of Liger Kernel, on CPU.)"""
+    only scales.  (The idea of Liger Kernel's fused linear cross-entropy.)"""
 
     @staticmethod
     def forward(ctx, x, weight, bias, target, smoothing, rows):
@@ -184,9 +184,10 @@ class Seq2Seq(nn.Module):
     def loss(self, src, src_lengths, tgt_in, tgt_out, label_smoothing: float = 0.0):
         """Teacher forcing: the mean cross-entropy of predicting tgt_out (B, T),
         padding left out.  The same as ``F.cross_entropy`` on ``forward``'s
-        logits with ``ignore_index=PAD``, but it never holds those logits: at
-        thousands of tokens a row, they, their softmax and their gradients
-        were most of a training step's memory (see linear_cross_entropy)."""
+        logits with ``ignore_index=PAD``, but it never holds those logits: a
+        row per reply token and a column per word of the vocabulary, they,
+        their softmax and their gradients were most of a training step's
+        memory (see linear_cross_entropy)."""
         memory, hidden = self.encode(src, src_lengths)
         real = tgt_out != PAD
         states, _ = self.output_inputs(tgt_in, hidden, memory, real)
