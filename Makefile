@@ -94,7 +94,8 @@ bench-analytics: install
 	$(BIN)/python -m bench.analytics $(BENCH_ARGS)
 
 # A simulated month of chats in the app's database (DATABASE_URL, else
-# instance/chatbot.db), to see /admin/analytics with data; never on real chats.
+# instance/chatbot.db), to see /admin/analytics with data; it refuses a
+# database with real chats or imported pairs.
 # make simulate SIMULATE_ARGS="--db /tmp/demo.db --days 60"
 simulate: install
 	$(BIN)/python -m bench.simulate $(SIMULATE_ARGS)

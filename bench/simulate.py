@@ -1,6 +1,6 @@
 """A simulated month of chats, so /admin/analytics has something to show.
 
-    make simulate                                   # the app's database (DATABASE_URL, else instance/chatbot.db)
+    make simulate                                   # the app's database (DATABASE_URL, else instance/chatbot.db), if it has no real chats
     python -m bench.simulate --db /tmp/demo.db      # a SQLite file of its own (made and migrated)
     python -m bench.simulate --days 60 --per-day 800 --seed 7
 
@@ -14,8 +14,10 @@ versions are used when it has them, so their dev metrics show beside the
 rates.  About 1 in 8 askers rate the reply, and reviewers have gone
 through most of the older questions, correcting the answers that got a 👎.
 
-Rows are added with one executemany per day (SQLAlchemy Core), never deleted:
-run it on a scratch database, not on one with real users' chats.
+Rows are added with one executemany per day (SQLAlchemy Core), never deleted.
+It refuses a database that holds anything it did not make (real chats,
+imported pairs): its reviewed rows would go into the next retrain and its
+questions into the review queue.
 """
 import argparse
 import csv
@@ -110,6 +112,20 @@ def simulate(app, days=30, per_day=400, seed=1):
     return total
 
 
+def unsimulated_exchanges(app) -> int:
+    """How many of the database's exchanges this simulator did not make
+    (its rows have session ids "sim-N")."""
+    import sqlalchemy as sa
+
+    from chatbot.database import Exchange
+    from chatbot.extensions import db
+
+    with app.app_context():
+        mine = Exchange.session_id.startswith("sim-", autoescape=True)
+        return db.session.scalar(sa.select(sa.func.count()).select_from(Exchange)
+                                 .where(sa.or_(Exchange.session_id.is_(None), ~mine)))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", type=Path, help="a SQLite file (made and migrated); default: the app's DATABASE_URL")
@@ -120,15 +136,22 @@ def main(argv=None):
 
     sys.path.insert(0, str(ROOT))
     import flask_migrate
+    import sqlalchemy as sa
 
     from chatbot import create_app
 
     config = {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{args.db.resolve()}"} if args.db else {}
     app = create_app(config)
+    where = sa.engine.make_url(app.config["SQLALCHEMY_DATABASE_URI"]).render_as_string(hide_password=True)
     with app.app_context():
         flask_migrate.upgrade()
+    others = unsimulated_exchanges(app)
+    if others:
+        parser.exit(2, f"refusing: {where} holds {others:,} exchanges that are not simulated (chats or imported "
+                       "pairs); the simulated reviews would go into its next retrain. "
+                       "Give it a database of its own: --db /tmp/demo.db\n")
     added = simulate(app, days=args.days, per_day=args.per_day, seed=args.seed)
-    print(f"added {added:,} simulated exchanges over {args.days} days to {app.config['SQLALCHEMY_DATABASE_URI']}")
+    print(f"added {added:,} simulated exchanges over {args.days} days to {where}")
     print("see them at /admin/analytics (flask --app app create-admin NAME for a login)")
 
 
