@@ -659,12 +659,15 @@ def main(argv=None) -> int:
             app = create_app()
             models_root = Path(args.models_dir or app.config["MODEL_DIR"])
         if args.if_missing:
+            # Models from before weights.npz get one, so that the server needs
+            # no torch for them: `current`, and any the admin may activate.
+            for name in versions.list_versions(models_root):
+                try:
+                    if add_numpy_weights(models_root / name):
+                        print(f"{models_root / name}: wrote {WEIGHTS_FILE} from {MODEL_FILE}")
+                except ModelLoadError:
+                    pass  # unusable: `current` is trained again below, another stays unusable
             current = versions.current_dir(models_root)
-            try:  # a model from before weights.npz gets one: the server then needs no torch
-                if current is not None and add_numpy_weights(current):
-                    print(f"{current}: wrote {WEIGHTS_FILE} from {MODEL_FILE}")
-            except ModelLoadError:
-                pass  # unusable: trained again below
             if has_usable_model(models_root):
                 print(f"{current} is already usable; not training")
                 return 0

@@ -109,22 +109,29 @@ def test_if_missing_does_nothing_when_current_is_usable(pairs_csv, models):
     assert versions.list_versions(models) == before
 
 
-def test_if_missing_gives_an_older_model_its_numpy_weights(pairs_csv, models, capsys):
-    """`make run` on a model directory from before weights.npz: the server
-    would read model.pt with torch (190 MB); now it does not have to."""
-    args = ["--pairs", str(pairs_csv), "--models-dir", str(models), "--if-missing", *FAST]
+def test_if_missing_gives_older_models_their_numpy_weights(pairs_csv, models, capsys):
+    """`make run` on model directories from before weights.npz: the server
+    would read model.pt with torch (190 MB), for `current` or for an older
+    version activated in the admin; now it does not have to."""
+    args = ["--pairs", str(pairs_csv), "--models-dir", str(models), *FAST]
     assert train.main(args) == 0
-    current = versions.current_dir(models)
-    expected = (current / "weights.npz").read_bytes()
-    (current / "weights.npz").unlink()
+    assert train.main(args) == 0
+    names = versions.list_versions(models)
+    assert len(names) == 2 and versions.current_dir(models).name == names[-1]
+    expected = {}
+    for name in names:
+        expected[name] = (models / name / "weights.npz").read_bytes()
+        (models / name / "weights.npz").unlink()
     capsys.readouterr()
-    assert train.main(args) == 0
-    assert "wrote weights.npz from model.pt" in capsys.readouterr().out
-    assert versions.list_versions(models) == [current.name]  # converted, not retrained
-    with np.load(current / "weights.npz") as ours, np.load(io.BytesIO(expected)) as theirs:
-        assert sorted(ours.files) == sorted(theirs.files) and len(theirs.files) > 10
-        assert all(np.array_equal(ours[k], theirs[k]) for k in theirs.files)
-    assert [p.name for p in current.iterdir() if p.name.startswith(".")] == []  # no temp file left
+    assert train.main([*args, "--if-missing"]) == 0
+    out = capsys.readouterr().out
+    assert versions.list_versions(models) == names  # converted, not retrained
+    for name in names:
+        assert f"{name}: wrote weights.npz from model.pt" in out
+        with np.load(models / name / "weights.npz") as ours, np.load(io.BytesIO(expected[name])) as theirs:
+            assert sorted(ours.files) == sorted(theirs.files) and len(theirs.files) > 10
+            assert all(np.array_equal(ours[k], theirs[k]) for k in theirs.files)
+        assert [p.name for p in (models / name).iterdir() if p.name.startswith(".")] == []  # no temp file left
 
 
 def test_if_missing_retrains_when_an_older_model_cannot_be_read(pairs_csv, models):
