@@ -26,6 +26,8 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import sqlalchemy as sa
+
 ROOT = Path(__file__).resolve().parents[1]
 UNKNOWN = ["주식 사도 될까", "자동차 고장났어", "면접 떨어졌어", "컴퓨터가 느려", "양자역학 알려줘", "환율 전망은?",
            "전세 계약 끝나면 어떡해", "보일러 고장났어", "세금 신고 언제야", "고양이가 밥을 안 먹어"]
@@ -51,8 +53,6 @@ def version_names(models_root, count=3):
 
 def simulate(app, days=30, per_day=400, seed=1):
     """Add the simulated exchanges to ``app``'s database; returns how many."""
-    import sqlalchemy as sa
-
     from chatbot import morph
     from chatbot.database import Exchange
     from chatbot.extensions import db
@@ -115,8 +115,6 @@ def simulate(app, days=30, per_day=400, seed=1):
 def unsimulated_exchanges(app) -> int:
     """How many of the database's exchanges this simulator did not make
     (its rows have session ids "sim-N")."""
-    import sqlalchemy as sa
-
     from chatbot.database import Exchange
     from chatbot.extensions import db
 
@@ -136,7 +134,6 @@ def main(argv=None):
 
     sys.path.insert(0, str(ROOT))
     import flask_migrate
-    import sqlalchemy as sa
 
     from chatbot import create_app
 

@@ -234,12 +234,15 @@ def reply_chrf(replies: list[Reply], tokenized) -> float | None:
     """chrF of replies to the tokenized questions against their references:
     all that epoch selection and train chrF need.  Without BLEU, whose
     tokenizer would map MeCab's dictionary beside the training's memory."""
-    import sacrebleu
-
     if not replies:
         return None
-    refs = [morph.normalize(answer) for _, _, answer in tokenized]
-    return round(sacrebleu.corpus_chrf([r.text for r in replies], [refs]).score, 2)
+    return _chrf([r.text for r in replies], [morph.normalize(answer) for _, _, answer in tokenized])
+
+
+def _chrf(hyps: list[str], refs: list[str]) -> float:
+    import sacrebleu
+
+    return round(sacrebleu.corpus_chrf(hyps, [refs]).score, 2)
 
 
 def reply_metrics(replies: list[Reply], tokenized, samples: int = 0):
@@ -258,7 +261,7 @@ def reply_metrics(replies: list[Reply], tokenized, samples: int = 0):
     from sacrebleu.tokenizers.tokenizer_ko_mecab import TokenizerKoMecab
 
     TokenizerKoMecab.__call__.cache_clear()
-    return reply_chrf(replies, tokenized), round(bleu, 2), shown
+    return _chrf(hyps, refs), round(bleu, 2), shown
 
 
 COVERAGES = (1.0, 0.9, 0.8, 0.7, 0.6)
