@@ -63,7 +63,7 @@ def validate_message(data, max_chars: int) -> str:
     if _CONTROL.search(text):
         raise MessageError("bad_encoding", MESSAGES["control_characters"])
     text = text.strip()
-    if not text:
+    if not morph.visible(text).strip():  # nothing, or only zero-width spaces and Hangul fillers
         raise MessageError("empty")
     if len(text) > max_chars:
         raise MessageError("too_long", MESSAGES["too_long"].format(max_chars=max_chars, chars=len(text)))

@@ -9,7 +9,7 @@ from chatbot import conversation
 from chatbot.conversation import MessageError
 from chatbot.database import CHANNEL_API, CHANNEL_KAKAO, CHANNEL_WEB, CHANNEL_WIDGET, ROUTE_FALLBACK
 from chatbot.extensions import socketio
-from helpers import add_exchange, ask, connect, get_row
+from helpers import add_exchange, ask, connect, get_row, skill_payload
 
 
 def test_the_chat_page_records_its_channel(app):
@@ -57,6 +57,29 @@ def test_ask_refuses_bad_messages_with_the_same_codes_on_every_channel(app, data
             with pytest.raises(MessageError) as caught:
                 conversation.ask(data, "caller-1", channel)
             assert caught.value.code == code
+    assert get_row(app, 1) is None  # nothing stored
+
+
+INVISIBLE_ONLY = ["\u200b\u200b", "\u2060", "\ufeff", "\u3164\u3164", "\u115f\u1160", "\uffa0", " \u200b \u3164 "]
+
+
+@pytest.mark.parametrize("text", INVISIBLE_ONLY)
+def test_a_message_of_only_invisible_characters_is_empty_on_every_channel(app, text):
+    import json
+
+    from chatbot import api, kakao
+
+    sock = connect(app)
+    name, error = ask(sock, {"text": text})
+    assert (name, error["code"]) == ("error", "empty")
+    with app.app_context():
+        _, secret = api.create_key("invisible", created_by="test")
+        url = "/kakao/skill/" + kakao.skill_secret()
+    client = app.test_client()
+    response = client.post("/api/v1/messages", json={"text": text}, headers={"Authorization": f"Bearer {secret}"})
+    assert (response.status_code, response.get_json()["code"]) == (400, "empty")
+    response = client.post(url, data=json.dumps(skill_payload(text)), content_type="application/json")
+    assert response.get_json()["template"]["outputs"][0]["simpleText"]["text"] == kakao.TEXTS["empty"]
     assert get_row(app, 1) is None  # nothing stored
 
 
