@@ -152,7 +152,7 @@ class QueueView(ReviewerOnly, BaseView):
         out = io.StringIO(newline="")
         write_pairs_csv(out, reviewed_pairs())
         name = f"reviewed-pairs-{datetime.now():%Y%m%d-%H%M%S}.csv"
-        return Response(out.getvalue(), mimetype="text/csv; charset=utf-8",
+        return Response(out.getvalue(), content_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     @expose("/import", methods=["POST"])

@@ -177,7 +177,7 @@ def test_csv_import_and_export_in_the_admin(app, client, auth, reviewer):
     assert "UTF-8" in bad and "아무것도 가져오지 않았습니다" in bad
 
     export = client.get("/admin/queue/export.csv")
-    assert export.status_code == 200 and export.mimetype == "text/csv"
+    assert export.status_code == 200 and export.headers["Content-Type"] == "text/csv; charset=utf-8"
     assert "attachment" in export.headers["Content-Disposition"]
     body = export.get_data(as_text=True).lstrip("\ufeff")
     assert body.splitlines()[0] == "Q,A,label"
