@@ -110,7 +110,9 @@ def _field(mapping, name):
 
 def parse_payload(body: bytes) -> SkillRequest | None:
     """The SkillRequest in a request body, or None when it is not a SkillPayload
-    with a string utterance and a user id."""
+    with a string utterance and a user id, or an id in it is too long or not
+    UTF-8 text.  Checked here, before anything is stored: the block id goes
+    back into the answer."""
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
@@ -120,17 +122,26 @@ def parse_payload(body: bytes) -> SkillRequest | None:
     user_id = _field(_field(user_request, "user"), "id")
     bot_id = _field(_field(data, "bot"), "id")
     bot_id = bot_id if isinstance(bot_id, str) else ""
-    if not isinstance(utterance, str) or not isinstance(user_id, str) or not user_id \
-            or len(user_id) > MAX_ID_CHARS or len(bot_id) > MAX_ID_CHARS:
-        return None
-    try:
-        session_id = session_for(bot_id, user_id)
-    except UnicodeEncodeError:  # a lone surrogate in an id
-        return None
     block_id = _field(_field(user_request, "block"), "id")
+    block_id = block_id if isinstance(block_id, str) and block_id else None
+    if not isinstance(utterance, str) or not isinstance(user_id, str) or not user_id \
+            or not all(_id_ok(i) for i in (user_id, bot_id, block_id)):
+        return None
     extra = _field(_field(data, "action"), "clientExtra")
-    return SkillRequest(utterance, session_id, block_id if isinstance(block_id, str) and block_id else None,
-                        extra if isinstance(extra, dict) else None)
+    return SkillRequest(utterance, session_for(bot_id, user_id), block_id, extra if isinstance(extra, dict) else None)
+
+
+def _id_ok(value: str | None) -> bool:
+    """An id we hash or send back (the block id, in the 👍/👎 quick replies):
+    short, and text that UTF-8 can encode (JSON's escapes allow a lone
+    surrogate, "\\ud800", which would fail only when the answer is sent)."""
+    if value is None:
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return len(value) <= MAX_ID_CHARS
 
 
 def read_payload() -> SkillRequest | None:

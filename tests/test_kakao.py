@@ -120,6 +120,10 @@ def _with(path, value):
     _with(["userRequest", "utterance"], None), _with(["userRequest", "user", "id"], 12345),
     _with(["userRequest", "user", "id"], ""), _with(["userRequest", "user", "id"], "x" * 300),
     _with(["userRequest", "user", "id"], "\ud800"), _with(["userRequest", "user"], ["id"]),
+    # The block id goes back in the 👍/👎 quick replies: a lone surrogate (JSON's
+    # "\ud800" escape) cannot be sent, so it is refused before anything is stored.
+    _with(["userRequest", "block", "id"], "\ud800"), _with(["userRequest", "block", "id"], "block-\udc00"),
+    _with(["userRequest", "block", "id"], "b" * 300), _with(["bot", "id"], "\udfff"),
 ])
 def test_a_payload_that_cannot_be_read_gets_a_skill_response_and_stores_nothing(app, client, body):
     response = client.post(skill_url(app), data=body, content_type="application/json")
