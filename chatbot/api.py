@@ -253,7 +253,7 @@ def post_feedback(row_id):
     data = json_body()
     if not isinstance(data, dict) or "value" not in data:
         raise MessageError("bad_feedback")
-    return jsonify(conversation.give_feedback(row_id, data["value"], api_key_id=bearer_key_id()))
+    return jsonify(conversation.give_feedback(row_id, data["value"], CHANNEL_API, api_key_id=bearer_key_id()))
 
 
 @bp.get("/openapi.json")

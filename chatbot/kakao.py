@@ -267,7 +267,7 @@ def feedback(asked: SkillRequest):
     try:
         if value not in FEEDBACK_BUTTONS:
             raise MessageError("bad_feedback")
-        conversation.give_feedback(asked.extra.get("exchange"), value, session_id=asked.session_id)
+        conversation.give_feedback(asked.extra.get("exchange"), value, CHANNEL_KAKAO, session_id=asked.session_id)
     except MessageError as exc:
         return skill_response(exc.message)
     return skill_response(TEXTS[value])

@@ -92,18 +92,35 @@ def test_feedback_reaches_only_the_owners_rows(app):
     mine = add_exchange(app, "내 질문", session_id="s-mine", channel=CHANNEL_KAKAO)
     theirs = add_exchange(app, "남의 질문", session_id="s-theirs", channel=CHANNEL_KAKAO)
     with app.app_context():
-        assert conversation.give_feedback(mine, "down", session_id="s-mine") == {"id": mine, "value": "down"}
+        assert conversation.give_feedback(mine, "down", CHANNEL_KAKAO, session_id="s-mine") == {"id": mine, "value": "down"}
         with pytest.raises(MessageError) as caught:
-            conversation.give_feedback(theirs, "up", session_id="s-mine")
+            conversation.give_feedback(theirs, "up", CHANNEL_KAKAO, session_id="s-mine")
         assert caught.value.code == "not_found"
         with pytest.raises(MessageError) as caught:
-            conversation.give_feedback(mine, "up", api_key_id=None)  # no owner value never matches
+            conversation.give_feedback(mine, "up", CHANNEL_KAKAO, api_key_id=None)  # no owner value never matches
         assert caught.value.code == "not_found"
         with pytest.raises(MessageError) as caught:
-            conversation.give_feedback(mine, "meh", session_id="s-mine")
+            conversation.give_feedback(mine, "meh", CHANNEL_KAKAO, session_id="s-mine")
         assert caught.value.code == "bad_feedback"
     assert get_row(app, mine).feedback == "down"
     assert get_row(app, theirs).feedback is None
+
+
+def test_feedback_reaches_only_the_channels_own_rows(app):
+    """A session id is the client's word: the same id on another channel is not the same owner."""
+    rows_by_channel = {channel: add_exchange(app, f"{channel} 질문", session_id="s-shared", channel=channel)
+                       for channel in (CHANNEL_WEB, CHANNEL_WIDGET, CHANNEL_API, CHANNEL_KAKAO)}
+    with app.app_context():
+        for channel, row_id in rows_by_channel.items():
+            for other in rows_by_channel:
+                if other != channel:
+                    with pytest.raises(MessageError) as caught:
+                        conversation.give_feedback(rows_by_channel[other], "down", channel, session_id="s-shared")
+                    assert caught.value.code == "not_found"
+            assert conversation.give_feedback(row_id, "up", channel, session_id="s-shared")["value"] == "up"
+        with pytest.raises(ValueError):
+            conversation.give_feedback(rows_by_channel[CHANNEL_WEB], "up", "fax", session_id="s-shared")
+    assert [get_row(app, row_id).feedback for row_id in rows_by_channel.values()] == ["up"] * 4
 
 
 def test_the_home_page_counts_exchanges_by_channel_and_links_to_them(app, logged_in):

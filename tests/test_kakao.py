@@ -10,9 +10,9 @@ import pytest
 
 from chatbot import kakao
 from chatbot.conversation import MESSAGES
-from chatbot.database import CHANNEL_KAKAO, FEEDBACK_DOWN, FEEDBACK_UP, ROUTE_FALLBACK, ROUTE_MODEL
+from chatbot.database import CHANNEL_KAKAO, CHANNEL_WEB, FEEDBACK_DOWN, FEEDBACK_UP, ROUTE_FALLBACK, ROUTE_MODEL
 from chatbot.responder import FALLBACK_ANSWER, Answer
-from helpers import BLOCK_ID, BOT_ID, get_row, rows, skill_payload
+from helpers import BLOCK_ID, BOT_ID, add_exchange, get_row, rows, skill_payload
 
 def skill_url(app):
     with app.app_context():
@@ -178,6 +178,29 @@ def test_feedback_quick_replies_rate_that_users_exchange_and_no_one_elses(app, c
         [kakao.TEXTS[FEEDBACK_UP]]
     assert get_row(app, row_id).feedback == FEEDBACK_UP
     assert len(rows(app)) == 1  # the presses were not asked as questions
+
+
+def test_feedback_rates_only_kakao_exchanges_whatever_else_uses_the_users_session(app, client):
+    """The REST API (and a browser) may name any session id, a KakaoTalk user's too."""
+    from chatbot import api
+
+    url = skill_url(app)
+    session_id = expected_session("alice")
+    with app.app_context():
+        _, secret = api.create_key("planter", created_by="test")
+    planted = client.post("/api/v1/messages", json={"text": "심어 둔 질문", "session": session_id},
+                          headers={"Authorization": f"Bearer {secret}"}).get_json()
+    assert planted["session"] == session_id
+    web_row = add_exchange(app, "웹 질문", session_id=session_id, channel=CHANNEL_WEB)
+    for row_id in (planted["id"], web_row):
+        extra = {"feedback": FEEDBACK_DOWN, "exchange": row_id}
+        assert texts(post(client, url, skill_payload("👎", user_id="alice", client_extra=extra))) == \
+            [MESSAGES["not_found"]]
+        assert get_row(app, row_id).feedback is None
+    own = post(client, url, skill_payload("배고파", user_id="alice")).get_json()["template"]["quickReplies"][1]
+    assert texts(post(client, url, skill_payload("👎", user_id="alice", client_extra=own["extra"]))) == \
+        [kakao.TEXTS[FEEDBACK_DOWN]]
+    assert get_row(app, own["extra"]["exchange"]).feedback == FEEDBACK_DOWN
 
 
 @pytest.mark.parametrize("extra", [{"feedback": "meh", "exchange": 1}, {"feedback": None, "exchange": 1},
