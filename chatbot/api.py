@@ -311,9 +311,13 @@ def init_app(app):
     app.extensions["chatbot.api_keys"] = {}
     limiter = http_limiter(app)
     # Per key, shared by both endpoints.  It replaces HTTP_LIMIT for the
-    # whole blueprint (override_defaults), openapi.json included: a constant.
+    # whole blueprint (override_defaults) ...
     limiter.shared_limit(app.config["API_RATE_LIMIT"], scope="api-key", key_func=_rate_key,
                          exempt_when=lambda: bearer_key_id() is None, override_defaults=True)(bp)
+    # ... but openapi.json needs no key: HTTP_LIMIT per address, as a page.
+    if app.config["HTTP_LIMIT"]:
+        limiter.limit(app.config["HTTP_LIMIT"], key_func=get_remote_address, override_defaults=True,
+                      exempt_when=lambda: request.endpoint != "api.openapi_document")(bp)
     # Per address, counting only the requests that refused a key (_authenticate).
     app.extensions["chatbot.api_auth_limits"] = parse_many(app.config["API_AUTH_FAILURE_LIMIT"])
     csrf.exempt(bp)

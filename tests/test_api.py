@@ -359,6 +359,17 @@ def test_the_api_needs_no_csrf_token_but_the_admin_forms_still_do(app, logged_in
 
 # -- the OpenAPI document ----------------------------------------------------------
 
+def test_the_openapi_document_is_limited_per_address(make_app):
+    app = make_app(HTTP_LIMIT="3/minute")
+    client = app.test_client()
+    assert [client.get("/api/v1/openapi.json").status_code for _ in range(3)] == [200, 200, 200]
+    response = client.get("/api/v1/openapi.json")
+    assert_error(response, 429, "rate_limited")
+    assert 0 < int(response.headers["Retry-After"]) <= 60
+    other = client.get("/api/v1/openapi.json", environ_base={"REMOTE_ADDR": "10.0.0.2"})
+    assert other.status_code == 200
+
+
 def test_the_openapi_document_describes_both_endpoints_without_a_key(app):
     response = app.test_client().get("/api/v1/openapi.json")
     assert response.status_code == 200

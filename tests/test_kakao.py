@@ -299,6 +299,32 @@ def test_wrong_secrets_and_unreadable_payloads_do_not_use_up_a_users_limit(make_
     assert texts(post(client, skill_url(app), skill_payload("안녕"))) == [FALLBACK_ANSWER]
 
 
+def test_requests_that_are_not_kakaos_fall_under_the_per_address_limit_and_not_the_total(make_app):
+    """A wrong secret, or the right one with another method than POST, is not
+    Kakao: a 404 under HTTP_LIMIT per address, the same whatever the secret,
+    and no part of KAKAO_TOTAL_RATE_LIMIT."""
+    app = make_app(HTTP_LIMIT="3/minute", KAKAO_USER_RATE_LIMIT="", KAKAO_TOTAL_RATE_LIMIT="2/minute")
+    client = app.test_client()
+    url = skill_url(app)
+    codes = [post(client, "/kakao/skill/wrong-secret", skill_payload("안녕")).status_code for _ in range(4)]
+    assert codes == [404, 404, 404, 429]
+    assert client.get(url).status_code == 429  # the right secret, not a POST: the same address's limit
+
+    elsewhere = {"REMOTE_ADDR": "10.0.0.2"}
+    right, wrong = client.get(url, environ_base=elsewhere), client.get("/kakao/skill/wrong-secret", environ_base=elsewhere)
+    assert right.status_code == wrong.status_code == 404
+    assert right.get_data() == wrong.get_data()
+    assert sorted(right.headers.keys()) == sorted(wrong.headers.keys())
+    assert right.headers["X-RateLimit-Limit"] == wrong.headers["X-RateLimit-Limit"] == "3"
+    assert client.delete(url, environ_base=elsewhere).status_code == 404
+
+    # Kakao's own POSTs are not limited per address (its users share a few), and the
+    # requests above did not use up their total.
+    for n in range(2):
+        assert texts(post(client, url, skill_payload("안녕", user_id=f"user-{n}"))) == [FALLBACK_ANSWER]
+    assert len(rows(app)) == 2
+
+
 def test_all_kakao_users_together_have_a_bound(make_app):
     app = make_app(KAKAO_USER_RATE_LIMIT="", KAKAO_TOTAL_RATE_LIMIT="3/minute")
     client = app.test_client()
