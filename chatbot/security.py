@@ -22,6 +22,8 @@ from flask import g
 from werkzeug.exceptions import SecurityError
 from werkzeug.wsgi import get_host
 
+from .limits import SOCKETIO_PATH
+
 CSP_DIRECTIVES = (
     ("default-src", "'self'"),
     ("script-src", "'self'"),
@@ -100,13 +102,12 @@ class SocketIOTrustedHosts:
     python-engineio answers Socket.IO's requests before Flask, so this checks
     those, with the same list and Werkzeug's same ``get_host``."""
 
-    def __init__(self, wsgi_app, trusted_hosts, path="/socket.io"):
+    def __init__(self, wsgi_app, trusted_hosts):
         self.wsgi_app = wsgi_app
         self.trusted_hosts = trusted_hosts
-        self.path = path
 
     def __call__(self, environ, start_response):
-        if environ.get("PATH_INFO", "").startswith(self.path):
+        if environ.get("PATH_INFO", "").startswith(SOCKETIO_PATH):
             try:
                 get_host(environ, self.trusted_hosts)
             except SecurityError:
