@@ -137,3 +137,26 @@ def test_logging_in_still_works_and_again_after_logout(app, client, reviewer, au
     assert not opens_admin(client)
     assert auth.login().status_code == 302
     assert opens_admin(client)
+
+
+def test_a_stale_cookie_cannot_open_the_admins_socket(app, logged_in, auth):
+    """The admin's Socket.IO namespace (retrain progress) asks the same loader."""
+    from chatbot.extensions import socketio
+
+    cookie = saved_cookie(logged_in)
+    assert socketio.test_client(app, namespace="/admin", flask_test_client=replay(app, cookie)).is_connected("/admin")
+    auth.logout()
+    stale = socketio.test_client(app, namespace="/admin", flask_test_client=replay(app, cookie))
+    assert not stale.is_connected("/admin")
+
+
+def test_a_remember_me_cookie_logs_nobody_in(app, reviewer):
+    """None is made, and one made with the secret key and a current session
+    token still carries no login time: Flask-Login's remember path is shut."""
+    from flask_login.utils import encode_cookie
+
+    with app.test_request_context():
+        remember = encode_cookie(str(reviewer.get_id()))
+    client = app.test_client()
+    client.set_cookie("remember_token", remember)
+    assert not opens_admin(client)
