@@ -98,10 +98,10 @@ def test_the_visitor_keeps_their_chat_with_the_token_they_were_sent(app):
     assert len({row.session_id for row in rows(app)}) == 1
 
 
-def test_a_new_server_secret_starts_every_chat_afresh(make_app, tmp_path):
+def test_a_new_server_secret_starts_every_chat_afresh(make_app):
     app = make_app()
     visitor = connect(app)
     ask(visitor, SECRET)
-    other = make_app(SECRET_KEY="a-new-secret", SQLALCHEMY_DATABASE_URI="sqlite:///" + str(tmp_path / "chatbot.db"))
+    other = make_app(SECRET_KEY=secrets.token_hex(16))  # a new secret, the same database file
     again = connect(other, visitor.token)
     assert again.token != visitor.token and history_of(again) == []
