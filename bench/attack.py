@@ -908,12 +908,29 @@ async def message_flood_many(ctx):
     return out
 
 
+async def chat_token(session, ws_url):
+    """The token of a new chat session (the ``session`` event of chatbot/chat.py),
+    which later connections send to come back to it; None if none came."""
+    ws = await open_eio(session, ws_url, timeout=5, namespace=False)
+    try:
+        await wait_for(ws.send_str("40"), 5)
+        end = now() + 5
+        while now() < end:
+            msg = await wait_for(ws.receive(), end - now())
+            if msg.type in _CLOSED:
+                break
+            if msg.type == aiohttp.WSMsgType.TEXT and msg.data.startswith('42["session"'):
+                return json.loads(msg.data[2:])[1]["token"]
+    finally:
+        await close_ws(ws, 1.0)
+    return None
+
+
 async def prep_history(args, port, addr):
     """Before the measured window: store ``args.history_rows`` exchanges in one
     chat session, 10 per connection at 4 a second (under the rate limit)."""
-    session_id = "benchhist" + "".join(random.choice("0123456789abcdef") for _ in range(16))
     ws_url = f"ws://{HOST}:{port}/socket.io/?EIO=4&transport=websocket"
-    auth = {"session": session_id}
+    auth = {}
     c = Counter()
     t0 = now()
 
@@ -948,6 +965,10 @@ async def prep_history(args, port, addr):
             c.update(tally.answers())
 
     async with http_session(addr) as session:
+        try:
+            auth["session"] = await chat_token(session, ws_url)
+        except (Refused, asyncio.TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError, IndexError):
+            c["no_token"] += 1
         texts = [f"{QUESTIONS[i % len(QUESTIONS)]} {i}" for i in range(args.history_rows)]
         chunks = [texts[i:i + 10] for i in range(0, len(texts), 10)]
         try:
@@ -972,7 +993,7 @@ async def prep_history(args, port, addr):
                 await close_ws(ws, 1.0)
         except (Refused, asyncio.TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError, IndexError):
             pass
-    return {"session_id": session_id, "rows_wanted": args.history_rows, "history_length": stored,
+    return {"session_id": auth.get("session"), "rows_wanted": args.history_rows, "history_length": stored,
             "prep_answers": dict(sorted(c.items())), "prep_s": round(now() - t0, 1)}
 
 

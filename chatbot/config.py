@@ -143,6 +143,12 @@ class Config:
     # logins from there are refused (429) until the window has passed.
     LOGIN_MAX_FAILURES = env_int("LOGIN_MAX_FAILURES", 5)
     LOGIN_WINDOW_SECONDS = env_int("LOGIN_WINDOW_SECONDS", 300)
+    # A reviewer's login lasts this long at most, checked on the server
+    # (chatbot/auth.py); "strong": a login whose cookie comes back from
+    # another address or browser is dropped (Flask-Login's SESSION_PROTECTION;
+    # "basic" only marks it not fresh).
+    REVIEW_SESSION_HOURS = env_float("REVIEW_SESSION_HOURS", 12.0)
+    SESSION_PROTECTION = os.environ.get("SESSION_PROTECTION") or "strong"
     # Behind a reverse proxy (nginx, Caddy): how many proxies set
     # X-Forwarded-For/-Proto, so the client's address is the real one (for the
     # login limit). 0: the address is the TCP peer's; never trust headers.

@@ -1,4 +1,5 @@
 """Database tables: every chat exchange, and the reviewers who correct them."""
+import secrets
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
@@ -227,16 +228,36 @@ class ApiKey(db.Model):
         return f"<ApiKey {self.id} {self.prefix}>"
 
 
+def new_session_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
 class Reviewer(UserMixin, db.Model):
-    """A person allowed into /admin. Passwords are stored only as hashes."""
+    """A person allowed into /admin. Passwords are stored only as hashes.
+
+    A login holds the reviewer's ``session_token``, not the id (Flask-Login's
+    "alternative tokens": ``get_id``, and chatbot/auth.py's user loader looks
+    it up): a new token ends every session of that reviewer at once, on
+    logout and on a password change, and a removed reviewer's token, or a
+    new reviewer given the same id, matches no old cookie.
+    """
 
     id = db.Column(db.Integer, primary_key=True)
     username = db.Column(db.String(80), unique=True, nullable=False)
     password_hash = db.Column(db.String(256), nullable=False)
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    session_token = db.Column(db.String(64), nullable=False, unique=True, index=True, default=new_session_token)
+
+    def get_id(self):
+        return self.session_token
+
+    def end_sessions(self):
+        """Log this reviewer out everywhere (committed with the caller's change)."""
+        self.session_token = new_session_token()
 
     def set_password(self, password: str):
         self.password_hash = generate_password_hash(password)
+        self.end_sessions()
 
     def check_password(self, password: str) -> bool:
         return check_password_hash(self.password_hash, password)

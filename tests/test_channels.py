@@ -3,12 +3,10 @@ and each exchange records the channel it came from."""
 import re
 
 import pytest
-from flask_socketio import SocketIOTestClient
 
 from chatbot import conversation
 from chatbot.conversation import MessageError
 from chatbot.database import CHANNEL_API, CHANNEL_KAKAO, CHANNEL_WEB, CHANNEL_WIDGET, ROUTE_FALLBACK
-from chatbot.extensions import socketio
 from helpers import add_exchange, ask, connect, get_row, skill_payload
 
 
@@ -20,13 +18,11 @@ def test_the_chat_page_records_its_channel(app):
 
 
 def test_the_widget_says_so_when_connecting_and_nothing_else_can(app):
-    widget = socketio.test_client(app, flask_test_client=app.test_client(),
-                                  auth={"session": "widget-visitor-1", "channel": CHANNEL_WIDGET})
+    widget = connect(app, channel=CHANNEL_WIDGET)
     _, reply = ask(widget, {"text": "안녕"})
     assert get_row(app, reply["id"]).channel == CHANNEL_WIDGET
     # A browser cannot record itself as the API or KakaoTalk.
-    spoof: SocketIOTestClient = socketio.test_client(app, flask_test_client=app.test_client(),
-                                                     auth={"session": "spoofing-visitor", "channel": CHANNEL_KAKAO})
+    spoof = connect(app, channel=CHANNEL_KAKAO)
     _, reply = ask(spoof, {"text": "안녕"})
     assert get_row(app, reply["id"]).channel == CHANNEL_WEB
 
@@ -141,9 +137,9 @@ def test_the_home_page_counts_exchanges_by_channel_and_links_to_them(app, logged
 
 
 def test_another_channel_naming_a_browser_session_never_reaches_its_history_or_feedback(app):
-    browser_session = "browser-session-1"
+    sock = connect(app)
+    browser_session = sock.token.split(".")[0]  # an API caller may name any session, this one too
     planted = add_exchange(app, "심어 둔 질문", session_id=browser_session, channel=CHANNEL_API)
-    sock = connect(app, browser_session)
     _, own = ask(sock, {"text": "안녕"})
     sock.emit("history")
     history = sock.get_received()[0]["args"][0]["exchanges"]

@@ -77,7 +77,7 @@ def test_bulk_action_menu_has_no_onclick(logged_in, app):
 
 def test_session_cookie_flags(reviewer, auth):
     response = auth.login()
-    cookie = response.headers["Set-Cookie"]
+    [cookie] = [c for c in response.headers.getlist("Set-Cookie") if c.startswith("session=")]
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
 
 
