@@ -180,5 +180,5 @@ class AnalyticsView(ReviewerOnly, BaseView):
         else:
             columns, rows = groups_table(analytics.top_groups(span), self._group_link)
         filename = f"analytics-{table}-{span.period}-{span.start}_{span.end}.csv"
-        return Response(csv_text(columns, rows), mimetype="text/csv; charset=utf-8",
+        return Response(csv_text(columns, rows), content_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{filename}"'})

@@ -153,6 +153,9 @@ class Config:
     # X-Forwarded-For/-Proto, so the client's address is the real one (for the
     # login limit). 0: the address is the TCP peer's; never trust headers.
     PROXY_COUNT = env_int("PROXY_COUNT", 0)
+    # Host names this server answers to (Flask's TRUSTED_HOSTS, Socket.IO
+    # included: chatbot/security.py), against DNS rebinding; empty: any.
+    ALLOWED_HOSTS = os.environ.get("ALLOWED_HOSTS", "")
     # Flask-SocketIO's async mode.  Unset: "gevent" in a process that gevent
     # has patched (the server: chatbot/worker.py), else "threading" (the
     # flask CLI, tests with Flask-SocketIO's test client).

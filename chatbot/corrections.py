@@ -61,7 +61,10 @@ class _Built:
     """One build: the newest answer per question key, and their TF-IDF index."""
 
     def __init__(self, rows):
-        self.by_key = dict(rows)  # later rows (newer reviews) overwrite earlier ones
+        # Later rows (newer reviews) overwrite earlier ones.  The empty key
+        # (nothing visible, or a row stored before morph.question_key kept
+        # symbols) would stand for unrelated messages: it answers nothing.
+        self.by_key = {key: answer for key, answer in rows if key}
         keys = list(self.by_key)
         self.index = None
         if keys:
@@ -112,6 +115,8 @@ class Corrections:
         (default: this index's) or more.
         """
         key = stored_key(key if key is not None else morph.question_key(question))
+        if not key:  # nothing to match on (morph.question_key)
+            return None
         built = self._current()
         answer = built.by_key.get(key)
         if answer is not None:

@@ -40,6 +40,8 @@ FIELDS = ("id", "created_at", "session_id", "channel", "route", "question", "que
           "corrected_answer", "confidence", "feedback", "status", "reviewer", "reviewed_at",
           "model_version", "api_key_id")
 FORMATS = ("csv", "jsonl")
+# Whole Content-Type values: a Response takes them as content_type=, since
+# mimetype= would append Werkzeug's charset to the one already there.
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
 # Rows fetched from the database, and written into one text chunk, at a time.
 BATCH = 1000

@@ -65,5 +65,5 @@ class ExportView(ReviewerOnly, BaseView):
         name = export.file_name(file_format)
         log.info("%s exports exchanges (%s, %s)", current_user.username, file_format, filters)
         return Response(stream_with_context(export.stream(file_format, filters)),
-                        mimetype=export.MEDIA_TYPES[file_format],
+                        content_type=export.MEDIA_TYPES[file_format],  # with its charset: as it is
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})

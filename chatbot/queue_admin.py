@@ -5,6 +5,9 @@ Unreviewed exchanges are grouped by ``question_key`` (morph.question_key:
 spacing, punctuation and particles ignored), so the same question asked in
 slightly different words is one group and one correction is applied to all
 of its rows.  Groups with a 👎 come first, then the biggest, then the newest.
+The empty key (a row with nothing visible, or one stored before
+morph.question_key kept symbols: "?!" and "😀" had the same "") groups
+nothing: such rows are reviewed one by one in the review list.
 
 The "next" flow: ``/admin/queue/next?skip=N`` opens the N-th group in that
 order; marking a group removes it from the queue, so the same N is the next
@@ -47,7 +50,7 @@ def unreviewed_groups(limit=MAX_GROUPS):
     count = sa.func.count()
     newest = sa.func.max(Exchange.created_at)
     query = (sa.select(Exchange.question_key, count, disliked, unsure, newest)
-             .where(Exchange.status == UNREVIEWED)
+             .where(Exchange.status == UNREVIEWED, Exchange.question_key != "")
              .group_by(Exchange.question_key)
              .order_by((disliked > 0).desc(), (unsure > 0).desc(), count.desc(), newest.desc(),
                        Exchange.question_key)
@@ -55,9 +58,14 @@ def unreviewed_groups(limit=MAX_GROUPS):
     return [tuple(row) for row in db.session.execute(query).all()]
 
 
+def in_group(key):
+    """The rows of group ``key``; the empty key is no group."""
+    return sa.and_(Exchange.question_key == key, Exchange.question_key != "")
+
+
 def group_rows(key):
     return db.session.scalars(
-        sa.select(Exchange).where(Exchange.status == UNREVIEWED, Exchange.question_key == key)
+        sa.select(Exchange).where(Exchange.status == UNREVIEWED, in_group(key))
         .order_by(Exchange.created_at.desc(), Exchange.id.desc())).all()
 
 
@@ -68,7 +76,7 @@ def apply_to_group(key, ids, status, correction, reviewer_name):
     ones the reviewer saw) change: a row that arrived meanwhile waits.
     """
     rows = db.session.scalars(sa.select(Exchange).where(
-        Exchange.id.in_(ids), Exchange.question_key == key, Exchange.status == UNREVIEWED)).all()
+        Exchange.id.in_(ids), in_group(key), Exchange.status == UNREVIEWED)).all()
     for row in rows:
         if status == REVIEWED and correction and correction != row.answer:
             row.corrected_answer = correction
@@ -144,7 +152,7 @@ class QueueView(ReviewerOnly, BaseView):
         out = io.StringIO(newline="")
         write_pairs_csv(out, reviewed_pairs())
         name = f"reviewed-pairs-{datetime.now():%Y%m%d-%H%M%S}.csv"
-        return Response(out.getvalue(), mimetype="text/csv; charset=utf-8",
+        return Response(out.getvalue(), content_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     @expose("/import", methods=["POST"])

@@ -301,7 +301,7 @@ def test_per_week_on_the_page(app, logged_in):
 
 def read_csv(response):
     assert response.status_code == 200
-    assert response.mimetype == "text/csv"
+    assert response.headers["Content-Type"] == "text/csv; charset=utf-8"
     text = response.get_data(as_text=True)
     assert text.startswith("\ufeff")
     return list(csv.reader(io.StringIO(text[1:])))

@@ -316,7 +316,8 @@ def test_the_admin_download_streams_the_same_file_as_the_command(app, logged_in,
     assert response.is_streamed
     assert re.fullmatch(rf'attachment; filename="exchanges-\d{{8}}-\d{{6}}\.{file_format}"',
                         response.headers["Content-Disposition"])
-    assert response.mimetype == {"csv": "text/csv", "jsonl": "application/x-ndjson"}[file_format]
+    assert response.headers["Content-Type"] == {"csv": "text/csv; charset=utf-8",
+                                                "jsonl": "application/x-ndjson; charset=utf-8"}[file_format]
     assert response.headers["Cache-Control"] == "no-store"
     target = tmp_path / f"cli.{file_format}"
     assert run_export(app, str(target), "--from", "2024-05-01", "--to", "2024-05-01",

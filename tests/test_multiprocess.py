@@ -289,11 +289,12 @@ def test_api_and_kakao_limits_are_counted_across_processes_in_redis(tmp_path, ba
     database = postgres.create_database("channels")
     env = {"DATABASE_URL": database, "SOCKETIO_MESSAGE_QUEUE": redis.url, "RATELIMIT_STORAGE_URI": redis.url,
            "MODEL_DIR": str(models), "SECRET_KEY": "shared-secret", "REPLY_WORKERS": "1",
-           "API_RATE_LIMIT": "4/minute", "KAKAO_USER_RATE_LIMIT": "3/minute",
+           "API_RATE_LIMIT": "4/minute", "API_AUTH_FAILURE_LIMIT": "2/minute", "KAKAO_USER_RATE_LIMIT": "3/minute",
            "KAKAO_SKILL_SECRET": "multiprocess-kakao-secret-0001"}
     flask_cli("db", "upgrade", env={**os.environ, **env})
     key = flask_cli("api-key", "create", "multiprocess", env={**os.environ, **env}).stdout.split()[-1]
     assert key.startswith("hm_")
+    unused_key = flask_cli("api-key", "create", "unused", env={**os.environ, **env}).stdout.split()[-1]
 
     def skill(server, user, text):
         response = requests.post(server.url + "/kakao/skill/" + env["KAKAO_SKILL_SECRET"],
@@ -314,6 +315,12 @@ def test_api_and_kakao_limits_are_counted_across_processes_in_redis(tmp_path, ba
         answered = [bool(skill(server, "kakao-user-1", "배고파").get("quickReplies")) for server in (a, b, a, b)]
         assert answered == [True, True, True, False]  # the 4th is the rate-limit text, with no 👍/👎
         assert skill(b, "kakao-user-2", "배고파").get("quickReplies")  # another user: their own count
+        # Refused keys count per address across both processes, and then a right key is refused too.
+        guesses = [requests.post(server.url + "/api/v1/messages", json={"text": "안녕"}, timeout=10,
+                                 headers={"Authorization": "Bearer hm_guess"}).status_code for server in (a, b, a)]
+        assert guesses == [401, 401, 429]
+        assert requests.post(b.url + "/api/v1/messages", json={"text": "안녕"}, timeout=10,
+                             headers={"Authorization": f"Bearer {unused_key}"}).status_code == 429
     finally:
         for server in servers:
             server.stop()

@@ -122,7 +122,7 @@ def test_without_allowed_origins_another_site_is_refused(make_app):
 
 @pytest.mark.parametrize("allowed", ["", SHOP])
 def test_the_bots_own_origin_keeps_working_directly_and_behind_a_proxy(make_app, allowed):
-    app = make_app(ALLOWED_ORIGINS=allowed)
+    app = make_app(ALLOWED_ORIGINS=allowed, PROXY_COUNT=1)
     assert handshake(app, "http://localhost").status_code == 200  # the test client's Host
     assert handshake(app, "http://bot.example", Host="bot.example").status_code == 200
     # nginx: TLS ends there, the app sees http and the proxy's headers
@@ -131,6 +131,17 @@ def test_the_bots_own_origin_keeps_working_directly_and_behind_a_proxy(make_app,
                      **{"X-Forwarded-Proto": "https", "X-Forwarded-Host": "bot.example"}).status_code == 200
     assert handshake(app, "https://other.example", Host="bot.example",
                      **{"X-Forwarded-Proto": "https"}).status_code == 400
+
+
+def test_without_a_proxy_forwarded_headers_make_no_origin_the_bots_own(make_app):
+    """PROXY_COUNT=0: X-Forwarded-Proto/-Host come from the client itself."""
+    app = make_app()
+    assert handshake(app, "http://bot.example", Host="bot.example").status_code == 200
+    assert handshake(app, "https://bot.example", Host="bot.example", **{"X-Forwarded-Proto": "https"}).status_code == 400
+    assert handshake(app, "https://evil.example", Host="bot.example",
+                     **{"X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example"}).status_code == 400
+    assert handshake(app, "http://evil.example", Host="bot.example",
+                     **{"X-Forwarded-Host": "evil.example"}).status_code == 400
 
 
 # -- ALLOWED_ORIGINS ----------------------------------------------------------------
