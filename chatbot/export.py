@@ -96,9 +96,10 @@ def pages(filters: Filters):
         with db.engine.connect() as connection:
             page = connection.execute(
                 query(filters).where(Exchange.id > after, Exchange.id <= last).limit(BATCH)).all()
-        if not page:
+        if page:
+            yield page
+        if len(page) < BATCH:  # the last one
             return
-        yield page
         after = page[-1].id
 
 
