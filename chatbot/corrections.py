@@ -19,8 +19,9 @@ never hold up the event loop) when
   ``_nudge``, SQLAlchemy session hooks): the next message sees it;
 - the database's ``signature`` changed, checked at most every
   CORRECTION_REFRESH_SECONDS: another process's (or the CLI's) change.
-One chat rebuilds; the chats that come meanwhile answer from the index
-there is (all of them wait only for the very first one).
+A change of this process's own (or no index yet) is rebuilt before the
+lookup that finds it due; another process's, in the background, while the
+chats answer from the index there is.
 """
 import itertools
 import threading
@@ -127,19 +128,28 @@ class Corrections:
         return self._changed or time.monotonic() - self._checked >= self.refresh_seconds
 
     def _current(self):
-        if self._due() and self._lock.acquire(blocking=self._signature is None):
-            try:
-                if self._due():
-                    self._refresh()
-            finally:
-                self._lock.release()
+        wait = self._changed or self._signature is None
+        if self._due() and self._lock.acquire(blocking=wait):
+            app = current_app._get_current_object()
+            if wait:
+                self._refresh_and_release(app)
+            else:
+                threading.Thread(target=self._refresh_and_release, args=(app,), daemon=True,
+                                 name="corrections-refresh").start()
         return self._built
 
-    def _refresh(self):
+    def _refresh_and_release(self, app):
+        try:
+            if self._due():
+                self._refresh(app)
+        finally:
+            self._lock.release()
+
+    def _refresh(self, app):
         forced = self._changed
         self._changed = False  # a change committed from here on is seen by the next refresh
         try:
-            current, built = self._run(self._load, current_app._get_current_object(), forced, self._signature)
+            current, built = self._run(self._load, app, forced, self._signature)
             if built is not None:
                 self._built = built
                 self._signature = current

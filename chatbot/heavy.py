@@ -35,6 +35,7 @@ from .config import gevent_patched
 
 EXTENSION = "chatbot.heavy"
 RETRY_AFTER_SECONDS = 5
+IDLE_THREAD_SECONDS = 2.0
 
 
 class Busy(Exception):
@@ -90,7 +91,8 @@ class Heavy:
                 if self._pool is None:
                     from gevent.threadpool import ThreadPool
 
-                    self._pool = ThreadPool(self.slots.total)
+                    # Idle threads end after a while: a burst of exports leaves none behind.
+                    self._pool = ThreadPool(self.slots.total, idle_task_timeout=IDLE_THREAD_SECONDS)
         return self._pool
 
 
