@@ -13,6 +13,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import json  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
 from urllib.parse import urlencode  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -79,10 +80,15 @@ def main(database, models):
 
         def load():  # in a greenlet, as the worker serves a connection; the body too
             response = client.open(url, method=method, data=data)
-            return response.status_code, len(response.get_data())
+            body = response.get_data(as_text=True)
+            # Scripts rendered on the thread carry the nonce that the response's CSP allows.
+            nonces = set(re.findall(r'<script[^>]* nonce="([^"]+)"', body))
+            policy = response.headers.get("Content-Security-Policy", "")
+            return response.status_code, len(body), sorted(nonces), all(f"'nonce-{n}'" in policy for n in nonces)
 
-        status, size = gevent.spawn(load).get()
-        report["results"][name] = {"status": status, "bytes": size, "threads": sorted(set(threads))}
+        status, size, nonces, allowed = gevent.spawn(load).get()
+        report["results"][name] = {"status": status, "bytes": size, "threads": sorted(set(threads)),
+                                   "script_nonces": nonces, "nonces_allowed": allowed}
     report["results"]["retrain"]["write_threads"] = sorted(set(wrote))
 
     corrections = Corrections(ReplyBatcher(1).run, 0.65, 2.0)
@@ -93,7 +99,8 @@ def main(database, models):
             return corrections.lookup("질문 1 이에요?")
 
     gevent.spawn(lookup).get()
-    report["results"]["corrections_refresh"] = {"status": 200, "bytes": 0, "threads": sorted(set(threads))}
+    report["results"]["corrections_refresh"] = {"status": 200, "bytes": 0, "threads": sorted(set(threads)),
+                                                "script_nonces": [], "nonces_allowed": True}
     print(json.dumps(report))
 
 

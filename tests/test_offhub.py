@@ -75,7 +75,8 @@ def test_heavy_admin_work_runs_on_threads_other_than_the_event_loops(tmp_path):
     """In a process patched by gevent, as the server's worker is: every SQL
     statement on ``exchange`` of each heavy request (and the retrain's pairs
     file) runs on a thread other than the event loop's, so the loop goes on
-    serving the chats meanwhile."""
+    serving the chats meanwhile; and a page rendered there still carries
+    the CSP nonce its response allows."""
     app = prepare(tmp_path, with_model=False, reviewer=("probe", "probe-password"))
     fill(app, 3000, 30)
     with app.app_context():
@@ -93,6 +94,9 @@ def test_heavy_admin_work_runs_on_threads_other_than_the_event_loops(tmp_path):
         assert result["threads"], (name, "no statement on exchange seen")
         assert report["hub"] not in result["threads"], (name, result, "ran on the event loop")
     assert results["export_csv"]["bytes"] > 3000 * 50 and results["export_jsonl"]["bytes"] > 3000 * 100
+    # g is the request's on the thread: the CSP nonce of the scripts it rendered is the response's.
+    for name in ("home", "queue", "analytics", "list"):
+        assert results[name]["script_nonces"] and results[name]["nonces_allowed"], (name, results[name])
     assert results["retrain"]["write_threads"] and report["hub"] not in results["retrain"]["write_threads"]
 
 
