@@ -25,6 +25,7 @@ the same.
 """
 import contextlib
 import functools
+import sys
 import threading
 
 from flask import Response, current_app, stream_with_context
@@ -36,6 +37,7 @@ from .config import gevent_patched
 EXTENSION = "chatbot.heavy"
 RETRY_AFTER_SECONDS = 5
 IDLE_THREAD_SECONDS = 2.0
+SWITCH_INTERVAL_SECONDS = 0.001
 
 
 class Busy(Exception):
@@ -93,6 +95,11 @@ class Heavy:
 
                     # Idle threads end after a while: a burst of exports leaves none behind.
                     self._pool = ThreadPool(self.slots.total, idle_task_timeout=IDLE_THREAD_SECONDS)
+                    # A thread that encodes holds the GIL for the switch interval
+                    # each time the loop or a model thread asks for it back, and a
+                    # reply asks hundreds of times (after each NumPy product): 5 ms
+                    # (Python's default) made a chat's reply wait that much more.
+                    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         return self._pool
 
 
