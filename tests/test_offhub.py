@@ -352,3 +352,40 @@ def test_the_admin_pages_migration_goes_up_and_down(app):
     with app.app_context():
         flask_migrate.upgrade()
     assert indexes() == new
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_the_heavy_pages_count_what_they_should(make_app, request, dialect):
+    """On SQLite and on PostgreSQL: the home page's counts, the queue (its
+    MATERIALIZED window), the review list in its order, a search among the
+    newest ADMIN_SEARCH_ROWS that the filters pick."""
+    url = (request.getfixturevalue("postgres").create_database("offhub_counts") if dialect == "postgresql"
+           else None)
+    app = make_app(ADMIN_SEARCH_ROWS=3, **({"SQLALCHEMY_DATABASE_URI": url} if url else {}))
+    with app.app_context():
+        db.session.add_all([
+            Exchange(question="오래된 날씨 질문", question_key="날씨", answer="a", status="unreviewed"),
+            Exchange(question="날씨 어때요", question_key="날씨", answer="a", status="unreviewed", feedback="down"),
+            Exchange(question="검토한 날씨", question_key="날씨", answer="a", status="reviewed", channel="kakao"),
+            Exchange(question="안녕", question_key="안녕", answer="b", status="unreviewed", route="unsure"),
+            Exchange(question="새 날씨 질문", question_key="날씨", answer="c", status="unreviewed")])
+        db.session.commit()
+    add_reviewer(app, "kim")
+    kim = login(app.test_client(), "kim")
+    home = kim.get("/admin/").get_data(as_text=True)
+    assert kim.get("/admin/").status_code == 200 and "카카오톡" in home
+    with app.app_context():
+        assert review.home_counts() == ({"unreviewed": 4, "reviewed": 1}, 1, 1, {"web": 4, "kakao": 1})
+        assert [group[:4] for group in queue_admin.unreviewed_groups()] == [("날씨", 3, 1, 0), ("안녕", 1, 0, 1)]
+        assert [g[:2] for g in queue_admin.unreviewed_groups(window=2)] == [("안녕", 1), ("날씨", 1)]
+        ordered = db.session.scalars(sa.select(Exchange.question).order_by(*review_queue_order())).all()
+    assert ordered == ["날씨 어때요", "안녕", "새 날씨 질문", "오래된 날씨 질문", "검토한 날씨"]
+    assert kim.get("/admin/queue/").status_code == 200
+    # The newest 3 exchanges only: the oldest 날씨 question is not searched.
+    found = kim.get("/admin/exchange/?search=%EB%82%A0%EC%94%A8").get_data(as_text=True)
+    assert "새 날씨 질문" in found and "검토한 날씨" in found and "오래된 날씨 질문" not in found
+    # Within the filters: the newest 3 unreviewed ones.
+    found = kim.get("/admin/exchange/?flt0_0=unreviewed&search=%EB%82%A0%EC%94%A8").get_data(as_text=True)
+    assert "새 날씨 질문" in found and "날씨 어때요" in found and "검토한 날씨" not in found
+    with app.app_context():
+        db.engine.dispose()
