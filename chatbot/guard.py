@@ -28,6 +28,7 @@ server; the third is WSGI middleware that chat.init_app puts in front of it.
   traceback and drop them), and turns its KeyError for a request to a session
   that has just closed (a 500) into a 400.
 """
+import functools
 import io
 import json
 import logging
@@ -197,6 +198,7 @@ def harden(socketio):
     # eio._async is the driver module's shared dict: replace, don't mutate.
     eio._async = {**eio._async, "websocket": GuardedWebSocket}
     _remember_ping_tasks(eio)
+    eio._service_task = functools.partial(_service_task, eio)
 
 
 def _remember_ping_tasks(eio):
@@ -212,3 +214,32 @@ def _remember_ping_tasks(eio):
 
     eio.start_background_task = start_background_task
 
+
+def _service_task(eio):
+    """python-engineio's ``Server._service_task`` (4.15: every ping_timeout
+    seconds, close the sessions whose client stopped answering pings and
+    forget closed ones), but over a list of session ids, each looked up when
+    its turn comes: the original goes through a copy of ``eio.sockets``,
+    which keeps every session of the pass, closed ones too, for up to
+    ping_timeout (20 s)."""
+    eio.service_task_event = stop = eio.create_event()
+    while not stop.is_set():
+        if not eio.sockets:
+            if stop.wait(timeout=eio.ping_timeout):
+                break
+            continue
+        sids = list(eio.sockets)
+        interval = float(eio.ping_timeout) / len(sids)
+        try:
+            for sid in sids:
+                session = eio.sockets.get(sid)
+                if session is not None:
+                    if session.closed:
+                        eio.sockets.pop(sid, None)
+                    elif not session.closing:
+                        session.check_ping_timeout()
+                session = None  # not kept while waiting
+                if stop.wait(timeout=interval):
+                    return
+        except Exception:  # as the original: log, and go on
+            log.exception("service task exception")

@@ -26,16 +26,15 @@ import os
 import time
 from pathlib import Path
 
-# Measured (bench/attack.py idle_sockets_many): what one more idle Socket.IO
-# WebSocket adds to the worker's RSS, and the worker's own RSS with the
-# starter model loaded and answering, rounded up.
+# Measured with bench/attack.py's idle_sockets_many (2 cores, the starter
+# model, make serve's PYTHONMALLOC=malloc): one more idle Socket.IO WebSocket
+# adds 63-66 KB to the worker's RSS; master and worker with the model loaded
+# and warm hold 320 MB (worker 288).  Rounded up.
 CONNECTION_KB = 70
 SERVER_BASE_MB = 320
 # Bounds of the MAX_CONNECTIONS that follows from the budget.
 MIN_CONNECTIONS = 100
 MAX_CONNECTIONS_CAP = 10_000
-# A cgroup v1 without a limit says so with a huge number (the largest page
-# multiple below 2**63); anything above the machine's memory is no limit.
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
@@ -72,6 +71,8 @@ def cgroup_limit_mb(proc_cgroup: str | None = None, root: Path = CGROUP_ROOT) ->
                 continue
             if text.isdigit():
                 limits.append(int(text) // 2**20)
+    # v1 says "no limit" with a huge number (the largest page multiple below
+    # 2**63): anything at or above the machine's memory is no limit.
     limits = [limit for limit in limits if limit < machine_mb()]
     return min(limits) if limits else None
 
@@ -112,8 +113,10 @@ def _malloc_trim():
 class MemoryGuard:
     """The worker's high-water mark, and giving memory back after
     connections close: ``gc.collect`` (the cycles a closed connection leaves)
-    and glibc's ``malloc_trim``, once ``trim_after`` connections have closed,
-    at most every ``trim_every`` seconds.  ``rss`` and ``clock`` are for tests."""
+    and glibc's ``malloc_trim``, once the open connections have fallen by
+    ``trim_after`` from their peak (a steady stream of short connections
+    frees nothing for long), at most every ``trim_every`` seconds.  ``rss``
+    and ``clock`` are for tests."""
 
     def __init__(self, limit_mb: float, high_water_share: float, trim_every: float = 2.0, trim_after: int = 100,
                  rss=rss_mb, clock=time.monotonic):
@@ -125,7 +128,7 @@ class MemoryGuard:
         self.clock = clock
         self.malloc_trim = _malloc_trim()
         self.last_trim = float("-inf")
-        self.closed = 0  # connections closed since the last trim
+        self.peak = 0  # open connections at most, since the last trim was scheduled
         self.trim_scheduled = False
 
     def over(self) -> bool:
@@ -134,23 +137,33 @@ class MemoryGuard:
         rss = self.rss()
         return rss is not None and rss > self.high_water_mb
 
-    def schedule_trim(self, closed: int = 1) -> float | None:
-        """``closed`` connections have closed (0: memory is short): the
-        seconds after which to call ``trim``, or None when it is not needed
-        yet or already scheduled (a whole wave of closing connections gets
-        one)."""
-        self.closed += closed
-        if self.trim_scheduled or (closed and self.closed < self.trim_after):
+    def opened(self, open_now: int):
+        self.peak = max(self.peak, open_now)
+
+    def closed(self, open_now: int) -> float | None:
+        """A connection closed, ``open_now`` are left: the seconds after which
+        to call ``trim``, or None when it is not needed or already scheduled
+        (a whole wave of closing connections gets one)."""
+        if self.peak - open_now < self.trim_after:
+            return None
+        return self.short(open_now)
+
+    def short(self, open_now: int) -> float | None:
+        """Memory is over the mark: as ``closed``, whatever has closed."""
+        if self.trim_scheduled:
             return None
         self.trim_scheduled = True
+        self.peak = open_now  # the next wave counts from here
         return max(0.0, self.last_trim + self.trim_every - self.clock())
 
-    def trim(self):
+    def trim(self) -> tuple:
         """Free what closed connections left (their reference cycles), and
-        give the pages malloc then holds free back to the system."""
+        give the pages malloc then holds free back to the system; RSS in MB
+        before and after."""
         self.trim_scheduled = False
-        self.closed = 0
         self.last_trim = self.clock()
+        before = self.rss()
         gc.collect()
         if self.malloc_trim is not None:
             self.malloc_trim(0)
+        return before, self.rss()

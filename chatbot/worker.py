@@ -193,23 +193,29 @@ class GuardedGeventWorker(GeventWorker):
     def handle(self, listener, client, addr):
         address = addr[0] if isinstance(addr, tuple) else addr
         if self.memory.over():
-            self._trim_soon(closed=0)  # what closed connections freed may still be held
+            self._trim_after(self.memory.short(self.limits.open))  # closed connections' memory may be held still
             self._refuse(client, "memory")
             return
         refused = self.limits.admit(address)
         if refused is not None:
             self._refuse(client, refused)
             return
+        self.memory.opened(self.limits.open)
         try:
             super().handle(listener, client, addr)
         finally:
             self.limits.release(address)
-            self._trim_soon()
+            self._trim_after(self.memory.closed(self.limits.open))
 
-    def _trim_soon(self, closed=1):
-        delay = self.memory.schedule_trim(closed)
-        if delay is not None:  # in a thread: malloc_trim on a large heap takes a while, without the GIL
-            gevent.spawn_later(delay, gevent.get_hub().threadpool.apply, self.memory.trim)
+    def _trim_after(self, delay):
+        if delay is not None:
+            gevent.spawn_later(delay, self._trim)
+
+    def _trim(self):
+        # in a thread: malloc_trim on a large heap takes a while, without the GIL
+        before, after = gevent.get_hub().threadpool.apply(self.memory.trim)
+        self.log.debug("gave memory back: RSS %.0f -> %.0f MB, %d connections open", before or 0, after or 0,
+                       self.limits.open)
 
     def _refuse(self, client, why):
         if why == "total":

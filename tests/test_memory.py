@@ -83,14 +83,19 @@ def test_memory_is_given_back_once_per_wave_of_closed_connections():
     guard = memory.MemoryGuard(1000, 0.85, trim_every=2.0, trim_after=3, clock=lambda: now[0])
     trims = []
     guard.malloc_trim = trims.append
-    assert [guard.schedule_trim() for _ in range(2)] == [None, None]  # a few connections: not worth it
-    assert guard.schedule_trim() == 0.0  # the third: now
-    assert guard.schedule_trim() is None  # already scheduled
+    for open_now in range(1, 11):
+        guard.opened(open_now)
+    assert [guard.closed(open_now) for open_now in (9, 8)] == [None, None]  # a few: not worth it
+    assert guard.closed(7) == 0.0  # three fewer than the peak: now
+    assert guard.closed(6) is None  # already scheduled
     guard.trim()
     assert trims == [0]
     now[0] = 0.5
-    assert [guard.schedule_trim() for _ in range(3)] == [None, None, pytest.approx(1.5)]  # 2 s after the last
-    assert guard.schedule_trim(closed=0) is None  # memory short: one is scheduled already
+    # counted from 7, open when the last one was scheduled; 2 s after it
+    assert [guard.closed(open_now) for open_now in (5, 4, 3)] == [None, pytest.approx(1.5), None]
     now[0] = 2.0
     guard.trim()
-    assert guard.schedule_trim(closed=0) == pytest.approx(2.0)  # memory short: trim, even with no closes
+    for _ in range(20):  # connections that come and go: nothing to give back
+        guard.opened(4)
+        assert guard.closed(3) is None
+    assert guard.short(3) == pytest.approx(2.0)  # over the high-water mark: trim, whatever closed
