@@ -30,14 +30,17 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import csv
 import json
 import math
 import multiprocessing
 import os
 import random
+import re
 import resource
 import shutil
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -45,7 +48,7 @@ import tempfile
 import time
 import zlib
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import aiohttp
@@ -75,6 +78,10 @@ GOAL_DEFINITIONS = {
     "rss_back_within_10pct": "RSS of the server processes 5 s after the attack is at most 10% above before",
     "no_restarts": "no gunicorn worker restart (pid change or 'Booting worker' line) and the server "
                    "still answered GET / within 10 s afterwards",
+    "export_complete": "reviewer_export_1m: both downloads (CSV, JSON Lines) answered 200 and sent every "
+                       "exchange up to their last id, each line well formed, the ids rising",
+    "p99_during_le_300ms": "reviewer_export_1m: the legitimate client's p99 while the downloads ran is at most 300 ms",
+    "pages_le_500ms": "admin_pages_1m: each page's median time is at most 500 ms, every load answered 200",
 }
 
 
@@ -911,13 +918,30 @@ async def message_flood_many(ctx):
     return out
 
 
+async def chat_token(session, ws_url):
+    """The token of a new chat session (the ``session`` event of chatbot/chat.py),
+    which later connections send to come back to it; None if none came."""
+    ws = await open_eio(session, ws_url, timeout=5, namespace=False)
+    try:
+        await wait_for(ws.send_str("40"), 5)
+        end = now() + 5
+        while now() < end:
+            msg = await wait_for(ws.receive(), end - now())
+            if msg.type in _CLOSED:
+                break
+            if msg.type == aiohttp.WSMsgType.TEXT and msg.data.startswith('42["session"'):
+                return json.loads(msg.data[2:])[1]["token"]
+    finally:
+        await close_ws(ws, 1.0)
+    return None
+
+
 async def prep_history(args, port, addr):
     """Before the measured window: store ``args.history_rows`` exchanges in one
     chat session, 10 per connection at 4 a second, one connection at a time
     (under the rate limits: over them, the address would cool down)."""
-    session_id = "benchhist" + "".join(random.choice("0123456789abcdef") for _ in range(16))
     ws_url = f"ws://{HOST}:{port}/socket.io/?EIO=4&transport=websocket"
-    auth = {"session": session_id}
+    auth = {}
     c = Counter()
     t0 = now()
 
@@ -958,6 +982,10 @@ async def prep_history(args, port, addr):
             c.update(tally.answers())
 
     async with http_session(addr) as session:
+        try:
+            auth["session"] = await chat_token(session, ws_url)
+        except (Refused, asyncio.TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError, IndexError):
+            c["no_token"] += 1
         texts = [f"{QUESTIONS[i % len(QUESTIONS)]} {i}" for i in range(args.history_rows)]
         chunks = [texts[i:i + 10] for i in range(0, len(texts), 10)]
         try:
@@ -982,7 +1010,7 @@ async def prep_history(args, port, addr):
                 await close_ws(ws, 1.0)
         except (Refused, asyncio.TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError, IndexError):
             pass
-    return {"session_id": session_id, "rows_wanted": args.history_rows, "history_length": stored,
+    return {"session_id": auth.get("session"), "rows_wanted": args.history_rows, "history_length": stored,
             "prep_answers": dict(sorted(c.items())), "prep_s": round(now() - t0, 1)}
 
 
@@ -1345,6 +1373,202 @@ async def polling_just_over_limit(ctx):
     return out
 
 
+# ---------------------------------------------------------------------------
+# a reviewer's heavy work on a large database: reviewer_export_1m, admin_pages_1m
+# (before the measured window, the server's database gets --large-db-rows
+# exchanges, bench/analytics.py's fill, and a reviewer; once per server)
+
+LARGE_DB_ATTACKS = ("reviewer_export_1m", "admin_pages_1m")
+BENCH_REVIEWER = ("bench-reviewer", "bench-reviewer-password")
+CSRF_TOKEN = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
+PAGE_GOAL_MS = 500
+EXPORT_P99_GOAL_MS = 300
+
+
+def fill_large_database(db_path, rows):
+    """``rows`` exchanges over the last year (bench/analytics.py's fill) and
+    the bench's reviewer, in the server's SQLite file; (exchanges, seconds)."""
+    import sqlalchemy as sa
+
+    from bench.analytics import fill
+    from chatbot import create_app
+    from chatbot.database import Reviewer
+    from chatbot.extensions import db
+
+    models = tempfile.mkdtemp(prefix="bench-attack-fill-")
+    app = create_app({"SECRET_KEY": "bench-attack-fill", "SQLALCHEMY_DATABASE_URI": f"sqlite:///{db_path}",
+                      "MODEL_DIR": models, "HTTP_LIMIT": ""})
+    with app.app_context():
+        if db.session.scalar(sa.select(Reviewer).where(Reviewer.username == BENCH_REVIEWER[0])) is None:
+            account = Reviewer(username=BENCH_REVIEWER[0])
+            account.set_password(BENCH_REVIEWER[1])
+            db.session.add(account)
+            db.session.commit()
+    count, seconds = fill(app, rows, 365)
+    with app.app_context():
+        db.engine.dispose()
+    shutil.rmtree(models, ignore_errors=True)
+    return count, round(seconds, 1)
+
+
+async def prep_large_database(bench, args):
+    """The server's database filled (once per server started)."""
+    if getattr(bench, "large_db", None) and bench.large_db["server"] == bench.starts:
+        return bench.large_db
+    count, seconds = await asyncio.to_thread(fill_large_database, bench.server.db_path, args.large_db_rows)
+    bench.large_db = {"server": bench.starts, "exchanges": count, "fill_s": seconds}
+    return bench.large_db
+
+
+async def reviewer_session(ctx):
+    """An aiohttp session from the attacker's address, logged in as the bench's reviewer."""
+    connector = aiohttp.TCPConnector(local_addr=(ctx.attacker, 0), limit=0)
+    session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.CookieJar(unsafe=True),
+                                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=120))
+    try:
+        async with session.get(ctx.url + "/login") as response:
+            token = CSRF_TOKEN.search(await response.text()).group(1)
+        data = {"csrf_token": token, "username": BENCH_REVIEWER[0], "password": BENCH_REVIEWER[1]}
+        async with session.post(ctx.url + "/login", data=data, allow_redirects=False) as response:
+            if response.status != 302:
+                raise RuntimeError(f"the bench's reviewer could not log in: HTTP {response.status}")
+    except BaseException:
+        await session.close()
+        raise
+    return session
+
+
+def _database_ids(db_path, last_id):
+    """(exchanges with an id up to ``last_id``, the greatest id) in the server's file, read only."""
+    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30)) as connection:
+        count = connection.execute("SELECT count(*) FROM exchange WHERE id <= ?", (last_id,)).fetchone()[0]
+        return count, connection.execute("SELECT max(id) FROM exchange").fetchone()[0]
+
+
+async def download_export(ctx, session, file_format, db_path):
+    """Download every exchange as ``file_format`` from the admin's export,
+    checking every line as it comes (CSV: 16 fields; JSON Lines: an object
+    with 16 fields), and that the ids rise and are every exchange's up to
+    the last one sent, and no fewer than existed when the download began."""
+    async with session.get(ctx.url + "/admin/export/") as response:
+        token = CSRF_TOKEN.search(await response.text()).group(1)
+    _, greatest_before = await asyncio.to_thread(_database_ids, db_path, 0)
+    out = {"format": file_format, "status": None, "lines": 0, "bad_lines": 0, "bytes": 0,
+           "ids_rising": True, "outcome": "done"}
+    last_id, header, rest = 0, file_format == "csv", b""
+    t0 = now()
+
+    def check(line):
+        nonlocal last_id, header
+        if file_format == "csv":
+            fields = next(csv.reader([line.decode("utf-8-sig").rstrip("\r")]))
+            if header:  # the names of the fields
+                header = False
+                return
+            row_id = int(fields[0]) if len(fields) == 16 else None
+        else:
+            item = json.loads(line)
+            row_id = item["id"] if isinstance(item, dict) and len(item) == 16 else None
+        if row_id is None:
+            out["bad_lines"] += 1
+            return
+        out["lines"] += 1
+        out["ids_rising"] = out["ids_rising"] and row_id > last_id
+        last_id = row_id
+
+    try:
+        async with session.post(ctx.url + "/admin/export/", data={"csrf_token": token, "file_format": file_format},
+                                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=120)) as response:
+            out["status"] = response.status
+            out["first_byte_s"] = round(now() - t0, 2)
+            async for chunk in response.content.iter_chunked(1 << 16):
+                out["bytes"] += len(chunk)
+                *lines, rest = (rest + chunk).split(b"\n")
+                for line in lines:
+                    try:
+                        check(line)
+                    except (ValueError, KeyError, TypeError, StopIteration):
+                        out["bad_lines"] += 1
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        out["outcome"] = type(exc).__name__
+    out["seconds"] = round(now() - t0, 1)
+    if rest:
+        out["bad_lines"] += 1  # a last line without its end: the download was cut
+    expected, _ = await asyncio.to_thread(_database_ids, db_path, last_id)
+    out.update({"last_id": last_id, "greatest_id_before": greatest_before, "expected_lines": expected,
+                "rows_per_s": round(out["lines"] / max(0.001, out["seconds"])),
+                "complete": (out["status"] == 200 and out["outcome"] == "done" and out["bad_lines"] == 0
+                             and out["ids_rising"] and out["lines"] == expected
+                             and last_id >= (greatest_before or 0))})
+    print(f"   export {file_format}: {out['lines']:,} lines of {expected:,} in {out['seconds']} s, "
+          f"complete {out['complete']}", flush=True)
+    return out
+
+
+async def reviewer_export_1m(ctx):
+    """A reviewer downloads every exchange of the large database, as CSV and
+    then as JSON Lines, each line checked (the window lasts as long as both)."""
+    large = ctx.state["large_db"]
+    session = await reviewer_session(ctx)
+    try:
+        results = {}
+        for file_format in ("csv", "jsonl"):
+            results[file_format] = await download_export(ctx, session, file_format, ctx.state["db_path"])
+    finally:
+        await session.close()
+    return {"database": large, **results}
+
+
+def admin_pages(today):
+    year_ago = (today - timedelta(days=365)).isoformat()
+    return {"home": "/admin/", "queue": "/admin/queue/", "analytics": "/admin/analytics/",
+            "analytics_year": f"/admin/analytics/?from={year_ago}&to={today.isoformat()}&period=week",
+            "list": "/admin/exchange/", "search": "/admin/exchange/?search=%EC%97%86%EB%8A%94%EB%A7%90"}
+
+
+async def admin_pages_1m(ctx):
+    """A reviewer loads the heavy admin pages of the large database one after
+    another (home, queue, the statistics of the last 30 days and of a year,
+    the review list, and a search that finds nothing, so reads all it may)
+    until the window ends."""
+    large = ctx.state["large_db"]
+    pages = admin_pages(datetime.now(timezone.utc).date())
+    times = {name: [] for name in pages}
+    statuses = {name: Counter() for name in pages}
+    session = await reviewer_session(ctx)
+    try:
+        while ctx.left() > 0:
+            for name, path in pages.items():
+                t = now()
+                try:
+                    async with session.get(ctx.url + path, allow_redirects=False) as response:
+                        await response.read()
+                        statuses[name][str(response.status)] += 1
+                except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                    statuses[name][type(exc).__name__] += 1
+                times[name].append((now() - t) * 1000)
+    finally:
+        await session.close()
+    out = {"database": large}
+    for name, values in times.items():
+        out[name] = {"loads": len(values), "median_ms": rounded(median(values)), "p90_ms": rounded(pct(values, 90)),
+                     "max_ms": rounded(max(values, default=None)), "statuses": dict(statuses[name])}
+    print("   pages (median ms): " + ", ".join(f"{n} {out[n]['median_ms']}" for n in pages), flush=True)
+    return out
+
+
+def large_db_goals(name, counts, during):
+    """The issue's own goals for the large-database classes."""
+    if name == "reviewer_export_1m":
+        return {"export_complete": all(counts.get(f, {}).get("complete") is True for f in ("csv", "jsonl")),
+                "p99_during_le_300ms": during["p99_ms"] is not None and during["p99_ms"] <= EXPORT_P99_GOAL_MS}
+    if name == "admin_pages_1m":
+        pages = [counts.get(n) or {} for n in admin_pages(datetime.now(timezone.utc).date())]
+        return {"pages_le_500ms": all(p.get("median_ms") is not None and p["median_ms"] <= PAGE_GOAL_MS
+                                      and set(p["statuses"]) == {"200"} for p in pages)}
+    return {}
+
+
 ATTACKS = {
     "oversized_frames": oversized_frames,
     "idle_sockets": idle_sockets,
@@ -1361,6 +1585,8 @@ ATTACKS = {
     "huge_declared_body": huge_declared_body,
     "websocket_huge_frame_header": websocket_huge_frame_header,
     "polling_just_over_limit": polling_just_over_limit,
+    "reviewer_export_1m": reviewer_export_1m,
+    "admin_pages_1m": admin_pages_1m,
 }
 
 
@@ -1803,6 +2029,11 @@ async def run_one(name, bench, args):
         state["history"] = await prep_history(args, bench.server.port, attacker_address(args, name, prep=True))
         print(f"   prep: {state['history']['history_length']} exchanges in the session "
               f"({state['history']['prep_s']} s)", flush=True)
+    if name in LARGE_DB_ATTACKS:
+        state["large_db"] = await prep_large_database(bench, args)
+        state["db_path"] = bench.server.db_path
+        print(f"   prep: {state['large_db']['exchanges']:,} exchanges in the database "
+              f"(filled in {state['large_db']['fill_s']} s)", flush=True)
     log_start = bench.log_lines()
     cfg = {"url": bench.server.url, "addr": args.legit_addr, "interval": args.interval,
            "make_pid": bench.server.proc.pid, "seed": zlib.crc32(name.encode()),
@@ -1813,7 +2044,7 @@ async def run_one(name, bench, args):
     ctx.state = state
     t0 = ctx.start
     try:
-        counts = await wait_for(fn(ctx), args.seconds + 30)
+        counts = await wait_for(fn(ctx), args.seconds + 30 + (1800 if name in LARGE_DB_ATTACKS else 0))
     except asyncio.TimeoutError:
         counts = {"bench_error": "the attack did not stop within 30 s of its deadline"}
     except Exception as exc:  # noqa: BLE001 - the bench reports, and goes on
@@ -1864,6 +2095,7 @@ async def run_one(name, bench, args):
         "rss_back_within_10pct": (alive and r["before"] is not None and r["after"] is not None
                                   and r["after"] <= r["before"] * 1.1),
         "no_restarts": alive and stats["worker_restarts"] == 0,
+        **large_db_goals(name, counts, during),
     }
     print("   legit during: p50 {p50_ms} ms, p99 {p99_ms} ms, {replies} replies, {errors} errors {error_kinds}"
           .format(**during), flush=True)
@@ -1966,7 +2198,8 @@ def table(results):
              "| fds before→peak→after | RSS MB before→peak→after | restarts | goals met |",
              "|---|---:|---:|---:|---:|---:|---:|---|"]
     short = {"p99_during_le_1s": "p99", "errors_during_0": "errors", "threads_back_within_10pct": "threads",
-             "rss_back_within_10pct": "rss", "no_restarts": "restarts"}
+             "rss_back_within_10pct": "rss", "no_restarts": "restarts", "export_complete": "export",
+             "p99_during_le_300ms": "p99<=300", "pages_le_500ms": "pages"}
     for r in results:
         if "bench_error" in r:
             lines.append(f"| {r['attack']} | bench error: {r['bench_error'][:80]} | | | | | | 0/{len(r['goals'])} |")
@@ -1998,7 +2231,7 @@ QUICK = {"seconds": 3.0, "before": 1.0, "after": 2.5, "after_probe": 2.0, "settl
          "idle_many_count": 100, "idle_per_address": 5, "slow_count": 10, "longpoll_count": 10, "upload_mb": 8,
          "history_rows": 20, "history_sockets": 3, "flood_many_sockets": 10, "newconn_workers": 4,
          "frame_workers": 2, "slow_header_every": 1.0, "huge_body_connections": 7, "ws_header_connections": 4,
-         "polling_over_connections": 2}
+         "polling_over_connections": 2, "large_db_rows": 30_000}
 
 
 def parse_args(argv):
@@ -2064,6 +2297,8 @@ def parse_args(argv):
     parser.add_argument("--polling-over-connections", type=int, default=4,
                         help="keep-alive connections in polling_just_over_limit")
     parser.add_argument("--open-concurrency", type=int, default=50, help="connections being opened at once")
+    parser.add_argument("--large-db-rows", type=int, default=1_000_000,
+                        help="exchanges in the database for reviewer_export_1m and admin_pages_1m")
     args = parser.parse_args(argv)
     if args.quick:  # what was not given on the command line takes the quick value
         given = {a.split("=")[0].lstrip("-").replace("-", "_") for a in (argv or sys.argv[1:]) if a.startswith("--")}
@@ -2166,6 +2401,7 @@ def run_mode(args, quota, label, nofile):
                            "ws_header_connections": args.ws_header_connections,
                            "polling_over_connections": args.polling_over_connections,
                            "idle_many_memory_mb": args.idle_many_memory_mb,
+                           "large_db_rows": args.large_db_rows,
                            "fresh_server": args.fresh_server, "bench_nofile_limit": list(nofile),
                            "server_starts": bench.starts},
               "goal_definitions": GOAL_DEFINITIONS, "results": results}

@@ -67,10 +67,10 @@ def half_of(answer: str) -> str:
 class Chat:
     """The chat as a browser uses it: one Socket.IO session, one reply per message."""
 
-    def __init__(self, app, session="bench-learning"):
+    def __init__(self, app):
         from chatbot.extensions import socketio
 
-        self.sock = socketio.test_client(app, flask_test_client=app.test_client(), auth={"session": session})
+        self.sock = socketio.test_client(app, flask_test_client=app.test_client())
 
     def ask(self, text: str) -> dict:
         self.sock.emit("message", {"text": text})

@@ -15,7 +15,7 @@ from pathlib import Path
 from flask import Response, abort, current_app, request, url_for
 from flask_admin import BaseView, expose
 
-from . import analytics, charts
+from . import analytics, charts, heavy
 from .admin_base import ReviewerOnly
 from .database import CHANNEL_LABELS, utcnow
 from .pairs_csv import escape_cell
@@ -144,6 +144,7 @@ class AnalyticsView(ReviewerOnly, BaseView):
         return url_for("exchange.index_view", **{self.group_filter_arg: key})
 
     @expose("/")
+    @heavy.page
     def index(self):
         today = utcnow().date()
         span, errors = analytics.parse_span(request.args, today)
@@ -165,6 +166,7 @@ class AnalyticsView(ReviewerOnly, BaseView):
                            charts=build_charts(span, periods, versions, channels))
 
     @expose("/<table>.csv")
+    @heavy.page
     def download(self, table):
         if table not in TABLES:
             abort(404)
@@ -180,5 +182,5 @@ class AnalyticsView(ReviewerOnly, BaseView):
         else:
             columns, rows = groups_table(analytics.top_groups(span), self._group_link)
         filename = f"analytics-{table}-{span.period}-{span.start}_{span.end}.csv"
-        return Response(csv_text(columns, rows), mimetype="text/csv; charset=utf-8",
+        return Response(csv_text(columns, rows), content_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{filename}"'})

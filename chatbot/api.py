@@ -21,8 +21,10 @@ per key over both endpoints, instead of the per-address ``HTTP_LIMIT`` (many
 API clients may share an address, and one client may use several); and
 ``API_AUTH_FAILURE_LIMIT`` failed authentications per address, after which
 that address gets 429 whatever key it sends, so keys cannot be guessed
-quickly.  The CSRF token is not needed: the API authenticates every request
-with a header, never a cookie.
+quickly.  A refused key is counted and checked in one step (``limits``'
+``hit``), so parallel guesses get exactly that many 401s, not one each
+that passed a check before the others were counted.  The CSRF token is not
+needed: the API authenticates every request with a header, never a cookie.
 """
 import hashlib
 import json
@@ -36,6 +38,7 @@ import sqlalchemy as sa
 from flask import Blueprint, current_app, g, jsonify, request
 from flask_limiter import RateLimitExceeded
 from flask_limiter.util import get_remote_address
+from limits import parse_many
 from werkzeug.exceptions import HTTPException
 
 from . import conversation, openapi
@@ -170,7 +173,11 @@ def _message_error(exc):
 @bp.errorhandler(RateLimitExceeded)
 def _rate_limited(exc):
     limit = http_limiter(current_app).current_limit
-    wait = max(1, int(limit.reset_at - time.time())) if limit is not None else 1
+    return rate_limited(limit.reset_at if limit is not None else time.time())
+
+
+def rate_limited(reset_at: float):
+    wait = max(1, int(reset_at - time.time()))
     response = error("rate_limited", MESSAGES["rate_limited"].format(wait=wait))
     response.headers["Retry-After"] = str(wait)
     return response
@@ -217,11 +224,49 @@ def _outside_blueprint_error(exc):
 
 @bp.before_request
 def _authenticate():
+    """401 for a missing or wrong key while the address is within
+    API_AUTH_FAILURE_LIMIT; past it 429, for a right key too, so a guess is
+    never told right or wrong."""
     if request.endpoint == "api.openapi_document":
         return None
+    failures = AuthFailures(current_app)
     if bearer_key_id() is None:
-        return error("unauthorized")
-    return None
+        refused = failures.count()
+        if refused is None:
+            return error("unauthorized")
+    else:
+        refused = failures.over()
+    return None if refused is None else rate_limited(refused)
+
+
+class AuthFailures:
+    """API_AUTH_FAILURE_LIMIT for this request's address, in the app's
+    Flask-Limiter storage (``RATELIMIT_STORAGE_URI``), through ``limits``'
+    strategy directly: Flask-Limiter's ``deduct_when`` tests before the view
+    and counts after it, and under gevent parallel requests all pass the
+    test in between."""
+
+    SCOPE = "api-auth"
+
+    def __init__(self, app):
+        self.strategy = http_limiter(app).limiter
+        self.items = app.extensions["chatbot.api_auth_limits"]
+        self.address = get_remote_address()
+
+    def over(self) -> float | None:
+        """When the address may try again if it is over the limit now, else None."""
+        for item in self.items:
+            if not self.strategy.test(item, self.SCOPE, self.address):
+                return self.strategy.get_window_stats(item, self.SCOPE, self.address).reset_time
+        return None
+
+    def count(self) -> float | None:
+        """Count one refused key, checking in the same step (``hit``); like ``over``."""
+        refused = None
+        for item in self.items:  # every item counts, even past one that refuses
+            if not self.strategy.hit(item, self.SCOPE, self.address) and refused is None:
+                refused = self.strategy.get_window_stats(item, self.SCOPE, self.address).reset_time
+        return refused
 
 
 def json_body():
@@ -253,7 +298,7 @@ def post_feedback(row_id):
     data = json_body()
     if not isinstance(data, dict) or "value" not in data:
         raise MessageError("bad_feedback")
-    return jsonify(conversation.give_feedback(row_id, data["value"], api_key_id=bearer_key_id()))
+    return jsonify(conversation.give_feedback(row_id, data["value"], CHANNEL_API, api_key_id=bearer_key_id()))
 
 
 @bp.get("/openapi.json")
@@ -265,13 +310,16 @@ def init_app(app):
     """Register the API; after limits.init_app, whose limiter it uses."""
     app.extensions["chatbot.api_keys"] = {}
     limiter = http_limiter(app)
-    # Per key, shared by both endpoints.  Both limits replace HTTP_LIMIT for the
-    # whole blueprint (override_defaults), openapi.json included: a constant.
+    # Per key, shared by both endpoints.  It replaces HTTP_LIMIT for the
+    # whole blueprint (override_defaults) ...
     limiter.shared_limit(app.config["API_RATE_LIMIT"], scope="api-key", key_func=_rate_key,
                          exempt_when=lambda: bearer_key_id() is None, override_defaults=True)(bp)
-    # Per address, counting only the answers that refused a key.
-    limiter.shared_limit(app.config["API_AUTH_FAILURE_LIMIT"], scope="api-auth", key_func=get_remote_address,
-                         deduct_when=lambda response: response.status_code == 401, override_defaults=True)(bp)
+    # ... but openapi.json needs no key: HTTP_LIMIT per address, as a page.
+    if app.config["HTTP_LIMIT"]:
+        limiter.limit(app.config["HTTP_LIMIT"], key_func=get_remote_address, override_defaults=True,
+                      exempt_when=lambda: request.endpoint != "api.openapi_document")(bp)
+    # Per address, counting only the requests that refused a key (_authenticate).
+    app.extensions["chatbot.api_auth_limits"] = parse_many(app.config["API_AUTH_FAILURE_LIMIT"])
     csrf.exempt(bp)
     app.register_blueprint(bp)
     app.register_error_handler(404, _outside_blueprint_error)

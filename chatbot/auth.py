@@ -3,12 +3,23 @@
 Failed logins are throttled per address and per name (security.LoginThrottle);
 a wrong name costs as much time as a wrong password, so the page does not
 reveal which accounts exist.  Logging out is a POST with a CSRF token.
+
+A login is checked on the server at every request, so a copied cookie is
+worth no more than the login it came from: the cookie holds the reviewer's
+session token (database.Reviewer), which logging out, a new password and
+removing the reviewer replace, and the time of the login, which is refused
+REVIEW_SESSION_HOURS later.  SESSION_PROTECTION "strong" (Flask-Login's)
+drops a login whose cookie comes back from another address or browser.
+No "remember me" cookie is issued; one sent anyway carries no login time
+and is refused too.
 """
 import logging
+import time
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_user, logout_user
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFError
@@ -22,6 +33,7 @@ from .extensions import db, login_manager
 
 log = logging.getLogger(__name__)
 
+LOGIN_TIME_KEY = "login_at"  # in the session: when this login began (time.time())
 LOGIN_FAILED = "아이디 또는 비밀번호가 올바르지 않습니다"
 LOGIN_THROTTLED = "로그인 시도가 너무 많습니다. {minutes}분 뒤에 다시 시도하세요."
 
@@ -73,11 +85,15 @@ def _throttled(wait, form):
     return response
 
 
-def _load_reviewer(user_id):
-    try:
-        return db.session.get(Reviewer, int(user_id))
-    except (TypeError, ValueError):
+def _load_reviewer(token):
+    """Flask-Login's user loader: the reviewer whose current session token the
+    cookie holds, while the login is younger than REVIEW_SESSION_HOURS."""
+    started = session.get(LOGIN_TIME_KEY)
+    if not isinstance(token, str) or not isinstance(started, (int, float)) or isinstance(started, bool):
         return None
+    if time.time() - started > current_app.config["REVIEW_SESSION_HOURS"] * 3600:
+        return None
+    return db.session.execute(sa.select(Reviewer).filter_by(session_token=token)).scalar_one_or_none()
 
 
 def _create_auth_blueprint():
@@ -102,6 +118,7 @@ def _create_auth_blueprint():
             elif reviewer.check_password(form.password.data):
                 _throttle().succeeded(address, name)
                 login_user(reviewer)
+                session[LOGIN_TIME_KEY] = time.time()
                 log.info("reviewer %s logged in", reviewer.username)
                 return redirect(_after_login_url())
             log.warning("failed login for %r from %s", form.username.data[:80], request.remote_addr)
@@ -119,7 +136,11 @@ def _create_auth_blueprint():
         # able to log a reviewer out. The POST carries the CSRF token.
         form = LogoutForm()
         if form.validate_on_submit():
+            if current_user.is_authenticated:  # every browser of this reviewer, not only this one
+                current_user.end_sessions()
+                db.session.commit()
             logout_user()
+            session.pop(LOGIN_TIME_KEY, None)
             flash("로그아웃했습니다.", "info")
             return redirect(url_for("auth.login"))
         if request.method == "POST":
@@ -143,6 +164,8 @@ def init_app(app):
     login_manager.login_view = "auth.login"
     login_manager.login_message = "로그인이 필요합니다."
     login_manager.login_message_category = "warning"
+    # The session cookie's own signature expires with the login too.
+    app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(hours=app.config["REVIEW_SESSION_HOURS"])
     app.extensions["chatbot.login_throttle"] = security.LoginThrottle(
         app.config["LOGIN_MAX_FAILURES"], app.config["LOGIN_WINDOW_SECONDS"])
     bp = _create_auth_blueprint()

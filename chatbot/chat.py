@@ -7,12 +7,25 @@ Protocol (client → server, then what the server answers the sender with):
   ``{id, question, answer, route, model_version, feedback}``; the exchange is
   stored under the connection's chat session.
 - ``history`` → ``history`` ``{"exchanges": [...]}``: this chat session's
-  latest exchanges, oldest first, in the ``reply`` format.  The chat session
-  is the id the browser sent as ``auth: {session}`` when connecting (kept in
-  the tab's sessionStorage, so it survives a reload); nobody else's rows.
-  ``auth: {channel: "widget"}`` records the exchanges as the widget's.
+  latest exchanges, oldest first, in the ``reply`` format; nobody else's rows.
 - ``feedback`` ``{"id": 12, "value": "up" | "down" | null}`` → ``feedback``
   ``{id, value}``; only for exchanges of the same chat session.
+
+The chat session: on every connect the server sends ``session``
+``{"token": "..."}``, the token of the connection's chat session (on the
+wire just before the connect's acceptance, ``40``: python-socketio sends
+what the connect handler emits first; Socket.IO clients hold it until they
+are connected).  The
+client keeps it (the chat page in the tab's sessionStorage, the widget in
+the host site's localStorage through widget.js) and sends it back as
+``auth: {session: token}`` when it connects again (a reload), to continue
+that conversation.  The token is the session's random id signed with
+SECRET_KEY for its channel (``auth: {channel: "widget"}`` records the
+exchanges as the widget's): a token the server did not issue, an id
+without its signature (as clients sent before) or another channel's token
+opens a new, empty chat session.  So no client can read or continue a
+conversation whose token it was not sent; a page must also never take a
+token from a link (chat.js takes one only from widget.js, in a frame).
 
 Unprompted, the server sends ``model`` ``{"version": ...}`` when the process
 has loaded a newly activated model (chatbot/model_watch.py).
@@ -31,11 +44,14 @@ in a moment.  A connect over the address's connect limit is refused
 (``connect_error`` with the same ``rate_limited`` data).
 """
 import functools
+import hashlib
 import logging
 import re
+import secrets
 
 from flask import Blueprint, current_app, render_template, request, send_from_directory, session
 from flask_socketio import disconnect, emit
+from itsdangerous import BadSignature, Signer
 
 from . import conversation, guard
 from .config import gevent_patched
@@ -48,7 +64,8 @@ from .responder import Responder
 log = logging.getLogger(__name__)
 bp = Blueprint("chat", __name__)
 
-_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+# A chat session token: a random id (secrets.token_urlsafe(16)), ".", its signature.
+_SESSION_TOKEN = re.compile(r"^[A-Za-z0-9_-]{16,64}\.[A-Za-z0-9_-]{20,100}$")
 
 
 def validate_feedback(args):
@@ -148,10 +165,31 @@ def favicon():
                                max_age=7 * 24 * 3600)
 
 
+def _session_signer(channel: str) -> Signer:
+    return Signer(current_app.secret_key, salt=f"chatbot.chat-session.{channel}", digest_method=hashlib.sha256)
+
+
+def session_token(session_id: str, channel: str) -> str:
+    """The token that lets a client come back to chat session ``session_id`` on ``channel``."""
+    return _session_signer(channel).sign(session_id).decode()
+
+
+def issued_session(token, channel: str) -> str | None:
+    """The chat session id in ``token`` if this server issued it for ``channel``, else None."""
+    if not isinstance(token, str) or not _SESSION_TOKEN.match(token):
+        return None
+    try:
+        return _session_signer(channel).unsign(token).decode()
+    except BadSignature:
+        return None
+
+
 @socketio.on("connect")
 def on_connect(auth=None):
-    """Remember the browser's chat session id (kept across reloads), else the socket id."""
-    wanted = auth.get("session") if isinstance(auth, dict) else None
+    """Continue the chat session whose token the client sent, if this server
+    issued it for this channel, else start a new one; either way send the
+    client its token (``session``)."""
+    auth = auth if isinstance(auth, dict) else {}
     limits = client_limits()
     cooldown = limits.cooldown.left(request.remote_addr)
     wait = 0.0 if cooldown else limits.connect.take(request.remote_addr)
@@ -161,10 +199,12 @@ def on_connect(auth=None):
         close_transport()  # after the connect error below
     if cooldown or wait:
         raise ConnectionRefusedError({"code": "rate_limited", **rate_limited(cooldown or wait)})
-    session["chat_session"] = wanted if isinstance(wanted, str) and _SESSION_ID.match(wanted) else request.sid
     # The widget's page (/embed) says so; anything else is the chat page.
-    session["chat_channel"] = CHANNEL_WIDGET if isinstance(auth, dict) and auth.get("channel") == CHANNEL_WIDGET \
-        else CHANNEL_WEB
+    channel = CHANNEL_WIDGET if auth.get("channel") == CHANNEL_WIDGET else CHANNEL_WEB
+    session_id = issued_session(auth.get("session"), channel) or secrets.token_urlsafe(16)
+    session["chat_session"] = session_id
+    session["chat_channel"] = channel
+    emit("session", {"token": session_token(session_id, channel)})
     watcher = current_app.extensions.get("chatbot.model_watch")
     if watcher is not None:
         watcher.ensure_started()

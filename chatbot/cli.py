@@ -1,4 +1,4 @@
-"""``flask --app app`` commands: reviewers, CSV import/export, retraining, API keys."""
+"""``flask --app app`` commands: reviewers (add, reset, remove), CSV import/export, retraining, API keys."""
 import io
 import os
 import sys
@@ -23,7 +23,7 @@ MIN_PASSWORD_CHARS = 8
 @click.argument("name")
 @with_appcontext
 def create_admin(name):
-    """Create a reviewer NAME, or reset their password.
+    """Create a reviewer NAME, or reset their password (which logs them out everywhere).
 
     The password is prompted for, or read from $CHATBOT_ADMIN_PASSWORD for scripts.
     """
@@ -38,7 +38,24 @@ def create_admin(name):
         db.session.add(reviewer)
     reviewer.set_password(password)
     db.session.commit()
-    click.echo(f"{'created' if created else 'updated password of'} reviewer {name!r}")
+    click.echo(f"created reviewer {name!r}" if created else
+               f"updated password of reviewer {name!r}; their sessions have ended")
+
+
+@click.command("remove-admin")
+@click.argument("name")
+@with_appcontext
+def remove_admin(name):
+    """Remove the reviewer NAME: their sessions end at once.
+
+    Their name stays on the reviews and audit rows and API keys they made.
+    """
+    reviewer = db.session.execute(sa.select(Reviewer).filter_by(username=name)).scalar_one_or_none()
+    if reviewer is None:
+        raise click.ClickException(f"no reviewer {name!r}")
+    db.session.delete(reviewer)
+    db.session.commit()
+    click.echo(f"removed reviewer {name!r}; their sessions have ended")
 
 
 @click.command("import-pairs")
@@ -178,5 +195,5 @@ def api_key_revoke(key_id):
 
 
 def init_app(app):
-    for command in (create_admin, import_pairs, export_pairs, export_exchanges, retrain_command, api_key):
+    for command in (create_admin, remove_admin, import_pairs, export_pairs, export_exchanges, retrain_command, api_key):
         app.cli.add_command(command)

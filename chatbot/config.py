@@ -153,15 +153,36 @@ class Config:
     # Questions waiting for the model; past this the chat answers `busy` at
     # once instead of queueing more work than it can do.
     REPLY_QUEUE_MAX = env_int("REPLY_QUEUE_MAX", 256)
+    # A reviewer's heavy work (chatbot/heavy.py: an export, the admin pages
+    # that count or search every exchange, a retrain's pairs) runs on its own
+    # OS threads, at most this many at once in a server process and this many
+    # of one reviewer; past that the request is refused (503 / 429).
+    ADMIN_HEAVY_JOBS = env_int("ADMIN_HEAVY_JOBS", 4)
+    ADMIN_HEAVY_JOBS_PER_REVIEWER = env_int("ADMIN_HEAVY_JOBS_PER_REVIEWER", 2)
+    # The review list's search looks through the newest ADMIN_SEARCH_ROWS
+    # exchanges its filters pick, and the queue groups the newest
+    # ADMIN_QUEUE_ROWS unreviewed ones: each page reads that many rows at
+    # most, however large the database grows.
+    ADMIN_SEARCH_ROWS = env_int("ADMIN_SEARCH_ROWS", 50_000)
+    ADMIN_QUEUE_ROWS = env_int("ADMIN_QUEUE_ROWS", 50_000)
     # Failed logins: after LOGIN_MAX_FAILURES for one address and user name
     # (or 4x that for one address, any names) within LOGIN_WINDOW_SECONDS,
     # logins from there are refused (429) until the window has passed.
     LOGIN_MAX_FAILURES = env_int("LOGIN_MAX_FAILURES", 5)
     LOGIN_WINDOW_SECONDS = env_int("LOGIN_WINDOW_SECONDS", 300)
+    # A reviewer's login lasts this long at most, checked on the server
+    # (chatbot/auth.py); "strong": a login whose cookie comes back from
+    # another address or browser is dropped (Flask-Login's SESSION_PROTECTION;
+    # "basic" only marks it not fresh).
+    REVIEW_SESSION_HOURS = env_float("REVIEW_SESSION_HOURS", 12.0)
+    SESSION_PROTECTION = os.environ.get("SESSION_PROTECTION") or "strong"
     # Behind a reverse proxy (nginx, Caddy): how many proxies set
     # X-Forwarded-For/-Proto, so the client's address is the real one (for the
     # login limit). 0: the address is the TCP peer's; never trust headers.
     PROXY_COUNT = env_int("PROXY_COUNT", 0)
+    # Host names this server answers to (Flask's TRUSTED_HOSTS, Socket.IO
+    # included: chatbot/security.py), against DNS rebinding; empty: any.
+    ALLOWED_HOSTS = os.environ.get("ALLOWED_HOSTS", "")
     # Flask-SocketIO's async mode.  Unset: "gevent" in a process that gevent
     # has patched (the server: chatbot/worker.py), else "threading" (the
     # flask CLI, tests with Flask-SocketIO's test client).

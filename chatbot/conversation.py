@@ -63,7 +63,7 @@ def validate_message(data, max_chars: int) -> str:
     if _CONTROL.search(text):
         raise MessageError("bad_encoding", MESSAGES["control_characters"])
     text = text.strip()
-    if not text:
+    if not morph.visible(text).strip():  # nothing, or only zero-width spaces and Hangul fillers
         raise MessageError("empty")
     if len(text) > max_chars:
         raise MessageError("too_long", MESSAGES["too_long"].format(max_chars=max_chars, chars=len(text)))
@@ -114,15 +114,20 @@ def ask(data, session_id: str | None, channel: str, api_key_id: int | None = Non
     return reply
 
 
-def give_feedback(row_id, value, **owner) -> dict:
-    """Set 👍/👎 (or no opinion) on an exchange that belongs to ``owner``:
-    column=value pairs such as ``session_id=...`` or ``api_key_id=...``.
+def give_feedback(row_id, value, channel: str, **owner) -> dict:
+    """Set 👍/👎 (or no opinion) on an exchange of ``channel`` that belongs to
+    ``owner``: column=value pairs such as ``session_id=...`` or ``api_key_id=...``.
 
-    Another owner's exchange is ``not_found``, as a missing one is.
+    Another channel's or another owner's exchange is ``not_found``, as a
+    missing one is: session ids come from clients, so a KakaoTalk user's
+    ``kakao-…`` id may also name a web or API session.
     """
     row_id, value = validate_row_id(row_id), validate_feedback_value(value)
+    if channel not in CHANNELS:
+        raise ValueError(f"unknown channel {channel!r}")
     if not owner:
         raise ValueError("give_feedback needs an owner")
+    owner["channel"] = channel
     row = db.session.get(Exchange, row_id)
     if row is None or any(owned is None or getattr(row, column) != owned for column, owned in owner.items()):
         raise MessageError("not_found")

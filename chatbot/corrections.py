@@ -13,11 +13,15 @@ corrected 춘천에는 비가 와요? than 오늘 춘천에 비 와요? is: the 
 and the ? outweigh the place.
 
 Freshness.  Each server process keeps its own index and rebuilds it (on a
-model thread: ``run``) when
+model thread: ``run``, reading the rows too, so that a million reviewed rows
+never hold up the event loop) when
 - this process committed a change to a reviewed row (``_note_change`` /
   ``_nudge``, SQLAlchemy session hooks): the next message sees it;
 - the database's ``signature`` changed, checked at most every
   CORRECTION_REFRESH_SECONDS: another process's (or the CLI's) change.
+A change of this process's own (or no index yet) is rebuilt before the
+lookup that finds it due; another process's, in the background, while the
+chats answer from the index there is.
 """
 import itertools
 import threading
@@ -61,7 +65,10 @@ class _Built:
     """One build: the newest answer per question key, and their TF-IDF index."""
 
     def __init__(self, rows):
-        self.by_key = dict(rows)  # later rows (newer reviews) overwrite earlier ones
+        # Later rows (newer reviews) overwrite earlier ones.  The empty key
+        # (nothing visible, or a row stored before morph.question_key kept
+        # symbols) would stand for unrelated messages: it answers nothing.
+        self.by_key = {key: answer for key, answer in rows if key}
         keys = list(self.by_key)
         self.index = None
         if keys:
@@ -112,6 +119,8 @@ class Corrections:
         (default: this index's) or more.
         """
         key = stored_key(key if key is not None else morph.question_key(question))
+        if not key:  # nothing to match on (morph.question_key)
+            return None
         built = self._current()
         answer = built.by_key.get(key)
         if answer is not None:
@@ -124,28 +133,46 @@ class Corrections:
         return self._changed or time.monotonic() - self._checked >= self.refresh_seconds
 
     def _current(self):
-        if self._due():
-            with self._lock:
-                if self._due():
-                    self._refresh()
+        wait = self._changed or self._signature is None
+        if self._due() and self._lock.acquire(blocking=wait):
+            app = current_app._get_current_object()
+            if wait:
+                self._refresh_and_release(app)
+            else:
+                threading.Thread(target=self._refresh_and_release, args=(app,), daemon=True,
+                                 name="corrections-refresh").start()
         return self._built
 
-    def _refresh(self):
+    def _refresh_and_release(self, app):
+        try:
+            if self._due():
+                self._refresh(app)
+        finally:
+            self._lock.release()
+
+    def _refresh(self, app):
         forced = self._changed
         self._changed = False  # a change committed from here on is seen by the next refresh
         try:
-            # A connection of its own, given back before the build: the
-            # caller's session may be closed while it waits for the model.
-            with db.engine.connect() as connection:
-                current = signature(connection)
-                rows = reviewed_rows(connection) if forced or current != self._signature else None
-            if rows is not None:
-                self._built = self._run(_Built, rows)
+            current, built = self._run(self._load, app, forced, self._signature)
+            if built is not None:
+                self._built = built
                 self._signature = current
             self._checked = time.monotonic()
         except BaseException:
             self._changed = self._changed or forced  # try again next time
             raise
+
+    @staticmethod
+    def _load(app, forced, known):
+        """On a model thread: the database's signature, and a new build when
+        it is not ``known`` (or ``forced``), else None.  A connection of its
+        own, given back before the build."""
+        with app.app_context():
+            with db.engine.connect() as connection:
+                current = signature(connection)
+                rows = reviewed_rows(connection) if forced or current != known else None
+        return current, (_Built(rows) if rows is not None else None)
 
 
 @event.listens_for(db.session, "after_flush")

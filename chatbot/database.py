@@ -1,4 +1,5 @@
 """Database tables: every chat exchange, and the reviewers who correct them."""
+import secrets
 from datetime import datetime, timezone
 
 import sqlalchemy as sa
@@ -77,6 +78,15 @@ ANALYTICS_DAY_SQL = "substr(created_at, 1, 10)"
 ANALYTICS_COLUMNS = ("route", "status", "feedback", "channel", "model_version")
 CORRECTED_COLUMNS = ("status", "created_at", "route", "channel", "model_version", "question_key", "feedback")
 WRONG_COLUMNS = ("question_key", "created_at", "feedback", "route")
+# The review list's order (review_queue_order), in the words of the
+# expression index ix_exchange_queue_rank: a database matches an indexed
+# expression only to the very same one, with its values as literals.
+QUEUE_RANK_SQL = ("CASE WHEN status = 'unreviewed' AND feedback = 'down' THEN 0 "
+                  "WHEN status = 'unreviewed' AND route = 'unsure' THEN 1 "
+                  "WHEN status = 'unreviewed' THEN 2 ELSE 3 END")
+# The admin home page's counts (review.home_counts), grouped in this
+# index's order: one read of the index, no sort.
+TALLY_COLUMNS = ("feedback", "route", "channel", "status")
 
 
 def only_on(dialect: str, index):
@@ -166,6 +176,11 @@ class Exchange(db.Model):
         # that went wrong most often, counted in this order without sorting).
         db.Index("ix_exchange_wrong", *WRONG_COLUMNS,
                  sqlite_where=sa.text(WRONG_SQL), postgresql_where=sa.text(WRONG_SQL)),
+        # The review list, unsorted, a page at a time without sorting every row.
+        db.Index("ix_exchange_queue_rank", sa.text(f"({QUEUE_RANK_SQL})"), sa.text("created_at DESC"), sa.text("id DESC")),
+        db.Index("ix_exchange_tally", *TALLY_COLUMNS),
+        # A queue group's newest rows (queue_admin.group_rows), without reading the others.
+        db.Index("ix_exchange_key_status_created", "question_key", "status", "created_at"),
     )
 
     @validates("question_key")
@@ -227,16 +242,36 @@ class ApiKey(db.Model):
         return f"<ApiKey {self.id} {self.prefix}>"
 
 
+def new_session_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
 class Reviewer(UserMixin, db.Model):
-    """A person allowed into /admin. Passwords are stored only as hashes."""
+    """A person allowed into /admin. Passwords are stored only as hashes.
+
+    A login holds the reviewer's ``session_token``, not the id (Flask-Login's
+    "alternative tokens": ``get_id``, and chatbot/auth.py's user loader looks
+    it up): a new token ends every session of that reviewer at once, on
+    logout and on a password change, and a removed reviewer's token, or a
+    new reviewer given the same id, matches no old cookie.
+    """
 
     id = db.Column(db.Integer, primary_key=True)
     username = db.Column(db.String(80), unique=True, nullable=False)
     password_hash = db.Column(db.String(256), nullable=False)
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    session_token = db.Column(db.String(64), nullable=False, unique=True, index=True, default=new_session_token)
+
+    def get_id(self):
+        return self.session_token
+
+    def end_sessions(self):
+        """Log this reviewer out everywhere (committed with the caller's change)."""
+        self.session_token = new_session_token()
 
     def set_password(self, password: str):
         self.password_hash = generate_password_hash(password)
+        self.end_sessions()
 
     def check_password(self, password: str) -> bool:
         return check_password_hash(self.password_hash, password)
@@ -251,11 +286,10 @@ def review_queue_order():
     reviewed, then everything else; newest first within each group.
 
     A 👎 leaves the top once reviewed, so handled rows never bury new ones.
+    In the words of ix_exchange_queue_rank, so a page of the list reads the
+    index in order instead of sorting every exchange.
     """
-    rank = sa.case((sa.and_(Exchange.feedback == FEEDBACK_DOWN, Exchange.status == UNREVIEWED), 0),
-                   (sa.and_(Exchange.route == ROUTE_UNSURE, Exchange.status == UNREVIEWED), 1),
-                   (Exchange.status == UNREVIEWED, 2), else_=3)
-    return [rank, Exchange.created_at.desc(), Exchange.id.desc()]
+    return [sa.text(QUEUE_RANK_SQL), Exchange.created_at.desc(), Exchange.id.desc()]
 
 
 def _tune_sqlite(dbapi_connection, _record):

@@ -2,11 +2,16 @@
 the one query and the two writers behind ``flask export-exchanges`` (cli.py)
 and the admin's 대화 내보내기 page (export_admin.py).
 
-Streamed: the rows are read in id order with ``yield_per`` (a server-side
-cursor on PostgreSQL; SQLite's cursor steps through its result by itself),
-as plain rows, not ORM objects, and the writers turn each batch of rows
-into one text chunk.  So an export holds about one batch in memory, however
-many exchanges there are.
+Streamed, in pages: the rows are read in id order, BATCH at a time, each
+page by its own short statement (``id`` after the last page's, on the
+primary key: no OFFSET, no sort), as plain rows, not ORM objects, and the
+writers turn each page into one text chunk.  So an export holds about one
+page in memory, however many exchanges there are, and no read transaction
+stays open between two pages: a download that takes minutes keeps no
+snapshot (PostgreSQL) and no WAL checkpoint (SQLite) waiting.  The export
+holds the exchanges that existed when it began (ids up to the greatest one
+then); a row changed meanwhile comes as it is when its page is read.  The
+admin's download produces each chunk on a thread (chatbot/heavy.py).
 
 CSV: UTF-8 with a BOM (Excel then reads the Korean as UTF-8; Python reads
 it with ``encoding="utf-8-sig"``), a header row of the field names, CRLF
@@ -40,6 +45,8 @@ FIELDS = ("id", "created_at", "session_id", "channel", "route", "question", "que
           "corrected_answer", "confidence", "feedback", "status", "reviewer", "reviewed_at",
           "model_version", "api_key_id")
 FORMATS = ("csv", "jsonl")
+# Whole Content-Type values: a Response takes them as content_type=, since
+# mimetype= would append Werkzeug's charset to the one already there.
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
 # Rows fetched from the database, and written into one text chunk, at a time.
 BATCH = 1000
@@ -81,9 +88,27 @@ def query(filters: Filters):
     return statement
 
 
+def pages(filters: Filters):
+    """The exchanges' rows (tuples in FIELDS order), a list of up to BATCH
+    at a time, each list read in a transaction of its own."""
+    with db.engine.connect() as connection:
+        last = connection.scalar(sa.select(sa.func.max(Exchange.id)))
+    after = 0
+    while last is not None and after < last:
+        with db.engine.connect() as connection:
+            page = connection.execute(
+                query(filters).where(Exchange.id > after, Exchange.id <= last).limit(BATCH)).all()
+        if page:
+            yield page
+        if len(page) < BATCH:  # the last one
+            return
+        after = page[-1].id
+
+
 def rows(filters: Filters):
-    """The exchanges' rows (tuples in FIELDS order), fetched BATCH at a time."""
-    yield from db.session.execute(query(filters).execution_options(yield_per=BATCH))
+    """The exchanges' rows (tuples in FIELDS order), page by page (``pages``)."""
+    for page in pages(filters):
+        yield from page
 
 
 def _utc(value: datetime) -> str:

@@ -4,19 +4,20 @@ export-exchanges`` in a form, and the download, streamed.
 The form is a POST with the CSRF token, like every admin form: a download
 of every conversation is heavy, and no other site should be able to start
 one.  The answer is the file itself, produced chunk by chunk from the
-database while it is sent (``export.stream`` in ``stream_with_context``, so
-the session stays open until the last row); a form with a mistake comes back
-with the mistake shown (400).
+database while it is sent, each chunk on a thread in one of the reviewer's
+heavy-work slots (``heavy.streamed``: the event loop serves the chats
+meanwhile, and a reviewer cannot start more downloads than the slots); a
+form with a mistake comes back with the mistake shown (400).
 """
 import logging
 
-from flask import Response, request, stream_with_context
+from flask import request
 from flask_admin import BaseView, expose
 from flask_login import current_user
 from wtforms import DateField, SelectChoice, SelectField, ValidationError
 from wtforms.validators import Optional
 
-from . import export
+from . import export, heavy
 from .admin_base import ReviewerOnly, ReviewSecureForm
 from .database import CHANNEL_LABELS, ROUTE_LABELS, STATUS_LABELS
 
@@ -64,6 +65,6 @@ class ExportView(ReviewerOnly, BaseView):
     def _download(self, file_format, filters):
         name = export.file_name(file_format)
         log.info("%s exports exchanges (%s, %s)", current_user.username, file_format, filters)
-        return Response(stream_with_context(export.stream(file_format, filters)),
-                        mimetype=export.MEDIA_TYPES[file_format],
-                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        return heavy.streamed(export.stream(file_format, filters),
+                              content_type=export.MEDIA_TYPES[file_format],  # with its charset: as it is
+                              headers={"Content-Disposition": f'attachment; filename="{name}"'})

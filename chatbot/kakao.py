@@ -31,9 +31,11 @@ before it reaches us; Kakao never sends one.)
   to this skill as ``action.clientExtra``, and only that user's exchanges can
   be rated.
 - Rate limits: KakaoTalk's requests all come from a few Kakao servers, so the
-  per-address ``HTTP_LIMIT`` does not apply here; instead
+  per-address ``HTTP_LIMIT`` does not apply to them; instead
   ``KAKAO_USER_RATE_LIMIT`` per KakaoTalk user and ``KAKAO_TOTAL_RATE_LIMIT``
-  for all of them together (Flask-Limiter).
+  for all of them together (Flask-Limiter).  Every other request to the skill
+  (a wrong secret, another method than POST) is not Kakao's: the same 404,
+  under ``HTTP_LIMIT`` per address, and none of the KakaoTalk limits.
 """
 import base64
 import hashlib
@@ -48,6 +50,7 @@ from dataclasses import dataclass
 
 from flask import Blueprint, abort, current_app, g, jsonify, request
 from flask_limiter import ExemptionScope
+from flask_limiter.util import get_remote_address
 
 from . import conversation
 from .conversation import MESSAGES, MessageError
@@ -110,7 +113,9 @@ def _field(mapping, name):
 
 def parse_payload(body: bytes) -> SkillRequest | None:
     """The SkillRequest in a request body, or None when it is not a SkillPayload
-    with a string utterance and a user id."""
+    with a string utterance and a user id, or an id in it is too long or not
+    UTF-8 text.  Checked here, before anything is stored: the block id goes
+    back into the answer."""
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
@@ -120,17 +125,26 @@ def parse_payload(body: bytes) -> SkillRequest | None:
     user_id = _field(_field(user_request, "user"), "id")
     bot_id = _field(_field(data, "bot"), "id")
     bot_id = bot_id if isinstance(bot_id, str) else ""
-    if not isinstance(utterance, str) or not isinstance(user_id, str) or not user_id \
-            or len(user_id) > MAX_ID_CHARS or len(bot_id) > MAX_ID_CHARS:
-        return None
-    try:
-        session_id = session_for(bot_id, user_id)
-    except UnicodeEncodeError:  # a lone surrogate in an id
-        return None
     block_id = _field(_field(user_request, "block"), "id")
+    block_id = block_id if isinstance(block_id, str) and block_id else None
+    if not isinstance(utterance, str) or not isinstance(user_id, str) or not user_id \
+            or not all(_id_ok(i) for i in (user_id, bot_id, block_id)):
+        return None
     extra = _field(_field(data, "action"), "clientExtra")
-    return SkillRequest(utterance, session_id, block_id if isinstance(block_id, str) and block_id else None,
-                        extra if isinstance(extra, dict) else None)
+    return SkillRequest(utterance, session_for(bot_id, user_id), block_id, extra if isinstance(extra, dict) else None)
+
+
+def _id_ok(value: str | None) -> bool:
+    """An id we hash or send back (the block id, in the 👍/👎 quick replies):
+    short, and text that UTF-8 can encode (JSON's escapes allow a lone
+    surrogate, "\\ud800", which would fail only when the answer is sent)."""
+    if value is None:
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return len(value) <= MAX_ID_CHARS
 
 
 def read_payload() -> SkillRequest | None:
@@ -229,7 +243,7 @@ def ask_within_budget(text: str, session_id: str):
 @bp.route("/kakao/skill/<secret>", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
           provide_automatic_options=False)
 def skill(secret):
-    if request.method != "POST" or not secret_ok(secret):
+    if not from_kakao():
         abort(404)
     asked = read_payload()
     if asked is None:
@@ -256,7 +270,7 @@ def feedback(asked: SkillRequest):
     try:
         if value not in FEEDBACK_BUTTONS:
             raise MessageError("bad_feedback")
-        conversation.give_feedback(asked.extra.get("exchange"), value, session_id=asked.session_id)
+        conversation.give_feedback(asked.extra.get("exchange"), value, CHANNEL_KAKAO, session_id=asked.session_id)
     except MessageError as exc:
         return skill_response(exc.message)
     return skill_response(TEXTS[value])
@@ -268,13 +282,15 @@ def rate_limited(limit):
     return skill_response(MESSAGES["rate_limited"].format(wait=wait))
 
 
-def _not_counted() -> bool:
-    """A wrong secret is a 404 and counts against nothing."""
-    return not secret_ok((request.view_args or {}).get("secret"))
+def from_kakao() -> bool:
+    """A POST to the right secret, as Open Builder sends.  Anything else (a
+    wrong secret, another method) is the same 404, under the per-address
+    HTTP_LIMIT and no part of the KakaoTalk limits."""
+    return request.method == "POST" and secret_ok((request.view_args or {}).get("secret"))
 
 
 def _user_not_known() -> bool:
-    return _not_counted() or read_payload() is None
+    return not from_kakao() or read_payload() is None
 
 
 def init_app(app):
@@ -289,9 +305,11 @@ def init_app(app):
     # Not the per-address HTTP_LIMIT: every KakaoTalk user comes from Kakao's few
     # addresses.  (Exempting META too would drop the blueprint's own limits below.)
     limiter.exempt(bp, flags=ExemptionScope.DEFAULT | ExemptionScope.APPLICATION)
+    if app.config["HTTP_LIMIT"]:
+        limiter.limit(app.config["HTTP_LIMIT"], key_func=get_remote_address, exempt_when=from_kakao)(bp)
     if app.config["KAKAO_USER_RATE_LIMIT"]:
         limiter.limit(app.config["KAKAO_USER_RATE_LIMIT"], key_func=lambda: "kakao-user:" + read_payload().session_id,
                       exempt_when=_user_not_known, on_breach=rate_limited)(bp)
     if app.config["KAKAO_TOTAL_RATE_LIMIT"]:
         limiter.limit(app.config["KAKAO_TOTAL_RATE_LIMIT"], key_func=lambda: "kakao-all",
-                      exempt_when=_not_counted, on_breach=rate_limited)(bp)
+                      exempt_when=lambda: not from_kakao(), on_breach=rate_limited)(bp)

@@ -87,6 +87,21 @@ def release() -> None:
         get_tagger.cache_clear()
 
 
+# Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt): characters
+# that show nothing, such as U+200B and the other zero-width spaces and joiners,
+# U+2060, U+FEFF, the Hangul fillers U+115F, U+1160, U+3164 and U+FFA0,
+# variation selectors, bidi marks and tags.
+_INVISIBLE = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f"
+                        "\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufff8"
+                        "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
+
+
+def visible(text: str) -> str:
+    """``text`` without the characters that show nothing (_INVISIBLE); a
+    message whose visible text is only whitespace is empty."""
+    return _INVISIBLE.sub("", text)
+
+
 def normalize(text: str) -> str:
     """NFC-normalize and collapse runs of whitespace to single spaces."""
     return " ".join(unicodedata.normalize("NFC", text).split())
@@ -148,12 +163,16 @@ def detokenize(tokens) -> str:
 
 
 def question_key(text: str, backend: str | None = None) -> str:
-    """A key that ignores spacing, punctuation, particles and case.
+    """A key that ignores spacing, punctuation, particles, case and invisible characters.
 
     "춘천에는 비가 와요?" and "춘천 비 와요" get the same key, so a reviewed
-    answer to one is found for the other.
+    answer to one is found for the other.  A message of only particles,
+    punctuation or emoji keeps its visible characters ("?!" is "? !", "😀"
+    is "😀"), so such messages do not share one key.  The key is "" only when
+    nothing is visible; "" matches nothing (chatbot/corrections.py, the queue).
     """
-    kept = [s.lower() for s, tag, _ in analyze(text, backend) if not _IGNORED_TAG.match(tag)]
-    if not kept:  # only particles or punctuation: fall back to the bare text
-        kept = [c.lower() for c in normalize(text) if c.isalnum()]
+    kept = [key for surface, tag, _ in analyze(text, backend)
+            if not _IGNORED_TAG.match(tag) and (key := visible(surface).lower())]
+    if not kept:  # only particles, punctuation or symbols: fall back to the bare text
+        kept = [c.lower() for c in visible(normalize(text)) if not c.isspace()]
     return " ".join(kept)

@@ -22,11 +22,13 @@ def starter_pairs():
 
 
 def reviewed_pairs():
-    """Reviewed exchanges and imported pairs, oldest first, as Pairs."""
+    """Reviewed exchanges and imported pairs, oldest first, as Pairs (the
+    correction where there is one).  Plain rows of three columns, not ORM
+    objects: a million of them fit."""
     rows = db.session.execute(
-        sa.select(Exchange).where(Exchange.status == REVIEWED).order_by(Exchange.id)
-    ).scalars()
-    return [Pair(row.question, row.final_answer) for row in rows]
+        sa.select(Exchange.question, Exchange.answer, Exchange.corrected_answer)
+        .where(Exchange.status == REVIEWED).order_by(Exchange.id))
+    return [Pair(question, corrected or answer) for question, answer, corrected in rows]
 
 
 def training_pairs():

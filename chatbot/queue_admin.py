@@ -5,6 +5,9 @@ Unreviewed exchanges are grouped by ``question_key`` (morph.question_key:
 spacing, punctuation and particles ignored), so the same question asked in
 slightly different words is one group and one correction is applied to all
 of its rows.  Groups with a 👎 come first, then the biggest, then the newest.
+The empty key (a row with nothing visible, or one stored before
+morph.question_key kept symbols: "?!" and "😀" had the same "") groups
+nothing: such rows are reviewed one by one in the review list.
 
 The "next" flow: ``/admin/queue/next?skip=N`` opens the N-th group in that
 order; marking a group removes it from the queue, so the same N is the next
@@ -25,6 +28,7 @@ from flask import Response, current_app, flash, redirect, request, url_for
 from flask_admin import BaseView, expose
 from flask_login import current_user
 
+from . import heavy
 from .admin_base import ReviewerOnly, row_ids
 from .database import FEEDBACK_DOWN, NEEDS_DELETION, REVIEWED, ROUTE_UNSURE, UNREVIEWED, Exchange, audit
 from .extensions import db
@@ -34,31 +38,69 @@ from .pairs_csv import PairsFileError, read_pairs_csv, write_pairs_csv
 log = logging.getLogger(__name__)
 
 MAX_GROUPS = 200
+# The most rows of one group a reviewer sees (and marks) at once; the rest
+# come back as the same group.
+GROUP_ROWS = 500
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DECISIONS = {"reviewed": REVIEWED, "needs_deletion": NEEDS_DELETION}
 
 
-def unreviewed_groups(limit=MAX_GROUPS):
+def unreviewed_groups(limit=MAX_GROUPS, window=None):
     """[(key, rows count, 👎 count, unsure count, newest time)] of unreviewed
     rows, in queue order: groups with a 👎 first, then groups the bot said
-    it did not know (what it most needs to learn), then the biggest."""
-    disliked = sa.func.sum(sa.case((Exchange.feedback == FEEDBACK_DOWN, 1), else_=0))
-    unsure = sa.func.sum(sa.case((Exchange.route == ROUTE_UNSURE, 1), else_=0))
+    it did not know (what it most needs to learn), then the biggest.
+
+    Counted over the newest ``window`` unreviewed rows (default: the app's
+    ADMIN_QUEUE_ROWS): a read of that many rows by id on ix_exchange_status,
+    however many wait in all.  MATERIALIZED: read first, then grouped, so
+    that no database plans to read every row in question_key order instead
+    of sorting the window's.
+    """
+    window = window or current_app.config["ADMIN_QUEUE_ROWS"]
+    unreviewed = Exchange.status == UNREVIEWED
+    oldest = (sa.select(Exchange.id).where(unreviewed).order_by(Exchange.id.desc())
+              .offset(window - 1).limit(1).scalar_subquery())
+    rows = (sa.select(Exchange.question_key, Exchange.feedback, Exchange.route, Exchange.created_at)
+            .where(unreviewed, Exchange.id >= sa.func.coalesce(oldest, 0), Exchange.question_key != "")
+            .cte("newest").prefix_with("MATERIALIZED"))
+    disliked = sa.func.sum(sa.case((rows.c.feedback == FEEDBACK_DOWN, 1), else_=0))
+    unsure = sa.func.sum(sa.case((rows.c.route == ROUTE_UNSURE, 1), else_=0))
     count = sa.func.count()
-    newest = sa.func.max(Exchange.created_at)
-    query = (sa.select(Exchange.question_key, count, disliked, unsure, newest)
-             .where(Exchange.status == UNREVIEWED)
-             .group_by(Exchange.question_key)
+    newest = sa.func.max(rows.c.created_at)
+    query = (sa.select(rows.c.question_key, count, disliked, unsure, newest)
+             .group_by(rows.c.question_key)
              .order_by((disliked > 0).desc(), (unsure > 0).desc(), count.desc(), newest.desc(),
-                       Exchange.question_key)
+                       rows.c.question_key)
              .limit(limit))
     return [tuple(row) for row in db.session.execute(query).all()]
 
 
-def group_rows(key):
+def in_group(key):
+    """The rows of group ``key``; the empty key is no group."""
+    return sa.and_(Exchange.question_key == key, Exchange.question_key != "")
+
+
+def group_rows(key, limit=GROUP_ROWS):
+    """The newest ``limit`` unreviewed rows of group ``key``."""
     return db.session.scalars(
-        sa.select(Exchange).where(Exchange.status == UNREVIEWED, Exchange.question_key == key)
-        .order_by(Exchange.created_at.desc(), Exchange.id.desc())).all()
+        sa.select(Exchange).where(Exchange.status == UNREVIEWED, in_group(key))
+        .order_by(Exchange.created_at.desc(), Exchange.id.desc()).limit(limit)).all()
+
+
+def group_previews(keys, per_group=3):
+    """{key: [(question, answer)]}: the newest ``per_group`` unreviewed rows
+    of each group, a seek on ix_exchange_key_status_created each, by one
+    statement built once (building 200 would take longer than running them)."""
+    newest = (sa.select(Exchange.question, Exchange.answer)
+              .where(Exchange.status == UNREVIEWED, Exchange.question_key == sa.bindparam("key"))
+              .order_by(Exchange.created_at.desc(), Exchange.id.desc()).limit(per_group))
+    connection = db.session.connection()
+    return {key: [tuple(row) for row in connection.execute(newest, {"key": key})] for key in keys}
+
+
+def group_size(key):
+    return db.session.scalar(sa.select(sa.func.count()).select_from(Exchange).where(
+        Exchange.status == UNREVIEWED, in_group(key)))
 
 
 def apply_to_group(key, ids, status, correction, reviewer_name):
@@ -68,7 +110,7 @@ def apply_to_group(key, ids, status, correction, reviewer_name):
     ones the reviewer saw) change: a row that arrived meanwhile waits.
     """
     rows = db.session.scalars(sa.select(Exchange).where(
-        Exchange.id.in_(ids), Exchange.question_key == key, Exchange.status == UNREVIEWED)).all()
+        Exchange.id.in_(ids), in_group(key), Exchange.status == UNREVIEWED)).all()
     for row in rows:
         if status == REVIEWED and correction and correction != row.answer:
             row.corrected_answer = correction
@@ -90,16 +132,20 @@ def purge_needs_deletion(reviewer_name):
 class QueueView(ReviewerOnly, BaseView):
 
     @expose("/")
+    @heavy.page
     def index(self):
         groups = []
-        for key, count, disliked, unsure, newest in unreviewed_groups():
-            rows = group_rows(key)[:3]
+        found = unreviewed_groups()
+        previews = group_previews([key for key, *_ in found])
+        for key, count, disliked, unsure, newest in found:
+            rows = previews[key]
             groups.append({"key": key, "count": count, "disliked": disliked, "unsure": unsure, "newest": newest,
-                           "questions": [r.question for r in rows],
-                           "answers": sorted({r.answer for r in rows})})
+                           "questions": [question for question, _ in rows],
+                           "answers": sorted({answer for _, answer in rows})})
         return self.render("admin/queue.html", groups=groups)
 
     @expose("/next")
+    @heavy.page
     def next(self):
         skip = max(0, request.args.get("skip", 0, type=int) or 0)
         groups = unreviewed_groups(limit=skip + 1)
@@ -109,6 +155,7 @@ class QueueView(ReviewerOnly, BaseView):
         return redirect(url_for(".group", key=groups[skip][0], skip=skip))
 
     @expose("/group", methods=["GET", "POST"])
+    @heavy.page
     def group(self):
         key = request.values.get("key", "")
         skip = max(0, request.values.get("skip", 0, type=int) or 0)
@@ -129,10 +176,11 @@ class QueueView(ReviewerOnly, BaseView):
         answers = {}
         for row in rows:
             answers[row.answer] = answers.get(row.answer, 0) + 1
-        return self.render("admin/queue_group.html", key=key, rows=rows, skip=skip,
+        return self.render("admin/queue_group.html", key=key, rows=rows, skip=skip, total=group_size(key),
                            answers=sorted(answers.items(), key=lambda kv: -kv[1]))
 
     @expose("/purge", methods=["POST"])
+    @heavy.page
     def purge(self):
         count = purge_needs_deletion(current_user.username)
         log.info("%s purged %d needs-deletion exchanges", current_user.username, count)
@@ -140,14 +188,16 @@ class QueueView(ReviewerOnly, BaseView):
         return redirect(url_for("admin.index"))
 
     @expose("/export.csv")
+    @heavy.page
     def export_csv(self):
         out = io.StringIO(newline="")
         write_pairs_csv(out, reviewed_pairs())
         name = f"reviewed-pairs-{datetime.now():%Y%m%d-%H%M%S}.csv"
-        return Response(out.getvalue(), mimetype="text/csv; charset=utf-8",
+        return Response(out.getvalue(), content_type="text/csv; charset=utf-8",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     @expose("/import", methods=["POST"])
+    @heavy.page
     def import_csv(self):
         upload = request.files.get("file")
         if upload is None or not upload.filename:

@@ -217,7 +217,8 @@ def quality_gate(new: dict, current: dict, margin: float) -> tuple[bool, str]:
 
 # -- starting a retrain (the CLI and the admin page) --------------------------------
 
-def start(config, pairs, *, force=False, margin=None, extra_train_args=(), background=False, on_line=None):
+def start(config, pairs, *, force=False, margin=None, extra_train_args=(), background=False, on_line=None,
+          offload=None):
     """Retrain the app's model on ``pairs`` ((question, answer) tuples).
 
     ``config`` is the app's config (MODEL_DIR, QUALITY_GATE_MARGIN,
@@ -226,7 +227,10 @@ def start(config, pairs, *, force=False, margin=None, extra_train_args=(), backg
     returning the final status (``flask retrain``), or with ``background`` in
     a new runner process that inherits the lock, returning its Popen at once
     (the admin page: a web request must not wait for a training run).
+    ``offload(fn, *args)``, if given, writes the pairs (the admin page's
+    heavy.run: a million pairs are written off the event loop).
     """
+    offload = offload or (lambda fn, *args: fn(*args))
     root = Path(config["MODEL_DIR"])
     margin = config["QUALITY_GATE_MARGIN"] if margin is None else margin
     train_args = [*shlex.split(config.get("RETRAIN_ARGS") or ""), *extra_train_args]
@@ -236,12 +240,12 @@ def start(config, pairs, *, force=False, margin=None, extra_train_args=(), backg
         raise RetrainBusy()
     if background:
         try:
-            count = _write_pairs(pairs_csv, pairs)
+            count = offload(_write_pairs, pairs_csv, pairs)
             return _start_runner(root, pairs_csv, fd, force, margin, train_args, count)
         finally:
             os.close(fd)  # the runner has its own fd for the lock: it stays held until the runner ends
     try:
-        count = _write_pairs(pairs_csv, pairs)
+        count = offload(_write_pairs, pairs_csv, pairs)
     except BaseException:
         os.close(fd)
         raise

@@ -9,10 +9,11 @@ one app); create_app may be called many times in one process.  Access, the
 Korean words and CSRF are shared by every view (admin_base).
 """
 import logging
+from collections import Counter
 from datetime import datetime, time, timedelta
 
 import sqlalchemy as sa
-from flask import flash, request
+from flask import current_app, flash, request
 from flask_admin import Admin, AdminIndexView, expose
 from flask_admin.actions import action
 from flask_admin.contrib.sqla import ModelView
@@ -23,10 +24,10 @@ from markupsafe import Markup
 from wtforms import TextAreaField
 from wtforms.validators import Length, Optional
 
-from . import analytics_admin, api_keys_admin, auth, export_admin, kakao_admin, versions_admin, queue_admin, security
+from . import analytics_admin, api_keys_admin, auth, export_admin, heavy, kakao_admin, versions_admin, queue_admin, security
 from .admin_base import ReviewerOnly, ReviewSecureForm, local_swatch, row_ids
 from .database import (AUDIT_ACTIONS, CHANNEL_LABELS, FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED,
-                       ROUTE_LABELS, ROUTE_UNSURE, STATUS_LABELS, UNREVIEWED,
+                       ROUTE_LABELS, ROUTE_UNSURE, STATUS_LABELS, TALLY_COLUMNS, UNREVIEWED,
                        Exchange, ReviewAudit, audit, review_queue_order)
 from .extensions import db
 
@@ -35,18 +36,32 @@ log = logging.getLogger(__name__)
 ADMIN_NAME = "한마디 검토"
 
 
+def home_counts():
+    """The home page's numbers: exchanges per status, the 👎 and the unsure
+    ones not yet reviewed, exchanges per channel.
+
+    One statement, grouped in the order of ix_exchange_tally (feedback,
+    route, channel, status): a single read of that index, no sort and no
+    row, and a few hundred groups added up here."""
+    columns = [getattr(Exchange, name) for name in TALLY_COLUMNS]
+    by_status, by_channel = Counter(), Counter()
+    disliked = unsure = 0
+    for feedback, route, channel, status, count in db.session.execute(
+            sa.select(*columns, sa.func.count()).group_by(*columns)):
+        by_status[status] += count
+        by_channel[channel] += count
+        if status == UNREVIEWED:
+            disliked += count if feedback == FEEDBACK_DOWN else 0
+            unsure += count if route == ROUTE_UNSURE else 0
+    return by_status, disliked, unsure, by_channel
+
+
 class ReviewIndexView(ReviewerOnly, AdminIndexView):
     @expose("/")
+    @heavy.page
     def index(self):
-        counts = dict(db.session.execute(
-            sa.select(Exchange.status, sa.func.count()).group_by(Exchange.status)).all())
-        rows = [(status, label, counts.get(status, 0)) for status, label in STATUS_LABELS.items()]
-        disliked = db.session.scalar(sa.select(sa.func.count()).select_from(Exchange).where(
-            Exchange.feedback == FEEDBACK_DOWN, Exchange.status == UNREVIEWED))
-        unsure = db.session.scalar(sa.select(sa.func.count()).select_from(Exchange).where(
-            Exchange.route == ROUTE_UNSURE, Exchange.status == UNREVIEWED))
-        by_channel = dict(db.session.execute(
-            sa.select(Exchange.channel, sa.func.count()).group_by(Exchange.channel)).all())
+        counts, disliked, unsure, by_channel = home_counts()
+        rows = [(status, label, counts[status]) for status, label in STATUS_LABELS.items()]
         channel_rows = [(channel, label, by_channel.get(channel, 0)) for channel, label in CHANNEL_LABELS.items()]
         return self.render("admin/review_index.html", status_rows=rows, disliked=disliked, unsure=unsure,
                            channel_rows=channel_rows, needs_deletion=counts.get(NEEDS_DELETION, 0))
@@ -133,6 +148,11 @@ class ExchangeView(ReviewerOnly, ModelView):
     Unsorted, the list is the review queue (``review_queue_order``): 👎 not yet
     reviewed first, then the rest not yet reviewed, then the others; newest
     first within each.  A column heading sorts by that column instead.
+
+    At a million exchanges: every order reads an index (only indexed columns
+    sort), the pager shows no page count (counting every match would read
+    them all), and a search looks through the newest ADMIN_SEARCH_ROWS
+    exchanges that the filters pick.  The list runs on a heavy-work thread.
     """
 
     form_base_class = ReviewSecureForm
@@ -145,6 +165,7 @@ class ExchangeView(ReviewerOnly, ModelView):
     can_export = False
     page_size = 50
     can_set_page_size = True
+    simple_list_pager = True
 
     column_list = ("question", "answer", "corrected_answer", "feedback", "status", "route", "confidence",
                    "channel", "model_version", "session_id", "created_at", "reviewer", "reviewed_at")
@@ -179,7 +200,7 @@ class ExchangeView(ReviewerOnly, ModelView):
         "reviewed_at": _format_time,
     }
     column_formatters_detail = column_formatters
-    column_sortable_list = ("status", "feedback", "route", "confidence", "channel", "created_at", "reviewer", "reviewed_at")
+    column_sortable_list = ("status", "confidence", "channel", "created_at")
     column_searchable_list = ("question", "answer", "corrected_answer")
     column_filters = (
         ChoiceFilter(Exchange.status, "상태", options=tuple(STATUS_LABELS.items())),
@@ -215,6 +236,29 @@ class ExchangeView(ReviewerOnly, ModelView):
         "status": {"label": "상태"},
     }
     form_widget_args = {"corrected_answer": {"rows": 4}}
+
+    @expose("/")
+    @heavy.page
+    def index_view(self):
+        return super().index_view()
+
+    def search_placeholder(self):
+        return f"{super().search_placeholder()} (최근 {current_app.config['ADMIN_SEARCH_ROWS']:,}건에서)"
+
+    def _apply_search(self, query, count_query, joins, count_joins, search):
+        """Flask-Admin's search (each word in the question, the answer or the
+        correction), among the newest ADMIN_SEARCH_ROWS exchanges that the
+        list's filters pick: a read of that many rows at most."""
+        query, count_query, joins, count_joins = super()._apply_search(query, count_query, joins, count_joins,
+                                                                       search)
+        window = db.session.query(Exchange.id)
+        filters = self._get_list_filter_args()
+        if filters:
+            window = self._apply_filters(window, None, {}, {}, filters)[0]
+        window = window.order_by(Exchange.id.desc()).limit(current_app.config["ADMIN_SEARCH_ROWS"]).subquery()
+        newest = Exchange.id.in_(sa.select(window.c.id))
+        return (query.filter(newest), count_query.filter(newest) if count_query is not None else None,
+                joins, count_joins)
 
     def _apply_sorting(self, query, joins, sort_column, sort_desc):
         if sort_column is None:  # no column chosen: the review queue

@@ -1,5 +1,5 @@
-"""HTTP security: response headers with a Content-Security-Policy, and the
-login throttle.
+"""HTTP security: response headers with a Content-Security-Policy, the
+allowed Host names (ALLOWED_HOSTS), the proxy headers, and the login throttle.
 
 Every response carries the headers below.  The policy allows scripts and
 styles only from this site; a page that needs an inline script (none does
@@ -12,12 +12,17 @@ DENY``) except the widget's /embed (chatbot/widget.py), which sets its own
 ``frame-ancestors``: then no X-Frame-Options is added, since it cannot list
 origins.
 """
+import re
 import secrets
 import threading
 import time
 from collections import OrderedDict, deque
 
 from flask import g
+from werkzeug.exceptions import SecurityError
+from werkzeug.wsgi import get_host
+
+from .limits import SOCKETIO_PATH
 
 CSP_DIRECTIVES = (
     ("default-src", "'self'"),
@@ -67,27 +72,50 @@ def may_be_framed(csp: str) -> bool:
 
 
 def origin_checker(allowed_origins):
-    """Socket.IO's ``cors_allowed_origins``: the bot's own origin, as
-    python-engineio's default computes it (the Host header, and behind a proxy
-    X-Forwarded-Proto/-Host), plus ``allowed_origins``.  A list alone would
-    drop the default, so a callable."""
+    """Socket.IO's ``cors_allowed_origins``: the bot's own origin (scheme and
+    Host of the request), plus ``allowed_origins``.  A list alone would drop
+    the own origin, so a callable.
+
+    X-Forwarded-Proto/-Host are never read here: behind a configured proxy
+    (``PROXY_COUNT`` > 0) ProxyFix has already put the proxy's values into
+    the environ; without one, anyone could send them."""
     listed = frozenset(allowed_origins)
 
     def allowed(origin, environ):
         if origin in listed:
             return True
         host = environ.get("HTTP_HOST")
-        if not host:
-            return False
-        scheme = environ.get("wsgi.url_scheme", "http")
-        own = {f"{scheme}://{host}"}
-        if "HTTP_X_FORWARDED_PROTO" in environ or "HTTP_X_FORWARDED_HOST" in environ:
-            forwarded_scheme = environ.get("HTTP_X_FORWARDED_PROTO", scheme).split(",")[0].strip()
-            forwarded_host = environ.get("HTTP_X_FORWARDED_HOST", host).split(",")[0].strip()
-            own.add(f"{forwarded_scheme}://{forwarded_host}")
-        return origin in own
+        return bool(host) and origin == f"{environ.get('wsgi.url_scheme', 'http')}://{host}"
 
     return allowed
+
+
+def parse_hosts(value) -> list[str]:
+    """ALLOWED_HOSTS: host names separated by commas or spaces, lower-cased
+    (a leading dot also allows the subdomains, as in Flask's TRUSTED_HOSTS)."""
+    items = value if isinstance(value, (list, tuple)) else re.split(r"[\s,]+", value or "")
+    return list(dict.fromkeys(item.strip().lower() for item in items if item.strip()))
+
+
+class SocketIOTrustedHosts:
+    """Flask refuses a Host outside ``TRUSTED_HOSTS`` (400) for its own views;
+    python-engineio answers Socket.IO's requests before Flask, so this checks
+    those, with the same list and Werkzeug's same ``get_host``."""
+
+    def __init__(self, wsgi_app, trusted_hosts):
+        self.wsgi_app = wsgi_app
+        self.trusted_hosts = trusted_hosts
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO", "").startswith(SOCKETIO_PATH):
+            try:
+                get_host(environ, self.trusted_hosts)
+            except SecurityError:
+                body = b"Host not allowed"
+                start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8"),
+                                                   ("Content-Length", str(len(body)))])
+                return [body]
+        return self.wsgi_app(environ, start_response)
 
 
 class SecurityHeadersMiddleware:
@@ -190,13 +218,18 @@ class LoginThrottle:
 
 
 def init_app(app):
-    """Security headers on every response; the client's address behind a proxy."""
+    """Security headers on every response; ALLOWED_HOSTS; the client's address,
+    scheme and host behind a proxy."""
 
     @app.after_request
     def _content_security_policy(response):
         response.headers.setdefault("Content-Security-Policy", content_security_policy(g.get("csp_nonce")))
         return response
 
+    hosts = parse_hosts(app.config.get("ALLOWED_HOSTS"))
+    if hosts:  # against DNS rebinding: a page of another name that resolves to us
+        app.config["TRUSTED_HOSTS"] = hosts
+        app.wsgi_app = SocketIOTrustedHosts(app.wsgi_app, hosts)
     app.wsgi_app = SecurityHeadersMiddleware(app.wsgi_app)
     proxies = app.config.get("PROXY_COUNT", 0)
     if proxies:

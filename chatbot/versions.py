@@ -49,6 +49,17 @@ def list_versions(models_root) -> list[str]:
     return sorted((p.name for p in root.iterdir() if _is_version_dir(p)), key=_natural_key)
 
 
+def _check_version(root: Path, name) -> None:
+    """ValueError unless ``name`` is one of list_versions(root), exactly.
+
+    Checked against the directory's own entries, not by building a path:
+    ``root / "."`` is root itself, and ``.``, ``..``, hidden names, `current`
+    and anything with a separator are never an entry that list_versions gives.
+    """
+    if not isinstance(name, str) or name not in list_versions(root):
+        raise ValueError(f"{name!r} is not a model version in {root}")
+
+
 def make_temp_dir(models_root) -> Path:
     """A fresh hidden directory inside models_root, so publishing is a rename
     within one file system (atomic)."""
@@ -86,8 +97,7 @@ def publish(temp_dir, models_root) -> Path:
 def activate(models_root, name: str) -> Path:
     """Point `current` at version `name` atomically (new symlink, then os.replace)."""
     root = Path(models_root)
-    if not name or "/" in name or os.sep in name or not _is_version_dir(root / name):
-        raise ValueError(f"{name!r} is not a model version in {root}")
+    _check_version(root, name)
     tmp_link = root / f".current-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     os.symlink(name, tmp_link)  # relative, so the models dir can be moved
     try:
@@ -113,8 +123,7 @@ def delete(models_root, name: str) -> None:
     import shutil
 
     root = Path(models_root)
-    if not name or "/" in name or os.sep in name or not _is_version_dir(root / name):
-        raise ValueError(f"{name!r} is not a model version in {root}")
+    _check_version(root, name)
     if _points_at(root, name):
         raise VersionInUse(f"{name} is current; activate another version first")
     hidden = root / f".deleting-{name}-{uuid.uuid4().hex[:8]}"

@@ -25,7 +25,7 @@ from flask_admin import BaseView, expose
 from flask_login import current_user
 from flask_socketio import disconnect, emit
 
-from . import retrain, versions
+from . import heavy, retrain, versions
 from .admin_base import ReviewerOnly
 from .extensions import socketio
 from .pairs import training_pairs
@@ -41,8 +41,13 @@ def _root() -> Path:
 
 
 def start_retrain(force=False) -> subprocess.Popen:
-    """Start a runner process; raises retrain.RetrainBusy if one is running."""
-    proc = retrain.start(current_app.config, training_pairs(), force=force, background=True)
+    """Start a runner process; raises retrain.RetrainBusy if one is running.
+
+    The pairs are read and written on a heavy-work thread (a million
+    reviewed rows take seconds); the runner is started here, on the event
+    loop: gevent's subprocess works only from there."""
+    proc = retrain.start(current_app.config, heavy.run(training_pairs), force=force, background=True,
+                         offload=heavy.run)
     log.info("retrain started by %s (pid %s, force=%s)", current_user.username, proc.pid, force)
     return proc
 
@@ -113,7 +118,10 @@ class VersionsView(ReviewerOnly, BaseView):
     def retrain(self):
         force = request.form.get("force") in ("1", "on", "true", "y")
         try:
-            start_retrain(force=force)
+            with heavy.slot():
+                start_retrain(force=force)
+        except heavy.Busy as busy:
+            return heavy.refusal(busy)
         except retrain.RetrainBusy as exc:
             flash(str(exc), "warning")
         except OSError as exc:

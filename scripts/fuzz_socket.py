@@ -130,7 +130,8 @@ class Tally:
         self.not_closed = Counter()
         self.http = Counter()
         self.problems = []
-        self.answered_questions = {}  # session id -> set of questions that got a reply
+        self.answered_questions = {}  # session name -> set of questions that got a reply
+        self.tokens = {}  # session name -> the token of its chat session (chatbot/chat.py)
 
     def add(self, **counts):
         with self.lock:
@@ -164,17 +165,31 @@ class Pacer:
 
 
 class Conn:
-    """A python-socketio client with a chat session of its own."""
+    """A python-socketio client of the chat session named ``session``: the
+    first connection of a name starts a chat, later ones come back to it with
+    the token the server sent the first."""
 
     def __init__(self, url, session, tally):
         self.session, self.tally = session, tally
-        self.errors, self.replies, self.history = [], [], None
+        self.errors, self.replies, self.history, self.token = [], [], None, None
         self.got = threading.Condition()
         self.sio = socketio.Client(reconnection=False)
+        self.sio.on("session", self._on_session)
         self.sio.on("error", self._on_error)
         self.sio.on("reply", self._on_reply)
         self.sio.on("history", self._on_history)
-        self.sio.connect(url, transports=["websocket"], auth={"session": session}, wait_timeout=15)
+        with tally.lock:
+            token = tally.tokens.get(session)
+        self.sio.connect(url, transports=["websocket"], auth={"session": token} if token else {}, wait_timeout=15)
+        if not self.wait_for(lambda: self.token is not None, 15):
+            self.close()
+            raise RuntimeError("no session token")
+        with tally.lock:
+            tally.tokens.setdefault(session, self.token)
+
+    def _on_session(self, data=None, *rest):
+        self.token = data.get("token") if isinstance(data, dict) else None
+        self._notify()
 
     def _notify(self):
         with self.got:
@@ -459,6 +474,8 @@ def stored_rows(url, sessions, tally, timeout):
         except Exception as exc:
             tally.problem(f"history of {session}: cannot connect: {exc}")
             continue
+        if conn.token != tally.tokens.get(session):
+            tally.problem(f"history of {session}: the server did not take its token back")
         conn.emit("history", ())
         if not conn.wait_for(lambda: conn.history is not None, timeout):
             tally.problem(f"history of {session}: no answer")
@@ -570,6 +587,7 @@ def main(argv=None):
         "answers_after": after,
         "rows_stored": rows,
         "garbage_rows": garbage,
+        "session_ids": sorted(token.split(".")[0] for token in tally.tokens.values()),
         "problems": tally.problems,
         "duration_s": round(time.monotonic() - started, 1),
     }

@@ -63,8 +63,22 @@ def live_rows(live):
 
 # -- the chat over Socket.IO -------------------------------------------------------
 
-def connect(app, session_id="browser-session-1"):
-    return socketio.test_client(app, flask_test_client=app.test_client(), auth={"session": session_id})
+def connect(app, token=None, channel=None):
+    """A chat connection, as the page makes it: with the token of the chat
+    session to continue (a reload of the same tab), or None for a new chat.
+    The server's ``session`` event is taken off the queue: its token is
+    ``sock.token``."""
+    auth = {key: value for key, value in (("session", token), ("channel", channel)) if value is not None}
+    sock = socketio.test_client(app, flask_test_client=app.test_client(), auth=auth)
+    sock.token = session_token_of(sock)
+    return sock
+
+
+def session_token_of(sock):
+    """The token in the ``session`` event a new connection gets first (chatbot/chat.py)."""
+    received = sock.get_received()
+    assert [event["name"] for event in received] == ["session"], received
+    return received[0]["args"][0]["token"]
 
 
 def ask(sock, data):

@@ -304,6 +304,45 @@ def test_refused_keys_are_limited_per_address(make_app):
     assert response.status_code == 200
 
 
+def test_the_auth_failure_limit_holds_against_parallel_guesses_on_the_real_server(tmp_path):
+    """32 connections guess at once against gunicorn's gevent worker: exactly
+    API_AUTH_FAILURE_LIMIT guesses get an answer (401), every other one 429."""
+    import http.client
+    import threading
+    from collections import Counter
+    from concurrent.futures import ThreadPoolExecutor
+
+    from live_server import LiveServer, prepare
+
+    connections, rounds = 32, 3
+    prepare(tmp_path, with_model=False)
+    server = LiveServer(tmp_path, env={"API_AUTH_FAILURE_LIMIT": "20/minute",
+                                       "MAX_CONNECTIONS_PER_ADDRESS": "100"}).start()
+    barrier = threading.Barrier(connections)
+
+    def guess(n):
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        connection.connect()
+        barrier.wait()
+        codes = []
+        for i in range(rounds):
+            connection.request("POST", MESSAGES, body=b'{"text": "x"}',
+                               headers={"Authorization": f"Bearer hm_guess-{n}-{i}",
+                                        "Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            codes.append(response.status)
+        connection.close()
+        return codes
+
+    try:
+        with ThreadPoolExecutor(connections) as pool:
+            codes = Counter(code for per_connection in pool.map(guess, range(connections)) for code in per_connection)
+    finally:
+        server.stop()
+    assert codes == {401: 20, 429: connections * rounds - 20}, codes
+
+
 def test_the_api_needs_no_csrf_token_but_the_admin_forms_still_do(app, logged_in):
     assert app.config.get("WTF_CSRF_ENABLED", True) is True
     _, secret = make_key(app)
@@ -319,6 +358,17 @@ def test_the_api_needs_no_csrf_token_but_the_admin_forms_still_do(app, logged_in
 
 
 # -- the OpenAPI document ----------------------------------------------------------
+
+def test_the_openapi_document_is_limited_per_address(make_app):
+    app = make_app(HTTP_LIMIT="3/minute")
+    client = app.test_client()
+    assert [client.get("/api/v1/openapi.json").status_code for _ in range(3)] == [200, 200, 200]
+    response = client.get("/api/v1/openapi.json")
+    assert_error(response, 429, "rate_limited")
+    assert 0 < int(response.headers["Retry-After"]) <= 60
+    other = client.get("/api/v1/openapi.json", environ_base={"REMOTE_ADDR": "10.0.0.2"})
+    assert other.status_code == 200
+
 
 def test_the_openapi_document_describes_both_endpoints_without_a_key(app):
     response = app.test_client().get("/api/v1/openapi.json")

@@ -16,7 +16,9 @@ the browser tests are skipped, except in CI (CI=true), where that is a
 failure (tests/conftest.py); the WebSocket origin test needs no browser.
 """
 import http.server
+import json
 import re
+import secrets
 import threading
 
 import pytest
@@ -146,14 +148,17 @@ def test_a_listed_site_shows_the_chat_and_keeps_its_history(sites, storage_allow
     frame = page.frame_locator(FRAME)
     frame.locator(CONNECTED).wait_for(timeout=20000)
     assert page.locator('[aria-controls="hanmadi-widget-panel"]').get_attribute("aria-expanded") == "true"
+    # a first visit: no token yet, only where to send the one the bot issues
     src = page.locator(FRAME).get_attribute("src")
-    assert re.fullmatch(re.escape(live.url + "/embed#session=") + "[0-9a-f]{32}", src), src
+    assert src == live.url + "/embed#origin=" + shop.url.replace(":", "%3A").replace("/", "%2F"), src
 
     reply = send(frame, "안녕하세요")
     assert reply.locator(".bubble").inner_text().strip()
     assert user_texts(frame) == ["안녕하세요"]
     first = live_rows(live)[-1]
-    assert (first.question, first.channel, first.session_id) == ("안녕하세요", "widget", src.rsplit("=", 1)[1])
+    assert (first.question, first.channel) == ("안녕하세요", "widget")
+    token = page.evaluate("localStorage.getItem('hanmadi.widget.session')")  # the shop's storage
+    assert token.split(".")[0] == first.session_id
 
     # the panel's own close button gives the focus back to the chat button
     page.locator(CLOSE).click()
@@ -164,6 +169,7 @@ def test_a_listed_site_shows_the_chat_and_keeps_its_history(sites, storage_allow
     page.reload()
     frame = open_widget(page, shop)
     frame.locator(CONNECTED).wait_for(timeout=20000)
+    assert page.locator(FRAME).get_attribute("src").endswith("&session=" + token)
     frame.locator(".msg.bot[data-id]").first.wait_for(timeout=10000)
     assert user_texts(frame) == ["안녕하세요"]
     send(frame, "배고파")
@@ -192,7 +198,7 @@ def test_where_third_party_storage_is_blocked_the_history_still_survives_a_reloa
         "() => { try { localStorage.length; return 'allowed'; } catch (e) { return e.name; } }") == "SecurityError"
     send(frame, "심심해")
     session = live_rows(live)[-1].session_id
-    assert session == page.evaluate("localStorage.getItem('hanmadi.widget.session')")
+    assert page.evaluate("localStorage.getItem('hanmadi.widget.session')").split(".")[0] == session
     page.reload()
     frame = open_widget(page, shop)
     frame.locator(CONNECTED).wait_for(timeout=20000)
@@ -218,6 +224,72 @@ def test_on_a_phone_the_open_widget_fills_the_screen(sites, context):
     assert page.locator(OPEN).is_visible()
     assert not page.locator(FRAME).is_visible()
     assert_clean(page)
+
+
+def attacker_socket(live, auth, ask_history=False):
+    """The attacker's script: a raw Socket.IO connection with ``auth``; the
+    token the bot sent it (None if none) and, if asked, the questions of the
+    history it gets."""
+    url = live.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+    ws = websocket.create_connection(url, timeout=10)
+    token, connected = None, False
+    try:
+        assert ws.recv().startswith("0{")
+        ws.send("40" + json.dumps(auth))
+        while True:
+            frame = ws.recv()
+            if frame == "2":
+                ws.send("3")
+            elif frame.startswith("40"):
+                connected = True
+                if not ask_history:
+                    return token, None
+                ws.send('42["history"]')
+            elif frame.startswith("42"):
+                name, data = json.loads(frame[2:])[:2]
+                if name == "session":
+                    token = data["token"]
+                elif name == "history":
+                    assert connected
+                    return token, [x["question"] for x in data["exchanges"]]
+                else:
+                    raise AssertionError(frame)
+            else:
+                raise AssertionError(frame)
+    finally:
+        ws.close()
+
+
+SECRET = "제 전화번호는 010-2345-6789예요"
+
+
+@pytest.mark.parametrize("fixed_by", ["a picked id", "a token the bot issued to the attacker"])
+def test_a_link_to_embed_cannot_hand_a_visitor_a_chat_the_attacker_can_read(sites, context, fixed_by):
+    """Session fixation: an attacker gets a visitor to open
+    https://BOT/embed#session=S as a page (not in a frame), with an id S they
+    picked or a token the bot sent their own connection; the visitor types
+    something private; the attacker connects with S and asks for the history."""
+    live, _, _ = sites
+    picked = secrets.token_hex(16)  # what widget.js used to put there
+    fixed = picked
+    if fixed_by != "a picked id":
+        fixed = attacker_socket(live, {"channel": "widget"})[0] or picked  # old servers send no token
+    victim = context().new_page()
+    victim.goto(f"{live.url}/embed#session={fixed}")
+    victim.wait_for_selector(CONNECTED, timeout=20000)
+    send(victim, SECRET)
+    row = live_rows(live)[-1]
+    assert (row.question, row.channel) == (SECRET, "widget")
+
+    _, seen = attacker_socket(live, {"session": fixed, "channel": "widget"}, ask_history=True)
+    assert seen == []
+    assert row.session_id not in (picked, fixed.split(".")[0])
+    # the visitor's own chat goes on after a reload (the bot's own storage)
+    victim.reload()
+    victim.wait_for_selector(CONNECTED, timeout=20000)
+    victim.locator(".msg.bot[data-id]").first.wait_for(timeout=10000)
+    assert user_texts(victim) == [SECRET]
+    assert_clean(victim)
 
 
 def test_a_site_not_listed_gets_no_chat(sites, context):

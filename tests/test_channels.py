@@ -3,13 +3,11 @@ and each exchange records the channel it came from."""
 import re
 
 import pytest
-from flask_socketio import SocketIOTestClient
 
 from chatbot import conversation
 from chatbot.conversation import MessageError
 from chatbot.database import CHANNEL_API, CHANNEL_KAKAO, CHANNEL_WEB, CHANNEL_WIDGET, ROUTE_FALLBACK
-from chatbot.extensions import socketio
-from helpers import add_exchange, ask, connect, get_row
+from helpers import add_exchange, ask, connect, get_row, skill_payload
 
 
 def test_the_chat_page_records_its_channel(app):
@@ -20,13 +18,11 @@ def test_the_chat_page_records_its_channel(app):
 
 
 def test_the_widget_says_so_when_connecting_and_nothing_else_can(app):
-    widget = socketio.test_client(app, flask_test_client=app.test_client(),
-                                  auth={"session": "widget-visitor-1", "channel": CHANNEL_WIDGET})
+    widget = connect(app, channel=CHANNEL_WIDGET)
     _, reply = ask(widget, {"text": "안녕"})
     assert get_row(app, reply["id"]).channel == CHANNEL_WIDGET
     # A browser cannot record itself as the API or KakaoTalk.
-    spoof: SocketIOTestClient = socketio.test_client(app, flask_test_client=app.test_client(),
-                                                     auth={"session": "spoofing-visitor", "channel": CHANNEL_KAKAO})
+    spoof = connect(app, channel=CHANNEL_KAKAO)
     _, reply = ask(spoof, {"text": "안녕"})
     assert get_row(app, reply["id"]).channel == CHANNEL_WEB
 
@@ -60,6 +56,29 @@ def test_ask_refuses_bad_messages_with_the_same_codes_on_every_channel(app, data
     assert get_row(app, 1) is None  # nothing stored
 
 
+INVISIBLE_ONLY = ["\u200b\u200b", "\u2060", "\ufeff", "\u3164\u3164", "\u115f\u1160", "\uffa0", " \u200b \u3164 "]
+
+
+@pytest.mark.parametrize("text", INVISIBLE_ONLY)
+def test_a_message_of_only_invisible_characters_is_empty_on_every_channel(app, text):
+    import json
+
+    from chatbot import api, kakao
+
+    sock = connect(app)
+    name, error = ask(sock, {"text": text})
+    assert (name, error["code"]) == ("error", "empty")
+    with app.app_context():
+        _, secret = api.create_key("invisible", created_by="test")
+        url = "/kakao/skill/" + kakao.skill_secret()
+    client = app.test_client()
+    response = client.post("/api/v1/messages", json={"text": text}, headers={"Authorization": f"Bearer {secret}"})
+    assert (response.status_code, response.get_json()["code"]) == (400, "empty")
+    response = client.post(url, data=json.dumps(skill_payload(text)), content_type="application/json")
+    assert response.get_json()["template"]["outputs"][0]["simpleText"]["text"] == kakao.TEXTS["empty"]
+    assert get_row(app, 1) is None  # nothing stored
+
+
 def test_ask_refuses_an_unknown_channel(app):
     with app.app_context(), pytest.raises(ValueError):
         conversation.ask("안녕", "caller-1", "fax")
@@ -69,18 +88,35 @@ def test_feedback_reaches_only_the_owners_rows(app):
     mine = add_exchange(app, "내 질문", session_id="s-mine", channel=CHANNEL_KAKAO)
     theirs = add_exchange(app, "남의 질문", session_id="s-theirs", channel=CHANNEL_KAKAO)
     with app.app_context():
-        assert conversation.give_feedback(mine, "down", session_id="s-mine") == {"id": mine, "value": "down"}
+        assert conversation.give_feedback(mine, "down", CHANNEL_KAKAO, session_id="s-mine") == {"id": mine, "value": "down"}
         with pytest.raises(MessageError) as caught:
-            conversation.give_feedback(theirs, "up", session_id="s-mine")
+            conversation.give_feedback(theirs, "up", CHANNEL_KAKAO, session_id="s-mine")
         assert caught.value.code == "not_found"
         with pytest.raises(MessageError) as caught:
-            conversation.give_feedback(mine, "up", api_key_id=None)  # no owner value never matches
+            conversation.give_feedback(mine, "up", CHANNEL_KAKAO, api_key_id=None)  # no owner value never matches
         assert caught.value.code == "not_found"
         with pytest.raises(MessageError) as caught:
-            conversation.give_feedback(mine, "meh", session_id="s-mine")
+            conversation.give_feedback(mine, "meh", CHANNEL_KAKAO, session_id="s-mine")
         assert caught.value.code == "bad_feedback"
     assert get_row(app, mine).feedback == "down"
     assert get_row(app, theirs).feedback is None
+
+
+def test_feedback_reaches_only_the_channels_own_rows(app):
+    """A session id is the client's word: the same id on another channel is not the same owner."""
+    rows_by_channel = {channel: add_exchange(app, f"{channel} 질문", session_id="s-shared", channel=channel)
+                       for channel in (CHANNEL_WEB, CHANNEL_WIDGET, CHANNEL_API, CHANNEL_KAKAO)}
+    with app.app_context():
+        for channel, row_id in rows_by_channel.items():
+            for other in rows_by_channel:
+                if other != channel:
+                    with pytest.raises(MessageError) as caught:
+                        conversation.give_feedback(rows_by_channel[other], "down", channel, session_id="s-shared")
+                    assert caught.value.code == "not_found"
+            assert conversation.give_feedback(row_id, "up", channel, session_id="s-shared")["value"] == "up"
+        with pytest.raises(ValueError):
+            conversation.give_feedback(rows_by_channel[CHANNEL_WEB], "up", "fax", session_id="s-shared")
+    assert [get_row(app, row_id).feedback for row_id in rows_by_channel.values()] == ["up"] * 4
 
 
 def test_the_home_page_counts_exchanges_by_channel_and_links_to_them(app, logged_in):
@@ -101,9 +137,9 @@ def test_the_home_page_counts_exchanges_by_channel_and_links_to_them(app, logged
 
 
 def test_another_channel_naming_a_browser_session_never_reaches_its_history_or_feedback(app):
-    browser_session = "browser-session-1"
+    sock = connect(app)
+    browser_session = sock.token.split(".")[0]  # an API caller may name any session, this one too
     planted = add_exchange(app, "심어 둔 질문", session_id=browser_session, channel=CHANNEL_API)
-    sock = connect(app, browser_session)
     _, own = ask(sock, {"text": "안녕"})
     sock.emit("history")
     history = sock.get_received()[0]["args"][0]["exchanges"]

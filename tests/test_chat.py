@@ -33,7 +33,7 @@ def test_round_trip_stores_the_exchange(app):
     assert reply["model_version"] == version
     [row] = rows(app)
     assert (row.id, row.question, row.answer) == (reply["id"], "안녕하세요", reply["answer"])
-    assert row.session_id == "browser-session-1"
+    assert sock.token.split(".")[0] == row.session_id  # the token names the chat session it opened
     assert row.model_version == version and row.route == ROUTE_KNOWN
     assert row.status == UNREVIEWED and row.created_at is not None
     assert row.corrected_answer is None and row.reviewer is None
@@ -162,13 +162,14 @@ def error_codes(received):
 
 
 def test_history_returns_only_this_sessions_exchanges_oldest_first(app):
-    mine = connect(app, "my-session-123")
+    mine = connect(app)
     ask(mine, "안녕")
     ask(mine, "배고파")
-    other = connect(app, "other-session-456")
+    other = connect(app)
     ask(other, "비밀 질문")
 
-    again = connect(app, "my-session-123")  # the same tab after a reload
+    again = connect(app, mine.token)  # the same tab after a reload
+    assert again.token == mine.token
     again.emit("history")
     [received] = again.get_received()
     assert received["name"] == "history"
@@ -176,29 +177,33 @@ def test_history_returns_only_this_sessions_exchanges_oldest_first(app):
     assert [x["question"] for x in exchanges] == ["안녕", "배고파"]
     assert all(set(x) == {"id", "question", "answer", "route", "model_version", "feedback"} for x in exchanges)
 
-    fresh = connect(app, "brand-new-session")
+    fresh = connect(app)
+    assert fresh.token not in (mine.token, other.token)
     fresh.emit("history")
     assert fresh.get_received()[0]["args"][0]["exchanges"] == []
 
 
-def test_history_without_a_session_id_is_only_this_socket(app):
-    first = socketio.test_client(app)  # no auth: the socket id is the chat session
+def test_a_connection_without_auth_starts_a_new_chat(app):
+    first = socketio.test_client(app)  # no auth at all
+    first.get_received()  # its token
     ask(first, "안녕")
     second = socketio.test_client(app)
+    second.get_received()
     second.emit("history")
     assert second.get_received()[0]["args"][0]["exchanges"] == []
 
 
-@pytest.mark.parametrize("session_id", ["short", "x" * 65, "../../etc", "a b c d e f g h", 12345678, None])
-def test_bad_session_ids_fall_back_to_the_socket_id(app, session_id):
-    sock = socketio.test_client(app, flask_test_client=app.test_client(), auth={"session": session_id})
+@pytest.mark.parametrize("token", ["short", "x" * 65, "../../etc", "a b c d e f g h", "x" * 5000, "\ud800",
+                                   12345678, ["a"], {"a": 1}, True])
+def test_bad_tokens_start_a_new_chat(app, token):
+    sock = connect(app, token)
     ask(sock, "안녕")
     [row] = rows(app)
-    assert row.session_id != session_id and len(row.session_id) >= 8
+    assert row.session_id != token and sock.token.split(".")[0] == row.session_id
 
 
 def test_feedback_is_stored_for_the_own_session_only(app):
-    sock = connect(app, "my-session-123")
+    sock = connect(app)
     _, reply = ask(sock, "안녕")
     assert reply["feedback"] is None
     sock.emit("feedback", {"id": reply["id"], "value": "down"})
@@ -212,7 +217,7 @@ def test_feedback_is_stored_for_the_own_session_only(app):
     sock.get_received()
     assert rows(app)[0].feedback is None
 
-    stranger = connect(app, "stranger-session")
+    stranger = connect(app)
     stranger.emit("feedback", {"id": reply["id"], "value": "down"})
     [received] = stranger.get_received()
     assert received["name"] == "error" and received["args"][0]["code"] == "not_found"
@@ -267,7 +272,7 @@ def test_message_rate_limit(make_app):
     assert 0 < error["retry_after"] <= 1.0 and "초 뒤에" in error["message"]
     assert len(rows(app)) == 3
     assert sock.is_connected()
-    other = connect(app, "another-tab-123")  # another chat session has its own count
+    other = connect(app)  # another chat session has its own count
     assert ask(other, {"text": "안녕"})[0] == "reply"
 
 
@@ -309,7 +314,7 @@ def test_unknown_events_get_an_error(app):
     ("", "bad_packet"),
 ])
 def test_malformed_packets_get_an_error_and_change_nothing(app, packet, code):
-    sock = connect(app, "fuzz-session-1")
+    sock = connect(app)
     received = raw(sock, packet)
     assert error_codes(received) == ([code] if code else [])
     assert sock.is_connected()
@@ -317,7 +322,7 @@ def test_malformed_packets_get_an_error_and_change_nothing(app, packet, code):
     if code is None:
         return
     assert ask(sock, {"text": "안녕"})[0] == "reply"
-    assert [row.session_id for row in rows(app)] == ["fuzz-session-1"]  # a fake connect changed nothing
+    assert [row.session_id for row in rows(app)] == [sock.token.split(".")[0]]  # a fake connect changed nothing
 
 
 def test_binary_attachment_that_points_nowhere(app):

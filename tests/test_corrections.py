@@ -73,6 +73,30 @@ def test_a_correction_answers_a_differently_worded_question_at_once(app, logged_
         assert other["route"] != ROUTE_MEMORY and other["answer"] != CORRECTION, text
 
 
+def test_an_empty_question_key_answers_nothing(app):
+    """A reviewed row with the empty key (an invisible-only question stored
+    before they were refused) must not answer symbol-only questions."""
+    with app.app_context():
+        db.session.add(Exchange(question="\u200b\u200b", question_key="", answer="틀린 답",
+                                corrected_answer=CORRECTION, status=REVIEWED))
+        db.session.commit()
+        assert app.extensions["chatbot.responder"].corrections.lookup("", key="") is None
+    sock = connect(app)
+    for text in ("?!", "😀", "..."):
+        answer = reply(sock, text)
+        assert answer["route"] != ROUTE_MEMORY and answer["answer"] != CORRECTION, text
+
+
+def test_a_correction_of_a_symbol_only_question_answers_only_that_question(app, logged_in):
+    sock = connect(app)
+    assert reply(sock, "😀")["route"] != ROUTE_MEMORY
+    edit(logged_in, reply(sock, "?!")["id"], CORRECTION)
+    assert (reply(sock, "?!")["answer"], reply(sock, "? !")["route"]) == (CORRECTION, ROUTE_MEMORY)
+    for text in ("😀", "...", "ㅋㅋ"):
+        answer = reply(sock, text)
+        assert answer["route"] != ROUTE_MEMORY and answer["answer"] != CORRECTION, text
+
+
 def test_a_correction_wins_over_a_training_answer(app, logged_in):
     sock = connect(app)
     before = reply(sock, "오늘 점심 뭐 먹지?")

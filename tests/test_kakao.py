@@ -10,9 +10,9 @@ import pytest
 
 from chatbot import kakao
 from chatbot.conversation import MESSAGES
-from chatbot.database import CHANNEL_KAKAO, FEEDBACK_DOWN, FEEDBACK_UP, ROUTE_FALLBACK, ROUTE_MODEL
+from chatbot.database import CHANNEL_KAKAO, CHANNEL_WEB, FEEDBACK_DOWN, FEEDBACK_UP, ROUTE_FALLBACK, ROUTE_MODEL
 from chatbot.responder import FALLBACK_ANSWER, Answer
-from helpers import BLOCK_ID, BOT_ID, get_row, rows, skill_payload
+from helpers import BLOCK_ID, BOT_ID, add_exchange, get_row, rows, skill_payload
 
 def skill_url(app):
     with app.app_context():
@@ -120,6 +120,10 @@ def _with(path, value):
     _with(["userRequest", "utterance"], None), _with(["userRequest", "user", "id"], 12345),
     _with(["userRequest", "user", "id"], ""), _with(["userRequest", "user", "id"], "x" * 300),
     _with(["userRequest", "user", "id"], "\ud800"), _with(["userRequest", "user"], ["id"]),
+    # The block id goes back in the 👍/👎 quick replies: a lone surrogate (JSON's
+    # "\ud800" escape) cannot be sent, so it is refused before anything is stored.
+    _with(["userRequest", "block", "id"], "\ud800"), _with(["userRequest", "block", "id"], "block-\udc00"),
+    _with(["userRequest", "block", "id"], "b" * 300), _with(["bot", "id"], "\udfff"),
 ])
 def test_a_payload_that_cannot_be_read_gets_a_skill_response_and_stores_nothing(app, client, body):
     response = client.post(skill_url(app), data=body, content_type="application/json")
@@ -174,6 +178,29 @@ def test_feedback_quick_replies_rate_that_users_exchange_and_no_one_elses(app, c
         [kakao.TEXTS[FEEDBACK_UP]]
     assert get_row(app, row_id).feedback == FEEDBACK_UP
     assert len(rows(app)) == 1  # the presses were not asked as questions
+
+
+def test_feedback_rates_only_kakao_exchanges_whatever_else_uses_the_users_session(app, client):
+    """The REST API (and a browser) may name any session id, a KakaoTalk user's too."""
+    from chatbot import api
+
+    url = skill_url(app)
+    session_id = expected_session("alice")
+    with app.app_context():
+        _, secret = api.create_key("planter", created_by="test")
+    planted = client.post("/api/v1/messages", json={"text": "심어 둔 질문", "session": session_id},
+                          headers={"Authorization": f"Bearer {secret}"}).get_json()
+    assert planted["session"] == session_id
+    web_row = add_exchange(app, "웹 질문", session_id=session_id, channel=CHANNEL_WEB)
+    for row_id in (planted["id"], web_row):
+        extra = {"feedback": FEEDBACK_DOWN, "exchange": row_id}
+        assert texts(post(client, url, skill_payload("👎", user_id="alice", client_extra=extra))) == \
+            [MESSAGES["not_found"]]
+        assert get_row(app, row_id).feedback is None
+    own = post(client, url, skill_payload("배고파", user_id="alice")).get_json()["template"]["quickReplies"][1]
+    assert texts(post(client, url, skill_payload("👎", user_id="alice", client_extra=own["extra"]))) == \
+        [kakao.TEXTS[FEEDBACK_DOWN]]
+    assert get_row(app, own["extra"]["exchange"]).feedback == FEEDBACK_DOWN
 
 
 @pytest.mark.parametrize("extra", [{"feedback": "meh", "exchange": 1}, {"feedback": None, "exchange": 1},
@@ -270,6 +297,32 @@ def test_wrong_secrets_and_unreadable_payloads_do_not_use_up_a_users_limit(make_
         assert post(client, "/kakao/skill/wrong", skill_payload("안녕")).status_code == 404
         texts(client.post(skill_url(app), data=b"{", content_type="application/json"))
     assert texts(post(client, skill_url(app), skill_payload("안녕"))) == [FALLBACK_ANSWER]
+
+
+def test_requests_that_are_not_kakaos_fall_under_the_per_address_limit_and_not_the_total(make_app):
+    """A wrong secret, or the right one with another method than POST, is not
+    Kakao: a 404 under HTTP_LIMIT per address, the same whatever the secret,
+    and no part of KAKAO_TOTAL_RATE_LIMIT."""
+    app = make_app(HTTP_LIMIT="3/minute", KAKAO_USER_RATE_LIMIT="", KAKAO_TOTAL_RATE_LIMIT="2/minute")
+    client = app.test_client()
+    url = skill_url(app)
+    codes = [post(client, "/kakao/skill/wrong-secret", skill_payload("안녕")).status_code for _ in range(4)]
+    assert codes == [404, 404, 404, 429]
+    assert client.get(url).status_code == 429  # the right secret, not a POST: the same address's limit
+
+    elsewhere = {"REMOTE_ADDR": "10.0.0.2"}
+    right, wrong = client.get(url, environ_base=elsewhere), client.get("/kakao/skill/wrong-secret", environ_base=elsewhere)
+    assert right.status_code == wrong.status_code == 404
+    assert right.get_data() == wrong.get_data()
+    assert sorted(right.headers.keys()) == sorted(wrong.headers.keys())
+    assert right.headers["X-RateLimit-Limit"] == wrong.headers["X-RateLimit-Limit"] == "3"
+    assert client.delete(url, environ_base=elsewhere).status_code == 404
+
+    # Kakao's own POSTs are not limited per address (its users share a few), and the
+    # requests above did not use up their total.
+    for n in range(2):
+        assert texts(post(client, url, skill_payload("안녕", user_id=f"user-{n}"))) == [FALLBACK_ANSWER]
+    assert len(rows(app)) == 2
 
 
 def test_all_kakao_users_together_have_a_bound(make_app):

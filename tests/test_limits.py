@@ -12,11 +12,14 @@ from chatbot.extensions import db, socketio
 from helpers import ask, connect, rows, tiny_model, token_in
 
 
-def connect_from(app, address, session_id="browser-session-1"):
-    """A Socket.IO test client whose requests come from ``address``."""
+def connect_from(app, address):
+    """A Socket.IO test client of a new chat whose requests come from ``address``."""
     flask_client = app.test_client()
     flask_client.environ_base["REMOTE_ADDR"] = address
-    return socketio.test_client(app, flask_test_client=flask_client, auth={"session": session_id})
+    sock = socketio.test_client(app, flask_test_client=flask_client)
+    if sock.is_connected():
+        sock.get_received()  # its chat session's token
+    return sock
 
 
 def test_buckets_refill_and_never_hold_more_than_the_burst():
@@ -48,30 +51,31 @@ def test_a_rate_of_zero_is_no_limit():
 
 def test_the_session_limit_survives_reconnects_and_new_handshakes(make_app):
     app = make_app(MESSAGE_RATE=0.01, MESSAGE_BURST=3)
-    sock = connect(app, "same-session-1")
+    sock = connect(app)
     assert [ask(sock, f"질문 {i}")[0] for i in range(3)] == ["reply"] * 3
     assert ask(sock, "넷째")[1]["code"] == "rate_limited"
     # A Socket.IO disconnect and connect on the same socket (`41`, `40`) ...
     sock.disconnect()
-    sock.connect(auth={"session": "same-session-1"})
+    sock.connect(auth={"session": sock.token})
+    assert [event["args"][0]["token"] for event in sock.get_received()] == [sock.token]
     assert ask(sock, "다시")[1]["code"] == "rate_limited"
     # ... or a new connection with the same chat session: the count goes on.
-    again = connect(app, "same-session-1")
+    again = connect(app, sock.token)
     assert ask(again, "또")[1]["code"] == "rate_limited"
     assert len(rows(app)) == 3
 
 
 def test_the_address_limit_spans_sessions(make_app):
     app = make_app(MESSAGE_RATE=0, ADDRESS_MESSAGE_RATE=0.01, ADDRESS_MESSAGE_BURST=4)
-    names = [ask(connect_from(app, "10.0.0.7", f"session-{i:04d}"), "안녕")[0] for i in range(6)]
+    names = [ask(connect_from(app, "10.0.0.7"), "안녕")[0] for i in range(6)]
     assert names == ["reply"] * 4 + ["error"] * 2
-    assert ask(connect_from(app, "10.0.0.8", "session-other"), "안녕")[0] == "reply"  # another address
+    assert ask(connect_from(app, "10.0.0.8"), "안녕")[0] == "reply"  # another address
     assert len(rows(app)) == 5
 
 
 def test_history_has_its_own_lower_limit(make_app):
     app = make_app(HISTORY_RATE=0.01, HISTORY_BURST=2)
-    sock = connect(app, "history-session-1")
+    sock = connect(app)
     ask(sock, "안녕")
     answers = []
     for _ in range(3):
@@ -84,7 +88,7 @@ def test_history_has_its_own_lower_limit(make_app):
 
 def test_connects_per_address_are_limited(make_app):
     app = make_app(CONNECT_RATE=0.01, CONNECT_BURST=3)
-    clients = [connect_from(app, "10.0.0.9", f"session-{i:04d}") for i in range(4)]
+    clients = [connect_from(app, "10.0.0.9") for i in range(4)]
     assert [c.is_connected() for c in clients] == [True, True, True, False]
     assert connect_from(app, "10.0.0.10").is_connected()
 

@@ -122,3 +122,42 @@ def test_analytics_day_index_migration_upgrades_and_downgrades(app):
     with app.app_context():
         flask_migrate.upgrade()
     assert indexes() == new
+
+
+def test_reviewer_session_token_migration_gives_each_reviewer_a_token_and_is_undone(app):
+    """c5d2e8f4a711: every reviewer already there gets a random token of their
+    own; undone, the column and its unique index are gone."""
+    import pytest
+
+    def reviewer_columns():
+        with app.app_context():
+            return {c["name"] for c in sa.inspect(db.engine).get_columns("reviewer")}
+
+    insert = "INSERT INTO reviewer (username, password_hash, created_at) VALUES (:name, 'x', '2024-01-01')"
+    with app.app_context():
+        flask_migrate.downgrade(revision="b8e4f2c6a913")
+    assert "session_token" not in reviewer_columns()
+    with app.app_context():
+        for name in ("kim", "lee"):
+            db.session.execute(sa.text(insert), {"name": name})
+        db.session.commit()
+        flask_migrate.upgrade()
+        tokens = db.session.execute(sa.text("SELECT username, session_token FROM reviewer")).all()
+        assert sorted(name for name, _ in tokens) == ["kim", "lee"]
+        assert len({token for _, token in tokens}) == 2
+        assert all(len(token) >= 40 for _, token in tokens)
+        with pytest.raises(sa.exc.IntegrityError):  # a token names one reviewer
+            db.session.execute(sa.text("UPDATE reviewer SET session_token = :token WHERE username = 'lee'"),
+                               {"token": tokens[0][1] if tokens[0][0] == "kim" else tokens[1][1]})
+            db.session.commit()
+        db.session.rollback()
+        with pytest.raises(sa.exc.IntegrityError):  # and every reviewer has one
+            db.session.execute(sa.text(insert), {"name": "park"})
+            db.session.commit()
+        db.session.rollback()
+        flask_migrate.downgrade(revision="b8e4f2c6a913")
+    assert "session_token" not in reviewer_columns()
+    with app.app_context():
+        assert db.session.execute(sa.text("SELECT count(*) FROM reviewer")).scalar_one() == 2
+        flask_migrate.upgrade()
+    assert "session_token" in reviewer_columns()

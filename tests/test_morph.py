@@ -93,6 +93,16 @@ def test_question_key_of_punctuation_only():
     assert morph.question_key("ㅋㅋ") == morph.question_key("ㅋㅋ ")
 
 
+def test_symbol_only_messages_keep_their_own_key_and_invisible_ones_have_none():
+    keys = [morph.question_key(text) for text in ("?!", "😀", "...", "\u2800")]
+    assert "" not in keys and len(set(keys)) == 4
+    assert morph.question_key("?!") == morph.question_key("? !")
+    for invisible in ("\u200b\u200b", "\u2060", "\ufeff", "\u3164", "\u115f\u1160", "\uffa0", "\u200b \u3164"):
+        assert morph.visible(invisible).strip() == ""
+        assert morph.question_key(invisible) == "", repr(invisible)
+    assert morph.question_key("안녕\u200b") == morph.question_key("\u3164안녕") == morph.question_key("안녕")
+
+
 def test_whitespace_backend():
     assert morph.tokenize("비가 와요", backend="whitespace") == ["비가", morph.BOUNDARY, "와요"]
 

@@ -37,20 +37,29 @@ class Chat:
         import socketio
 
         self.name = name
-        self.session = f"multi-{name}-session"
+        self.token = None  # its chat session's, from the first server it connects to
         self.events = queue.Queue()
         self.client = socketio.Client(reconnection=False)
-        for event in ("reply", "history", "model", "error", "announcement"):
+        for event in ("session", "reply", "history", "model", "error", "announcement"):
             self.client.on(event, self._recorder(event))
         self.url = None
 
     def _recorder(self, event):
         return lambda data=None: self.events.put((event, data))
 
-    def connect(self, url):
+    def connect(self, url, **options):
+        """Connect to ``url``, coming back to its chat session if it has one."""
         self.url = url
-        self.client.connect(url, auth={"session": self.session}, transports=["websocket"], wait_timeout=10)
+        self.client.connect(url, auth={"session": self.token} if self.token else {},
+                            **{"transports": ["websocket"], "wait_timeout": 10, **options})
+        token = self.wait("session")["token"]
+        assert self.token in (None, token), "the chat session changed"
+        self.token = token
         return self
+
+    @property
+    def session_id(self):
+        return self.token.split(".")[0]
 
     def wait(self, event, timeout=30, match=lambda data: True):
         deadline = time.monotonic() + timeout
@@ -124,6 +133,7 @@ def test_two_processes_share_events_models_and_the_database(tmp_path, backends):
             server.start()
         a, b = servers
         chats = [Chat(f"{s}{i}").connect(server.url) for s, server in (("a", a), ("b", b)) for i in range(2)]
+        sessions = {chat.name: chat.session_id for chat in chats}
         answered = []  # every reply any client got
 
         # clients on both processes chat, on the first model
@@ -187,7 +197,7 @@ def test_two_processes_share_events_models_and_the_database(tmp_path, backends):
         row = stored[reply["id"]]
         assert (row.question, row.answer, row.model_version) == (reply["question"], reply["answer"],
                                                                    reply["model_version"])
-        assert row.session_id == f"multi-{reply['question'].split('#')[1]}-session"
+        assert row.session_id == sessions[reply["question"].split("#")[1]]
     for server in servers:
         assert "Traceback" not in server.log(), server.log()
 
@@ -279,11 +289,12 @@ def test_api_and_kakao_limits_are_counted_across_processes_in_redis(tmp_path, ba
     database = postgres.create_database("channels")
     env = {"DATABASE_URL": database, "SOCKETIO_MESSAGE_QUEUE": redis.url, "RATELIMIT_STORAGE_URI": redis.url,
            "MODEL_DIR": str(models), "SECRET_KEY": "shared-secret", "REPLY_WORKERS": "1",
-           "API_RATE_LIMIT": "4/minute", "KAKAO_USER_RATE_LIMIT": "3/minute",
+           "API_RATE_LIMIT": "4/minute", "API_AUTH_FAILURE_LIMIT": "2/minute", "KAKAO_USER_RATE_LIMIT": "3/minute",
            "KAKAO_SKILL_SECRET": "multiprocess-kakao-secret-0001"}
     flask_cli("db", "upgrade", env={**os.environ, **env})
     key = flask_cli("api-key", "create", "multiprocess", env={**os.environ, **env}).stdout.split()[-1]
     assert key.startswith("hm_")
+    unused_key = flask_cli("api-key", "create", "unused", env={**os.environ, **env}).stdout.split()[-1]
 
     def skill(server, user, text):
         response = requests.post(server.url + "/kakao/skill/" + env["KAKAO_SKILL_SECRET"],
@@ -304,6 +315,12 @@ def test_api_and_kakao_limits_are_counted_across_processes_in_redis(tmp_path, ba
         answered = [bool(skill(server, "kakao-user-1", "배고파").get("quickReplies")) for server in (a, b, a, b)]
         assert answered == [True, True, True, False]  # the 4th is the rate-limit text, with no 👍/👎
         assert skill(b, "kakao-user-2", "배고파").get("quickReplies")  # another user: their own count
+        # Refused keys count per address across both processes, and then a right key is refused too.
+        guesses = [requests.post(server.url + "/api/v1/messages", json={"text": "안녕"}, timeout=10,
+                                 headers={"Authorization": "Bearer hm_guess"}).status_code for server in (a, b, a)]
+        assert guesses == [401, 401, 429]
+        assert requests.post(b.url + "/api/v1/messages", json={"text": "안녕"}, timeout=10,
+                             headers={"Authorization": f"Bearer {unused_key}"}).status_code == 429
     finally:
         for server in servers:
             server.stop()
@@ -393,8 +410,7 @@ def test_nginx_from_the_readme_in_front_of_two_processes(tmp_path, backends):
             server.start()
         nginx = services.Nginx(str(tmp_path), config, [f"127.0.0.1:{s.port}" for s in servers]).start()
         chat = Chat("nginx")
-        chat.url = nginx.url
-        chat.client.connect(nginx.url, auth={"session": chat.session}, wait_timeout=10)  # polling, then upgrade
+        chat.connect(nginx.url, transports=["polling", "websocket"])  # polling, then upgrade
         first = chat.ask("안녕하세요 #nginx")
         deadline = time.monotonic() + 15
         while chat.client.transport() != "websocket" and time.monotonic() < deadline:

@@ -40,6 +40,26 @@ def test_queue_pages_need_login(client):
     assert response.status_code == 302 and "/login" in response.headers["Location"]
 
 
+def test_the_empty_key_groups_nothing(app, client, auth, reviewer):
+    """Rows stored with the empty key ("?!" and "😀" had it, before
+    morph.question_key kept symbols) are no group of one question."""
+    with app.app_context():
+        empty = [Exchange(question=text, question_key="", answer="모르겠어요") for text in ("?!", "😀", "...")]
+        db.session.add_all(empty)
+        db.session.commit()
+        rows = [row.id for row in empty]
+    ask(app, "배고파")
+    auth.login()
+    html = client.get("/admin/queue/").get_data(as_text=True)
+    assert html.count('href="/admin/queue/group?') == 1 and "배고파" in html and "😀" not in html
+    response = client.post("/admin/queue/group", data={
+        "csrf_token": token_in(html), "key": "", "skip": "0", "decision": "reviewed",
+        "correction": "물음표", "ids": [str(i) for i in rows]})
+    assert response.status_code == 302
+    assert [statuses(app)[i] for i in rows] == [UNREVIEWED] * 3
+    assert [get_row(app, i).corrected_answer for i in rows] == [None] * 3
+
+
 def test_near_identical_questions_are_grouped_and_one_correction_applies_to_all(app, client, auth, reviewer):
     a = ask(app, "점심 뭐 먹지?")
     b = ask(app, "점심 뭐 먹지", answer="몰라요")
@@ -157,7 +177,7 @@ def test_csv_import_and_export_in_the_admin(app, client, auth, reviewer):
     assert "UTF-8" in bad and "아무것도 가져오지 않았습니다" in bad
 
     export = client.get("/admin/queue/export.csv")
-    assert export.status_code == 200 and export.mimetype == "text/csv"
+    assert export.status_code == 200 and export.headers["Content-Type"] == "text/csv; charset=utf-8"
     assert "attachment" in export.headers["Content-Disposition"]
     body = export.get_data(as_text=True).lstrip("\ufeff")
     assert body.splitlines()[0] == "Q,A,label"

@@ -190,6 +190,38 @@ def test_delete_never_removes_current(root):
     assert not list(root.glob(".deleting-*"))
 
 
+def test_activate_and_delete_take_only_a_version_directory_name(tmp_path):
+    root = tmp_path / "models"
+    (root / "20250101-120000").mkdir(parents=True)
+    (root / "20250101-120001").mkdir()
+    (root / ".retrain").mkdir()
+    (root / "notes.txt").write_text("not a version", encoding="utf-8")
+    (root / "alias").symlink_to("20250101-120000")
+    versions.activate(root, "20250101-120001")
+    bad_names = (".", "..", "", "./", "current", ".retrain", "notes.txt", "alias", "missing", "../models",
+                 "./20250101-120000", "20250101-120000/", "20250101-120000/.", "20250101-120000/..", None)
+    for bad in bad_names:
+        with pytest.raises(ValueError):
+            versions.activate(root, bad)
+        assert current_name(root) == "20250101-120001", bad
+        with pytest.raises(ValueError):
+            versions.delete(root, bad)
+    assert versions.list_versions(root) == ["20250101-120000", "20250101-120001"]
+    assert versions.current_dir(root) == (root / "20250101-120001").resolve()
+
+
+def test_models_page_refuses_to_activate_the_models_directory(app, root, client, auth, reviewer):
+    (root / "20250101-120000").mkdir(parents=True)
+    versions.activate(root, "20250101-120000")
+    auth.login()
+    token = token_in(client.get("/admin/models/").get_data(as_text=True))
+    for bad in (".", "..", "./"):
+        response = client.post("/admin/models/activate", data={"csrf_token": token, "name": bad},
+                               follow_redirects=True)
+        assert "적용하지 못했습니다" in response.get_data(as_text=True)
+        assert current_name(root) == "20250101-120000"
+
+
 # -- the models page -----------------------------------------------------------------
 
 def test_models_page_needs_login(client):

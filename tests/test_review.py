@@ -336,12 +336,19 @@ def test_create_app_twice_gives_independent_admins(tmp_path, app):
         db.engine.dispose()
 
 
-def test_reviewer_loader_ignores_bad_ids(app, reviewer):
-    from chatbot.auth import _load_reviewer
-    with app.app_context():
-        assert _load_reviewer("not-a-number") is None
-        assert _load_reviewer("999") is None
-        assert isinstance(_load_reviewer(str(reviewer.id)), Reviewer)
+def test_reviewer_loader_takes_only_a_current_session_token(app, reviewer):
+    import time
+
+    from flask import session
+
+    from chatbot.auth import LOGIN_TIME_KEY, _load_reviewer
+    with app.test_request_context():
+        session[LOGIN_TIME_KEY] = time.time()
+        assert _load_reviewer("not-a-token") is None
+        assert _load_reviewer(str(reviewer.id)) is None  # the id alone is not a login
+        assert _load_reviewer(None) is None
+        loaded = _load_reviewer(reviewer.session_token)
+        assert isinstance(loaded, Reviewer) and loaded.username == "kim"
 
 
 # -- 👍/👎 and the review queue ----------------------------------------------------

@@ -77,7 +77,7 @@ def test_bulk_action_menu_has_no_onclick(logged_in, app):
 
 def test_session_cookie_flags(reviewer, auth):
     response = auth.login()
-    cookie = response.headers["Set-Cookie"]
+    [cookie] = [c for c in response.headers.getlist("Set-Cookie") if c.startswith("session=")]
     assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
 
 
@@ -216,3 +216,43 @@ def test_without_proxy_count_forwarded_headers_are_ignored(client, reviewer):
         statuses.append(client.post("/login", headers=headers, data={
             "csrf_token": token, "username": "kim", "password": "wrong password"}).status_code)
     assert statuses == [401] * 5 + [429]
+
+
+# -- ALLOWED_HOSTS (Flask's TRUSTED_HOSTS) ----------------------------------------------
+
+POLLING = "/socket.io/?EIO=4&transport=polling"
+
+
+def test_allowed_hosts_refuse_any_other_host_socket_io_included(make_app):
+    """DNS rebinding: a page of evil.example whose name now resolves to the bot
+    is same-origin with itself, so only the Host header gives it away."""
+    app = make_app(ALLOWED_HOSTS="bot.example, .example.org  localhost")
+    client = app.test_client()
+    for host in ("bot.example", "bot.example:8443", "localhost", "chat.example.org"):
+        assert client.get("/", headers={"Host": host}).status_code == 200, host
+        assert client.get(POLLING, headers={"Host": host}).status_code == 200, host
+    for host in ("evil.example", "bot.example.evil.example", "example.org.evil", "127.0.0.1:5000"):
+        for path in ("/", "/login", "/api/v1/openapi.json", "/no-such-page", POLLING):
+            response = client.get(path, headers={"Host": host})
+            assert response.status_code == 400, (host, path)
+        # the rebinding page's own origin, as its browser sends it
+        response = client.get(POLLING, headers={"Host": host, "Origin": f"http://{host}"})
+        assert response.status_code == 400 and "sid" not in response.get_data(as_text=True)
+    refused = client.get(POLLING, headers={"Host": "evil.example"})
+    assert refused.headers["X-Frame-Options"] == "DENY"  # still with the security headers
+
+
+def test_allowed_hosts_behind_a_proxy_check_the_forwarded_host(make_app):
+    app = make_app(ALLOWED_HOSTS="bot.example", PROXY_COUNT=1)
+    client = app.test_client()
+    upstream = {"Host": "127.0.0.1:5001"}
+    assert client.get("/", headers={**upstream, "X-Forwarded-Host": "bot.example"}).status_code == 200
+    assert client.get(POLLING, headers={**upstream, "X-Forwarded-Host": "bot.example"}).status_code == 200
+    assert client.get("/", headers={**upstream, "X-Forwarded-Host": "evil.example"}).status_code == 400
+    assert client.get(POLLING, headers={**upstream, "X-Forwarded-Host": "evil.example"}).status_code == 400
+
+
+def test_without_allowed_hosts_any_host_is_served(make_app):
+    client = make_app().test_client()
+    assert client.get("/", headers={"Host": "anything.example"}).status_code == 200
+    assert client.get(POLLING, headers={"Host": "anything.example"}).status_code == 200

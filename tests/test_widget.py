@@ -7,8 +7,7 @@ import pytest
 
 from chatbot.config import parse_origins
 from chatbot.database import CHANNEL_WIDGET
-from chatbot.extensions import socketio
-from helpers import ask, get_row
+from helpers import ask, connect, get_row
 
 SHOP = "https://shop.example.com"
 BLOG = "http://blog.example.org:8080"
@@ -32,7 +31,8 @@ def test_widget_js_is_a_cacheable_script_that_frames_embed(client):
     assert response.headers["Cache-Control"] == "public, max-age=300"
     assert response.headers["Cross-Origin-Resource-Policy"] == "cross-origin"
     script = response.get_data(as_text=True)
-    assert 'frame.src = BOT + "/embed" + (visitor ? "#session=" + visitor : "");' in script
+    assert 'frame.src = BOT + "/embed#origin=" + encodeURIComponent(window.location.origin) +' in script
+    assert 'event.source !== frame.contentWindow || event.origin !== BOT' in script  # tokens from the frame only
     assert "var BOT = new URL(script.src).origin;" in script
     assert "innerHTML" not in script and "setAttribute(\"style\"" not in script
 
@@ -84,12 +84,11 @@ def test_embed_is_the_chat_page_on_the_widget_channel(client):
 
 
 def test_a_widget_connection_records_the_widget_channel(app):
-    sock = socketio.test_client(app, flask_test_client=app.test_client(),
-                                auth={"session": "widget-visitor-7", "channel": "widget"})
+    sock = connect(app, channel="widget")
     name, reply = ask(sock, {"text": "안녕"})
     assert name == "reply"
     row = get_row(app, reply["id"])
-    assert (row.channel, row.session_id) == (CHANNEL_WIDGET, "widget-visitor-7")
+    assert (row.channel, row.session_id) == (CHANNEL_WIDGET, sock.token.split(".")[0])
 
 
 # -- which pages may open a Socket.IO connection --------------------------------------
@@ -123,7 +122,7 @@ def test_without_allowed_origins_another_site_is_refused(make_app):
 
 @pytest.mark.parametrize("allowed", ["", SHOP])
 def test_the_bots_own_origin_keeps_working_directly_and_behind_a_proxy(make_app, allowed):
-    app = make_app(ALLOWED_ORIGINS=allowed)
+    app = make_app(ALLOWED_ORIGINS=allowed, PROXY_COUNT=1)
     assert handshake(app, "http://localhost").status_code == 200  # the test client's Host
     assert handshake(app, "http://bot.example", Host="bot.example").status_code == 200
     # nginx: TLS ends there, the app sees http and the proxy's headers
@@ -132,6 +131,17 @@ def test_the_bots_own_origin_keeps_working_directly_and_behind_a_proxy(make_app,
                      **{"X-Forwarded-Proto": "https", "X-Forwarded-Host": "bot.example"}).status_code == 200
     assert handshake(app, "https://other.example", Host="bot.example",
                      **{"X-Forwarded-Proto": "https"}).status_code == 400
+
+
+def test_without_a_proxy_forwarded_headers_make_no_origin_the_bots_own(make_app):
+    """PROXY_COUNT=0: X-Forwarded-Proto/-Host come from the client itself."""
+    app = make_app()
+    assert handshake(app, "http://bot.example", Host="bot.example").status_code == 200
+    assert handshake(app, "https://bot.example", Host="bot.example", **{"X-Forwarded-Proto": "https"}).status_code == 400
+    assert handshake(app, "https://evil.example", Host="bot.example",
+                     **{"X-Forwarded-Proto": "https", "X-Forwarded-Host": "evil.example"}).status_code == 400
+    assert handshake(app, "http://evil.example", Host="bot.example",
+                     **{"X-Forwarded-Host": "evil.example"}).status_code == 400
 
 
 # -- ALLOWED_ORIGINS ----------------------------------------------------------------

@@ -6,11 +6,13 @@
  *   emit  "history"                on "history"  {exchanges: [reply, ...]}  (this tab's chat, after a reload)
  *   emit  "feedback" {id, value}   on "feedback" {id, value}   value: "up" | "down" | null
  *   on    "error"    {code, message, event}
+ *   on    "session"  {token}       on every connect: the chat session's signed token, sent back as
+ *                                  auth {session} on the next connect to continue this chat
  *
  * The same script runs the chat page (/) and the widget's page (/embed,
  * in an iframe on other sites), which says so on its <body>:
  *   data-channel="widget"  connect with auth {channel: "widget"}
- *   data-storage="local"   keep the chat session id in localStorage (the
+ *   data-storage="local"   keep the chat session token in localStorage (the
  *                          visitor's chat on that site survives closing the
  *                          tab) instead of sessionStorage (this tab only)
  *
@@ -287,41 +289,64 @@
     return;
   }
 
-  // One id per browser tab session (the widget: per visitor of a site), kept
-  // across reloads, so the server can group this conversation's exchanges.
-  // Where storage is denied (and widget.js passed no id) the id lasts as
-  // long as the page: reconnects keep the chat and its 👍/👎, a reload
-  // starts a new one.
-  function chatSessionId() {
-    // In the widget, widget.js passes the visitor's id from the host site's
-    // own storage (#session=...): that one survives where the frame's cannot.
-    var given = channel === "widget" && /^#session=([0-9a-f]{32})$/.exec(window.location.hash);
-    if (given) return given[1];
-    var key = channel === "widget" ? "hanmadi.widget.session" : "hanmadi.session";
-    var fresh = Array.prototype.map.call(window.crypto.getRandomValues(new Uint8Array(16)), function (b) {
-      return ("0" + b.toString(16)).slice(-2);
-    }).join("");
+  // The chat session's token: issued and signed by the server (the "session"
+  // event), kept across reloads per browser tab (the widget: per visitor of
+  // a site) and sent back when connecting, so the server continues this
+  // conversation; a token it did not issue gets a new, empty one.  Where
+  // storage is denied the token lasts as long as the page: reconnects keep
+  // the chat and its 👍/👎, a reload starts a new one.
+  var TOKEN = /^[A-Za-z0-9_-]{16,64}\.[A-Za-z0-9_-]{20,100}$/;
+  var storageKey = channel === "widget" ? "hanmadi.widget.session" : "hanmadi.session";
+  // In the widget's frame, widget.js passes the token it keeps in the host
+  // site's own storage, which survives where the frame's cannot, and the host
+  // page's origin, to send a new token back to: #origin=...&session=...
+  // Only a frame listens: only the bot and the sites in ALLOWED_ORIGINS may
+  // frame /embed (CSP frame-ancestors).  A page opened on its own ignores its
+  // fragment, so a link cannot hand a visitor a chat that someone else holds
+  // the token of (session fixation).
+  var host = channel === "widget" && window.parent !== window ? new URLSearchParams(window.location.hash.slice(1))
+    : new URLSearchParams("");
+  var hostOrigin = /^https?:\/\/[^\/?#\s]+$/.test(host.get("origin") || "") ? host.get("origin") : null;
+
+  function savedToken() {
+    var given = host.get("session");
+    if (given && TOKEN.test(given)) return given;
     try {
-      var storage = window[storageName];
-      var id = storage.getItem(key);
-      if (!id) {
-        id = fresh;
-        storage.setItem(key, id);
-      }
-      return id;
+      var kept = window[storageName].getItem(storageKey);
+      return kept && TOKEN.test(kept) ? kept : null;
     } catch (e) {
-      return fresh;
+      return null;
     }
   }
 
-  var auth = { session: chatSessionId() };
-  if (channel) auth.channel = channel;
+  var token = savedToken();
+
+  function keepToken(issued) {
+    if (typeof issued !== "string" || !TOKEN.test(issued)) return;
+    token = issued;
+    try {
+      window[storageName].setItem(storageKey, issued);
+    } catch (e) {
+      // storage denied: the token lasts as long as the page
+    }
+    if (hostOrigin) window.parent.postMessage({ hanmadi: "session", token: issued }, hostOrigin);
+  }
 
   // WebSocket first; fall back to long-polling if a proxy blocks WebSocket.
+  // auth is asked for on every (re)connect: it sends the latest token.
   var socket = window.io({
     transports: ["websocket", "polling"],
     tryAllTransports: true,
-    auth: auth
+    auth: function (send) {
+      var auth = {};
+      if (token) auth.session = token;
+      if (channel) auth.channel = channel;
+      send(auth);
+    }
+  });
+
+  socket.on("session", function (data) {
+    keepToken(data && data.token);
   });
 
   socket.on("connect", function () {

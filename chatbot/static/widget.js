@@ -40,25 +40,30 @@
   var CHAT_ICON = "M4 3h16a2 2 0 0 1 2 2v11a2 2 0 0 1-2 2H9l-5 4v-4a2 2 0 0 1-2-2V5a2 2 0 0 1 2-2z";
   var CLOSE_ICON = "M6.4 5 12 10.6 17.6 5 19 6.4 13.4 12 19 17.6 17.6 19 12 13.4 6.4 19 5 17.6 10.6 12 5 6.4z";
 
-  // The visitor's chat id, kept in this site's own localStorage: first-party
-  // storage, which browsers that block or partition a frame's storage keep,
-  // so the conversation survives a reload on every browser, per site and
-  // visitor.  It reaches the frame in the URL's fragment, never sent to a
-  // server.  null where this site's storage is denied too (the frame then
-  // keeps an id of its own).
-  function visitorId() {
-    var key = "hanmadi.widget.session";
+  // The visitor's chat token, issued and signed by the bot, kept in this
+  // site's own localStorage: first-party storage, which browsers that block
+  // or partition a frame's storage keep, so the conversation survives a
+  // reload on every browser, per site and visitor.  The frame sends it here
+  // (postMessage) when the bot issues it, and gets it back in the URL's
+  // fragment, never sent to a server.  Where this site's storage is denied
+  // too, the frame keeps the token as long as it can.
+  var KEY = "hanmadi.widget.session";
+  var TOKEN = /^[A-Za-z0-9_-]{16,64}\.[A-Za-z0-9_-]{20,100}$/; // chat.js's
+
+  function savedToken() {
     try {
-      var id = window.localStorage.getItem(key);
-      if (!/^[0-9a-f]{32}$/.test(id || "")) {
-        id = Array.prototype.map.call(window.crypto.getRandomValues(new Uint8Array(16)), function (b) {
-          return ("0" + b.toString(16)).slice(-2);
-        }).join("");
-        window.localStorage.setItem(key, id);
-      }
-      return id;
+      var token = window.localStorage.getItem(KEY);
+      return TOKEN.test(token || "") ? token : null;
     } catch (e) {
       return null;
+    }
+  }
+
+  function saveToken(token) {
+    try {
+      window.localStorage.setItem(KEY, token);
+    } catch (e) {
+      // this site's storage is denied
     }
   }
 
@@ -113,6 +118,15 @@
 
     var frame = null;
 
+    // A new token from the frame (only from it: its window, the bot's origin).
+    window.addEventListener("message", function (event) {
+      if (!frame || event.source !== frame.contentWindow || event.origin !== BOT) return;
+      var data = event.data;
+      if (data && data.hanmadi === "session" && typeof data.token === "string" && TOKEN.test(data.token)) {
+        saveToken(data.token);
+      }
+    });
+
     function layout() {
       if (NARROW.matches) {
         style(panel, { top: "0", left: "0", right: "0", bottom: "0", width: "100%", height: "100%", maxHeight: "none",
@@ -132,8 +146,9 @@
     function open() {
       if (!frame) {
         frame = document.createElement("iframe");
-        var visitor = visitorId();
-        frame.src = BOT + "/embed" + (visitor ? "#session=" + visitor : "");
+        var token = savedToken();
+        frame.src = BOT + "/embed#origin=" + encodeURIComponent(window.location.origin) +
+          (token ? "&session=" + token : "");
         frame.title = "한마디 채팅";
         style(frame, { display: "block", width: "100%", height: "100%", border: "0", margin: "0" });
         panel.insertBefore(frame, close); // the close button stays on top
