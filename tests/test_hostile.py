@@ -260,18 +260,12 @@ def test_a_huge_declared_body_ends_its_connection_and_stalls_no_one(server):
     assert worker(server).pid == pid  # no worker restart
 
 
-def raw_websocket(server, address):
-    """A raw WebSocket (Engine.IO open and Socket.IO connect done)."""
-    ws = websocket_from(server, address, session="frames-session")
-    return ws
-
-
 def test_frames_that_never_end_or_never_stop_end_their_connection(server):
     """A frame header declaring 4 GiB (closed at the size limit, 1009), and a
     flood of ping frames (each answered inside the reading loop, which never
     yielded: closed, 1008), while another client is served."""
     for address, frames, code in (("127.6.2.1", None, 1009), ("127.6.2.2", "pings", 1008)):
-        ws = raw_websocket(server, address)
+        ws = websocket_from(server, address)
         if frames is None:  # FIN, text, masked (zero key), 64-bit length
             payload = bytes([0x81, 0xFF]) + HUGE.to_bytes(8, "big") + b"\0\0\0\0"
             chunk = b"4" * 65536
@@ -311,7 +305,7 @@ def test_a_flooding_socket_is_closed_and_its_address_cools_down(limited_server):
     loop on a slow machine: the socket is closed instead, and its address is
     refused for the cool-down, while others chat."""
     server = limited_server
-    ws = websocket_from(server, "127.7.0.1", session="flood-live-1")
+    ws = websocket_from(server, "127.7.0.1")
     sent = 0
     try:
         for i in range(2000):
@@ -340,7 +334,7 @@ def test_a_flooding_socket_is_closed_and_its_address_cools_down(limited_server):
     retry_after = int(answer.split(b"Retry-After: ", 1)[1].split(b"\r\n", 1)[0])
     assert 50 <= retry_after <= 60
     # another address chats as before
-    calm = websocket_from(server, "127.7.0.2", session="calm-live-1")
+    calm = websocket_from(server, "127.7.0.2")
     assert ask(calm, "안녕")[0] == "reply"
     calm.close()
 

@@ -147,7 +147,7 @@ def test_a_socket_that_keeps_flooding_is_disconnected_and_its_address_cools_down
     machine: past FLOOD_REFUSAL_BURST refusals the socket is closed, and its
     address is refused (rate_limited, retry_after) for the cool-down."""
     app = make_app(**flood_config())
-    sock = connect_from(app, "10.9.0.1", "flood-session-1")
+    sock = connect_from(app, "10.9.0.1")
     answers = []
     for i in range(8):
         sock.emit("message", {"text": f"질문 {i}"})
@@ -160,19 +160,19 @@ def test_a_socket_that_keeps_flooding_is_disconnected_and_its_address_cools_down
     assert not sock.is_connected() and i == 5
     assert len(rows(app)) == 2
     # the address is cooling down: no connect, no Engine.IO handshake
-    assert not connect_from(app, "10.9.0.1", "flood-session-2").is_connected()
+    assert not connect_from(app, "10.9.0.1").is_connected()
     http = app.test_client()
     http.environ_base["REMOTE_ADDR"] = "10.9.0.1"
     handshake = http.get("/socket.io/?EIO=4&transport=polling")
     assert handshake.status_code == 429 and 55 <= int(handshake.headers["Retry-After"]) <= 60
     # everyone else chats as before
-    other = connect_from(app, "10.9.0.2", "calm-session-1")
+    other = connect_from(app, "10.9.0.2")
     assert other.is_connected() and ask(other, "안녕")[0] == "reply"
 
 
 def test_the_last_refusal_says_how_long_the_cool_down_lasts(make_app):
     app = make_app(**flood_config(FLOOD_REFUSAL_BURST=1, MESSAGE_RATE=0.5))
-    sock = connect_from(app, "10.9.1.1", "flood-session-3")
+    sock = connect_from(app, "10.9.1.1")
     for i in range(4):
         sock.emit("message", {"text": f"질문 {i}"})
     errors = [e["args"][0] for e in received(sock) if e["name"] == "error"]
@@ -182,7 +182,7 @@ def test_the_last_refusal_says_how_long_the_cool_down_lasts(make_app):
 
 def test_connects_over_the_limit_count_towards_the_cool_down(make_app):
     app = make_app(**flood_config(CONNECT_RATE=0.01, CONNECT_BURST=2, FLOOD_REFUSAL_BURST=2))
-    clients = [connect_from(app, "10.9.2.1", f"session-{i:04d}") for i in range(5)]
+    clients = [connect_from(app, "10.9.2.1") for i in range(5)]
     assert [c.is_connected() for c in clients] == [True, True, False, False, False]
     limits = app.extensions["chatbot.limits"]
     assert limits.cooldown.left("10.9.2.1") == pytest.approx(60, abs=1)  # the third refusal started it
