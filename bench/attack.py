@@ -2022,7 +2022,8 @@ def attacker_address(args, name, prep=False):
 
 async def run_one(name, bench, args):
     fn = ATTACKS[name]
-    print(f"\n== {name} ({args.seconds:g} s)", flush=True)
+    seconds = args.huge_body_seconds if name == "huge_declared_body" else args.seconds
+    print(f"\n== {name} ({seconds:g} s)", flush=True)
     state = {}
     attacker = attacker_address(args, name)
     if name == "history_amplification":
@@ -2040,11 +2041,11 @@ async def run_one(name, bench, args):
            "tmpdir": bench.tmpdir if name == "large_upload" else None}
     await bench.monitor.start(cfg)
     await asyncio.sleep(args.before)
-    ctx = Ctx(args, bench.server.port, bench.worker_rss, args.seconds, attacker)
+    ctx = Ctx(args, bench.server.port, bench.worker_rss, seconds, attacker)
     ctx.state = state
     t0 = ctx.start
     try:
-        counts = await wait_for(fn(ctx), args.seconds + 30 + (1800 if name in LARGE_DB_ATTACKS else 0))
+        counts = await wait_for(fn(ctx), seconds + 30 + (1800 if name in LARGE_DB_ATTACKS else 0))
     except asyncio.TimeoutError:
         counts = {"bench_error": "the attack did not stop within 30 s of its deadline"}
     except Exception as exc:  # noqa: BLE001 - the bench reports, and goes on
@@ -2230,7 +2231,7 @@ MEMORY_CGROUP_ATTACKS = ("idle_sockets_many",)
 QUICK = {"seconds": 3.0, "before": 1.0, "after": 2.5, "after_probe": 2.0, "settle": 1.5, "idle_count": 20,
          "idle_many_count": 100, "idle_per_address": 5, "slow_count": 10, "longpoll_count": 10, "upload_mb": 8,
          "history_rows": 20, "history_sockets": 3, "flood_many_sockets": 10, "newconn_workers": 4,
-         "frame_workers": 2, "slow_header_every": 1.0, "huge_body_connections": 7, "ws_header_connections": 4,
+         "frame_workers": 2, "slow_header_every": 1.0, "huge_body_connections": 7, "huge_body_seconds": 3.0, "ws_header_connections": 4,
          "polling_over_connections": 2, "large_db_rows": 30_000}
 
 
@@ -2292,6 +2293,8 @@ def parse_args(argv):
     parser.add_argument("--history-sockets", type=int, default=8)
     parser.add_argument("--huge-body-connections", type=int, default=10,
                         help="connections at once in huge_declared_body")
+    parser.add_argument("--huge-body-seconds", type=float, default=60.0,
+                        help="length of huge_declared_body (the other classes: --seconds)")
     parser.add_argument("--ws-header-connections", type=int, default=10,
                         help="WebSockets at once in websocket_huge_frame_header")
     parser.add_argument("--polling-over-connections", type=int, default=4,
@@ -2398,6 +2401,7 @@ def run_mode(args, quota, label, nofile):
                            "frame_chars": args.frame_chars, "flood_many_sockets": args.flood_many_sockets,
                            "history_rows": args.history_rows, "history_sockets": args.history_sockets,
                            "huge_body_connections": args.huge_body_connections,
+                           "huge_body_seconds": args.huge_body_seconds,
                            "ws_header_connections": args.ws_header_connections,
                            "polling_over_connections": args.polling_over_connections,
                            "idle_many_memory_mb": args.idle_many_memory_mb,

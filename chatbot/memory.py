@@ -156,14 +156,16 @@ class MemoryGuard:
         self.peak = open_now  # the next wave counts from here
         return max(0.0, self.last_trim + self.trim_every - self.clock())
 
-    def trim(self) -> tuple:
-        """Free what closed connections left (their reference cycles), and
-        give the pages malloc then holds free back to the system; RSS in MB
-        before and after."""
+    def trim(self, in_thread=lambda fn: fn()) -> tuple:
+        """Free what closed connections left (their reference cycles, here:
+        their finalizers belong to this thread), and give the pages malloc
+        then holds free back to the system (``in_thread``: malloc_trim on a
+        large heap takes a while, and lets go of the GIL); RSS in MB before
+        and after."""
         self.trim_scheduled = False
         self.last_trim = self.clock()
         before = self.rss()
         gc.collect()
         if self.malloc_trim is not None:
-            self.malloc_trim(0)
+            in_thread(lambda: self.malloc_trim(0))
         return before, self.rss()

@@ -212,8 +212,7 @@ class GuardedGeventWorker(GeventWorker):
             gevent.spawn_later(delay, self._trim)
 
     def _trim(self):
-        # in a thread: malloc_trim on a large heap takes a while, without the GIL
-        before, after = gevent.get_hub().threadpool.apply(self.memory.trim)
+        before, after = self.memory.trim(in_thread=gevent.get_hub().threadpool.apply)
         self.log.debug("gave memory back: RSS %.0f -> %.0f MB, %d connections open", before or 0, after or 0,
                        self.limits.open)
 
