@@ -108,9 +108,11 @@ class Config:
     CONNECT_BURST = env_int("CONNECT_BURST", 20)
     # Engine.IO handshakes from all addresses together: a flood of new
     # connections from many addresses is slowed down, so that the chats
-    # already open keep their replies fast.
-    HANDSHAKE_TOTAL_RATE = env_float("HANDSHAKE_TOTAL_RATE", 100.0)
-    HANDSHAKE_TOTAL_BURST = env_int("HANDSHAKE_TOTAL_BURST", 200)
+    # already open keep their replies fast.  40 a second: at 100, 5,000
+    # sockets from 1,000 addresses took all of half a core (bench-attack's
+    # CPU quota) and open chats waited up to 3.3 s for a reply (0.8 s at 40).
+    HANDSHAKE_TOTAL_RATE = env_float("HANDSHAKE_TOTAL_RATE", 40.0)
+    HANDSHAKE_TOTAL_BURST = env_int("HANDSHAKE_TOTAL_BURST", 80)
     # An address that keeps going over those limits: after FLOOD_REFUSAL_BURST
     # rate_limited answers (then FLOOD_REFUSAL_RATE a second), its connections
     # are closed and its handshakes and connects refused (rate_limited, with
