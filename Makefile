@@ -5,6 +5,7 @@ BIN    := $(VENV)/bin
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 MALLOC_ARENA_MAX ?= 2
+PYTHONMALLOC ?= malloc
 
 .PHONY: run serve simulate bench-analytics bench-serve bench-smallvm bench-attack bench-learning test retrain install install-test clean bench-quality browser
 
@@ -34,9 +35,11 @@ run: install
 # gunicorn.conf.py holds its settings (one gevent worker, README "Serving").
 # MALLOC_ARENA_MAX: glibc gives busy threads their own malloc arenas; two are
 # plenty here and keep memory flat under load (bench/README.md).
+# PYTHONMALLOC=malloc: Python's objects in glibc's malloc, whose free pages go
+# back to the system after a flood of connections (chatbot/memory.py).
 serve:
 	@echo "Serving on http://$(HOST):$(PORT)"
-	MALLOC_ARENA_MAX=$(MALLOC_ARENA_MAX) $(BIN)/gunicorn --bind $(HOST):$(PORT) app:app
+	PYTHONMALLOC=$(PYTHONMALLOC) MALLOC_ARENA_MAX=$(MALLOC_ARENA_MAX) $(BIN)/gunicorn --bind $(HOST):$(PORT) app:app
 
 # One run at a time (a lock), with the quality gate (chatbot/retrain.py);
 # make retrain RETRAIN_FLAGS=--force activates even a worse model.

@@ -10,11 +10,14 @@ patches the standard library only in the worker, before the app is loaded).
 """
 import os
 
+from chatbot.config import Config
+
 worker_class = "chatbot.worker.GuardedGeventWorker"
 workers = 1
-# The worker refuses connections over MAX_CONNECTIONS itself (503); its
-# pool is a little larger so that refusing never waits for a free slot.
-worker_connections = int(os.environ.get("MAX_CONNECTIONS") or 10000) + 256
+# The worker refuses connections over MAX_CONNECTIONS (by default what
+# MEMORY_LIMIT_MB holds: chatbot/memory.py) itself (503); its pool is a
+# little larger so that refusing never waits for a free slot.
+worker_connections = Config.MAX_CONNECTIONS + 256
 # Seconds to send a request's headers (the gevent worker applies it to every
 # request on a connection), and that an idle keep-alive connection stays open.
 keepalive = int(os.environ.get("HEADER_TIMEOUT") or 5)

@@ -28,6 +28,7 @@ kept, so one file holds the before and after tables), and a table is printed.
 """
 import argparse
 import asyncio
+import base64
 import contextlib
 import csv
 import json
@@ -55,6 +56,7 @@ import psutil
 import socketio
 
 from bench.serve import KNOWN, MODELS, NEW, ROOT, Server, ensure_model, wait_until_up
+from bench.smallvm import CgroupUnavailable, MemoryCgroup
 
 QUESTIONS = KNOWN + NEW
 LEGIT_ADDR = "127.0.0.2"     # the legitimate client, always
@@ -63,6 +65,7 @@ ATTACKER_PREFIX = "127.66"   # single-address attacks: 127.66.<attack number>.1 
 MANY_PREFIX = "127.77"       # idle_sockets_many: 127.77.x.y
 HOST = "127.0.0.1"
 FRAME_CAP_NOTE = "16 bytes x MAX_MESSAGE_CHARS (500) + 1 KiB = 9,024 bytes"
+PAYLOAD_CAP = 16 * 500 + 1024  # the same, in bytes
 SERVER_ENV_KEYS = {"MODEL_DIR", "DATABASE_URL", "PORT", "HOST"}  # set by bench.serve.Server
 
 GOAL_DEFINITIONS = {
@@ -935,13 +938,20 @@ async def chat_token(session, ws_url):
 
 async def prep_history(args, port, addr):
     """Before the measured window: store ``args.history_rows`` exchanges in one
-    chat session, 10 per connection at 4 a second (under the rate limit)."""
+    chat session, 10 per connection at 4 a second, one connection at a time
+    (under the rate limits: over them, the address would cool down)."""
     ws_url = f"ws://{HOST}:{port}/socket.io/?EIO=4&transport=websocket"
     auth = {}
     c = Counter()
     t0 = now()
 
+    one_at_a_time = asyncio.Semaphore(1)
+
     async def store(session, texts):
+        async with one_at_a_time:
+            await store_one(session, texts)
+
+    async def store_one(session, texts):
         try:
             ws = await open_eio(session, ws_url, auth=auth, timeout=5)
         except Refused as exc:
@@ -979,7 +989,7 @@ async def prep_history(args, port, addr):
         texts = [f"{QUESTIONS[i % len(QUESTIONS)]} {i}" for i in range(args.history_rows)]
         chunks = [texts[i:i + 10] for i in range(0, len(texts), 10)]
         try:
-            await wait_for(asyncio.gather(*(store(session, chunk) for chunk in chunks)), 40)
+            await wait_for(asyncio.gather(*(store(session, chunk) for chunk in chunks)), 15 + 4 * len(chunks))
         except asyncio.TimeoutError:
             c["prep_timeout"] += 1
         # how many the history holds now
@@ -1158,6 +1168,209 @@ async def large_upload(ctx):
     login, upload = await asyncio.gather(repeat("/login"), repeat("/admin/queue/import"))
     return {"upload_mb": ctx.args.upload_mb, "login": login, "import": upload, "server_tmpdir": tmp,
             "tmpdir_free_mb_before": round(free_before / 2**20), "tmpdir_free_mb_after": round(free() / 2**20)}
+
+
+# ---------------------------------------------------------------------------
+# transport attacks (issue 24): bodies and frames that declare more than they
+# will ever send, and long-polling POSTs just over the payload cap
+
+HUGE_LENGTH = 4 * 2**30      # 4 GiB: what huge_declared_body and websocket_huge_frame_header declare
+HUGE_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD")
+HUGE_PATHS = ("/api/v1/messages", "/socket.io/?EIO=4&transport=polling", "/", "/login")
+
+
+async def _stream_until_closed(ctx, reader, writer, chunk, c, closed_after, http=True):
+    """Write ``chunk`` again and again (as fast as the server takes it) until
+    the server closes the connection or the attack's time is up; counts the
+    status line it answered with (``http``) and how long the server let it
+    stream."""
+    t0 = now()
+    read_task = asyncio.ensure_future(reader.read(4096))
+    answered = False
+    try:
+        while ctx.left() > 0:
+            if read_task.done():
+                data = None if read_task.exception() else read_task.result()
+                if data and not answered and http:
+                    answered = True
+                    status = data.split(b"\r\n", 1)[0].split(b" ")
+                    c["answered:" + (status[1].decode("ascii", "replace") if len(status) > 1 else "?")] += 1
+                if not data:  # EOF or a reset: the server closed it
+                    c["closed_by_server"] += 1
+                    closed_after.append(now() - t0)
+                    return
+                read_task = asyncio.ensure_future(reader.read(4096))
+            writer.write(chunk)
+            try:
+                await wait_for(writer.drain(), min(2.0, max(0.05, ctx.left())))
+            except asyncio.TimeoutError:
+                if ctx.left() > 0:
+                    c["send_stalled_2s"] += 1  # the server stopped reading but kept the connection
+                    await asyncio.wait([read_task], timeout=max(0.01, min(2.0, ctx.left())))
+                continue
+            c["mb_sent"] += len(chunk) / 2**20
+        c["open_at_end"] += 1
+    except (ConnectionError, OSError):
+        c["closed_by_server"] += 1
+        closed_after.append(now() - t0)
+    finally:
+        read_task.cancel()
+        with contextlib.suppress(BaseException):
+            await read_task
+        writer.close()
+        with contextlib.suppress(Exception):
+            await wait_for(writer.wait_closed(), 1)
+
+
+async def huge_declared_body(ctx):
+    """Connections that declare a 4 GiB body (every method, several paths) and
+    then send it as fast as the server reads; each starts again when the
+    server closes it."""
+    c = Counter()
+    by_method = {m: Counter() for m in HUGE_METHODS}
+    closed_after = []
+    chunk = b"a" * 65536
+
+    async def connection(i):
+        method, path = HUGE_METHODS[i % len(HUGE_METHODS)], HUGE_PATHS[i % len(HUGE_PATHS)]
+        while ctx.left() > 0.1:
+            try:
+                reader, writer = await _open_tcp(ctx.attacker, ctx.port, min(5.0, ctx.left() + 1))
+            except (asyncio.TimeoutError, OSError):
+                c["connect_failed"] += 1
+                await asyncio.sleep(0.1)
+                continue
+            c["connections"] += 1
+            writer.write(f"{method} {path} HTTP/1.1\r\nHost: {HOST}:{ctx.port}\r\n"
+                         f"Content-Type: application/json\r\nContent-Length: {HUGE_LENGTH}\r\n\r\n".encode())
+            await _stream_until_closed(ctx, reader, writer, chunk, by_method[method], closed_after)
+
+    await asyncio.gather(*(connection(i) for i in range(ctx.args.huge_body_connections)))
+    for counts in by_method.values():
+        c.update({k: v for k, v in counts.items() if k != "mb_sent"})
+    out = dict(sorted(c.items()))
+    out.update({"mb_sent": round(sum(m["mb_sent"] for m in by_method.values()), 1),
+                "by_method": {m: {k: round(v, 1) for k, v in sorted(n.items())} for m, n in by_method.items()},
+                "declared_bytes": HUGE_LENGTH, "connections_at_once": ctx.args.huge_body_connections,
+                **_closed_summary(closed_after)})
+    return out
+
+
+def ws_frame(opcode, payload=b"", declared=None):
+    """A masked (zero key) client WebSocket frame; ``declared``: the length its
+    header states, whatever follows."""
+    n = len(payload) if declared is None else declared
+    if n < 126:
+        head = bytes([0x80 | opcode, 0x80 | n])
+    elif n < 65536:
+        head = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
+    return head + b"\0\0\0\0" + payload
+
+
+async def _open_raw_ws(ctx):
+    """A WebSocket upgrade on a bare TCP connection, and the Socket.IO connect
+    (``40``); (reader, writer), else Refused."""
+    try:
+        reader, writer = await _open_tcp(ctx.attacker, ctx.port, min(5.0, ctx.left() + 1))
+    except (asyncio.TimeoutError, OSError):
+        raise Refused("connect_failed") from None
+    key = base64.b64encode(os.urandom(16)).decode()
+    try:
+        writer.write(f"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {HOST}:{ctx.port}\r\n"
+                     f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                     f"Sec-WebSocket-Version: 13\r\n\r\n".encode())
+        head = await wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        status = head.split(b" ", 2)[1].decode("ascii", "replace") if b" " in head else "?"
+        if status != "101":
+            raise Refused("http_" + status)
+        writer.write(ws_frame(1, b"40"))
+        await wait_for(writer.drain(), 5)
+    except Refused:
+        writer.close()
+        raise
+    except (asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+        writer.close()
+        raise Refused("handshake_failed") from None
+    return reader, writer
+
+
+async def websocket_huge_frame_header(ctx):
+    """WebSockets that send a frame header declaring a 4 GiB message and then
+    its payload as fast as the server reads; and, half of them, a flood of
+    tiny ping frames instead (headers without a body).  Each starts again
+    when the server closes it."""
+    counts = {"huge_frame": Counter(), "ping_flood": Counter()}
+    closed = {"huge_frame": [], "ping_flood": []}
+    refused = Counter()
+
+    async def connection(i):
+        kind = ("huge_frame", "ping_flood")[i % 2]
+        c = counts[kind]
+        while ctx.left() > 0.1:
+            try:
+                reader, writer = await _open_raw_ws(ctx)
+            except Refused as exc:
+                refused[exc.reason] += 1
+                await asyncio.sleep(0.2)
+                continue
+            c["connections"] += 1
+            if kind == "huge_frame":
+                writer.write(ws_frame(1, declared=HUGE_LENGTH))
+                chunk = b"4" * 65536
+            else:
+                chunk = ws_frame(9, b"x") * 8192
+            await _stream_until_closed(ctx, reader, writer, chunk, c, closed[kind], http=False)
+
+    await asyncio.gather(*(connection(i) for i in range(ctx.args.ws_header_connections)))
+    out = {kind: {**{k: round(v, 1) for k, v in sorted(counts[kind].items())}, **_closed_summary(closed[kind])}
+           for kind in counts}
+    out.update({"refused": dict(sorted(refused.items())), "connections_at_once": ctx.args.ws_header_connections,
+                "declared_bytes": HUGE_LENGTH})
+    return out
+
+
+async def polling_just_over_limit(ctx):
+    """Long-polling POSTs one byte over the payload cap (``FRAME_CAP_NOTE``)
+    to an open Engine.IO session, as fast as the server answers, on a few
+    keep-alive connections."""
+    c = Counter()
+    body = "4" + "a" * PAYLOAD_CAP  # one byte over
+    pacer = Pacer(ctx.args.max_rate)
+    async with http_session(ctx.attacker, limit=ctx.args.polling_over_connections) as session:
+        try:
+            sid = await _polling_sid(session, ctx)
+        except (Refused, asyncio.TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError) as exc:
+            return {"bench_error": f"no long-polling session: {exc!r}"}
+        url = f"{ctx.poll_url}&sid={sid}"
+
+        async def worker():
+            while ctx.left() > 0.05:
+                await pacer.wait()
+                try:
+                    async with session.post(url, data=body, timeout=aiohttp.ClientTimeout(
+                            total=max(0.1, min(5.0, ctx.left() + 1)))) as resp:
+                        await resp.read()
+                        c[f"http_{resp.status}"] += 1
+                        if resp.headers.get("Connection", "").lower() == "close":
+                            c["connection_close"] += 1
+                except asyncio.TimeoutError:
+                    c["timeout"] += 1
+                except (aiohttp.ClientError, OSError):
+                    c["failed"] += 1
+                    await asyncio.sleep(0.01)
+
+        await asyncio.gather(*(worker() for _ in range(ctx.args.polling_over_connections)))
+        with contextlib.suppress(Exception):
+            async with session.post(url, data="1", timeout=aiohttp.ClientTimeout(total=2)):
+                pass
+    elapsed = max(0.001, now() - ctx.start)
+    out = dict(sorted(c.items()))
+    out.update({"body_bytes": len(body), "requests_per_s": round(sum(v for k, v in c.items() if k.startswith("http_"))
+                                                                  / elapsed, 1),
+                "connections": ctx.args.polling_over_connections})
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -1369,6 +1582,9 @@ ATTACKS = {
     "message_flood_many": message_flood_many,
     "history_amplification": history_amplification,
     "large_upload": large_upload,
+    "huge_declared_body": huge_declared_body,
+    "websocket_huge_frame_header": websocket_huge_frame_header,
+    "polling_just_over_limit": polling_just_over_limit,
     "reviewer_export_1m": reviewer_export_1m,
     "admin_pages_1m": admin_pages_1m,
 }
@@ -1550,11 +1766,80 @@ async def http_status(port, path="/", addr=PROBE_ADDR, timeout=10.0):
                 await wait_for(writer.wait_closed(), 1)
 
 
+class CpuCgroup:
+    """A CPU quota for the server, in cores (0.5: half of one): cgroup v2's
+    ``cpu.max`` or v1's ``cpu.cfs_quota_us``, like bench/smallvm.py's
+    MemoryCgroup (needs root).  On v2 a process is in one cgroup for every
+    controller: given ``path`` (a v2 MemoryCgroup's), the quota goes there."""
+
+    PERIOD_US = 100_000
+
+    def __init__(self, cores: float, name: str, path=None):
+        quota = max(1000, int(cores * self.PERIOD_US))
+        v2, v1 = Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/cpu")
+        self.cores = cores
+        try:
+            controllers = v2 / "cgroup.controllers"
+            if controllers.exists() and "cpu" in controllers.read_text().split():
+                self.version, self.own = 2, path is None
+                self.path = v2 / name if path is None else Path(path)
+                if "cpu" not in (v2 / "cgroup.subtree_control").read_text().split():
+                    (v2 / "cgroup.subtree_control").write_text("+cpu")
+                if self.own:
+                    self.path.mkdir()
+                (self.path / "cpu.max").write_text(f"{quota} {self.PERIOD_US}")
+            elif (v1 / "cpu.cfs_quota_us").exists():
+                self.version, self.own, self.path = 1, True, v1 / name
+                self.path.mkdir()
+                (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+                (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+            else:
+                raise CgroupUnavailable("no cgroup cpu controller is mounted")
+        except OSError as exc:
+            raise CgroupUnavailable(f"cannot make a cpu cgroup: {exc}") from exc
+
+    def wrap(self) -> list:
+        return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.path / "cgroup.procs")] if self.own else []
+
+    def throttled_s(self):
+        """Seconds the server was held back by the quota."""
+        try:
+            fields = dict(line.split() for line in (self.path / "cpu.stat").read_text().splitlines() if line.strip())
+        except (OSError, ValueError):
+            return None
+        if "throttled_usec" in fields:
+            return round(int(fields["throttled_usec"]) / 1e6, 1)
+        return round(int(fields.get("throttled_time", 0)) / 1e9, 1)
+
+    def remove(self):
+        if not self.own:
+            return
+        for _ in range(50):
+            try:
+                pids = [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
+            except OSError:
+                return
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+        for _ in range(50):
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                time.sleep(0.1)
+
+
 class Bench:
     """The server under test (restartable), its workdir and the monitor."""
 
-    def __init__(self, args):
+    def __init__(self, args, cpu_quota=None):
         self.args = args
+        self.cpu_quota = cpu_quota  # cores, or None: unlimited
+        self.cgroups = []           # the running server's (CpuCgroup, MemoryCgroup)
         self.workdir = Path(tempfile.mkdtemp(prefix="bench-attack-"))
         self.tmpdir = args.server_env.get("TMPDIR") or str(self.workdir / "tmp")
         Path(self.tmpdir).mkdir(parents=True, exist_ok=True)
@@ -1568,20 +1853,36 @@ class Bench:
         env.update(self.args.server_env)
         return env
 
-    def start_server(self):
+    def start_server(self, memory_mb=None):
+        """A fresh server: under the CPU quota if the bench has one, and in a
+        memory cgroup of ``memory_mb`` if given."""
         self.starts += 1
         rundir = self.workdir / f"server{self.starts}"
         rundir.mkdir()
+        name = f"bench-attack-{os.getpid()}-{self.starts}"
+        memory = MemoryCgroup(memory_mb, name) if memory_mb else None
+        self.cgroups = [memory] if memory else []
+        if self.cpu_quota:
+            try:
+                self.cgroups.append(CpuCgroup(self.cpu_quota, name, memory.path if memory and memory.version == 2
+                                              else None))
+            except CgroupUnavailable:
+                self.remove_cgroups()
+                raise
+        wrap = [arg for cgroup in self.cgroups for arg in cgroup.wrap()]
         try:
             self.server = Server(self.server_env(), self.args.models_dir, rundir, root=self.args.root,
-                                 venv=self.args.venv)
+                                 venv=self.args.venv, wrap=wrap)
         except subprocess.CalledProcessError as exc:
             sys.stderr.write((exc.stderr or b"").decode(errors="replace")[-3000:])
+            self.remove_cgroups()
             raise
         wait_until_up(self.server.url, timeout=120)
         self.log_path = rundir / "server.log"
+        limits = "".join(f", in a memory cgroup of {c.limit_mb} MB" if isinstance(c, MemoryCgroup)
+                         else f", under a CPU quota of {c.cores:g} core" for c in self.cgroups)
         print(f"server {self.starts} up on port {self.server.port} "
-              f"({time.monotonic() - self.server.started:.1f} s)", flush=True)
+              f"({time.monotonic() - self.server.started:.1f} s{limits})", flush=True)
 
     def stop_server(self, grace=5.0):
         server, self.server = self.server, None
@@ -1600,6 +1901,25 @@ class Bench:
             server.proc.wait(5)
         with contextlib.suppress(Exception):
             server.log.close()
+        self.remove_cgroups()
+
+    def remove_cgroups(self):
+        for cgroup in reversed(self.cgroups):
+            cgroup.remove()
+        self.cgroups = []
+
+    def cgroup_stats(self):
+        """The running server's cgroups: its CPU quota and the time it was
+        held back, its memory limit, peak and OOM kills."""
+        out = {}
+        for cgroup in self.cgroups:
+            if isinstance(cgroup, CpuCgroup):
+                out.update({"cpu_quota_cores": cgroup.cores, "cpu_throttled_s": cgroup.throttled_s()})
+            else:
+                with contextlib.suppress(OSError, KeyError, ValueError):
+                    out.update({"memory_limit_mb": cgroup.limit_mb, "memory_peak_mb": rounded(cgroup.peak_mb()),
+                                "memory_oom_kills": cgroup.oom_kills()})
+        return out
 
     def log_lines(self):
         try:
@@ -1702,7 +2022,8 @@ def attacker_address(args, name, prep=False):
 
 async def run_one(name, bench, args):
     fn = ATTACKS[name]
-    print(f"\n== {name} ({args.seconds:g} s)", flush=True)
+    seconds = args.huge_body_seconds if name == "huge_declared_body" else args.seconds
+    print(f"\n== {name} ({seconds:g} s)", flush=True)
     state = {}
     attacker = attacker_address(args, name)
     if name == "history_amplification":
@@ -1720,11 +2041,11 @@ async def run_one(name, bench, args):
            "tmpdir": bench.tmpdir if name == "large_upload" else None}
     await bench.monitor.start(cfg)
     await asyncio.sleep(args.before)
-    ctx = Ctx(args, bench.server.port, bench.worker_rss, args.seconds, attacker)
+    ctx = Ctx(args, bench.server.port, bench.worker_rss, seconds, attacker)
     ctx.state = state
     t0 = ctx.start
     try:
-        counts = await wait_for(fn(ctx), args.seconds + 30 + (1800 if name in LARGE_DB_ATTACKS else 0))
+        counts = await wait_for(fn(ctx), seconds + 30 + (1800 if name in LARGE_DB_ATTACKS else 0))
     except asyncio.TimeoutError:
         counts = {"bench_error": "the attack did not stop within 30 s of its deadline"}
     except Exception as exc:  # noqa: BLE001 - the bench reports, and goes on
@@ -1756,7 +2077,7 @@ async def run_one(name, bench, args):
     stats["get_status_after"] = status
     result = {"attack": name, "seconds": round(t1 - t0, 1),
               "attacker_addr": f"{MANY_PREFIX}.x.y" if name == "idle_sockets_many" else attacker,
-              "counts": counts, "legit": legit, "server": stats}
+              "counts": counts, "legit": legit, "server": stats, "server_cgroups": bench.cgroup_stats()}
     if not alive:
         stats["log_tail"] = bench.log_tail(log_start["lines"])
         print(f"   server did not answer GET / within 10 s (status {status}): restarting it", flush=True)
@@ -1821,8 +2142,8 @@ async def warm_up(port, timeout=60.0):
     return round(first if first is not None else now() - t0, 2)
 
 
-async def start_server(bench):
-    await asyncio.to_thread(bench.start_server)
+async def start_server(bench, memory_mb=None):
+    await asyncio.to_thread(bench.start_server, memory_mb)
     try:
         seconds = await warm_up(bench.server.port)
         print(f"   first reply (model loaded) after {seconds} s", flush=True)
@@ -1839,10 +2160,23 @@ async def run_all(args, bench):
             if args.fresh_server and i > 0 and bench.server is not None:
                 bench.stop_server()
                 await start_server(bench)
+            memory_mb = args.idle_many_memory_mb if name in MEMORY_CGROUP_ATTACKS else None
+            cgroup_note = None
+            if memory_mb:  # a server of its own, in a memory cgroup
+                bench.stop_server()
+                try:
+                    await start_server(bench, memory_mb)
+                except CgroupUnavailable as exc:
+                    cgroup_note = f"no memory cgroup: {exc}"
+                    print(f"   {cgroup_note}; without one", flush=True)
             if bench.server is None or await http_status(bench.server.port, timeout=10) != 200:
                 bench.stop_server()
                 await start_server(bench)
             results.append(await run_one(name, bench, args))
+            if cgroup_note:
+                results[-1]["server_cgroups"]["note"] = cgroup_note
+            if memory_mb:
+                bench.stop_server()  # the next attack gets a server without the memory limit
         except Exception as exc:  # noqa: BLE001 - e.g. a server that no longer starts: keep what we have
             print(f"   bench error, stopping here: {exc!r}", flush=True)
             results.append({"attack": name, "bench_error": repr(exc),
@@ -1891,10 +2225,14 @@ def git_commit(root):
         return None
 
 
+# attacks whose server runs in a memory cgroup of --idle-many-memory-mb
+MEMORY_CGROUP_ATTACKS = ("idle_sockets_many",)
+
 QUICK = {"seconds": 3.0, "before": 1.0, "after": 2.5, "after_probe": 2.0, "settle": 1.5, "idle_count": 20,
          "idle_many_count": 100, "idle_per_address": 5, "slow_count": 10, "longpoll_count": 10, "upload_mb": 8,
          "history_rows": 20, "history_sockets": 3, "flood_many_sockets": 10, "newconn_workers": 4,
-         "frame_workers": 2, "slow_header_every": 1.0, "large_db_rows": 30_000}
+         "frame_workers": 2, "slow_header_every": 1.0, "huge_body_connections": 7, "huge_body_seconds": 3.0, "ws_header_connections": 4,
+         "polling_over_connections": 2, "large_db_rows": 30_000}
 
 
 def parse_args(argv):
@@ -1935,6 +2273,12 @@ def parse_args(argv):
     parser.add_argument("--idle-many-count", type=int, default=5000)
     parser.add_argument("--idle-per-address", type=int, default=5,
                         help="sockets per address in idle_sockets_many (each costs two of the address's connect tokens)")
+    parser.add_argument("--idle-many-memory-mb", type=int, default=600,
+                        help="idle_sockets_many's server runs in a memory cgroup this large (needs root; 0: none)")
+    parser.add_argument("--cpu-quota", default=None,
+                        help="comma-separated CPU quotas for the server, in cores (0: unlimited); each is a run "
+                             "of its own, stored as LABEL (unlimited) or LABEL-cpuQ (needs root for a cgroup). "
+                             "Default: 0,0.5 (both); with --quick: 0")
     parser.add_argument("--slow-count", type=int, default=200)
     parser.add_argument("--slow-header-every", type=float, default=2.0)
     parser.add_argument("--slow-body-every", type=float, default=1.0)
@@ -1947,6 +2291,14 @@ def parse_args(argv):
     parser.add_argument("--flood-many-rate", type=float, default=4.0)
     parser.add_argument("--history-rows", type=int, default=100)
     parser.add_argument("--history-sockets", type=int, default=8)
+    parser.add_argument("--huge-body-connections", type=int, default=10,
+                        help="connections at once in huge_declared_body")
+    parser.add_argument("--huge-body-seconds", type=float, default=60.0,
+                        help="length of huge_declared_body (the other classes: --seconds)")
+    parser.add_argument("--ws-header-connections", type=int, default=10,
+                        help="WebSockets at once in websocket_huge_frame_header")
+    parser.add_argument("--polling-over-connections", type=int, default=4,
+                        help="keep-alive connections in polling_just_over_limit")
     parser.add_argument("--open-concurrency", type=int, default=50, help="connections being opened at once")
     parser.add_argument("--large-db-rows", type=int, default=1_000_000,
                         help="exchanges in the database for reviewer_export_1m and admin_pages_1m")
@@ -1985,28 +2337,58 @@ def raise_fd_limit():
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
+def cpu_quotas(args):
+    """The runs to make: None (unlimited) and/or CPU quotas in cores."""
+    text = args.cpu_quota if args.cpu_quota is not None else ("0" if args.quick else "0,0.5")
+    quotas = []
+    for item in text.split(","):
+        value = float(item) if item.strip() not in ("", "none", "unlimited") else 0.0
+        quotas.append(value if value > 0 else None)
+    return quotas
+
+
 def main(argv=None):
     args = parse_args(argv)
     nofile = raise_fd_limit()
     ensure_model(args.models_dir)
-    load_before = os.getloadavg()
-    started = time.monotonic()
-    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    bench = Bench(args)
+    missed = []
+    for quota in cpu_quotas(args):
+        label = args.label if quota is None else f"{args.label}-cpu{quota:g}"
+        try:
+            missed += run_mode(args, quota, label, nofile)
+        except KeyboardInterrupt:
+            print("\ninterrupted: the server is stopped, nothing more written", file=sys.stderr)
+            return 130
+        except CgroupUnavailable as exc:
+            print(f"\n### {label}: not run: {exc}", file=sys.stderr)
+            missed.append((label, "cpu quota"))
+    if args.quick and missed:
+        print(f"{len(missed)} goal(s) missed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_mode(args, quota, label, nofile):
+    """Every attack against servers under one CPU quota (None: unlimited);
+    stores the report under ``label`` and returns the goals missed."""
+    load_before = os.getloadavg()
+    started = time.monotonic()
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if quota is not None:  # fail early, before the first server, when no cgroup can be made
+        CpuCgroup(quota, f"bench-attack-{os.getpid()}-check").remove()
+    bench = Bench(args, quota)
     try:
         results = asyncio.run(run_all(args, bench))
-    except KeyboardInterrupt:
-        print("\ninterrupted: the server is stopped, nothing written", file=sys.stderr)
-        return 130
     finally:
         bench.close()
-    report = {"label": args.label, "root": str(args.root), "commit": git_commit(args.root), "when": when,
-              "cpu_count": os.cpu_count(), "load_avg_before": [round(x, 2) for x in load_before],
+    report = {"label": label, "root": str(args.root), "commit": git_commit(args.root), "when": when,
+              "cpu_count": os.cpu_count(), "cpu_quota_cores": quota,
+              "load_avg_before": [round(x, 2) for x in load_before],
               "load_avg_after": [round(x, 2) for x in os.getloadavg()],
               "wall_s": round(time.monotonic() - started, 1), "quick": args.quick,
               "settings": {"seconds": args.seconds, "before_s": args.before, "after_s": args.after,
@@ -2018,6 +2400,11 @@ def main(argv=None):
                            "longpoll_count": args.longpoll_count, "upload_mb": args.upload_mb,
                            "frame_chars": args.frame_chars, "flood_many_sockets": args.flood_many_sockets,
                            "history_rows": args.history_rows, "history_sockets": args.history_sockets,
+                           "huge_body_connections": args.huge_body_connections,
+                           "huge_body_seconds": args.huge_body_seconds,
+                           "ws_header_connections": args.ws_header_connections,
+                           "polling_over_connections": args.polling_over_connections,
+                           "idle_many_memory_mb": args.idle_many_memory_mb,
                            "large_db_rows": args.large_db_rows,
                            "fresh_server": args.fresh_server, "bench_nofile_limit": list(nofile),
                            "server_starts": bench.starts},
@@ -2027,21 +2414,17 @@ def main(argv=None):
         with contextlib.suppress(ValueError, OSError):
             stored = json.loads(args.out.read_text())
     runs = stored.get("runs", {}) if isinstance(stored, dict) else {}
-    runs[args.label] = report
+    runs[label] = report
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"runs": runs}, indent=2, ensure_ascii=False) + "\n")
 
-    print(f"\n### {args.label}: {args.root} at {report['commit']}, {args.seconds:g} s per attack\n")
+    quota_note = "unlimited CPU" if quota is None else f"the server under a CPU quota of {quota:g} core"
+    print(f"\n### {label}: {args.root} at {report['commit']}, {args.seconds:g} s per attack, {quota_note}\n")
     print(table(results))
     print(f"\nload average (1, 5, 15 min) before {report['load_avg_before']}, after {report['load_avg_after']}"
-          f" on {os.cpu_count()} cores; {report['wall_s']} s in all; server restarted by the bench "
-          f"{bench.starts - 1} time(s)")
-    print(f"wrote {args.out} (label {args.label!r})")
-    missed = [(r["attack"], k) for r in results for k, ok in r["goals"].items() if not ok]
-    if args.quick and missed:
-        print(f"{len(missed)} goal(s) missed", file=sys.stderr)
-        return 1
-    return 0
+          f" on {os.cpu_count()} cores; {report['wall_s']} s in all; servers started {bench.starts}")
+    print(f"wrote {args.out} (label {label!r})")
+    return [(r["attack"], k) for r in results for k, ok in r["goals"].items() if not ok]
 
 
 if __name__ == "__main__":

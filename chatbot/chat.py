@@ -35,7 +35,10 @@ an unknown event, a packet that does not decode) is answered with ``error``
 ``{code, message, event}`` and changes nothing; the connection stays open.
 Every event counts against the chat session's and the client address's
 token buckets (chatbot/limits.py), which outlive the connection; over one,
-the code is ``rate_limited`` with ``retry_after`` seconds.  When too many
+the code is ``rate_limited`` with ``retry_after`` seconds.  An address that
+goes on regardless cools down: each of its connections gets one last
+``rate_limited`` (``retry_after``: the cool-down) and is closed, and its
+connects are refused until the cool-down ends.  When too many
 questions are already waiting for the model the code is ``busy``: ask again
 in a moment.  A connect over the address's connect limit is refused
 (``connect_error`` with the same ``rate_limited`` data).
@@ -47,7 +50,7 @@ import re
 import secrets
 
 from flask import Blueprint, current_app, render_template, request, send_from_directory, session
-from flask_socketio import emit
+from flask_socketio import disconnect, emit
 from itsdangerous import BadSignature, Signer
 
 from . import conversation, guard
@@ -99,15 +102,46 @@ def rate_limited(wait: float) -> dict:
     return {"message": MESSAGES["rate_limited"].format(wait=seconds), "retry_after": round(wait, 2)}
 
 
+def close_transport():
+    """Close this client's Engine.IO connection (its WebSocket or long-polling
+    session) once what was just sent has gone out: no more of its packets are
+    read."""
+    server = socketio.server
+    eio_sid = server.manager.eio_sid_from_sid(request.sid, request.namespace or "/")
+    if eio_sid is not None:
+        socketio.start_background_task(server.eio.disconnect, eio_sid)
+
+
+def drop_flooder(cooldown: float):
+    """A connection of an address that is cooling down: one last
+    ``rate_limited``, then it is closed (packets already on their way find it
+    closed and are dropped unanswered)."""
+    if not socketio.server.manager.is_connected(request.sid, request.namespace):
+        return
+    send_error("rate_limited", **rate_limited(cooldown))
+    close_transport()  # before disconnect(), which forgets the Engine.IO sid
+    disconnect()
+
+
 def client_event(handler, history=False):
     """A Socket.IO event handler behind the session's and the address's rate
     limits, that answers any unexpected failure with an ``error`` event."""
 
     @functools.wraps(handler)
     def wrapper(*args):
-        wait = client_limits().event(chat_session_id(), request.remote_addr, history=history)
+        limits = client_limits()
+        address = request.remote_addr
+        cooldown = limits.cooldown.left(address)
+        if cooldown:
+            drop_flooder(cooldown)
+            return None
+        wait = limits.event(chat_session_id(), address, history=history)
         if wait:
-            send_error("rate_limited", **rate_limited(wait))
+            cooldown = limits.refused(address)
+            if cooldown:
+                drop_flooder(cooldown)
+            else:
+                send_error("rate_limited", **rate_limited(wait))
             return None
         try:
             return handler(*args)
@@ -156,9 +190,15 @@ def on_connect(auth=None):
     issued it for this channel, else start a new one; either way send the
     client its token (``session``)."""
     auth = auth if isinstance(auth, dict) else {}
-    wait = client_limits().connect.take(request.remote_addr)
+    limits = client_limits()
+    cooldown = limits.cooldown.left(request.remote_addr)
+    wait = 0.0 if cooldown else limits.connect.take(request.remote_addr)
     if wait:
-        raise ConnectionRefusedError({"code": "rate_limited", **rate_limited(wait)})
+        cooldown = limits.refused(request.remote_addr)
+    if cooldown:
+        close_transport()  # after the connect error below
+    if cooldown or wait:
+        raise ConnectionRefusedError({"code": "rate_limited", **rate_limited(cooldown or wait)})
     # The widget's page (/embed) says so; anything else is the chat page.
     channel = CHANNEL_WIDGET if auth.get("channel") == CHANNEL_WIDGET else CHANNEL_WEB
     session_id = issued_session(auth.get("session"), channel) or secrets.token_urlsafe(16)

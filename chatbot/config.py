@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .memory import connections_for, detected_memory_mb
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -106,9 +108,18 @@ class Config:
     CONNECT_BURST = env_int("CONNECT_BURST", 20)
     # Engine.IO handshakes from all addresses together: a flood of new
     # connections from many addresses is slowed down, so that the chats
-    # already open keep their replies fast.
-    HANDSHAKE_TOTAL_RATE = env_float("HANDSHAKE_TOTAL_RATE", 100.0)
-    HANDSHAKE_TOTAL_BURST = env_int("HANDSHAKE_TOTAL_BURST", 200)
+    # already open keep their replies fast.  40 a second: at 100, 5,000
+    # sockets from 1,000 addresses took all of half a core (bench-attack's
+    # CPU quota) and open chats waited up to 3.3 s for a reply (0.8 s at 40).
+    HANDSHAKE_TOTAL_RATE = env_float("HANDSHAKE_TOTAL_RATE", 40.0)
+    HANDSHAKE_TOTAL_BURST = env_int("HANDSHAKE_TOTAL_BURST", 80)
+    # An address that keeps going over those limits: after FLOOD_REFUSAL_BURST
+    # rate_limited answers (then FLOOD_REFUSAL_RATE a second), its connections
+    # are closed and its handshakes and connects refused (rate_limited, with
+    # retry_after) for FLOOD_COOLDOWN_SECONDS (0: never).
+    FLOOD_REFUSAL_RATE = env_float("FLOOD_REFUSAL_RATE", 1.0)
+    FLOOD_REFUSAL_BURST = env_int("FLOOD_REFUSAL_BURST", 20)
+    FLOOD_COOLDOWN_SECONDS = env_float("FLOOD_COOLDOWN_SECONDS", 60.0)
     # Every other HTTP request, per address (Flask-Limiter's syntax; empty:
     # no limit), counted in memory:// (this process) or in Redis
     # (redis://host:6379/1), which several server processes share.
@@ -125,7 +136,13 @@ class Config:
     # Open connections per server process, in total and per client address
     # (chatbot/worker.py refuses the rest with 503 / 429; behind a proxy the
     # per-address count uses the forwarded address).
-    MAX_CONNECTIONS = env_int("MAX_CONNECTIONS", 10000)
+    # Unset, MAX_CONNECTIONS follows from the memory budget: MEMORY_LIMIT_MB
+    # (default: the cgroup's limit, else the machine's memory) and the cost of
+    # a connection (chatbot/memory.py).  Over MEMORY_HIGH_WATER of the budget
+    # (RSS), new connections are refused (503) until memory falls back.
+    MEMORY_LIMIT_MB = env_int("MEMORY_LIMIT_MB", 0) or detected_memory_mb()
+    MEMORY_HIGH_WATER = env_float("MEMORY_HIGH_WATER", 0.85)
+    MAX_CONNECTIONS = env_int("MAX_CONNECTIONS", 0) or connections_for(MEMORY_LIMIT_MB, MEMORY_HIGH_WATER)
     MAX_CONNECTIONS_PER_ADDRESS = env_int("MAX_CONNECTIONS_PER_ADDRESS", 32)
     # Seconds a client has to send a request's headers, and its body.
     HEADER_TIMEOUT = env_int("HEADER_TIMEOUT", 5)

@@ -14,7 +14,12 @@ server; the third is WSGI middleware that chat.init_app puts in front of it.
   are limited to ``max_http_buffer_size`` while they arrive, an oversized
   frame closes its connection and frees it, writes are whole, idle sockets
   time out; and the connection ends cleanly when a frame is not an
-  Engine.IO packet, instead of raising in the server.
+  Engine.IO packet, instead of raising in the server.  When it ends, its
+  Engine.IO session is let go at once: python-engineio keeps a closed session
+  in its ``sockets`` until its service task's next pass (up to
+  ``ping_timeout``, 20 s) and its ping task asleep for ``ping_interval``
+  (25 s), holding the session and the task's stack; after a flood of
+  sockets, their memory could not go back to the system for half a minute.
 - ``SocketIOShield`` refuses long-polling POSTs over the payload limit before
   python-engineio sees them: python-engineio 4.15 answers those by closing the
   session and waiting for its queue to drain, which for a client that does not
@@ -23,6 +28,7 @@ server; the third is WSGI middleware that chat.init_app puts in front of it.
   traceback and drop them), and turns its KeyError for a request to a session
   that has just closed (a 500) into a 400.
 """
+import functools
 import io
 import json
 import logging
@@ -104,6 +110,22 @@ class GuardedWebSocket(WebSocket):
     thread, whole writes, timeouts), which also ends the connection cleanly
     when a frame is not an Engine.IO packet python-engineio can decode."""
 
+    def __call__(self, environ, start_response):
+        try:
+            return super().__call__(environ, start_response)
+        finally:
+            self._release_session()
+
+    def _release_session(self):
+        """Let go of the Engine.IO session this WebSocket carried, if closed."""
+        session = getattr(self.handler, "__self__", None)  # python-engineio's Socket
+        if session is None or not session.closed:
+            return
+        self.eio_server.sockets.pop(session.sid, None)
+        task = getattr(session, "ping_task", None)  # _remember_ping_tasks
+        if task is not None and hasattr(task, "kill"):  # a greenlet (a thread cannot be stopped)
+            task.kill(block=False)
+
     def wait(self):
         data = super().wait()
         if isinstance(data, str) and not _engineio_decodable(data):
@@ -175,3 +197,49 @@ def harden(socketio):
         raise RuntimeError(f"SOCKETIO_ASYNC_MODE must be threading or gevent, not {eio.async_mode!r}")
     # eio._async is the driver module's shared dict: replace, don't mutate.
     eio._async = {**eio._async, "websocket": GuardedWebSocket}
+    _remember_ping_tasks(eio)
+    eio._service_task = functools.partial(_service_task, eio)
+
+
+def _remember_ping_tasks(eio):
+    """Each session's ping task (python-engineio starts one per session, and
+    keeps no handle) is kept on the session, for GuardedWebSocket to stop."""
+    start = eio.start_background_task
+
+    def start_background_task(target, *args, **kwargs):
+        task = start(target, *args, **kwargs)
+        if getattr(target, "__name__", "") == "_send_ping":
+            target.__self__.ping_task = task
+        return task
+
+    eio.start_background_task = start_background_task
+
+
+def _service_task(eio):
+    """python-engineio's ``Server._service_task`` (4.15: every ping_timeout
+    seconds, close the sessions whose client stopped answering pings and
+    forget closed ones), but over a list of session ids, each looked up when
+    its turn comes: the original goes through a copy of ``eio.sockets``,
+    which keeps every session of the pass, closed ones too, for up to
+    ping_timeout (20 s)."""
+    eio.service_task_event = stop = eio.create_event()
+    while not stop.is_set():
+        if not eio.sockets:
+            if stop.wait(timeout=eio.ping_timeout):
+                break
+            continue
+        sids = list(eio.sockets)
+        interval = float(eio.ping_timeout) / len(sids)
+        try:
+            for sid in sids:
+                session = eio.sockets.get(sid)
+                if session is not None:
+                    if session.closed:
+                        eio.sockets.pop(sid, None)
+                    elif not session.closing:
+                        session.check_ping_timeout()
+                session = None  # not kept while waiting
+                if stop.wait(timeout=interval):
+                    return
+        except Exception:  # as the original: log, and go on
+            log.exception("service task exception")

@@ -6,6 +6,11 @@ gunicorn worker (chatbot/worker.py: open connections, header time):
 - ``ClientLimits``: token buckets keyed by chat session and by client
   address, never by connection, so a reconnect or a new Socket.IO handshake
   does not start a fresh count.  chat.py takes from them for every event.
+  An address that keeps going over them (more ``rate_limited`` answers than
+  ``FLOOD_REFUSAL_*`` allow) cools down for ``FLOOD_COOLDOWN_SECONDS``: its
+  connections are closed and its handshakes and connects refused, instead of
+  its packets being answered one by one, which on a slow machine took the
+  whole event loop.
 - ``RequestLimits``, WSGI middleware in front of the whole app:
   a body over ``MAX_UPLOAD_BYTES`` is refused (413) before any of it is
   read, a chunked upload (no length to check) too (411), a bad length 400; the body must arrive
@@ -68,6 +73,41 @@ class RateBuckets:
             return (1 - bucket[0]) / self.rate
 
 
+class Cooldowns:
+    """Keys refused for ``seconds`` once started; at most ``max_keys`` are
+    kept (the oldest go first).  ``seconds`` of 0 or less: never started."""
+
+    def __init__(self, seconds: float, max_keys: int = 50_000, clock=time.monotonic):
+        self.seconds = float(seconds)
+        self.max_keys = max_keys
+        self.clock = clock
+        self._until = OrderedDict()  # key -> when its cool-down ends
+        self._lock = threading.Lock()
+
+    def start(self, key) -> float:
+        """Start (or restart) ``key``'s cool-down; its length."""
+        if self.seconds <= 0:
+            return 0.0
+        with self._lock:
+            self._until.pop(key, None)
+            self._until[key] = self.clock() + self.seconds
+            if len(self._until) > self.max_keys:
+                self._until.popitem(last=False)
+        return self.seconds
+
+    def left(self, key) -> float:
+        """Seconds until ``key``'s cool-down ends; 0.0 when it has none."""
+        with self._lock:
+            until = self._until.get(key)
+            if until is None:
+                return 0.0
+            left = until - self.clock()
+            if left <= 0:
+                del self._until[key]
+                return 0.0
+            return left
+
+
 class ClientLimits:
     """The chat's rate limits, from the app's config."""
 
@@ -77,10 +117,21 @@ class ClientLimits:
         self.history = RateBuckets(config["HISTORY_RATE"], config["HISTORY_BURST"])
         self.connect = RateBuckets(config["CONNECT_RATE"], config["CONNECT_BURST"])
         self.handshakes = RateBuckets(config["HANDSHAKE_TOTAL_RATE"], config["HANDSHAKE_TOTAL_BURST"])
+        # rate_limited answers an address may get before it cools down
+        self.refusals = RateBuckets(config["FLOOD_REFUSAL_RATE"], config["FLOOD_REFUSAL_BURST"])
+        self.cooldown = Cooldowns(config["FLOOD_COOLDOWN_SECONDS"])
 
     def handshake(self, address) -> float:
-        """Count an Engine.IO handshake: per address, and from everyone."""
-        return self.connect.take(address) or self.handshakes.take("all")
+        """Count an Engine.IO handshake: per address, and from everyone;
+        an address that is cooling down waits for the end of it."""
+        return self.cooldown.left(address) or self.connect.take(address) or self.handshakes.take("all")
+
+    def refused(self, address) -> float:
+        """Count a ``rate_limited`` answer to ``address``.  When it has had
+        more than its share, its cool-down starts: the seconds of it, else 0."""
+        if self.refusals.take(address):
+            return self.cooldown.start(address)
+        return 0.0
 
     def event(self, session_id, address, history=False) -> float:
         """Count one chat event; the seconds to wait if it is over a limit."""

@@ -19,9 +19,17 @@ Here the session's own greenlet (or thread) reads the socket: a frame over
 None at once; every write is a ``sendall``; no extension is negotiated; and a
 socket that neither reads nor writes for ``SOCKET_TIMEOUT`` seconds is closed
 (Engine.IO pings every 25 s, so a live client never idles that long).
+
+The reading loop yields after every read of the socket: on gevent a read that
+finds data never does by itself, so a client sending frames without pause (a
+flood of WebSocket pings, each answered with a pong inside the loop) held the
+whole event loop.  A client may send ``PING_BURST`` ping frames at once and
+``PING_RATE`` a second after that (Engine.IO pings at its own level; browsers
+send none); past that its connection is closed (1008).
 """
 import socket
 import threading
+import time
 
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Message, Ping, RejectConnection,
@@ -31,6 +39,8 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 SOCKET_TIMEOUT = 60.0
 RECEIVE_BYTES = 4096
+PING_BURST = 10
+PING_RATE = 1.0
 _ENVIRON_SOCKETS = ("gunicorn.socket", "werkzeug.socket")
 
 
@@ -50,6 +60,7 @@ class WebSocket:
 
     def __init__(self, handler, server, max_message_size=None):
         self.handler = handler
+        self.eio_server = server
         self.max_message_size = max_message_size or server.max_http_buffer_size
         self.sock = None
         self.connection = WSConnection(ConnectionType.SERVER)
@@ -57,6 +68,7 @@ class WebSocket:
         self._incoming = []      # whole messages not yet returned by wait
         self._partial = []       # the parts of a message still arriving
         self._partial_size = 0
+        self._pings = [float(PING_BURST), time.monotonic()]  # a token bucket: tokens, when counted
         # The session's writer and its reader both write (pongs, the close);
         # one at a time.  A gevent lock in the server (threading is patched).
         self._write_lock = threading.RLock()
@@ -134,11 +146,22 @@ class WebSocket:
             with self._write_lock:
                 self.connection.receive_data(data)
                 self._handle_events()
+            time.sleep(0)  # yield (gevent patches time): the read above did not
         return self._incoming.pop(0)
+
+    def _ping_allowed(self) -> bool:
+        tokens, then = self._pings
+        now = time.monotonic()
+        tokens = min(float(PING_BURST), tokens + (now - then) * PING_RATE)
+        self._pings = [tokens - 1, now] if tokens >= 1 else [tokens, now]
+        return tokens >= 1
 
     def _handle_events(self):
         for event in self.connection.events():
             if isinstance(event, Ping):
+                if not self._ping_allowed():
+                    self.close(CloseReason.POLICY_VIOLATION)
+                    return
                 self._send_event(event.response())
             elif isinstance(event, CloseConnection):  # the client's, or a frame wsproto could not parse
                 try:

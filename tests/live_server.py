@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -65,13 +66,15 @@ class LiveServer:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = self.workdir / "server.log"
-        self.env = {**os.environ, "SECRET_KEY": "live-test",
+        # The allocator settings of `make serve` (Makefile: why).
+        self.env = {**os.environ, "PYTHONMALLOC": "malloc", "MALLOC_ARENA_MAX": "2", "SECRET_KEY": "live-test",
                     "DATABASE_URL": "sqlite:///" + str(self.workdir / "chatbot.db"),
                     "MODEL_DIR": str(self.workdir / "models"), "MORPH_BACKEND": os.environ.get("MORPH_BACKEND", "mecab"),
                     **(env or {})}
         self.process = None
 
-    def start(self, timeout=60):
+    def start(self, timeout=60, ready_status=200):
+        """Start, and wait until GET / answers ``ready_status``."""
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--graceful-timeout", "2",
@@ -84,8 +87,12 @@ class LiveServer:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
             try:
                 with urllib.request.urlopen(self.url + "/", timeout=2) as response:
-                    if response.status == 200:
+                    if response.status == ready_status:
                         return self
+            except urllib.error.HTTPError as error:
+                if error.code == ready_status:
+                    return self
+                time.sleep(0.2)
             except OSError:
                 time.sleep(0.2)
         self.stop()

@@ -31,8 +31,9 @@ def test_every_attack_class_scaled_down(tmp_path):
     results = {r["attack"]: r for r in report["results"]}
     assert set(results) == {"oversized_frames", "idle_sockets", "idle_sockets_many", "slow_headers", "slow_body",
                             "longpoll", "rehandshake_flood", "rehandshake_flood_newconn", "message_flood",
-                            "message_flood_many", "history_amplification", "large_upload",
-                            "reviewer_export_1m", "admin_pages_1m"}, run.stderr[-3000:]
+                            "message_flood_many", "history_amplification", "large_upload", "huge_declared_body",
+                            "websocket_huge_frame_header", "polling_just_over_limit", "reviewer_export_1m",
+                            "admin_pages_1m"}, run.stderr[-3000:]
     for name, result in results.items():
         legit = result["legit"]
         assert legit["during"]["replies"] > 0, name

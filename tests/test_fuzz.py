@@ -15,10 +15,11 @@ pytestmark = pytest.mark.fuzz
 def test_fuzz_a_running_server(tmp_path):
     app = prepare(tmp_path)
     # Every fuzz connection comes from 127.0.0.1: the per-address caps are
-    # raised here (tests/test_hostile.py pushes past them); the per-session
-    # rate limit stays, and the floods must meet it.
+    # raised here, and the address's cool-down after a flood is off
+    # (tests/test_hostile.py pushes past them); the per-session rate limit
+    # stays, and the floods must meet it.
     server = LiveServer(tmp_path, env={"MAX_CONNECTIONS_PER_ADDRESS": "1000", "CONNECT_RATE": "0",
-                                       "ADDRESS_MESSAGE_RATE": "0"}).start()
+                                       "ADDRESS_MESSAGE_RATE": "0", "FLOOD_COOLDOWN_SECONDS": "0"}).start()
     try:
         run = subprocess.run([sys.executable, str(ROOT / "scripts" / "fuzz_socket.py"), server.url,
                               "--events", "1000", "--timeout", "60"],

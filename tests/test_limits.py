@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from chatbot.limits import ClientLimits, RateBuckets, RequestLimits
+from chatbot.limits import ClientLimits, Cooldowns, RateBuckets, RequestLimits
 from chatbot.extensions import db, socketio
 from helpers import ask, connect, rows, tiny_model, token_in
 
@@ -113,6 +113,82 @@ def test_engineio_handshakes_from_all_addresses_together_are_limited(make_app):
     assert codes == [200, 200, 200, 429]
 
 
+def test_cooldowns_end_and_keep_at_most_max_keys():
+    now = [0.0]
+    cooldowns = Cooldowns(60, max_keys=2, clock=lambda: now[0])
+    assert cooldowns.left("a") == 0.0
+    assert cooldowns.start("a") == 60
+    now[0] = 10.0
+    assert cooldowns.left("a") == pytest.approx(50)
+    cooldowns.start("b")
+    cooldowns.start("c")  # a third: the oldest ("a") is forgotten
+    assert (cooldowns.left("a"), cooldowns.left("c")) == (0.0, pytest.approx(60))
+    now[0] = 71.0
+    assert cooldowns.left("c") == 0.0  # over
+    assert Cooldowns(0).start("a") == 0.0 and Cooldowns(0).left("a") == 0.0  # 0: never
+
+
+def received(sock):
+    """What came since the last call, even after the server disconnected it
+    (the test client's get_received then refuses: what it has is its queue)."""
+    if sock.is_connected():
+        return sock.get_received()
+    events, sock.queue = sock.queue, []
+    return events
+
+
+def flood_config(**config):
+    return {"MESSAGE_RATE": 0.01, "MESSAGE_BURST": 2, "FLOOD_REFUSAL_RATE": 0.01, "FLOOD_REFUSAL_BURST": 3,
+            "FLOOD_COOLDOWN_SECONDS": 60, "CONNECT_RATE": 1, "CONNECT_BURST": 20, **config}
+
+
+def test_a_socket_that_keeps_flooding_is_disconnected_and_its_address_cools_down(make_app):
+    """Refusing a flood packet by packet took the whole event loop on a slow
+    machine: past FLOOD_REFUSAL_BURST refusals the socket is closed, and its
+    address is refused (rate_limited, retry_after) for the cool-down."""
+    app = make_app(**flood_config())
+    sock = connect_from(app, "10.9.0.1")
+    answers = []
+    for i in range(8):
+        sock.emit("message", {"text": f"질문 {i}"})
+        answers += [(e["name"], e["args"][0].get("code") if e["name"] == "error" else None)
+                    for e in received(sock)]
+        if not sock.is_connected():
+            break
+    # two replies (the burst), three refusals, then the last one with the cool-down, and the socket is closed
+    assert answers == [("reply", None)] * 2 + [("error", "rate_limited")] * 4
+    assert not sock.is_connected() and i == 5
+    assert len(rows(app)) == 2
+    # the address is cooling down: no connect, no Engine.IO handshake
+    assert not connect_from(app, "10.9.0.1").is_connected()
+    http = app.test_client()
+    http.environ_base["REMOTE_ADDR"] = "10.9.0.1"
+    handshake = http.get("/socket.io/?EIO=4&transport=polling")
+    assert handshake.status_code == 429 and 55 <= int(handshake.headers["Retry-After"]) <= 60
+    # everyone else chats as before
+    other = connect_from(app, "10.9.0.2")
+    assert other.is_connected() and ask(other, "안녕")[0] == "reply"
+
+
+def test_the_last_refusal_says_how_long_the_cool_down_lasts(make_app):
+    app = make_app(**flood_config(FLOOD_REFUSAL_BURST=1, MESSAGE_RATE=0.5))
+    sock = connect_from(app, "10.9.1.1")
+    for i in range(4):
+        sock.emit("message", {"text": f"질문 {i}"})
+    errors = [e["args"][0] for e in received(sock) if e["name"] == "error"]
+    assert [e["retry_after"] for e in errors] == [pytest.approx(2, abs=0.1), 60]  # the message limit's, the cool-down
+    assert not sock.is_connected()
+
+
+def test_connects_over_the_limit_count_towards_the_cool_down(make_app):
+    app = make_app(**flood_config(CONNECT_RATE=0.01, CONNECT_BURST=2, FLOOD_REFUSAL_BURST=2))
+    clients = [connect_from(app, "10.9.2.1") for i in range(5)]
+    assert [c.is_connected() for c in clients] == [True, True, False, False, False]
+    limits = app.extensions["chatbot.limits"]
+    assert limits.cooldown.left("10.9.2.1") == pytest.approx(60, abs=1)  # the third refusal started it
+    assert limits.cooldown.left("10.9.2.2") == 0.0
+
+
 def test_busy_is_answered_and_nothing_is_stored(app, monkeypatch):
     from chatbot.batching import Busy
 
@@ -204,7 +280,8 @@ def test_open_requests_per_forwarded_address_are_capped():
 
     config = {"MESSAGE_RATE": 0, "MESSAGE_BURST": 1, "ADDRESS_MESSAGE_RATE": 0, "ADDRESS_MESSAGE_BURST": 1,
               "HISTORY_RATE": 0, "HISTORY_BURST": 1, "CONNECT_RATE": 0, "CONNECT_BURST": 1,
-              "HANDSHAKE_TOTAL_RATE": 0, "HANDSHAKE_TOTAL_BURST": 1}
+              "HANDSHAKE_TOTAL_RATE": 0, "HANDSHAKE_TOTAL_BURST": 1, "FLOOD_REFUSAL_RATE": 0,
+              "FLOOD_REFUSAL_BURST": 1, "FLOOD_COOLDOWN_SECONDS": 0}
     middleware = RequestLimits(slow_app, ClientLimits(config), max_body=1000, body_timeout=5, per_address=2)
     statuses = []
 

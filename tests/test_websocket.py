@@ -162,3 +162,29 @@ def test_the_server_needs_its_socket_in_the_environ():
     ws = websocket.WebSocket(echo, SimpleNamespace(max_http_buffer_size=1000))
     with pytest.raises(RuntimeError):
         ws({"PATH_INFO": "/"}, lambda *a: None)
+
+
+def test_a_flood_of_pings_closes_the_connection():
+    """Each ping is answered inside the reading loop: a client sending them
+    without pause kept the loop (on gevent, the whole server) busy forever."""
+    ws, client, _, thread, _ = serve(echo)
+    client.sock.sendall(b"".join(client.ws.send(Ping(payload=b"x")) for _ in range(200)))
+    assert client.read(CloseConnection).code == 1008
+    pongs = [e for e in client.events if isinstance(e, Pong)]
+    assert len(pongs) == websocket.PING_BURST
+    thread.join(5)
+    assert not thread.is_alive() and ws.closed
+
+
+def test_the_reader_yields_after_every_read(monkeypatch):
+    """On gevent a read that finds data never switches to another greenlet:
+    the loop does (time.sleep(0), which gevent patches), read after read."""
+    yields = []
+    monkeypatch.setattr(websocket, "time", SimpleNamespace(monotonic=time.monotonic, sleep=yields.append))
+    ws, client, _, _, _ = serve(echo)
+    count = len(yields)
+    client.send(TextMessage(data="하나", message_finished=False))
+    time.sleep(0.2)  # read on its own, before the rest arrives
+    client.send(TextMessage(data="둘"))
+    assert client.read(Message).data == "하나둘"
+    assert yields[count:] == [0, 0]

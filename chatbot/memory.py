@@ -1,0 +1,171 @@
+"""The server's memory: how much it may use, how many connections fit in it,
+and giving freed memory back to the system.
+
+- ``detected_memory_mb``: the limit of the process's own cgroup (v2
+  ``memory.max``, v1 ``memory.limit_in_bytes``, the smallest along its path),
+  else the machine's memory: ``MEMORY_LIMIT_MB``'s default (chatbot/config.py).
+- ``connections_for``: ``MAX_CONNECTIONS``'s default, as many idle
+  connections as fit between the server's own memory and the high-water mark
+  (README "Configuration" has the formula).
+- ``MemoryGuard``: the worker (chatbot/worker.py) refuses new connections
+  while its RSS is over ``MEMORY_HIGH_WATER`` of the limit, and after many
+  connections have closed it collects their reference cycles and asks glibc
+  to give the freed pages back (``malloc_trim``): without that, the memory of
+  5,000 closed sockets stayed with the process.  Two more things are needed
+  for the pages to come free, both outside this module: ``make serve`` runs
+  Python with ``PYTHONMALLOC=malloc`` (pymalloc keeps each 1 MiB arena while
+  any object in it lives, and a flood's survivors are spread over all of
+  them), and chatbot/guard.py lets go of a closed Engine.IO session at once.
+
+Nothing here imports Flask: gunicorn.conf.py uses it in gunicorn's master.
+"""
+import ctypes
+import ctypes.util
+import gc
+import os
+import time
+from pathlib import Path
+
+# Measured with bench/attack.py's idle_sockets_many (2 cores, the starter
+# model, make serve's PYTHONMALLOC=malloc): one more idle Socket.IO WebSocket
+# adds 63-66 KB to the worker's RSS; master and worker with the model loaded
+# and warm hold 320 MB (worker 288).  Rounded up.
+CONNECTION_KB = 70
+SERVER_BASE_MB = 320
+# Bounds of the MAX_CONNECTIONS that follows from the budget.
+MIN_CONNECTIONS = 100
+MAX_CONNECTIONS_CAP = 10_000
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def machine_mb() -> int:
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20
+
+
+def cgroup_limit_mb(proc_cgroup: str | None = None, root: Path = CGROUP_ROOT) -> int | None:
+    """The memory limit of this process's cgroup in MB (the smallest along its
+    path to the root, which also covers a container whose cgroup is its root),
+    or None when there is none.  ``proc_cgroup``: /proc/self/cgroup's text."""
+    if proc_cgroup is None:
+        try:
+            proc_cgroup = Path("/proc/self/cgroup").read_text()
+        except OSError:
+            return None
+    limits = []
+    for line in proc_cgroup.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":  # cgroup v2, one hierarchy for all controllers
+            base, name = root, "memory.max"
+        elif "memory" in controllers.split(","):
+            base, name = root / "memory", "memory.limit_in_bytes"
+        else:
+            continue
+        here = Path(path.strip() or "/")
+        for directory in [here, *here.parents]:
+            try:
+                text = (base / str(directory).lstrip("/") / name).read_text().strip()
+            except OSError:
+                continue
+            if text.isdigit():
+                limits.append(int(text) // 2**20)
+    # v1 says "no limit" with a huge number (the largest page multiple below
+    # 2**63): anything at or above the machine's memory is no limit.
+    limits = [limit for limit in limits if limit < machine_mb()]
+    return min(limits) if limits else None
+
+
+def detected_memory_mb() -> int:
+    """The cgroup's limit, else the machine's memory."""
+    return cgroup_limit_mb() or machine_mb()
+
+
+def connections_for(limit_mb: float, high_water_share: float) -> int:
+    """How many idle connections fit between the server's own memory and the
+    high-water mark: (limit x high water - SERVER_BASE_MB) / CONNECTION_KB,
+    within MIN_CONNECTIONS and MAX_CONNECTIONS_CAP."""
+    room_kb = (limit_mb * high_water_share - SERVER_BASE_MB) * 1024
+    return int(max(MIN_CONNECTIONS, min(MAX_CONNECTIONS_CAP, room_kb // CONNECTION_KB)))
+
+
+def rss_mb() -> float | None:
+    """This process's resident memory (Linux; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _malloc_trim():
+    """glibc's malloc_trim, or None (another C library)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+class MemoryGuard:
+    """The worker's high-water mark, and giving memory back after
+    connections close: ``gc.collect`` (the cycles a closed connection leaves)
+    and glibc's ``malloc_trim``, once the open connections have fallen by
+    ``trim_after`` from their peak (a steady stream of short connections
+    frees nothing for long), at most every ``trim_every`` seconds.  ``rss``
+    and ``clock`` are for tests."""
+
+    def __init__(self, limit_mb: float, high_water_share: float, trim_every: float = 2.0, trim_after: int = 100,
+                 rss=rss_mb, clock=time.monotonic):
+        self.limit_mb = limit_mb
+        self.high_water_mb = limit_mb * high_water_share
+        self.trim_every = trim_every
+        self.trim_after = trim_after
+        self.rss = rss
+        self.clock = clock
+        self.malloc_trim = _malloc_trim()
+        self.last_trim = float("-inf")
+        self.peak = 0  # open connections at most, since the last trim was scheduled
+        self.trim_scheduled = False
+
+    def over(self) -> bool:
+        """Whether RSS is above the high-water mark now (a new connection is
+        then refused)."""
+        rss = self.rss()
+        return rss is not None and rss > self.high_water_mb
+
+    def opened(self, open_now: int):
+        self.peak = max(self.peak, open_now)
+
+    def closed(self, open_now: int) -> float | None:
+        """A connection closed, ``open_now`` are left: the seconds after which
+        to call ``trim``, or None when it is not needed or already scheduled
+        (a whole wave of closing connections gets one)."""
+        if self.peak - open_now < self.trim_after:
+            return None
+        return self.short(open_now)
+
+    def short(self, open_now: int) -> float | None:
+        """Memory is over the mark: as ``closed``, whatever has closed."""
+        if self.trim_scheduled:
+            return None
+        self.trim_scheduled = True
+        self.peak = open_now  # the next wave counts from here
+        return max(0.0, self.last_trim + self.trim_every - self.clock())
+
+    def trim(self, in_thread=lambda fn: fn()) -> tuple:
+        """Free what closed connections left (their reference cycles, here:
+        their finalizers belong to this thread), and give the pages malloc
+        then holds free back to the system (``in_thread``: malloc_trim on a
+        large heap takes a while, and lets go of the GIL); RSS in MB before
+        and after."""
+        self.trim_scheduled = False
+        self.last_trim = self.clock()
+        before = self.rss()
+        gc.collect()
+        if self.malloc_trim is not None:
+            in_thread(lambda: self.malloc_trim(0))
+        return before, self.rss()
