@@ -5,7 +5,9 @@ tests/ is not a package: pytest puts this folder on sys.path (its default
 "prepend" import mode) as it imports conftest.py and the test modules, so
 they import this module as ``helpers``.
 """
+import asyncio
 import re
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -24,6 +26,14 @@ def token_in(html):
         re.search(r'value="([^"]+)"[^>]*name="csrf_token"', html)
     assert match, "no csrf_token in the page"
     return match.group(1)
+
+
+def run_async(coroutine):
+    """``asyncio.run(coroutine)`` on a thread of its own: the session's browser
+    (Playwright's sync API, tests/conftest.py) keeps an event loop running on
+    the test's thread once a browser test has run."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 # -- the database ------------------------------------------------------------------

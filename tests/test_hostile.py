@@ -12,6 +12,7 @@ import psutil
 import pytest
 import websocket
 
+from helpers import run_async
 from live_server import LiveServer, prepare
 
 pytestmark = pytest.mark.fuzz
@@ -387,10 +388,10 @@ def test_memory_goes_back_after_many_idle_sockets_drop(tmp_path):
             await asyncio.gather(*(s.close() for s in sessions))
             return with_sockets
 
-        asyncio.run(hold(50, "127.9"))  # what any first connections leave (caches)
+        run_async(hold(50, "127.9"))  # what any first connections leave (caches)
         assert settle(lambda: len(proc.net_connections()) <= 1)
         before = proc.memory_info().rss
-        with_sockets = asyncio.run(hold(1000, "127.10"))
+        with_sockets = run_async(hold(1000, "127.10"))
         assert with_sockets > before + 30 * 2**20  # they did cost something (~60 KB each)
         closed_at = time.monotonic()
         back = settle(lambda: proc.memory_info().rss <= before * 1.1, seconds=10)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from chatbot import retrain
+from chatbot import heavy, retrain
 from chatbot.config import PROJECT_ROOT
 
 from helpers import token_in
@@ -61,7 +61,8 @@ def test_cli_and_models_page_both_start_through_retrain_start(app, logged_in, mo
     assert cli_root == web_root == app.config["MODEL_DIR"] and cli_pairs == web_pairs > 0
     assert cli_options["force"] and not cli_options.get("background")
     assert list(cli_options["extra_train_args"]) == ["--seed", "3"]
-    assert web_options == {"force": False, "background": True}
+    # the page writes the pairs file on a heavy-work thread (chatbot/heavy.py)
+    assert web_options == {"force": False, "background": True, "offload": heavy.run}
 
 
 def test_start_while_a_retrain_runs_is_busy_and_leaves_its_pairs_file_alone(tmp_path):
@@ -84,7 +85,7 @@ def test_start_while_a_retrain_runs_is_busy_and_leaves_its_pairs_file_alone(tmp_
 
 POLLER = """
 import sys, time
-from chatbot import retrain
+from chatbot import heavy, retrain
 print("polling", flush=True)
 while True:
     retrain.is_running(sys.argv[1])
