@@ -69,13 +69,23 @@ def test_the_config_takes_the_budget_from_the_environment(monkeypatch):
 
 
 def test_over_the_high_water_mark_until_memory_falls_back():
-    rss = [100.0]
-    guard = memory.MemoryGuard(200, 0.8, rss=lambda: rss[0])
+    rss, now, reads = [100.0], [0.0], []
+
+    def read():
+        reads.append(now[0])
+        return rss[0]
+
+    guard = memory.MemoryGuard(200, 0.8, check_every=0.25, rss=read, clock=lambda: now[0])
     assert not guard.over()
     rss[0] = 170.0
+    now[0] = 0.1
+    assert not guard.over()  # RSS as read 0.1 s ago
+    now[0] = 0.25
     assert guard.over()  # over 160 MB: new connections are refused
     rss[0] = 150.0
+    now[0] = 0.6
     assert not guard.over()
+    assert reads == [0.0, 0.25, 0.6]  # not once a connection
 
 
 def test_memory_is_given_back_once_per_wave_of_closed_connections():
