@@ -2,11 +2,12 @@
 per day or week, per model version, per channel, and which questions went
 wrong most often.
 
-Every number is a SQL aggregate over ``exchange``, counted in the database
-from indexes alone (no row is read, and on SQLite no GROUP BY sorts the
-range's rows: see overview and top_groups): Python only divides the counts
-it gets back.  The page makes two statements; bench/README.md has their
-plans and times on a million rows.  Imported pairs (route ``import``) were
+Every number is a SQL aggregate, counted in the database: the counts per
+day, version and channel from exchange_tally (the database's own running
+counts, see overview), the groups that went wrong from the partial indexes
+of ``exchange`` alone (no row is read, no GROUP BY sorts the range's rows:
+see top_groups).  Python only divides the counts it gets back.  The page
+makes two statements; bench/README.md has their times on a million rows.  Imported pairs (route ``import``) were
 never asked in a chat and are left out of everything.
 
 Days and weeks are UTC, like every time the admin shows; a week starts on
@@ -22,7 +23,7 @@ import sqlalchemy as sa
 
 from . import retrain, versions
 from .database import (CORRECTED_SQL, FEEDBACK_DOWN, FEEDBACK_UP, REVIEWED, ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_KNOWN,
-                       ROUTE_MEMORY, ROUTE_MODEL, ROUTE_UNSURE, WRONG_SQL, Exchange)
+                       ROUTE_MEMORY, ROUTE_MODEL, ROUTE_UNSURE, WRONG_SQL, Exchange, ExchangeTally)
 from .extensions import db
 
 DAY, WEEK = "day", "week"
@@ -181,30 +182,11 @@ def _in_span(table, span: Span, by_index: bool):
     return sa.and_(created_at >= span.since, created_at < span.until, table.c.route != ROUTE_IMPORT)
 
 
-def day_of(dialect: str):
-    """The UTC day of ``created_at``.  On SQLite the text YYYY-MM-DD, in the
-    words of the expression index ix_exchange_analytics (its first column),
-    with the numbers as literals: SQLite matches an indexed expression only
-    to the very same expression, and a bound parameter is not."""
-    if dialect == "sqlite":
-        return sa.func.substr(Exchange.created_at, sa.literal_column("1"), sa.literal_column("10"))
-    return sa.func.date_trunc(sa.literal_column("'day'"), Exchange.created_at)
-
-
-def in_days(span: Span, dialect: str):
-    """in_span, said so that each database reads its ix_exchange_analytics:
-    on SQLite by the day (the index's order), elsewhere by ``created_at``."""
-    if dialect != "sqlite":
-        return in_span(span)
-    day = day_of(dialect)
-    return sa.and_(day >= span.start.isoformat(), day <= span.end.isoformat(), Exchange.route != ROUTE_IMPORT)
-
-
 def bucket(column, period: str, dialect: str):
     """The day, or the Monday of the week, ``column`` falls in, as YYYY-MM-DD
     text: the one place that knows each database's date functions."""
     if dialect == "postgresql":
-        return sa.func.to_char(sa.func.date_trunc(period, column), "YYYY-MM-DD")
+        return sa.func.to_char(sa.func.date_trunc(period, sa.cast(column, sa.Date)), "YYYY-MM-DD")
     if period == WEEK:  # SQLite: forward to Sunday (or stay), then back to its Monday
         return sa.func.strftime("%Y-%m-%d", column, "weekday 0", "-6 days")
     return sa.func.strftime("%Y-%m-%d", column)
@@ -217,36 +199,27 @@ def overview(span: Span) -> dict[str, dict]:
     """Stats per day or week, per model version and per channel of the span,
     as {PERIOD: {key: Stats}, VERSION: ..., CHANNEL: ...}, from one statement.
 
-    Its innermost query counts the span's exchanges per day and per value of
-    every column a number depends on (route, status, feedback, channel,
-    model version): on SQLite in the order of ix_exchange_analytics, so
-    without sorting a row and without reading one (a few hundred groups a
-    day).  Those groups are added up per day, channel and version (the
-    counts' sum(case ...) columns, a few thousand groups), beside the
-    corrected rows, counted the same way from the partial index
-    ix_exchange_corrected; the outer queries add those up three ways.
+    It reads exchange_tally, the counts the database keeps per day and per
+    value of every column a number depends on (a few hundred rows a day,
+    not every exchange): its inner query adds them up per day, channel and
+    version, in the table's key order, and the outer ones three ways.
     """
     dialect = db.engine.dialect.name
-    day = day_of(dialect)
-    dims = (Exchange.route, Exchange.status, Exchange.feedback, Exchange.channel, Exchange.model_version)
-    g = (sa.select(day.label("day"), *dims, sa.func.count().label("n"))
-         .where(in_days(span, dialect)).group_by(day, *dims).subquery("g"))
+    t = ExchangeTally.__table__
 
     def total(condition):
-        return sa.func.sum(sa.case((condition, g.c.n), else_=0))
+        return sa.func.sum(sa.case((condition, t.c.exchanges), else_=0))
 
-    counted = (sa.select(g.c.day, g.c.channel, g.c.model_version, sa.func.sum(g.c.n).label("exchanges"),
-                         *(total(g.c.route.in_(routes)).label(name) for name, routes in ROUTE_GROUPS.items()),
-                         total(g.c.feedback == FEEDBACK_UP).label("up"),
-                         total(g.c.feedback == FEEDBACK_DOWN).label("down"),
-                         total(g.c.status == REVIEWED).label("reviewed"),
-                         sa.literal_column("0").label("corrected"))
-               .group_by(g.c.day, g.c.channel, g.c.model_version))
-    zero = sa.literal_column("0")
-    corrected = (sa.select(day, Exchange.channel, Exchange.model_version, *([zero] * 8), sa.func.count())
-                 .where(in_span(span), corrected_condition())  # by created_at: ix_exchange_corrected
-                 .group_by(day, Exchange.channel, Exchange.model_version))
-    h = sa.union_all(counted, corrected).cte("h")
+    version = sa.func.nullif(t.c.model_version, "")
+    h = (sa.select(t.c.day, t.c.channel, version.label("model_version"), sa.func.sum(t.c.exchanges).label("exchanges"),
+                   *(total(t.c.route.in_(routes)).label(name) for name, routes in ROUTE_GROUPS.items()),
+                   total(t.c.feedback == FEEDBACK_UP).label("up"),
+                   total(t.c.feedback == FEEDBACK_DOWN).label("down"),
+                   total(t.c.status == REVIEWED).label("reviewed"),
+                   total(t.c.corrected == 1).label("corrected"))
+         .where(t.c.day >= span.start.isoformat(), t.c.day <= span.end.isoformat(), t.c.route != ROUTE_IMPORT)
+         .group_by(t.c.day, t.c.channel, t.c.model_version)
+         .cte("h"))
     sums = [sa.func.sum(h.c[name]).label(name) for name in COUNTS]
     period = bucket(h.c.day, span.period, dialect)
     query = sa.union_all(*(sa.select(sa.literal(kind).label("kind"), key.label("key"), *sums).group_by(key)

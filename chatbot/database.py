@@ -69,13 +69,6 @@ CORRECTED_SQL = "status = 'reviewed' AND corrected_answer IS NOT NULL AND correc
 # A 👎 or no answer (the fallback, "잘 모르겠어요"): with the corrected ones, the
 # exchanges that went wrong (analytics.top_groups, partial index ix_exchange_wrong).
 WRONG_SQL = "feedback = 'down' OR route IN ('fallback', 'unsure')"
-# ix_exchange_analytics on SQLite: the day first, so that a GROUP BY day and
-# the columns after it reads the index in order instead of sorting every row
-# (analytics.day_of says the same words); created_at last, so that the index
-# alone answers (SQLite 3.40 does not read an indexed expression's value
-# back, it computes it again from the column).
-ANALYTICS_DAY_SQL = "substr(created_at, 1, 10)"
-ANALYTICS_COLUMNS = ("route", "status", "feedback", "channel", "model_version")
 CORRECTED_COLUMNS = ("status", "created_at", "route", "channel", "model_version", "question_key", "feedback")
 WRONG_COLUMNS = ("question_key", "created_at", "feedback", "route")
 # The review list's order (review_queue_order), in the words of the
@@ -84,16 +77,6 @@ WRONG_COLUMNS = ("question_key", "created_at", "feedback", "route")
 QUEUE_RANK_SQL = ("CASE WHEN status = 'unreviewed' AND feedback = 'down' THEN 0 "
                   "WHEN status = 'unreviewed' AND route = 'unsure' THEN 1 "
                   "WHEN status = 'unreviewed' THEN 2 ELSE 3 END")
-# The admin home page's counts (review.home_counts), grouped in this
-# index's order: one read of the index, no sort.
-TALLY_COLUMNS = ("feedback", "route", "channel", "status")
-
-
-def only_on(dialect: str, index):
-    """``index`` for one database only: created there alone (ddl_if), and
-    compared with the migrations there alone (compared_objects)."""
-    index.info["dialect"] = dialect
-    return index.ddl_if(dialect=dialect)
 
 
 def compared_objects(dialect: str):
@@ -170,14 +153,6 @@ class Exchange(db.Model):
 
     __table_args__ = (
         db.Index("ix_exchange_key_status_reviewed", "question_key", "status", "reviewed_at"),
-        # /admin/analytics (chatbot/analytics.py) counts a date range by these
-        # columns: the index alone answers it, without reading the rows; on
-        # SQLite by the day, in the index's order (ANALYTICS_DAY_SQL).  On
-        # PostgreSQL, which hashes the groups and needs no order, the index is
-        # (created_at, *ANALYTICS_COLUMNS) (migrations a7d3e9b1c456, b8e4f2c6a913).
-        only_on("sqlite", db.Index("ix_exchange_analytics", sa.text(ANALYTICS_DAY_SQL), *ANALYTICS_COLUMNS,
-                                   "created_at")),
-        only_on("postgresql", db.Index("ix_exchange_analytics", "created_at", *ANALYTICS_COLUMNS)),
         # ... and the few corrected rows (their answer and correction would
         # otherwise mean reading every row of the range: a query that says the
         # index's WHERE needs no row to check it, and SQLite reads a row only
@@ -191,7 +166,6 @@ class Exchange(db.Model):
         # The review list, unsorted, a page at a time without sorting every row.
         db.Index("ix_exchange_queue_rank", sa.text(f"({QUEUE_RANK_SQL})"), sa.text("created_at DESC"),
                  sa.text("id DESC"), info={"rewritten": True}),
-        db.Index("ix_exchange_tally", *TALLY_COLUMNS),
         # A queue group's newest rows (queue_admin.group_rows), without reading the others.
         db.Index("ix_exchange_key_status_created", "question_key", "status", "created_at"),
     )
@@ -202,6 +176,37 @@ class Exchange(db.Model):
 
     def __repr__(self):
         return f"<Exchange {self.id} {self.status}>"
+
+
+class ExchangeTally(db.Model):
+    """How many exchanges there are per UTC day (YYYY-MM-DD) and per value of
+    every column a statistic depends on: the statistics page
+    (chatbot/analytics.py) and the admin home page count these rows, a few
+    hundred a day, instead of every exchange.
+
+    Written by the database alone: triggers on ``exchange`` (migration
+    d2a7c4e9f150) count each row in and out, in the same transaction as its
+    insert, update or delete, whatever code makes it.  ``feedback`` and
+    ``model_version`` are '' for none (a key column cannot be NULL);
+    ``corrected`` is 1 for a reviewed exchange whose correction differs
+    from its answer (CORRECTED_SQL)."""
+
+    __tablename__ = "exchange_tally"
+    day = db.Column(db.String(10), nullable=False)
+    channel = db.Column(db.String(20), nullable=False)
+    model_version = db.Column(db.String(64), nullable=False)
+    route = db.Column(db.String(20), nullable=False)
+    status = db.Column(db.String(20), nullable=False)
+    feedback = db.Column(db.String(20), nullable=False)
+    corrected = db.Column(db.Integer, nullable=False)
+    exchanges = db.Column(db.Integer, nullable=False)
+
+    __table_args__ = (
+        # In the order overview() groups by: a range of days is read in order.
+        sa.PrimaryKeyConstraint("day", "channel", "model_version", "route", "status", "feedback", "corrected",
+                                name="pk_exchange_tally"),
+        {"sqlite_with_rowid": False},
+    )
 
 
 AUDIT_ACTIONS = {"status": "상태 변경", "edit": "답변 수정", "group": "묶음 수정", "purge": "영구 삭제"}

@@ -106,6 +106,8 @@ def test_analytics_day_index_migration_upgrades_and_downgrades(app):
     def columns_of(sql):
         return sql.split(" ON exchange ", 1)[1].split(" WHERE ")[0].replace('"', "").replace(" ", "")
 
+    with app.app_context():
+        flask_migrate.downgrade(revision="b8e4f2c6a913")  # d2a7c4e9f150 drops ix_exchange_analytics
     new = indexes()
     assert columns_of(new["ix_exchange_analytics"]) == \
         "(substr(created_at,1,10),route,status,feedback,channel,model_version,created_at)"
@@ -120,8 +122,81 @@ def test_analytics_day_index_migration_upgrades_and_downgrades(app):
     assert columns_of(old["ix_exchange_analytics"]) == "(created_at,route,status,feedback,channel,model_version)"
     assert columns_of(old["ix_exchange_corrected"]) == "(created_at,route,channel,model_version)"
     with app.app_context():
-        flask_migrate.upgrade()
+        flask_migrate.upgrade(revision="b8e4f2c6a913")
     assert indexes() == new
+
+
+TALLY_ROWS = [  # (created_at, route, status, feedback, channel, model_version, answer, corrected_answer)
+    ("2024-01-01 09:00:00", "model", "unreviewed", None, "web", "v1", "a", None),
+    ("2024-01-01 23:59:59.5", "model", "unreviewed", None, "web", "v1", "a", None),
+    ("2024-01-02 00:00:00", "known", "reviewed", "down", "kakao", None, "a", "b"),
+    ("2024-01-02 10:00:00", "import", "reviewed", None, "web", None, "a", "a"),
+]
+
+
+def tally(app):
+    with app.app_context():
+        return sorted(tuple(row) for row in db.session.execute(sa.text(
+            "SELECT day, channel, model_version, route, status, feedback, corrected, exchanges FROM exchange_tally")))
+
+
+def recount(app):
+    """What exchange_tally must hold, counted from the exchanges one by one."""
+    from collections import Counter
+    with app.app_context():
+        rows = db.session.execute(sa.text("SELECT created_at, channel, model_version, route, status, feedback, "
+                                          "answer, corrected_answer FROM exchange")).all()
+    counted = Counter((str(at)[:10], channel, version or "", route, status, feedback or "",
+                       int(status == "reviewed" and fixed is not None and fixed != answer))
+                      for at, channel, version, route, status, feedback, answer, fixed in rows)
+    return sorted((*key, n) for key, n in counted.items())
+
+
+def test_exchange_tally_migration_counts_what_is_there_and_is_undone(app):
+    """d2a7c4e9f150: the exchanges already there are counted once, the
+    triggers count every later insert, update and delete, and the two
+    indexes the tally replaces are gone; undone, the table and its triggers
+    are gone and the indexes are back."""
+    def names(kind):
+        with app.app_context():
+            return {name for (name,) in db.session.execute(
+                sa.text("SELECT name FROM sqlite_master WHERE type = :kind"), {"kind": kind})}
+
+    with app.app_context():
+        flask_migrate.downgrade(revision="c5d9e1f3a7b2")
+        for row in TALLY_ROWS:
+            db.session.execute(sa.text(
+                "INSERT INTO exchange (question, question_key, answer, created_at, route, status, feedback, channel, "
+                "model_version, corrected_answer) VALUES ('q', 'q', :answer, :at, :route, :status, :feedback, "
+                ":channel, :version, :fixed)"),
+                dict(zip(("at", "route", "status", "feedback", "channel", "version", "answer", "fixed"), row)))
+        db.session.commit()
+    assert "exchange_tally" not in names("table")
+    with app.app_context():
+        flask_migrate.upgrade()
+    assert tally(app) == recount(app) == [
+        ("2024-01-01", "web", "v1", "model", "unreviewed", "", 0, 2),
+        ("2024-01-02", "kakao", "", "known", "reviewed", "down", 1, 1),
+        ("2024-01-02", "web", "", "import", "reviewed", "", 0, 1),
+    ]
+    assert {"ix_exchange_analytics", "ix_exchange_tally"} & names("index") == set()
+    assert names("trigger") == {"exchange_tally_insert", "exchange_tally_update", "exchange_tally_delete"}
+    with app.app_context():
+        db.session.execute(sa.text("UPDATE exchange SET feedback = 'up' WHERE route = 'model'"))
+        db.session.execute(sa.text("DELETE FROM exchange WHERE route = 'import'"))
+        db.session.commit()
+    assert tally(app) == recount(app) == [
+        ("2024-01-01", "web", "v1", "model", "unreviewed", "up", 0, 2),
+        ("2024-01-02", "kakao", "", "known", "reviewed", "down", 1, 1),
+    ]
+    with app.app_context():
+        flask_migrate.downgrade(revision="c5d9e1f3a7b2")
+    assert "exchange_tally" not in names("table")
+    assert names("trigger") == set()
+    assert {"ix_exchange_analytics", "ix_exchange_tally"} <= names("index")
+    with app.app_context():
+        flask_migrate.upgrade()
+    assert tally(app) == recount(app)
 
 
 def test_reviewer_session_token_migration_gives_each_reviewer_a_token_and_is_undone(app):
