@@ -23,7 +23,7 @@ def create_app(test_config=None):
 
     # Import the modules that register Socket.IO handlers before the first
     # socketio.init_app: Flask-SocketIO only replays handlers it saw then.
-    from . import api, chat, cli, database, heavy, kakao, limits, review, security, widget
+    from . import api, chat, cli, database, heavy, kakao, limits, meaning, review, security, widget
 
     app = Flask(__name__, instance_path=str(PROJECT_ROOT / "instance"))
     app.config.from_object(Config)
@@ -62,6 +62,7 @@ def create_app(test_config=None):
                       cors_allowed_origins=security.origin_checker(app.config["ALLOWED_ORIGINS"]),
                       **socketio_options)
 
+    meaning.init_app(app)
     chat.init_app(app)
     widget.init_app(app)
     heavy.init_app(app)

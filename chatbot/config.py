@@ -90,6 +90,13 @@ class Config:
     REPLY_BATCH_WINDOW_MS = env_float("REPLY_BATCH_WINDOW_MS", 0.0)
     # TORCH_THREADS: its name before the server answered with NumPy.
     MODEL_THREADS = env_int("MODEL_THREADS", env_int("TORCH_THREADS", 1))
+    # What a question means (chatbot/meaning.py): the sentence encoder's name
+    # ("e5-small", multilingual-e5-small 4-bit; "off": words only), another
+    # model file for it if wanted, and how many questions' vectors are kept
+    # (about 1.5 kB each).  It runs on MODEL_THREADS threads.
+    MEANING_ENCODER = os.environ.get("MEANING_ENCODER") or "e5-small"
+    MEANING_MODEL_FILE = os.environ.get("MEANING_MODEL_FILE") or None
+    MEANING_CACHE_SIZE = env_int("MEANING_CACHE_SIZE", 4096)
     # What one client may use (chatbot/limits.py).  Token buckets: events a
     # second on average, and the burst allowed at once; a rate of 0 turns
     # one off.  They are kept per chat session and per client address, not

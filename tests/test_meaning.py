@@ -1,0 +1,150 @@
+"""The sentence encoder (chatbot/meaning.py), the real one: its vectors, its
+cache, several threads at once, a broken file, and the event loop."""
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from chatbot import meaning
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return meaning.Encoder(cache_size=8)
+
+
+def test_vectors_are_unit_length_and_near_in_meaning(encoder):
+    """헤어졌어 and 이별했어 share no word, yet each is the other's nearest
+    among questions about food, weather, money and code."""
+    questions = ["이별했어", "헤어졌어", "배고파", "오늘 날씨 어때", "주식 투자 어떻게 해", "파이썬 리스트 정렬하는 법"]
+    vectors = encoder.embed(questions)
+    assert vectors.shape == (6, meaning.DIM) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    similar = vectors @ vectors.T
+    np.fill_diagonal(similar, -1)
+    assert similar[0].argmax() == 1 and similar[1].argmax() == 0
+    assert similar[0, 1] > similar[0, 2:].max() + 0.05
+
+
+def test_the_cache_keys_on_the_normalised_question_and_forgets_the_oldest(encoder):
+    encoder._cache.clear()
+    first = encoder.embed(["배고파"])
+    misses = encoder.misses
+    again = encoder.embed(["  배고파 ", "배고파\t"])  # the same question, spaced differently
+    assert encoder.misses == misses and np.array_equal(again[0], first[0]) and np.array_equal(again[1], first[0])
+    wide = encoder.embed(["ＯＫ 배고파"])  # full-width forms folded (NFKC): the cache has "OK 배고파"
+    assert np.array_equal(encoder.embed(["OK 배고파"]), wide) and encoder.misses == misses + 1
+    misses = encoder.misses
+    assert meaning.normalise("ＡＢＣ  가나\t다 ") == "ABC 가나 다"
+    batch = encoder.embed([f"질문 {n}" for n in range(10)] + ["질문 3"])  # a repeat in one call: embedded once
+    assert encoder.misses == misses + 10 and np.array_equal(batch[3], batch[10])
+    assert len(encoder._cache) == 8  # cache_size: the oldest went first
+    assert "배고파" not in encoder._cache and "질문 9" in encoder._cache
+    unbatched = encoder.embed(["질문 5"])[0]  # the same vector alone as in a batch
+    assert np.allclose(unbatched, batch[5], atol=1e-5)
+
+
+def test_several_threads_embed_at_once_as_one_alone(encoder):
+    questions = [f"{n}번째 질문은 무엇일까요" for n in range(24)]
+    alone = meaning.Encoder(cache_size=0).embed_uncached(questions)
+    shared = meaning.Encoder(cache_size=0)
+    results, errors = {}, []
+
+    def work(n):
+        try:
+            results[n] = shared.embed(questions[n::4])
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == [] and sorted(results) == [0, 1, 2, 3]
+    for n in range(4):
+        assert np.allclose(results[n], alone[n::4], atol=1e-5)
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "noise", "empty"])
+def test_a_broken_model_file_turns_meaning_off_with_one_clear_error(tmp_path, caplog, damage):
+    """The engine would read a truncated file past its end (and kill the
+    process): the child process that tries it first dies instead."""
+    good = meaning._bundled_file(meaning.DEFAULT_ENCODER)
+    broken = tmp_path / "e5.bin"
+    if damage == "truncated":  # the right header, then the end of the file
+        broken.write_bytes(Path(good).read_bytes()[:4096])
+    elif damage == "noise":
+        broken.write_bytes(b"E5S1" + os.urandom(100_000))
+    elif damage == "empty":
+        broken.write_bytes(b"")
+    encoder = meaning.Encoder(model_file=str(broken))
+    with caplog.at_level(logging.ERROR, logger="chatbot.meaning"):
+        for _ in range(3):
+            with pytest.raises(meaning.Unavailable):
+                encoder.embed(["배고파"])
+        assert not encoder.available()
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and str(broken) in errors[0].getMessage()
+    assert encoder.status()["loaded"] is False and str(broken) in encoder.status()["error"]
+
+
+def test_off_and_unknown_encoders(caplog):
+    with caplog.at_level(logging.INFO, logger="chatbot.meaning"):
+        off = meaning.Encoder(name=meaning.OFF)
+        assert not off.available()
+    assert [r.levelno for r in caplog.records] == [logging.INFO]  # off by choice is no error
+    with pytest.raises(meaning.Unavailable, match="unknown MEANING_ENCODER"):
+        meaning.Encoder(name="gpt-9").engine()
+
+
+def test_the_app_configures_the_process_encoder(make_app, tmp_path):
+    broken = tmp_path / "e5.bin"
+    broken.write_bytes(b"nothing")
+    make_app(MEANING_MODEL_FILE=str(broken), MEANING_CACHE_SIZE=3, MODEL_THREADS=1)
+    assert meaning.encoder().model_file == str(broken) and meaning.encoder().cache_size == 3
+    assert not meaning.available()
+    same = meaning.encoder()
+    make_app(MEANING_MODEL_FILE=str(broken), MEANING_CACHE_SIZE=3, MODEL_THREADS=1)
+    assert meaning.encoder() is same  # the same settings keep the one loaded
+    make_app()
+    assert meaning.encoder().model_file is None and meaning.available()
+
+
+def test_never_on_the_event_loop():
+    """Under gevent (the server's worker), the encoder is prepared on the
+    hub's thread (its file checked by a child process, which only that
+    thread can wait for); embedding there is refused, and on one of
+    gevent's OS threads it works."""
+    code = """
+from gevent import monkey; monkey.patch_all()
+import gevent
+from gevent.threadpool import ThreadPool
+from chatbot import meaning
+encoder = meaning.Encoder()
+pool = ThreadPool(1)
+try:
+    pool.apply(encoder.embed, (["배고파"],))
+except RuntimeError as e:
+    print("unprepared:", e)
+print("prepared:", gevent.spawn(encoder.prepare).get())
+try:
+    gevent.spawn(encoder.embed, ["배고파"]).get()
+except RuntimeError as e:
+    print("refused:", e)
+print("thread:", pool.apply(encoder.embed, (["배고파"],)).shape)
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "unprepared: meaning: prepare the encoder on the event loop's thread" in done.stdout
+    assert "prepared: True" in done.stdout
+    assert "refused: meaning.embed must run on a model or heavy-work thread" in done.stdout
+    assert "thread: (1, 384)" in done.stdout
