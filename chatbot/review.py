@@ -24,7 +24,8 @@ from markupsafe import Markup
 from wtforms import TextAreaField
 from wtforms.validators import Length, Optional
 
-from . import analytics_admin, api_keys_admin, auth, export_admin, heavy, kakao_admin, versions_admin, queue_admin, security
+from . import (analytics_admin, api_keys_admin, auth, export_admin, heavy, kakao_admin, meaning, queue_admin, security,
+               versions_admin)
 from .admin_base import ReviewerOnly, ReviewSecureForm, local_swatch, row_ids
 from .database import (AUDIT_ACTIONS, CHANNEL_LABELS, FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED,
                        ROUTE_LABELS, ROUTE_UNSURE, STATUS_LABELS, UNREVIEWED,
@@ -57,6 +58,13 @@ def home_counts():
     return by_status, disliked, unsure, by_channel
 
 
+def meaning_problem() -> str | None:
+    """Why the sentence encoder could not be loaded in this process, if it
+    was tried and failed (not when it is off by choice, or not needed yet)."""
+    status = meaning.encoder().status()
+    return status["error"] if status["name"] != meaning.OFF else None
+
+
 class ReviewIndexView(ReviewerOnly, AdminIndexView):
     @expose("/")
     @heavy.page
@@ -65,7 +73,8 @@ class ReviewIndexView(ReviewerOnly, AdminIndexView):
         rows = [(status, label, counts[status]) for status, label in STATUS_LABELS.items()]
         channel_rows = [(channel, label, by_channel.get(channel, 0)) for channel, label in CHANNEL_LABELS.items()]
         return self.render("admin/review_index.html", status_rows=rows, disliked=disliked, unsure=unsure,
-                           channel_rows=channel_rows, needs_deletion=counts.get(NEEDS_DELETION, 0))
+                           channel_rows=channel_rows, needs_deletion=counts.get(NEEDS_DELETION, 0),
+                           meaning_error=meaning_problem())
 
 
 class ChoiceFilter(sqla_filters.FilterEqual):

@@ -33,17 +33,19 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.optim.adam import adam as adam_update
 from tqdm import tqdm
 
+from chatbot import meaning as meaning_module
 from chatbot import morph, versions
 from chatbot.bot import Chatbot, Reply
 from chatbot.inference import Network, limit_threads
 from chatbot.model import Seq2Seq, add_numpy_weights, perplexity, save_model
-from chatbot.model_dir import (BOS, CALIBRATION_FILE, EOS, MODEL_FILE, PAD, WEIGHTS_FILE, ModelConfig, ModelLoadError,
-                               Vocab)
+from chatbot.model_dir import (BOS, CALIBRATION_FILE, CONFIG_FILE, EOS, MEANING_FILE, MODEL_FILE, PAD, WEIGHTS_FILE,
+                               ModelConfig, ModelLoadError, Vocab)
 from chatbot.pairs_csv import PairsFileError, read_pairs_csv
 from chatbot.retrieval import ANSWERS_FILE, AnswerIndex
 
@@ -90,6 +92,10 @@ class TrainConfig:
     match_temperature: float = 0.1
     quiet: bool = False  # no progress bar
     activate: bool = True  # point `current` at the new model
+    # The sentence encoder for known answers by meaning (chatbot/meaning.py;
+    # "off": words only), and the word weights tried on dev to mix with it.
+    meaning: str = os.environ.get("MEANING_ENCODER") or meaning_module.DEFAULT_ENCODER
+    word_weights: tuple = (0.0, 0.1, 0.2, 0.3)
 
     def __post_init__(self):
         if self.select_by not in ("chrf", "loss"):
@@ -137,22 +143,63 @@ def split_pairs(pairs, dev_percent: int):
 
 
 def tokenize_pairs(pairs, backend: str | None = None):
-    """Morphemes (or words, backend "whitespace") of both sides; pairs where
-    either side is empty are dropped.  Each token is one shared string
-    (sys.intern): 11k pairs hold 300k tokens of 6.5k kinds."""
+    """(question tokens, answer tokens, answer, question): morphemes (or
+    words, backend "whitespace") of both sides; pairs where either side is
+    empty are dropped.  Each token is one shared string (sys.intern): 11k
+    pairs hold 300k tokens of 6.5k kinds."""
     out = []
     for q, a in pairs:
         q_tokens = [sys.intern(t) for t in morph.tokenize(q, backend)]
         a_tokens = [sys.intern(t) for t in morph.tokenize(a, backend)]
         if q_tokens and a_tokens:
-            out.append((q_tokens, a_tokens, a))
+            out.append((q_tokens, a_tokens, a, q))
     return out
+
+
+MEANING_CACHE_DIR = ".meaning-cache"  # under models_root, or MEANING_CACHE_DIR from the environment
+
+
+def embed_questions(tokenized, models_root, encoder_name: str, threads: int):
+    """The meaning vectors of the tokenized pairs' questions, or None when
+    meaning is off or its encoder cannot be used (the model then matches
+    words alone, and says so in the log).  Vectors of questions a previous
+    training embedded come from the cache beside the models, so a retrain
+    embeds only the new ones."""
+    if encoder_name == meaning_module.OFF or not tokenized:
+        return None
+    encoder = meaning_module.Encoder(encoder_name, os.environ.get("MEANING_MODEL_FILE") or None, threads, cache_size=0)
+    if not encoder.available():
+        print(f"meaning: off for this model ({encoder.status()['error']}); known answers by words only", flush=True)
+        return None
+    cache_dir = Path(os.environ.get("MEANING_CACHE_DIR") or Path(models_root) / MEANING_CACHE_DIR)
+    started = time.time()
+    vectors, new = meaning_module.cached_vectors(encoder, [q for _, _, _, q in tokenized],
+                                                 cache_dir / f"{encoder_name}.npz")
+    print(f"meaning: {len(tokenized)} questions, {new} embedded in {time.time() - started:.1f}s, "
+          f"the rest from the cache", flush=True)
+    del encoder  # the encoder's memory back before the network's
+    release_free_memory()
+    return vectors
+
+
+def pick_word_weight(index: AnswerIndex, meanings, dev_tok, dev_meanings, weights) -> float:
+    """Of ``weights``, the word weight whose mix of TF-IDF and meaning picks
+    the training answers nearest the dev questions' own (chrF), the first
+    of equals; the first weight without dev questions."""
+    if not dev_tok:
+        return weights[0]
+    words = index.similarities([q for q, _, _, _ in dev_tok])
+    near = meaning_module.similarity(dev_meanings, meanings)
+    refs = [morph.normalize(a) for _, _, a, _ in dev_tok]
+    scores = [(_chrf([index.answers[i] for i in (w * words + (1 - w) * near).argmax(axis=1)], refs), -n)
+              for n, w in enumerate(weights)]
+    return weights[-max(scores)[1]]
 
 
 def make_examples(tokenized, vocab: Vocab, config: ModelConfig):
     """(source ids ending in </s>, target ids) cut to the model's length limits."""
     return [(vocab.encode(q, add_eos=True)[: config.max_src_len], vocab.encode(a)[: config.max_reply_len])
-            for q, a, _ in tokenized]
+            for q, a, _, _ in tokenized]
 
 
 def make_batches(examples, batch_size: int, rng: random.Random):
@@ -221,12 +268,14 @@ def evaluate_loss(model, examples, batch_size, device) -> float:
     return total / max(count, 1)
 
 
-def answer_all(bot: Chatbot, tokenized) -> list[Reply]:
+def answer_all(bot: Chatbot, tokenized, vectors=None) -> list[Reply]:
     """Answer each question as the server would, 16 per model call (a beam
-    search's arrays grow with the questions in a call: 64 took 30 MB more)."""
+    search's arrays grow with the questions in a call: 64 took 30 MB more);
+    ``vectors``: the questions' meaning vectors, for a bot that has them."""
     replies = []
     for i in range(0, len(tokenized), 16):
-        replies += bot.replies_to_tokens([q for q, _, _ in tokenized[i:i + 16]])
+        replies += bot.replies_to_tokens([q for q, _, _, _ in tokenized[i:i + 16]],
+                                         vectors=None if vectors is None else vectors[i:i + 16])
     return replies
 
 
@@ -236,7 +285,7 @@ def reply_chrf(replies: list[Reply], tokenized) -> float | None:
     tokenizer would map MeCab's dictionary beside the training's memory."""
     if not replies:
         return None
-    return _chrf([r.text for r in replies], [morph.normalize(answer) for _, _, answer in tokenized])
+    return _chrf([r.text for r in replies], [morph.normalize(answer) for _, _, answer, _ in tokenized])
 
 
 def _chrf(hyps: list[str], refs: list[str]) -> float:
@@ -250,9 +299,9 @@ def reply_metrics(replies: list[Reply], tokenized, samples: int = 0):
     import sacrebleu
 
     hyps = [r.text for r in replies]
-    refs = [morph.normalize(answer) for _, _, answer in tokenized]
+    refs = [morph.normalize(answer) for _, _, answer, _ in tokenized]
     shown = [{"question": morph.detokenize(q), "reference": ref, "reply": hyp}
-             for (q, _, _), ref, hyp in list(zip(tokenized, refs, hyps))[:samples]]
+             for (q, _, _, _), ref, hyp in list(zip(tokenized, refs, hyps))[:samples]]
     if not hyps:
         return None, None, shown
     bleu = sacrebleu.corpus_bleu(hyps, [refs], tokenize="ko-mecab").score
@@ -410,7 +459,11 @@ def run_training(pairs, models_root, **overrides) -> Path:
     release_free_memory()  # MeCab's and the tokenizing's heap
     if not train_tok:
         raise TrainingError(f"the training split is empty ({len(pairs)} pairs, {len(dev_pairs)} held out for dev)")
-    vocab = Vocab.build([t for q, a, _ in train_tok for t in (q, a)], tc.min_freq, tc.max_vocab)
+    # Before the network takes its memory; the encoder is let go once done.
+    meanings = embed_questions(train_tok + dev_tok, models_root, tc.meaning, threads)
+    if meanings is not None:
+        mc = dataclasses.replace(mc, meaning_encoder=tc.meaning)
+    vocab = Vocab.build([t for q, a, _, _ in train_tok for t in (q, a)], tc.min_freq, tc.max_vocab)
     train_ex, dev_ex = make_examples(train_tok, vocab, mc), make_examples(dev_tok, vocab, mc)
 
     tc = auto_epochs(tc, len(train_ex))
@@ -423,7 +476,8 @@ def run_training(pairs, models_root, **overrides) -> Path:
                 log_file.write(line + "\n")
                 log_file.flush()
 
-            _train(tc, mc, device, vocab, train_tok, dev_tok, train_ex, dev_ex, temp_dir, log)  # writes metrics.json
+            _train(tc, mc, device, vocab, train_tok, dev_tok, train_ex, dev_ex, temp_dir, log,
+                   meanings)  # writes metrics.json
         version_dir = versions.publish(temp_dir, models_root)
     except BaseException:
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -434,7 +488,9 @@ def run_training(pairs, models_root, **overrides) -> Path:
     return version_dir
 
 
-def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, train_ex, dev_ex, out_dir, log) -> dict:
+def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, train_ex, dev_ex, out_dir, log,
+           meanings=None) -> dict:
+    """``meanings``: the meaning vectors of train_tok + dev_tok's questions, or None."""
     torch.manual_seed(mc.seed)
     rng = random.Random(mc.seed)
     model = Seq2Seq(mc, len(vocab)).to(device)
@@ -520,10 +576,18 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
     # Dev questions are answered as the server would, from the training pairs'
     # answers (the dev pairs are not in that index); train chrF is the network
     # alone: did it learn its training answers?
-    train_index = AnswerIndex([q for q, _, _ in train_tok], [a for _, _, a in train_tok])
-    dev_replies = answer_all(Chatbot(network, vocab, mc, answers=train_index), dev_tok)
+    train_index = AnswerIndex([q for q, _, _, _ in train_tok], [a for _, _, a, _ in train_tok])
+    train_meanings = dev_meanings = None
+    if meanings is not None:
+        train_meanings, dev_meanings = meanings[:len(train_tok)], meanings[len(train_tok):]
+        mc = dataclasses.replace(mc, word_weight=pick_word_weight(train_index, train_meanings, dev_tok, dev_meanings,
+                                                                  tc.word_weights))
+        log(f"known answers by meaning ({mc.meaning_encoder}) and words, word weight {mc.word_weight} (on dev)")
+        (out_dir / CONFIG_FILE).write_text(json.dumps(mc.to_dict(), indent=2) + "\n", encoding="utf-8")
+    dev_replies = answer_all(Chatbot(network, vocab, mc, answers=train_index, meanings=train_meanings), dev_tok,
+                             dev_meanings)
     dev_chrf, dev_bleu, samples = reply_metrics(dev_replies, dev_tok, tc.samples)
-    calibration = calibrate(dev_replies, [morph.normalize(a) for _, _, a in dev_tok], tc.target_coverage)
+    calibration = calibrate(dev_replies, [morph.normalize(a) for _, _, a, _ in dev_tok], tc.target_coverage)
     writer = Chatbot(network, vocab, dataclasses.replace(mc, known_answers=False))
     train_chrf = reply_chrf(answer_all(writer, train_tok[:100]), train_tok[:100])
     metrics = {
@@ -561,7 +625,9 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
 
     # The server picks among the answers of every pair, dev pairs included.
     everything = train_tok + dev_tok
-    AnswerIndex([q for q, _, _ in everything], [a for _, _, a in everything]).save(out_dir / ANSWERS_FILE)
+    AnswerIndex([q for q, _, _, _ in everything], [a for _, _, a, _ in everything]).save(out_dir / ANSWERS_FILE)
+    if meanings is not None:  # in answers.json's order: train, then dev
+        np.save(out_dir / MEANING_FILE, meanings.astype(np.float16))
     plot_losses(history, best_epoch if dev_ex else None, out_dir / "loss.png", tc.label_smoothing)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     (out_dir / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2) + "\n", encoding="utf-8")

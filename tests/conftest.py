@@ -127,6 +127,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 
 def pytest_configure(config):
+    # One cache of meaning vectors for every model the tests train (and the
+    # servers they start): each question is embedded once per run.
+    import tempfile
+    os.environ.setdefault("MEANING_CACHE_DIR", tempfile.mkdtemp(prefix="test-meaning-cache-"))
     config.addinivalue_line("markers", "browser: drives a real chromium against a real server")
     config.addinivalue_line("markers", "fuzz: sends malformed Socket.IO traffic to a real server")
     config.addinivalue_line("markers", "multiprocess: two servers on Redis and PostgreSQL (tests/services.py)")

@@ -35,7 +35,10 @@ def test_every_model_reply_stores_its_confidence(app):
 
 
 def test_words_the_bot_never_saw_lower_its_confidence(tmp_path):
-    bot = Chatbot.load(tiny_model(tmp_path))
+    """Matching by words (meaning off): a question's confidence is cut by the
+    share of its words no training question has.  (By meaning it is not:
+    tests/test_meaning.py.)"""
+    bot = Chatbot.load(tiny_model(tmp_path, meaning="off"))
     for question in ("안녕하세요 파이썬 자바스크립트", "배고파 환율 주가", "날씨 어때 양자역학"):
         tokens = morph.tokenize(question)
         share = bot.answers.known_share([tokens])[0]
@@ -91,8 +94,10 @@ def test_a_bad_calibration_file_keeps_the_model_from_loading(tmp_path):
 
 
 def test_training_calibrates_a_threshold_on_its_dev_split(tmp_path):
+    # Matching by words: these pairs differ only in a number, which a
+    # sentence encoder hardly tells apart (질문 12번 is near every 질문 N번).
     pairs = TINY_PAIRS * 4 + [(f"질문 {i}번", f"답 {i}번") for i in range(40)]
-    version = train.run_training(pairs, tmp_path, dev_percent=30, target_coverage=0.8, **TINY_MODEL)
+    version = train.run_training(pairs, tmp_path, dev_percent=30, target_coverage=0.8, meaning="off", **TINY_MODEL)
     calibration = json.loads((version / "calibration.json").read_text())
     assert calibration["target_coverage"] == 0.8
     assert calibration["dev_questions"] > 5

@@ -148,3 +148,116 @@ print("thread:", pool.apply(encoder.embed, (["배고파"],)).shape)
     assert "prepared: True" in done.stdout
     assert "refused: meaning.embed must run on a model or heavy-work thread" in done.stdout
     assert "thread: (1, 384)" in done.stdout
+
+
+# -- known answers by meaning (chatbot/bot.py, chatbot/train.py) ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def meaning_model(tmp_path_factory):
+    from helpers import tiny_model
+
+    return tiny_model(tmp_path_factory.mktemp("models"))
+
+
+def test_the_trainer_writes_the_questions_meanings_and_picks_the_word_weight_on_dev(meaning_model):
+    import json
+
+    from chatbot.model_dir import MEANING_FILE
+
+    config = json.loads((meaning_model / "config.json").read_text(encoding="utf-8"))
+    answers = json.loads((meaning_model / "answers.json").read_text(encoding="utf-8"))
+    vectors = np.load(meaning_model / MEANING_FILE)
+    assert config["meaning_encoder"] == "e5-small" and config["word_weight"] in (0.0, 0.1, 0.2, 0.3)
+    assert vectors.shape == (len(answers["questions"]), meaning.DIM) and vectors.dtype == np.float16
+    assert "word weight" in (meaning_model / "train.log").read_text(encoding="utf-8")
+
+
+def test_a_question_in_other_words_gets_the_training_answer(meaning_model, tmp_path):
+    """자기소개 해줘 shares no word with 너 누구야: by meaning it gets that
+    answer; the same model with meaning off (and one trained without it)
+    cannot find it, and the network writes a reply instead."""
+    from helpers import tiny_model
+
+    from chatbot.bot import Chatbot
+
+    bot = Chatbot.load(meaning_model)
+    [reply] = bot.replies(["자기소개 해줘"])
+    assert reply == ("저는 한마디예요.", True, pytest.approx(reply.confidence)) and reply.confidence > 0.3
+    words_dir = tiny_model(tmp_path / "words", meaning="off")
+    assert not (words_dir / "meaning.npy").exists()
+    words_only = Chatbot.load(words_dir)
+    assert words_only.meanings is None and words_only.config.meaning_encoder == ""
+    [reply] = words_only.replies(["자기소개 해줘"])
+    assert not reply.known
+
+
+def test_without_the_encoder_the_model_answers_by_words(meaning_model, make_app):
+    """A model trained with meaning, in a process whose encoder is off (or
+    failed to load): it loads, and answers by words as before."""
+    from chatbot.bot import Chatbot
+
+    make_app(MEANING_ENCODER="off")
+    try:
+        bot = Chatbot.load(meaning_model)
+        assert bot.meanings is None
+        assert bot.replies(["안녕하세요"])[0].text == "안녕하세요! 반가워요."
+        assert not bot.replies(["자기소개 해줘"])[0].known
+    finally:
+        meaning.configure()
+
+
+def test_a_retrain_embeds_only_the_questions_it_has_not_seen(tmp_path):
+    encoder = meaning.Encoder(cache_size=0)
+    cache = tmp_path / "cache" / "e5-small.npz"
+    first, new = meaning.cached_vectors(encoder, ["배고파", "안녕", "배고파"], cache)
+    assert new == 2 and first.shape == (3, meaning.DIM) and np.array_equal(first[0], first[2])
+    second, new = meaning.cached_vectors(encoder, ["안녕", "고마워"], cache)
+    assert new == 1 and np.array_equal(second[0], first[1])
+    again, new = meaning.cached_vectors(encoder, ["배고파"], cache)  # older ones are kept, up to a bound
+    assert new == 0 and np.array_equal(again[0], first[0])
+    bounded, new = meaning.cached_vectors(encoder, ["질문 하나"], cache, limit=2)
+    assert new == 1 and len(np.load(cache)["texts"]) == 2
+    cache.write_bytes(b"broken")  # an unreadable cache: everything embedded again, nothing lost
+    third, new = meaning.cached_vectors(encoder, ["안녕"], cache)
+    assert new == 1 and np.allclose(third[0], first[1], atol=1e-5)
+
+
+def test_a_server_whose_encoder_is_broken_still_answers_and_the_admin_says_why(make_app, make_reviewer, tmp_path):
+    """The model was trained with meaning; this server's encoder file is
+    broken: one error in the log, every question still answered (by words),
+    and the admin home page warns the reviewer."""
+    import shutil
+
+    from helpers import ask, connect, tiny_model
+
+    broken = tmp_path / "e5.bin"
+    broken.write_bytes(b"E5S1" + b"\0" * 64)
+    app = make_app(MEANING_MODEL_FILE=str(broken), WTF_CSRF_ENABLED=False)
+    try:
+        shutil.copytree(tiny_model(tmp_path / "trained"), tmp_path / "models" / "20260101-000000")
+        (tmp_path / "models" / "current").symlink_to("20260101-000000")
+        client = app.test_client()
+        home = client.get("/admin/")  # before any question: nothing tried, nothing to warn of
+        records = []  # (not caplog: the migrations' logging config took its handler off the root)
+        handler = logging.Handler(logging.ERROR)
+        handler.emit = records.append
+        logging.getLogger("chatbot.meaning").addHandler(handler)
+        try:
+            sock = connect(app)  # a connection has the model loaded already
+            for question in ("안녕하세요", "자기소개 해줘", "배고파"):
+                name, reply = ask(sock, {"text": question})
+                assert name == "reply" and reply["answer"], reply
+        finally:
+            logging.getLogger("chatbot.meaning").removeHandler(handler)
+        assert "killed by signal" in meaning.encoder().status()["error"]  # the engine would have killed us
+        errors = [r for r in records if r.levelno == logging.ERROR]
+        assert len(errors) == 1 and str(broken) in errors[0].getMessage()
+        make_reviewer()
+        assert client.post("/login", data={"username": "reviewer", "password": "correct horse battery"}
+                           ).status_code == 302
+        page = client.get("/admin/").get_data(as_text=True)
+        assert 'id="meaning-warning"' in page and str(broken) in page
+    finally:
+        meaning.configure()
+    assert home.status_code in (302, 401)

@@ -69,8 +69,8 @@ def test_cli_trains_publishes_and_activates(pairs_csv, models, monkeypatch):
     assert versions.current_dir(models) == (models / name).resolve()
     assert hidden_entries(models) == []
     files = sorted(p.name for p in (models / name).iterdir())
-    assert files == ["answers.json", "calibration.json", "config.json", "loss.png", "metrics.json", "model.pt",
-                     "train.log", "vocab.json", "weights.npz"]
+    assert files == ["answers.json", "calibration.json", "config.json", "loss.png", "meaning.npy", "metrics.json",
+                     "model.pt", "train.log", "vocab.json", "weights.npz"]
     assert (models / name / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     metrics = json.loads((models / name / "metrics.json").read_text(encoding="utf-8"))
