@@ -191,8 +191,9 @@ class Chatbot:
         meaning similarity, and every training question reaching
         min_similarity is a candidate, whether a word is shared or not: a
         paraphrase in other words is found, and its confidence is not cut by
-        the share of known words.  The encoder states are left out then
-        (bench/results/experiments.md has what they add)."""
+        the share of known words.  The encoder states are left out then;
+        whether they would still add anything is not measured yet
+        (bench/results/experiments.md, "Meaning")."""
         c = self.config
         words = self.answers.similarities(questions)
         if vectors is not None and self.meanings is not None:
