@@ -444,7 +444,7 @@ def markdown_table(result) -> str:
 def append_log(path, tag, result):
     with open(path, "a", encoding="utf-8") as f:
         for row in result["rows"]:
-            if row["name"] == "retrieval":
+            if row["name"] in ("retrieval", "meaning"):  # nothing trained: the log is of training runs
                 continue
             f.write(f"| {tag} | {row['name']} | {json.dumps(result['meta']['settings'], ensure_ascii=False)} "
                     f"| {row['chrf']} | {row['bleu']} | {row['distinct2']} | {row['top_reply_share']} "

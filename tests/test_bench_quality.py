@@ -12,7 +12,7 @@ QUESTIONS = ["{t} 어때?", "{t} 좋아해?", "오늘 {t} 어땠어?", "{t} 얘�
 ANSWERS = ["{t} 좋아요.", "{t} 저도 좋아해요.", "{t} 괜찮았어요.", "{t} 이야기 좋죠.", "{t} 추천할게요.",
            "{t} 힘내세요.", "{t} 생각 많이 나죠.", "{t} 싫을 때도 있죠.", "{t} 해 보세요.", "{t} 천천히 해요.",
            "{t} 알려 드릴게요.", "{t} 최고예요!"]
-ROW_NAMES = ["retrieval", "seq2seq-whitespace", "seq2seq-morph", "seq2seq-morph+beam", "default",
+ROW_NAMES = ["retrieval", "meaning", "seq2seq-whitespace", "seq2seq-morph", "seq2seq-morph+beam", "default",
              "seq2seq-whitespace+beam"]
 
 
@@ -71,9 +71,11 @@ def test_quick_run_writes_all_rows(pairs, tmp_path):
         for key in ("distinct1", "distinct2", "top_reply_share"):
             assert 0 <= row[key] <= 1
         assert row["top_reply_share"] >= 1 / 20
-        assert row["train_seconds"] >= 0 and row["device"] == "cpu" and row["params"] > 0
+        assert row["train_seconds"] >= 0 and row["device"] == "cpu"
+        assert row["params"] == "e5-small" if row["name"] == "meaning" else row["params"] > 0
     rows = {row["name"]: row for row in result["rows"]}
     assert rows["retrieval"]["chrf"] > 5  # the nearest question (same topic) has a close answer
+    assert rows["meaning"]["chrf"] > 5 and 0 <= rows["meaning"]["chrf_beats_retrieval_share"] <= 1
     assert rows["default"]["params"] == rows["seq2seq-morph"]["params"]  # same model, other decoding
     assert rows["seq2seq-whitespace"]["tokenizer"] == "whitespace" and rows["default"]["tokenizer"] == "mecab"
     assert len(log.read_text(encoding="utf-8").splitlines()) == 5  # one line per seq2seq row
