@@ -73,11 +73,10 @@ def normalise(text: str) -> str:
 
 def on_event_loop() -> bool:
     """Whether this code runs on the gevent hub's thread (the server's event
-    loop), where nothing may compute for long."""
-    if not gevent_patched():
-        return False
-    from gevent._hub_local import get_hub_if_exists
-    return get_hub_if_exists() is not None  # the hub is per OS thread; the loop's thread has one
+    loop), where nothing may compute for long.  In a gevent process the hub
+    runs on the main thread, whose native id is the process id; gevent's
+    pool threads may have hubs of their own, so the hub is no sign."""
+    return gevent_patched() and threading.get_native_id() == os.getpid()
 
 
 def _bundled_file(name: str) -> str:

@@ -141,13 +141,17 @@ try:
 except RuntimeError as e:
     print("refused:", e)
 print("thread:", pool.apply(encoder.embed, (["배고파"],)).shape)
+def with_a_hub_of_its_own():  # as gunicorn's pool threads have: not the event loop for all that
+    gevent.get_hub()
+    return encoder.embed(["밥 먹자"]).shape
+print("thread with a hub:", pool.apply(with_a_hub_of_its_own))
 """
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "unprepared: meaning: prepare the encoder on the event loop's thread" in done.stdout
     assert "prepared: True" in done.stdout
     assert "refused: meaning.embed must run on a model or heavy-work thread" in done.stdout
-    assert "thread: (1, 384)" in done.stdout
+    assert "thread: (1, 384)" in done.stdout and "thread with a hub: (1, 384)" in done.stdout
 
 
 # -- known answers by meaning (chatbot/bot.py, chatbot/train.py) ---------------------------------
