@@ -179,6 +179,11 @@ class Encoder:
             raise Unavailable(self._error)
         return self._engine
 
+    def _engine_off_the_loop(self):
+        if on_event_loop():
+            raise RuntimeError("meaning.embed must run on a model or heavy-work thread, not on the event loop")
+        return self.engine()
+
     def prepare(self) -> bool:
         """Load the encoder now (see ``engine``); whether it could be."""
         return self.available()
@@ -203,9 +208,7 @@ class Encoder:
         cache where it has them.  Raises Unavailable; RuntimeError on the
         event loop."""
         import numpy as np
-        if on_event_loop():
-            raise RuntimeError("meaning.embed must run on a model or heavy-work thread, not on the event loop")
-        engine = self.engine()
+        engine = self._engine_off_the_loop()
         keys = [normalise(t) for t in texts]
         out = np.empty((len(keys), DIM), dtype=np.float32)
         todo: dict[str, list[int]] = {}
@@ -236,9 +239,7 @@ class Encoder:
         """Vectors for many questions at once (a training set), in batches,
         leaving the LRU to the chats."""
         import numpy as np
-        if on_event_loop():
-            raise RuntimeError("meaning.embed must run on a model or heavy-work thread, not on the event loop")
-        engine = self.engine()
+        engine = self._engine_off_the_loop()
         parts = [np.asarray(engine.query([normalise(t) for t in texts[i:i + batch]]), dtype=np.float32)
                  for i in range(0, len(texts), batch)]
         return _unit(np.concatenate(parts)) if parts else np.zeros((0, DIM), dtype=np.float32)

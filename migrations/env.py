@@ -96,7 +96,7 @@ def run_migrations_online():
     with connectable.connect() as connection:
         from chatbot.database import compared_objects
 
-        conf_args.setdefault("include_object", compared_objects(connection.dialect.name))
+        conf_args.setdefault("include_object", compared_objects)
         context.configure(
             connection=connection,
             target_metadata=get_metadata(),

@@ -39,7 +39,7 @@ def test_models_match_the_migrations(app):
     with app.app_context(), db.engine.connect() as connection:
         from chatbot.database import compared_objects
 
-        context = MigrationContext.configure(connection, opts={"include_object": compared_objects("sqlite")})
+        context = MigrationContext.configure(connection, opts={"include_object": compared_objects})
         diff = compare_metadata(context, db.metadata)
     assert diff == []
 

@@ -353,7 +353,7 @@ def test_the_migrations_on_postgresql(tmp_path, backends):
             flask_migrate.upgrade()
             with db.engine.connect() as connection:
                 context = MigrationContext.configure(connection,
-                                                     opts={"include_object": compared_objects("postgresql")})
+                                                     opts={"include_object": compared_objects})
                 assert compare_metadata(context, db.metadata) == []
                 checks = {c["name"] for c in sa.inspect(connection).get_check_constraints("exchange")}
             assert {"exchange_route", "exchange_status", "exchange_feedback"} <= checks
