@@ -158,11 +158,21 @@ def run(args) -> dict:
         first = chat.ask(wordings[0])
         correct(app, first["id"], answer)
         paraphrases += [(answer, w) for w in wordings[1: 1 + args.paraphrases]]
-    at_once = [chat.ask(w)["answer"] == answer for answer, w in paraphrases]
+    asked = [(answer, chat.ask(w)) for answer, w in paraphrases]
     result["paraphrases"] = len(paraphrases)
-    result["at_once"] = share(at_once)
+    result["at_once"] = share(reply["answer"] == answer for answer, reply in asked)
+    # A correction sent to a paraphrase of another cluster: how often the
+    # index reaches too far.
+    result["wrong_correction_at_once"] = share(reply["route"] == "memory" and reply["answer"] != answer
+                                               for answer, reply in asked)
     result["starter_kept_after_corrections"] = starter_kept(chat, starter_sample)
-    print(f"at once: {result['at_once']}, starter kept {result['starter_kept_after_corrections']}", flush=True)
+    result["ood_fallback_after_corrections"] = ood_fallback(chat, ood)
+    print(f"at once: {result['at_once']} (wrong correction {result['wrong_correction_at_once']}), starter kept "
+          f"{result['starter_kept_after_corrections']}, out of domain fallback "
+          f"{result['ood_fallback_after_corrections']}", flush=True)
+    if args.no_retrain:
+        result["starter_train_seconds"] = starter_train_seconds
+        return result
 
     print("retraining (flask retrain --force) ...", flush=True)
     started = time.time()
@@ -189,6 +199,7 @@ def parse_args(argv=None):
     p.add_argument("--paraphrases", type=int, default=2, help="wordings asked per cluster after the correction")
     p.add_argument("--starter-questions", type=int, default=200, help="starter questions asked (an even sample)")
     p.add_argument("--quick", action="store_true", help="a few clusters and a tiny model: checks the harness")
+    p.add_argument("--no-retrain", action="store_true", help="stop after the corrections (tuning)")
     p.add_argument("--out", default=str(DEFAULT_OUT))
     args = p.parse_args(argv)
     if args.quick:
@@ -205,6 +216,9 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    if args.no_retrain:
+        print(f"wrote {out}")
+        return 0
     print(f"\nparaphrase hit rate: at once {result['at_once']}, after retrain {result['after_retrain']} "
           f"({result['paraphrases']} paraphrases of {result['clusters']} corrections)")
     print(f"starter answers kept: fresh {result['starter_kept_fresh']}, after corrections "

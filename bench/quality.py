@@ -179,7 +179,7 @@ def meaning_row(train_pairs, test_questions, models_root) -> tuple[list[str], di
     started = time.time()
     encoder = meaning.Encoder(cache_size=0, threads=2)
     train_vectors, _ = meaning.cached_vectors(encoder, [q for q, _ in train_pairs],
-                                              Path(models_root) / train.MEANING_CACHE_DIR / f"{encoder.name}.npz")
+                                              meaning.cache_file(models_root, encoder.name))
     train_seconds = time.time() - started
     nearest = meaning.similarity(encoder.embed_uncached(test_questions), train_vectors).argmax(axis=1)
     return [train_pairs[i][1] for i in nearest], {"train_seconds": round(train_seconds, 1), "device": "cpu",

@@ -48,7 +48,9 @@ class ReplyBatcher:
     """Answer ``bot``'s questions in batches; see the module docstring.
 
     ``bot`` is a bot.Chatbot, or anything with its ``known_replies(texts)
-    -> (prepared, replies)`` and ``write_replies(prepared, indices)``.
+    -> (prepared, replies)`` (``known_replies(texts, reviewed, keys)`` when
+    a question comes with the reviewed answers) and ``write_replies(prepared,
+    indices)``.
     """
 
     def __init__(self, workers: int = 1, batch_max: int = 8, window_ms: float = 0.0, queue_max: int = 256):
@@ -65,14 +67,17 @@ class ReplyBatcher:
         """Questions not yet taken by a dispatcher."""
         return self._queue.qsize()
 
-    def answer(self, bot, text: str):
-        """``bot``'s reply to ``text`` (a bot.Reply), blocking until computed.
-        Raises Busy when ``queue_max`` questions are waiting."""
+    def answer(self, bot, text: str, reviewed=None, key: str = ""):
+        """``bot``'s reply to ``text`` (a bot.Reply), blocking until computed;
+        with ``reviewed`` (a build of chatbot/corrections.py) and the
+        question's ``key`` (morph.question_key), the reviewers' answers are
+        weighed in the same step.  Raises Busy when ``queue_max`` questions
+        are waiting."""
         self._start()
         if self._queue.qsize() >= self.queue_max:
             raise Busy()
         future = Future()
-        self._queue.put((bot, text, future))
+        self._queue.put((bot, reviewed, text, key, future))
         return future.result()
 
     def run(self, fn, *args):
@@ -105,27 +110,32 @@ class ReplyBatcher:
     def _dispatch(self):
         while True:
             batch = self._take_batch()
-            # Requests that came in across a model swap hold different models.
-            by_bot = {}
-            for bot, text, future in batch:
-                by_bot.setdefault(id(bot), (bot, []))[1].append((text, future))
-            for bot, requests in by_bot.values():
+            # Requests that came in across a model swap (or a new build of
+            # the reviewed answers) hold different ones.
+            groups = {}
+            for bot, reviewed, text, key, future in batch:
+                groups.setdefault((id(bot), id(reviewed)), (bot, reviewed, []))[2].append((text, key, future))
+            for bot, reviewed, requests in groups.values():
                 try:
-                    self._answer_batch(bot, requests)
+                    self._answer_batch(bot, reviewed, requests)
                 except BaseException as exc:  # the waiting chats get the error, the dispatcher lives on
-                    for _, future in requests:
+                    for *_, future in requests:
                         if not future.done():
                             future.set_exception(exc)
 
-    def _answer_batch(self, bot, requests):
-        prepared, replies = self._run(bot.known_replies, [text for text, _ in requests])
+    def _answer_batch(self, bot, reviewed, requests):
+        texts = [text for text, _, _ in requests]
+        if reviewed is None:
+            prepared, replies = self._run(bot.known_replies, texts)
+        else:
+            prepared, replies = self._run(bot.known_replies, texts, reviewed, [key for _, key, _ in requests])
         # A known answer goes out at once; it does not wait for the replies
         # the network still has to write.
-        for (_, future), reply in zip(requests, replies):
+        for (*_, future), reply in zip(requests, replies):
             if reply is not None:
                 future.set_result(reply)
         todo = [i for i, reply in enumerate(replies) if reply is None]
         if todo:
             written = self._run(bot.write_replies, prepared, todo)
             for i, reply in zip(todo, written):
-                requests[i][1].set_result(reply)
+                requests[i][2].set_result(reply)

@@ -27,19 +27,28 @@ from chatbot.retrieval import ANSWERS_FILE, AnswerIndex
 
 class Reply(NamedTuple):
     """A reply, whether it is a training pair's answer (``known``) or one
-    the network wrote, and how sure the bot is of it, from 0 to 1."""
+    the network wrote, and how sure the bot is of it, from 0 to 1.
+
+    With the reviewed answers (chatbot/corrections.py): ``reviewed`` when
+    the text is a reviewer's answer, and ``correction``, a reviewer's
+    ``(answer, score)`` near enough to send instead of "잘 모르겠어요" when
+    the bot is less sure than its threshold."""
 
     text: str
     known: bool
     confidence: float
+    reviewed: bool = False
+    correction: tuple | None = None
 
 
 class Prepared(NamedTuple):
     """What the first step of a batch hands the second: the encoded
-    questions, and how near each is to any training question (0..1)."""
+    questions, how near each is to any training question (0..1), and the
+    reviewed answer each may fall back on (Reply.correction)."""
 
     sources: list
     nearness: list
+    corrections: list | None = None
 
 
 def written_confidence(nearness: float, logprob: float) -> float:
@@ -137,11 +146,20 @@ class Chatbot:
                 on_reply(i, reply)
         return replies
 
-    def known_replies(self, texts: list[str]):
+    def known_replies(self, texts: list[str], reviewed=None, keys=None):
         """The first step of ``replies``: ``(prepared, replies)``, each
         question's known answer in ``replies`` (None where the network must
-        write one), and what ``write_replies`` needs for the others."""
-        return self._known_tokens([morph.tokenize(text, self.config.tokenizer) for text in texts], self.embed(texts))
+        write one), and what ``write_replies`` needs for the others.
+
+        ``reviewed`` (a build of chatbot/corrections.py) and the questions'
+        question_keys add the reviewers' answers; see ``_with_reviewed``.
+        Each question is embedded once, for both."""
+        vectors = self.embed(texts)
+        prepared, replies = self._known_tokens([morph.tokenize(text, self.config.tokenizer) for text in texts],
+                                               vectors)
+        if reviewed is None:
+            return prepared, replies
+        return self._with_reviewed(prepared, replies, reviewed, keys, vectors)
 
     def _known_tokens(self, questions: list[list[str]], vectors=None):
         c = self.config
@@ -156,6 +174,42 @@ class Chatbot:
                     replies[i] = Reply(self.answers.answers[row], True, best)
         return Prepared(sources, nearness), replies
 
+    def _with_reviewed(self, prepared: Prepared, replies: list, reviewed, keys, vectors):
+        """The reviewers' answers joined to the known ones.
+
+        By meaning (this model and ``reviewed`` have vectors), training and
+        reviewed questions are one index: a reviewed question that is the
+        nearest of all by the model's own score (a tie goes to the reviewer),
+        at reviewed.meaning_similarity or more, gives the reply, with that
+        score as its confidence.  So a correction takes over a training question only
+        where it really is nearer.  By words, as before the encoder: a
+        reviewed question at reviewed.min_similarity (TF-IDF of the keys)
+        gives the reply whatever the model knows.
+
+        Either way the nearest reviewed question, at the fallback score
+        (reviewed.meaning_similarity or unsure_similarity) or more, is kept
+        as the reply's ``correction``."""
+        by_meaning = vectors is not None and self.meanings is not None and reviewed.by_meaning
+        found = reviewed.nearest(keys, vectors if by_meaning else None, self.config.word_weight)
+        floor = reviewed.meaning_similarity if by_meaning else reviewed.unsure_similarity
+        corrections = [None] * len(replies)
+        for i, match in enumerate(found):
+            if match is None:
+                continue
+            answer, score = match
+            if by_meaning:
+                rival = replies[i].confidence if replies[i] is not None else -1.0
+                if score >= max(self.config.min_similarity, reviewed.meaning_similarity) and score >= rival:
+                    replies[i] = Reply(answer, True, score, reviewed=True)
+                prepared.nearness[i] = max(prepared.nearness[i], score)
+            elif score >= reviewed.min_similarity:
+                replies[i] = Reply(answer, True, score, reviewed=True)
+            if score >= floor:
+                corrections[i] = match
+                if replies[i] is not None:
+                    replies[i] = replies[i]._replace(correction=match)
+        return prepared._replace(corrections=corrections), replies
+
     def write_replies(self, prepared: Prepared, indices: list[int]) -> list[Reply]:
         """The second step: the network's replies to the questions at ``indices``."""
         if not indices:
@@ -163,8 +217,9 @@ class Chatbot:
         sources = [prepared.sources[i] for i in indices]
         written = generate_batch(self.network, sources, self.config, self._boundary_id)
         logprobs = score_replies(self.network, sources, written)
+        corrections = prepared.corrections or [None] * len(prepared.sources)
         return [Reply(morph.detokenize(self.vocab.decode(ids)), False,
-                      written_confidence(prepared.nearness[i], logprob))
+                      written_confidence(prepared.nearness[i], logprob), correction=corrections[i])
                 for i, ids, logprob in zip(indices, written, logprobs)]
 
     def known_matches(self, questions, sources, vectors=None) -> list[tuple[int | None, float, float]]:

@@ -262,7 +262,9 @@ def init_app(app):
         unsure_replies=app.config["UNSURE_REPLIES"],
         correction_min_similarity=app.config["CORRECTION_MIN_SIMILARITY"],
         correction_refresh_seconds=app.config["CORRECTION_REFRESH_SECONDS"],
-        correction_unsure_similarity=app.config["CORRECTION_UNSURE_SIMILARITY"])
+        correction_unsure_similarity=app.config["CORRECTION_UNSURE_SIMILARITY"],
+        correction_meaning_similarity=app.config["CORRECTION_MEANING_SIMILARITY"],
+        correction_meaning_limit=app.config["CORRECTION_MEANING_LIMIT"])
     if not app.testing:  # one thread per server process, from its first chat on
         app.extensions["chatbot.model_watch"] = ModelWatcher(
             app, app.extensions["chatbot.responder"], app.config["MODEL_WATCH_SECONDS"])

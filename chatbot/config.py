@@ -220,6 +220,20 @@ class Config:
     # question the bot would otherwise say it does not know: a reviewer's
     # answer to a similar question beats "잘 모르겠어요".
     CORRECTION_UNSURE_SIMILARITY = env_float("CORRECTION_UNSURE_SIMILARITY", 0.4)
+    # With a model that matches by meaning (chatbot/meaning.py) the reviewed
+    # questions join the training questions in one index: a question gets a
+    # reviewer's answer when that reviewed question is the nearest of all
+    # (by the model's own score) and the bot is sure enough of it.  Below its
+    # threshold, a reviewed question at CORRECTION_MEANING_SIMILARITY or
+    # more still beats "잘 모르겠어요".  Tuned on bench-learning's tune half
+    # (150 corrections, 300 paraphrases, the starter model): at 0.4, 0.5 and
+    # 0.6, 44%, 41% and 31% of paraphrases got their correction at once and
+    # 16%, 8% and 3% another question's; 0.5 keeps the wrong ones rare.
+    # The newest CORRECTION_MEANING_LIMIT
+    # reviewed questions get a meaning vector (about 1.5 kB each, embedded
+    # once); older ones match by their key and words only.
+    CORRECTION_MEANING_SIMILARITY = env_float("CORRECTION_MEANING_SIMILARITY", 0.5)
+    CORRECTION_MEANING_LIMIT = env_int("CORRECTION_MEANING_LIMIT", 2000)
     # KakaoTalk (chatbot/kakao.py).  The skill's URL secret: unset, an HMAC of
     # SECRET_KEY (so it changes with it); set it to keep a URL across a new
     # SECRET_KEY (URL-safe characters, at least 20).  Kakao waits 5 s for a

@@ -31,7 +31,8 @@ import sqlalchemy as sa
 from flask import current_app, has_app_context
 from sqlalchemy import event
 
-from . import morph
+from . import meaning, morph
+from .config import Config
 from .database import REVIEWED, Exchange, ReviewAudit, stored_key
 from .extensions import db
 
@@ -52,25 +53,49 @@ def signature(connection):
 
 
 def reviewed_rows(connection):
-    """(question_key, final answer) of every reviewed row, oldest review first
-    (never-stamped rows before all), so the newest one per key is last."""
+    """(question_key, question, final answer) of every reviewed row, oldest
+    review first (never-stamped rows before all), so the newest one per key
+    is last."""
     rows = connection.execute(
-        sa.select(Exchange.question_key, Exchange.answer, Exchange.corrected_answer)
+        sa.select(Exchange.question_key, Exchange.question, Exchange.answer, Exchange.corrected_answer)
         .where(Exchange.status == REVIEWED)
         .order_by(Exchange.reviewed_at.asc().nulls_first(), Exchange.id.asc())).all()
-    return [(key, corrected or answer) for key, answer, corrected in rows]
+    return [(key, question, corrected or answer) for key, question, answer, corrected in rows]
+
+
+def has_word(key: str) -> bool:
+    """Whether a question_key has a letter or a digit: one of symbols alone
+    (?!, ..., 😀) means too little to be near another question."""
+    return any(ch.isalnum() for ch in key)
 
 
 class _Built:
-    """One build: the newest answer per question key, and their TF-IDF index."""
+    """One build: the newest answer per question key, their TF-IDF index,
+    and (``vectors``) the meaning vectors of the newest ``meaning_limit``
+    keys' questions, when the model in use matches by meaning."""
 
-    def __init__(self, rows):
-        # Later rows (newer reviews) overwrite earlier ones.  The empty key
-        # (nothing visible, or a row stored before morph.question_key kept
-        # symbols) would stand for unrelated messages: it answers nothing.
-        self.by_key = {key: answer for key, answer in rows if key}
-        keys = list(self.by_key)
+    def __init__(self, rows, min_similarity=Config.CORRECTION_MIN_SIMILARITY,
+                 unsure_similarity=Config.CORRECTION_UNSURE_SIMILARITY,
+                 meaning_similarity=Config.CORRECTION_MEANING_SIMILARITY, vectors_for=None,
+                 meaning_limit=Config.CORRECTION_MEANING_LIMIT):
+        self.min_similarity = min_similarity
+        self.unsure_similarity = min(unsure_similarity, min_similarity)
+        self.meaning_similarity = meaning_similarity
+        # Later rows (newer reviews) replace earlier ones and move to the end.
+        # The empty key (nothing visible, or a row stored before
+        # morph.question_key kept symbols) would stand for unrelated
+        # messages: it answers nothing.
+        newest: dict[str, tuple[str, str]] = {}
+        for key, question, answer in rows:
+            if key:
+                newest.pop(key, None)
+                newest[key] = (question, answer)
+        self.by_key = {key: answer for key, (_, answer) in newest.items()}
+        keys = list(newest)
         self.index = None
+        self.vectors = None  # (len(meaning_rows), meaning.DIM), or None: words only
+        self.meaning_rows = []  # the rows of ``index`` that have a vector
+        self.known_vectors = {}  # normalised question -> vector, for the next build
         if keys:
             # Imported only here: retrieval needs NumPy (about 15 MB), which
             # the app's command-line processes (flask retrain's runner,
@@ -78,6 +103,16 @@ class _Built:
             from .retrieval import AnswerIndex
 
             self.index = AnswerIndex([key.split() for key in keys], [self.by_key[k] for k in keys])
+            if vectors_for is not None:
+                worded = [r for r, key in enumerate(keys) if has_word(key)]
+                self.meaning_rows = worded[max(0, len(worded) - meaning_limit):]
+                questions = [meaning.normalise(newest[keys[r]][0]) for r in self.meaning_rows]
+                self.vectors = vectors_for(questions)
+                self.known_vectors = dict(zip(questions, self.vectors))
+
+    @property
+    def by_meaning(self) -> bool:
+        return self.vectors is not None
 
     def most_similar(self, key, min_similarity):
         """(answer, cosine) of the reviewed question most like ``key``, if it reaches min_similarity."""
@@ -89,30 +124,79 @@ class _Built:
         similarity = float(similarities[best])
         return (self.index.answers[best], similarity) if similarity >= min_similarity else None
 
+    def nearest(self, keys, vectors=None, word_weight=0.0):
+        """For each question (its question_key, and its meaning vector if
+        this build has them) the nearest reviewed question's ``(answer,
+        score)``, or None.  By meaning the score is the bot's own
+        (bot.Chatbot.known_matches): ``word_weight`` x the TF-IDF cosine of
+        the keys + the rest x the meaning similarity, over the questions
+        with a vector.  Else the TF-IDF cosine.  A key without a word
+        (empty, or symbols only: ?!, 😀) matches nothing; its exact key
+        still does (Responder.answer)."""
+        out = [None] * len(keys)
+        todo = [i for i, key in enumerate(keys) if has_word(key)]
+        if self.index is None or not todo:
+            return out
+        words = self.index.similarities([keys[i].split() for i in todo])
+        if vectors is not None and self.vectors is not None:
+            if not self.meaning_rows:
+                return out
+            words = words[:, self.meaning_rows]
+            score = word_weight * words + (1 - word_weight) * meaning.similarity(vectors[todo], self.vectors)
+            rows = self.meaning_rows
+        else:
+            score, rows = words, range(words.shape[1])
+        best = score.argmax(axis=1)
+        for i, column, value in zip(todo, best.tolist(), score[range(len(todo)), best].tolist()):
+            out[i] = (self.index.answers[rows[column]], min(1.0, max(0.0, value)))
+        return out
+
 
 class Corrections:
     """The reviewed answers of one app, for ``Responder.answer``.
 
     ``run(fn, *args)`` calls fn on a model thread (ReplyBatcher.run): building
     and searching the index is CPU work that must not hold up the gevent hub.
+    In ``models_root`` is the trainer's file of question vectors
+    (meaning.cache_file): a reviewed question a retrain embedded is not
+    embedded again.
     """
 
-    def __init__(self, run, min_similarity, refresh_seconds):
+    def __init__(self, run, min_similarity=Config.CORRECTION_MIN_SIMILARITY,
+                 refresh_seconds=Config.CORRECTION_REFRESH_SECONDS,
+                 unsure_similarity=Config.CORRECTION_UNSURE_SIMILARITY,
+                 meaning_similarity=Config.CORRECTION_MEANING_SIMILARITY,
+                 meaning_limit=Config.CORRECTION_MEANING_LIMIT, models_root=None):
         self._run = run
         self.min_similarity = min_similarity
+        self.unsure_similarity = min(unsure_similarity, min_similarity)
+        self.meaning_similarity = meaning_similarity
+        self.meaning_limit = meaning_limit
+        self.models_root = models_root
         self.refresh_seconds = refresh_seconds
-        self._built = _Built([])
+        self._built = self._build([])
         self._signature = None
         self._checked = float("-inf")  # time.monotonic() of the last signature check
         self._changed = True  # nothing built yet
+        self._by_meaning = False  # what the last current() asked for
         self._lock = threading.Lock()
 
     def changed(self):
         """This process committed a change: rebuild before the next lookup."""
         self._changed = True
 
+    def current(self, by_meaning=False):
+        """The build to answer from (refreshed first when due; see the
+        module docstring).  ``by_meaning``: the model in use matches by
+        meaning, so the build needs the reviewed questions' vectors too."""
+        if by_meaning and not self._built.by_meaning and self._built.index is not None:
+            self._changed = True
+        self._by_meaning = by_meaning
+        return self._current()
+
     def lookup(self, question, key=None, min_similarity=None):
-        """(answer, similarity) for ``question``, or None.
+        """(answer, similarity) for ``question`` by words alone, or None (no
+        model to answer with: Responder.answer).
 
         ``key`` is its morph.question_key if known.  The same key is certain
         (1.0); else the most similar reviewed question, at ``min_similarity``
@@ -128,6 +212,10 @@ class Corrections:
         if built.index is None:
             return None
         return self._run(built.most_similar, key, self.min_similarity if min_similarity is None else min_similarity)
+
+    def _build(self, rows, vectors_for=None):
+        return _Built(rows, self.min_similarity, self.unsure_similarity, self.meaning_similarity, vectors_for,
+                      self.meaning_limit)
 
     def _due(self):
         return self._changed or time.monotonic() - self._checked >= self.refresh_seconds
@@ -154,7 +242,7 @@ class Corrections:
         forced = self._changed
         self._changed = False  # a change committed from here on is seen by the next refresh
         try:
-            current, built = self._run(self._load, app, forced, self._signature)
+            current, built = self._run(self._load, app, forced, self._signature, self._by_meaning)
             if built is not None:
                 self._built = built
                 self._signature = current
@@ -163,8 +251,7 @@ class Corrections:
             self._changed = self._changed or forced  # try again next time
             raise
 
-    @staticmethod
-    def _load(app, forced, known):
+    def _load(self, app, forced, known, by_meaning):
         """On a model thread: the database's signature, and a new build when
         it is not ``known`` (or ``forced``), else None.  A connection of its
         own, given back before the build."""
@@ -172,7 +259,48 @@ class Corrections:
             with db.engine.connect() as connection:
                 current = signature(connection)
                 rows = reviewed_rows(connection) if forced or current != known else None
-        return current, (_Built(rows) if rows is not None else None)
+        if rows is None:
+            return current, None
+        return current, self._build(rows, self._vectors_for if by_meaning and _encoder_loaded() else None)
+
+    def _vectors_for(self, questions):
+        """Meaning vectors of (normalised) ``questions``: the last build's,
+        then the trainer's cache file's, then the encoder's for the rest."""
+        import numpy as np
+
+        known = self._built.known_vectors
+        missing = [q for q in questions if q not in known]
+        if missing and self.models_root is not None:
+            known = dict(known) | _cached(meaning.cache_file(self.models_root, meaning.encoder().name), set(missing))
+            missing = [q for q in questions if q not in known]
+        if missing:
+            fresh = meaning.encoder().embed_uncached(missing)
+            known = dict(known) | dict(zip(missing, fresh))
+        if not questions:
+            return np.zeros((0, meaning.DIM), dtype=np.float32)
+        return np.stack([known[q] for q in questions]).astype(np.float32)
+
+
+def _encoder_loaded() -> bool:
+    """Whether the process's encoder is loaded (the responder prepares it,
+    on the event loop, for a model that matches by meaning)."""
+    return meaning.encoder().status()["loaded"]
+
+
+def _cached(cache_file, wanted: set) -> dict:
+    """The vectors of ``wanted`` questions in a trainer's cache file (none if
+    it is missing, unreadable or another encoder's)."""
+    import numpy as np
+
+    try:
+        with np.load(cache_file, allow_pickle=False) as data:
+            if str(data["encoder"]) != meaning.encoder().name or data["vectors"].shape[1:] != (meaning.DIM,):
+                return {}
+            texts = data["texts"].tolist()
+            rows = [i for i, text in enumerate(texts) if text in wanted]
+            return dict(zip((texts[i] for i in rows), data["vectors"][rows]))
+    except (OSError, ValueError, KeyError):
+        return {}
 
 
 @event.listens_for(db.session, "after_flush")

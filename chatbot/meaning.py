@@ -253,6 +253,15 @@ def similarity(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 CACHE_LIMIT = 20_000  # vectors kept in a trainer's cache file (about 1.5 kB each)
+CACHE_DIR = ".meaning-cache"  # under the models directory, or MEANING_CACHE_DIR from the environment
+
+
+def cache_file(models_root, name: str):
+    """The trainer's file of question vectors for encoder ``name``, which the
+    server's corrections read too (chatbot/corrections.py)."""
+    from pathlib import Path
+
+    return Path(os.environ.get("MEANING_CACHE_DIR") or Path(models_root) / CACHE_DIR) / f"{name}.npz"
 
 
 def cached_vectors(encoder: Encoder, texts: list[str], cache_file, limit: int = CACHE_LIMIT) -> tuple[np.ndarray, int]:
@@ -331,3 +340,48 @@ def embed(texts: list[str]) -> np.ndarray:
 
 def available() -> bool:
     return encoder().available()
+
+
+# -- embedding in a child process (the trainer) ----------------------------------------------
+
+def vectors_in_child(texts: list[str], cache_file, name: str = DEFAULT_ENCODER, model_file: str | None = None,
+                     threads: int = 1) -> tuple[np.ndarray, int]:
+    """``cached_vectors`` run by a child process: the vectors of ``texts`` and
+    the number newly embedded.  Why: the encoder's memory (its engine, its
+    threads) is given back to the OS when the child ends, before the trainer
+    builds its network; a 1 GB VM's trainer has no room for both.  Raises
+    Unavailable (with the child's reason) when the encoder cannot be used."""
+    import json
+
+    import numpy as np
+
+    done = subprocess.run([sys.executable, "-m", "chatbot.meaning", str(cache_file), name, model_file or "",
+                           str(threads)], input=json.dumps(texts, ensure_ascii=False), capture_output=True,
+                          text=True, encoding="utf-8", cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if done.returncode != 0:
+        lines = (done.stderr or "").strip().splitlines()
+        raise Unavailable(lines[-1] if lines else f"the embedding process ended with {done.returncode}")
+    new = int(done.stdout.strip().splitlines()[-1])
+    with np.load(cache_file, allow_pickle=False) as data:
+        row = {text: i for i, text in enumerate(data["texts"].tolist())}
+        vectors = data["vectors"][[row[normalise(t)] for t in texts]] if texts else np.zeros((0, DIM))
+    return vectors.astype(np.float32), new
+
+
+def _embed_main(argv) -> int:
+    """``python -m chatbot.meaning CACHE_FILE NAME MODEL_FILE THREADS`` with
+    a JSON list of questions on stdin: the child of ``vectors_in_child``."""
+    import json
+
+    cache, name, model_file, threads = argv
+    encoder = Encoder(name, model_file or None, int(threads), cache_size=0)
+    if not encoder.available():
+        print(encoder.status()["error"], file=sys.stderr)
+        return 2
+    _, new = cached_vectors(encoder, json.loads(sys.stdin.read()), cache)
+    print(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_embed_main(sys.argv[1:]))

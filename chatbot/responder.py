@@ -1,8 +1,11 @@
-"""Answers questions: a reviewed answer if there is one for the question or
-a similar one (corrections.py), else the model's (a training pair's answer
-it picked, or a reply it wrote), unless the model is less sure of it than
-its threshold: then a weaker match to a reviewed answer, or an honest
-"잘 모르겠어요" (route unsure).
+"""Answers questions: a reviewed answer for the very question (its
+question_key), else the model's reply, weighed with the reviewed answers in
+the same step on a model thread (bot.Chatbot.known_replies): a reviewed
+question nearer than any training question gives its answer (route
+memory), else a training pair's answer the model picked, or a reply it
+wrote; unless the model is less sure of it than its threshold: then a
+weaker match to a reviewed answer, or an honest "잘 모르겠어요" (route
+unsure).
 
 The model in use is whatever ``<MODEL_DIR>/current`` points at.  Before each
 reply the responder checks where the link points (one readlink) and loads the
@@ -17,11 +20,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import meaning
+from . import meaning, morph
 from .batching import ReplyBatcher
 from .config import Config
 from .corrections import Corrections
-from .database import ROUTE_FALLBACK, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, ROUTE_UNSURE
+from .database import ROUTE_FALLBACK, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, ROUTE_UNSURE, stored_key
 from .extensions import db
 from .model_dir import MEANING_FILE
 
@@ -45,7 +48,9 @@ class Responder:
                  min_confidence=None, unsure_replies=("잘 모르겠어요.",),
                  correction_min_similarity=Config.CORRECTION_MIN_SIMILARITY,
                  correction_refresh_seconds=Config.CORRECTION_REFRESH_SECONDS,
-                 correction_unsure_similarity=Config.CORRECTION_UNSURE_SIMILARITY):
+                 correction_unsure_similarity=Config.CORRECTION_UNSURE_SIMILARITY,
+                 correction_meaning_similarity=Config.CORRECTION_MEANING_SIMILARITY,
+                 correction_meaning_limit=Config.CORRECTION_MEANING_LIMIT):
         self.models_root = Path(models_root)
         self.model_threads = model_threads
         # None: each model's own calibrated threshold (Chatbot.threshold).
@@ -54,8 +59,9 @@ class Responder:
         # `workers` OS threads compute the replies, several questions per
         # model call when chats arrive together; the chats just wait.
         self._batcher = ReplyBatcher(workers, batch_max, window_ms, queue_max)
-        self.corrections = Corrections(self._batcher.run, correction_min_similarity, correction_refresh_seconds)
-        self.correction_unsure_similarity = min(correction_unsure_similarity, correction_min_similarity)
+        self.corrections = Corrections(
+            self._batcher.run, correction_min_similarity, correction_refresh_seconds, correction_unsure_similarity,
+            correction_meaning_similarity, correction_meaning_limit, self.models_root)
         self._lock = threading.Lock()
         self._bot = None
         self._target = None  # the link target the loaded model came from
@@ -110,19 +116,24 @@ class Responder:
         """
         bot = self.model()
         version = bot.version if bot else None
-        reviewed = self.corrections.lookup(question, key, self.correction_unsure_similarity)
+        key = stored_key(key if key is not None else morph.question_key(question))
+        reviewed = self.corrections.current(by_meaning=bot is not None and bot.meanings is not None)
         # Give the database connection back before waiting for the model: a
         # pool of a few connections then serves any number of waiting chats.
         db.session.close()
-        if reviewed is not None and reviewed[1] >= self.corrections.min_similarity:
-            return Answer(reviewed[0], ROUTE_MEMORY, version)
+        exact = reviewed.by_key.get(key) if key else None
+        if exact is not None:
+            return Answer(exact, ROUTE_MEMORY, version)
         if bot is None:
+            found = self.corrections.lookup(question, key)
+            if found is not None:
+                return Answer(found[0], ROUTE_MEMORY, None)
             return Answer(FALLBACK_ANSWER, ROUTE_FALLBACK, None)
-        reply = self._batcher.answer(bot, question)
+        reply = self._batcher.answer(bot, question, reviewed, key)
         threshold = self.min_confidence if self.min_confidence is not None else bot.threshold
-        if reply.confidence < threshold:  # never at 0: confidence is at least 0
-            if reviewed is not None:  # a weaker match to a correction beats "잘 모르겠어요"
-                return Answer(reviewed[0], ROUTE_MEMORY, version, reply.confidence)
-            return Answer(random.choice(self.unsure_replies), ROUTE_UNSURE, version, reply.confidence)
-        return Answer(reply.text or FALLBACK_ANSWER, ROUTE_KNOWN if reply.known else ROUTE_MODEL, version,
-                      reply.confidence)
+        if reply.confidence >= threshold:  # always at 0: confidence is at least 0
+            route = ROUTE_MEMORY if reply.reviewed else ROUTE_KNOWN if reply.known else ROUTE_MODEL
+            return Answer(reply.text or FALLBACK_ANSWER, route, version, reply.confidence)
+        if reply.correction is not None:  # a weaker match to a correction beats "잘 모르겠어요"
+            return Answer(reply.correction[0], ROUTE_MEMORY, version, reply.confidence)
+        return Answer(random.choice(self.unsure_replies), ROUTE_UNSURE, version, reply.confidence)

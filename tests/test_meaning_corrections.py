@@ -1,0 +1,149 @@
+"""Reviewers' corrections by meaning (issue 25, item 3): training and
+reviewed questions in one index, scored alike, with the real encoder
+(chatbot/meaning.py), through the chat as a user meets them."""
+import pytest
+
+from chatbot import meaning, morph
+from chatbot.database import REVIEWED, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_UNSURE, Exchange
+from chatbot.extensions import db
+from helpers import ask, connect, tiny_model
+
+FORGOT = "비밀번호를 잊어버렸어요"
+IN_OTHER_WORDS = "암호가 기억나지 않아요"  # no content word in common; 0.73 by meaning
+ANSWER = "설정에서 비밀번호를 다시 만들 수 있어요."
+UNRELATED = ("오늘 점심 뭐 먹지?", "비행기 표 예매해 줘", "안녕")
+
+
+def reply(sock, text):
+    name, data = ask(sock, {"text": text})
+    assert name == "reply", data
+    return data
+
+
+def review(app, question, answer):
+    """A reviewed row for ``question``, as the edit form leaves it."""
+    with app.app_context():
+        row = Exchange(question=question, question_key=morph.question_key(question), answer="틀린 답",
+                       corrected_answer=answer)
+        db.session.add(row)
+        row.mark(REVIEWED, "minji")
+        db.session.commit()
+
+
+@pytest.fixture
+def app(make_app):
+    app = make_app(CORRECTION_REFRESH_SECONDS=3600)
+    tiny_model(app.config["MODEL_DIR"])
+    return app
+
+
+def test_the_words_share_no_content_word():
+    """What makes the first test one of meaning: TF-IDF finds nothing."""
+    assert not set(morph.question_key(FORGOT).split()) & set(morph.question_key(IN_OTHER_WORDS).split())
+
+
+def test_a_paraphrase_in_other_words_gets_the_correction_at_once(app):
+    sock = connect(app)
+    assert reply(sock, IN_OTHER_WORDS)["answer"] != ANSWER
+    review(app, FORGOT, ANSWER)
+    got = reply(sock, IN_OTHER_WORDS)
+    assert (got["answer"], got["route"]) == (ANSWER, ROUTE_MEMORY)
+    with app.app_context():  # the score is stored as the reply's confidence
+        assert db.session.get(Exchange, got["id"]).confidence == pytest.approx(0.73, abs=0.03)
+    for text in UNRELATED:
+        other = reply(sock, text)
+        assert other["route"] != ROUTE_MEMORY and other["answer"] != ANSWER, text
+
+
+def test_by_words_alone_the_paraphrase_is_not_found(make_app):
+    """The same correction with a model trained with meaning off: the
+    paraphrase shares no word, so it does not get it (what meaning adds)."""
+    app = make_app(CORRECTION_REFRESH_SECONDS=3600)
+    tiny_model(app.config["MODEL_DIR"], meaning="off")
+    review(app, FORGOT, ANSWER)
+    sock = connect(app)
+    assert reply(sock, FORGOT)["answer"] == ANSWER  # the exact key
+    assert reply(sock, IN_OTHER_WORDS)["answer"] != ANSWER
+
+
+def test_a_correction_takes_over_a_training_question_only_where_it_is_nearer(app):
+    """helpers.TINY_PAIRS has 배고파 -> 맛있는 거 드세요.  A correction of
+    너무 배고프다 (0.5 from 배고파) answers itself and what is nearer to it,
+    not 배고파, which is nearest to its own training question."""
+    review(app, "너무 배고프다", "라면 어때요?")
+    sock = connect(app)
+    trained = reply(sock, "배고파")
+    assert (trained["answer"], trained["route"]) == ("맛있는 거 드세요.", ROUTE_KNOWN)
+    near = reply(sock, "진짜 너무 배고프다")
+    assert (near["answer"], near["route"]) == ("라면 어때요?", ROUTE_MEMORY)
+
+
+def test_below_the_threshold_a_near_correction_beats_i_do_not_know(make_app):
+    """With a threshold no reply reaches, the reviewed answer at
+    CORRECTION_MEANING_SIMILARITY or more is still given; a question far
+    from it gets "잘 모르겠어요"."""
+    app = make_app(CORRECTION_REFRESH_SECONDS=3600, MIN_CONFIDENCE=0.99, UNSURE_REPLIES=["모름"])
+    tiny_model(app.config["MODEL_DIR"])
+    review(app, FORGOT, ANSWER)
+    sock = connect(app)
+    near = reply(sock, IN_OTHER_WORDS)
+    assert (near["answer"], near["route"]) == (ANSWER, ROUTE_MEMORY)
+    far = reply(sock, "비행기 표 예매해 줘")
+    assert (far["answer"], far["route"]) == ("모름", ROUTE_UNSURE)
+
+
+def test_one_embedding_and_one_model_call_per_message(app):
+    """The question is embedded once, on the one model-thread call that
+    weighs the training and the reviewed questions together."""
+    review(app, FORGOT, ANSWER)
+    sock = connect(app)
+    reply(sock, "안녕")  # the model and the index are loaded, the encoder warm
+    responder = app.extensions["chatbot.responder"]
+    calls = []
+    run = responder._batcher._run
+    responder._batcher._run = lambda fn, *args: calls.append(fn.__name__) or run(fn, *args)
+    encoder = meaning.encoder()
+    encoder._cache.clear()  # the process's encoder: other tests asked this question too
+    misses, hits = encoder.misses, encoder.hits
+    assert reply(sock, IN_OTHER_WORDS)["answer"] == ANSWER
+    assert calls == ["known_replies"]
+    assert (encoder.misses - misses, encoder.hits - hits) == (1, 0)
+    assert reply(sock, IN_OTHER_WORDS)["answer"] == ANSWER  # asked again: from the encoder's cache
+    assert (encoder.misses - misses, encoder.hits - hits) == (1, 1)
+
+
+def test_a_rebuild_embeds_only_the_new_reviewed_questions(app, monkeypatch):
+    """The last build's vectors are kept, and a question the trainer embedded
+    (its cache file) is read from there: only what is new is embedded."""
+    embedded = []
+    original = meaning.Encoder.embed_uncached
+
+    def recording(self, texts, batch=64):
+        embedded.append(list(texts))
+        return original(self, texts, batch)
+
+    monkeypatch.setattr(meaning.Encoder, "embed_uncached", recording)
+    sock = connect(app)
+    review(app, FORGOT, ANSWER)
+    assert reply(sock, IN_OTHER_WORDS)["answer"] == ANSWER
+    assert embedded == [[meaning.normalise(FORGOT)]]
+    review(app, "택배 언제 와요?", "보통 이틀 걸려요.")
+    review(app, "배고파", "라면 어때요?")  # a training question: in the trainer's cache
+    assert reply(sock, "배송은 얼마나 걸려요?")["route"] is not None
+    assert embedded == [[meaning.normalise(FORGOT)], ["택배 언제 와요?"]]
+    built = app.extensions["chatbot.responder"].corrections.current(by_meaning=True)
+    assert built.vectors.shape == (3, meaning.DIM)
+
+
+def test_only_the_newest_reviewed_questions_get_a_vector(make_app):
+    """CORRECTION_MEANING_LIMIT bounds the vectors (memory and embedding
+    time); an older correction still answers its own question exactly."""
+    app = make_app(CORRECTION_REFRESH_SECONDS=3600, CORRECTION_MEANING_LIMIT=1)
+    tiny_model(app.config["MODEL_DIR"])
+    review(app, FORGOT, ANSWER)
+    review(app, "택배 언제 와요?", "보통 이틀 걸려요.")
+    sock = connect(app)
+    assert reply(sock, IN_OTHER_WORDS)["answer"] != ANSWER  # FORGOT has no vector now
+    assert reply(sock, FORGOT)["answer"] == ANSWER
+    built = app.extensions["chatbot.responder"].corrections.current(by_meaning=True)
+    assert built.vectors.shape == (1, meaning.DIM)
