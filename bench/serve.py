@@ -7,7 +7,9 @@ gthread worker) on 127.0.0.1 with a trained model and a scratch SQLite
 database, then for each client count N connects N python-socketio clients
 that each ask a question, wait for the reply, think for a moment and ask
 again, for a fixed time.  Two in three questions are ones the starter pairs
-know (a known answer), one in three are new (the network writes the reply).
+know (a known answer), one in three are new (the network writes the reply);
+in mode ``new`` every question is one never asked before (new_question), so
+that no cache helps.
 It records reply latency (p50/p95/p99), replies per second, errors, peak
 server RSS, and checks that the database holds exactly one row per answered
 message.  It also measures process start to first
@@ -28,6 +30,7 @@ bench/results/serve.json and a table is printed.
 import argparse
 import asyncio
 import collections
+import itertools
 import json
 import os
 import random
@@ -56,12 +59,31 @@ NEW = ["주식 사도 될까", "자동차 고장났어", "면접 떨어졌어", 
        "양자역학 공부 중", "환율 전망", "전세 계약 끝나", "보일러 고장", "세금 신고 언제야"]
 QUESTIONS = KNOWN + NEW
 
-# The server as configured by default, and the plain alternative: one reply
-# computed at a time, no batching.
+# The server as configured by default, the plain alternative (one reply
+# computed at a time, no batching), and the default server asked only
+# questions it has never seen (new_question), so that no cache helps: not the
+# sentence encoder's, not a reviewed answer's.
 MODES = {
     "default": {},
     "plain": {"REPLY_WORKERS": "1", "REPLY_BATCH_MAX": "1"},
+    "new": {},
 }
+# What a question new each time is made of: a usual question with a few
+# everyday words around it, and a number no other question has.
+TOPICS = ["오늘", "내일", "요즘", "주말에", "아침에", "밤에", "회사에서", "학교에서", "집에서", "친구랑"]
+ENDINGS = ["진짜", "좀", "너무", "정말", "혹시", "그냥", "계속", "갑자기"]
+
+
+_NEW_QUESTIONS = itertools.count(1)
+
+
+def usual_question(rng):
+    return rng.choice(QUESTIONS)
+
+
+def new_question(rng):
+    """A question no client of this process asked before."""
+    return f"{rng.choice(TOPICS)} {rng.choice(ENDINGS)} {rng.choice(QUESTIONS)} {next(_NEW_QUESTIONS)}번"
 
 
 # One API key and one skill secret for the bench's server.
@@ -69,7 +91,10 @@ BENCH_API_KEY = "hm_bench-serve-key-0123456789abcdef"
 BENCH_KAKAO_SECRET = "bench-serve-kakao-secret"
 # The bench measures serving, not the per-key and per-user limits.
 CHANNEL_ENV = {"API_RATE_LIMIT": "100000/minute", "KAKAO_USER_RATE_LIMIT": "100000/minute",
-               "KAKAO_TOTAL_RATE_LIMIT": "1000000/minute", "KAKAO_SKILL_SECRET": BENCH_KAKAO_SECRET}
+               "KAKAO_TOTAL_RATE_LIMIT": "1000000/minute", "KAKAO_SKILL_SECRET": BENCH_KAKAO_SECRET,
+               # Nor the handshake rates (issue 24's HANDSHAKE_TOTAL_RATE, 40 a second): 200 clients
+               # connect at once here, where real ones arrive spread out and retry.
+               "HANDSHAKE_TOTAL_RATE": "0", "CONNECT_RATE": "0"}
 # Kakao's servers call the skill as one HTTP client with a pool of
 # connections, from one address: below the server's cap on connections per
 # address (MAX_CONNECTIONS_PER_ADDRESS, 32).
@@ -248,7 +273,7 @@ def percentile_ms(latencies, p):
     return round(1000 * latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))], 1) if latencies else None
 
 
-async def chatter(url, done, think, stats, rng, address=None):
+async def chatter(url, done, think, stats, rng, address=None, pick=usual_question):
     """One Socket.IO client: ask, wait for the reply, think, ask again, until ``done()``."""
     try:
         client = await connect(url, address)
@@ -262,7 +287,7 @@ async def chatter(url, done, think, stats, rng, address=None):
     await asyncio.sleep(rng.uniform(0, think[1]))  # do not all start at once
     while not done():
         stats["sent"] += 1
-        name, seconds = await ask(client, inbox, rng.choice(QUESTIONS))
+        name, seconds = await ask(client, inbox, pick(rng))
         if name == "reply":
             stats["latencies"].append(seconds)
         else:
@@ -273,7 +298,7 @@ async def chatter(url, done, think, stats, rng, address=None):
     await disconnect(client)
 
 
-async def load_run(server, clients, seconds, think, seed):
+async def load_run(server, clients, seconds, think, seed, pick=usual_question):
     stats = {"sent": 0, "errors": 0, "connect_errors": 0, "latencies": []}
     rows_before = server.rows()
     peak = [server.rss_mb()]
@@ -288,7 +313,7 @@ async def load_run(server, clients, seconds, think, seed):
     stop_at = started + seconds
     rng = random.Random(seed)
     await asyncio.gather(*(chatter(server.url, lambda: time.monotonic() >= stop_at, think, stats,
-                                   random.Random(rng.random()), client_address(i)) for i in range(clients)))
+                                   random.Random(rng.random()), client_address(i), pick) for i in range(clients)))
     elapsed = time.monotonic() - started
     sampler.cancel()
     latencies = sorted(stats["latencies"])
@@ -463,7 +488,8 @@ async def bench_mode(name, mode_env, args, root=ROOT):
             result["idle200_rss_delta_mb"] = await idle_rss_delta(server)
             runs = []
             for clients in args.clients:
-                run = await load_run(server, clients, args.seconds, args.think, args.seed)
+                run = await load_run(server, clients, args.seconds, args.think, args.seed,
+                                     new_question if name == "new" else usual_question)
                 print(f"  {name:8} {clients:4} clients: p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, "
                       f"{run['replies_per_s']} replies/s, {run['errors']} errors, {run['lost_rows']} lost rows, "
                       f"{run['rss_mb']} MB", flush=True)
