@@ -231,7 +231,7 @@ class Config:
     # 16%, 8% and 3% another question's; 0.5 keeps the wrong ones rare.
     # The newest CORRECTION_MEANING_LIMIT
     # reviewed questions get a meaning vector (about 1.5 kB each, embedded
-    # once); older ones match by their key and words only.
+    # once); older ones then answer only their own question (its key).
     CORRECTION_MEANING_SIMILARITY = env_float("CORRECTION_MEANING_SIMILARITY", 0.5)
     CORRECTION_MEANING_LIMIT = env_int("CORRECTION_MEANING_LIMIT", 2000)
     # KakaoTalk (chatbot/kakao.py).  The skill's URL secret: unset, an HMAC of

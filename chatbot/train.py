@@ -180,17 +180,23 @@ def embed_questions(tokenized, models_root, encoder_name: str, threads: int):
     return vectors
 
 
-def pick_word_weight(index: AnswerIndex, meanings, dev_tok, dev_meanings, weights) -> float:
+def pick_word_weight(index: AnswerIndex, meanings, dev_tok, dev_meanings, weights, block: int = 128) -> float:
     """Of ``weights``, the word weight whose mix of TF-IDF and meaning picks
     the training answers nearest the dev questions' own (chrF), the first
-    of equals; the first weight without dev questions."""
+    of equals; the first weight without dev questions.  ``block`` dev
+    questions at a time: all of ChatbotData's at once made (dev x train)
+    float32 matrices of 45 MB each, and their temporaries were the
+    trainer's peak."""
     if not dev_tok:
         return weights[0]
-    words = index.similarities([q for q, _, _, _ in dev_tok])
-    near = meaning_module.similarity(dev_meanings, meanings)
+    picked = [[] for _ in weights]
+    for start in range(0, len(dev_tok), block):
+        words = index.similarities([q for q, _, _, _ in dev_tok[start:start + block]])
+        near = meaning_module.similarity(dev_meanings[start:start + block], meanings)
+        for rows, w in zip(picked, weights):
+            rows += (w * words + (1 - w) * near).argmax(axis=1).tolist()
     refs = [morph.normalize(a) for _, _, a, _ in dev_tok]
-    scores = [(_chrf([index.answers[i] for i in (w * words + (1 - w) * near).argmax(axis=1)], refs), -n)
-              for n, w in enumerate(weights)]
+    scores = [(_chrf([index.answers[i] for i in rows], refs), -n) for n, rows in enumerate(picked)]
     return weights[-max(scores)[1]]
 
 

@@ -227,6 +227,24 @@ def test_a_retrain_embeds_only_the_questions_it_has_not_seen(tmp_path):
     assert new == 1 and np.allclose(third[0], first[1], atol=1e-5)
 
 
+def test_the_word_weight_is_picked_the_same_block_by_block():
+    """pick_word_weight takes the dev questions a block at a time (the
+    trainer's memory); any block size picks what all at once does."""
+    from chatbot import train
+    from chatbot.retrieval import AnswerIndex
+
+    rng = np.random.default_rng(0)
+    train_q = [["배", "고프", str(i % 7)] for i in range(40)]
+    index = AnswerIndex(train_q, [f"답 {i % 5}" for i in range(40)])
+    unit = lambda n: (lambda v: v / np.linalg.norm(v, axis=1, keepdims=True))(rng.normal(size=(n, meaning.DIM)))
+    meanings = unit(40).astype(np.float32)
+    dev_tok = [(["배", str(i % 7), "졸려"], [], f"답 {i % 3}", "") for i in range(23)]
+    dev_meanings = (0.9 * meanings[:23] + 0.1 * unit(23)).astype(np.float32)
+    picks = {train.pick_word_weight(index, meanings, dev_tok, dev_meanings, (0.0, 0.3, 0.7, 1.0), block=b)
+             for b in (1, 5, 23, 1000)}
+    assert len(picks) == 1
+
+
 def test_the_trainer_embeds_in_a_child_process(tmp_path, monkeypatch, capsys):
     """The trainer's vectors come from a child process (its encoder's memory
     is the OS's again before the network is built), the same as embedding
