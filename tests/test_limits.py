@@ -209,9 +209,9 @@ def test_no_database_connection_is_held_while_the_model_answers(app, monkeypatch
     answer = batcher.answer
     checked_out = []
 
-    def watched(bot, text):
+    def watched(bot, text, *reviewed):
         checked_out.append(db.engine.pool.checkedout())
-        return answer(bot, text)
+        return answer(bot, text, *reviewed)
 
     monkeypatch.setattr(batcher, "answer", watched)
     assert ask(connect(app), "날씨 어때")[0] == "reply"
