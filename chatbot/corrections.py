@@ -188,7 +188,10 @@ class Corrections:
     def current(self, by_meaning=False):
         """The build to answer from (refreshed first when due; see the
         module docstring).  ``by_meaning``: the model in use matches by
-        meaning, so the build needs the reviewed questions' vectors too."""
+        meaning, so the build needs the reviewed questions' vectors too,
+        if this process's encoder is loaded (else the model answers by words:
+        a build without vectors is the right one, not one to redo)."""
+        by_meaning = by_meaning and _encoder_loaded()
         if by_meaning and not self._built.by_meaning and self._built.index is not None:
             self._changed = True
         self._by_meaning = by_meaning
@@ -261,7 +264,7 @@ class Corrections:
                 rows = reviewed_rows(connection) if forced or current != known else None
         if rows is None:
             return current, None
-        return current, self._build(rows, self._vectors_for if by_meaning and _encoder_loaded() else None)
+        return current, self._build(rows, self._vectors_for if by_meaning else None)
 
     def _vectors_for(self, questions):
         """Meaning vectors of (normalised) ``questions``: the last build's,

@@ -147,3 +147,27 @@ def test_only_the_newest_reviewed_questions_get_a_vector(make_app):
     assert reply(sock, FORGOT)["answer"] == ANSWER
     built = app.extensions["chatbot.responder"].corrections.current(by_meaning=True)
     assert built.vectors.shape == (1, meaning.DIM)
+
+
+def test_with_a_broken_encoder_the_corrections_are_built_once(make_app, tmp_path):
+    """A model trained with meaning in a server whose encoder cannot load
+    answers by words; its reviewed answers are then built once, like any
+    words-only build, not again for every message in want of vectors."""
+    import shutil
+
+    broken = tmp_path / "e5.bin"
+    broken.write_bytes(b"E5S1" + b"\0" * 64)
+    app = make_app(CORRECTION_REFRESH_SECONDS=3600, MEANING_MODEL_FILE=str(broken))
+    shutil.copytree(tiny_model(tmp_path / "trained"), tmp_path / "models" / "20260101-000000")
+    (tmp_path / "models" / "current").symlink_to("20260101-000000")
+    review(app, FORGOT, ANSWER)
+    corrections = app.extensions["chatbot.responder"].corrections
+    builds = []
+    load = corrections._load
+    corrections._load = lambda *args: builds.append(args[-1]) or load(*args)
+    sock = connect(app)
+    for text in ("안녕", "배고파", FORGOT, "비행기 표 예매해 줘"):
+        reply(sock, text)
+    assert reply(sock, FORGOT)["answer"] == ANSWER
+    assert not meaning.encoder().status()["loaded"]
+    assert builds == [False]
