@@ -12,7 +12,8 @@ from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 
-from chatbot.database import Exchange
+from chatbot import morph
+from chatbot.database import REVIEWED, Exchange
 from chatbot.extensions import db, socketio
 from live_server import ROOT
 
@@ -45,6 +46,16 @@ def add_exchange(app, question, answer="답", minutes_ago=0, **fields):
         db.session.add(row)
         db.session.commit()
         return row.id
+
+
+def add_reviewed(app, question, corrected_answer, reviewer="minji"):
+    """A reviewed exchange for ``question``, as the edit form leaves it."""
+    with app.app_context():
+        row = Exchange(question=question, question_key=morph.question_key(question), answer="틀린 답",
+                       corrected_answer=corrected_answer)
+        db.session.add(row)
+        row.mark(REVIEWED, reviewer)
+        db.session.commit()
 
 
 def get_row(app, row_id):

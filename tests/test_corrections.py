@@ -10,7 +10,7 @@ import pytest
 from chatbot import morph
 from chatbot.database import NEEDS_DELETION, REVIEWED, ROUTE_KNOWN, ROUTE_MEMORY, UNREVIEWED, Exchange, audit
 from chatbot.extensions import db
-from helpers import ask, connect, tiny_model, token_in
+from helpers import add_reviewed, ask, connect, tiny_model, token_in
 
 QUESTION = "춘천에는 비가 와요?"
 PARAPHRASE = "오늘 춘천에 비 와요?"  # other words and particles, the same question
@@ -233,12 +233,8 @@ def test_a_weaker_match_answers_only_what_the_bot_would_not_know(make_app, min_c
     app = make_app(CORRECTION_REFRESH_SECONDS=3600, MIN_CONFIDENCE=min_confidence, UNSURE_REPLIES=["모름"])
     tiny_model(app.config["MODEL_DIR"], meaning="off")
     near, far = "춘천에는 눈이 와요?", "비행기 표 예매해 줘"
+    add_reviewed(app, QUESTION, CORRECTION)
     with app.app_context():
-        row = Exchange(question=QUESTION, question_key=morph.question_key(QUESTION), answer="a",
-                       corrected_answer=CORRECTION)
-        db.session.add(row)
-        row.mark(REVIEWED, "minji")
-        db.session.commit()
         corrections = app.extensions["chatbot.responder"].corrections
         similarity = corrections.lookup(near, min_similarity=0)[1]
         assert app.config["CORRECTION_UNSURE_SIMILARITY"] <= similarity < app.config["CORRECTION_MIN_SIMILARITY"]

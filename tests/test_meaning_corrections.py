@@ -4,9 +4,9 @@ reviewed questions in one index, scored alike, with the real encoder
 import pytest
 
 from chatbot import meaning, morph
-from chatbot.database import REVIEWED, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_UNSURE, Exchange
+from chatbot.database import ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_UNSURE, Exchange
 from chatbot.extensions import db
-from helpers import ask, connect, tiny_model
+from helpers import add_reviewed, ask, connect, tiny_model
 
 FORGOT = "비밀번호를 잊어버렸어요"
 IN_OTHER_WORDS = "암호가 기억나지 않아요"  # no content word in common; 0.73 by meaning
@@ -18,16 +18,6 @@ def reply(sock, text):
     name, data = ask(sock, {"text": text})
     assert name == "reply", data
     return data
-
-
-def review(app, question, answer):
-    """A reviewed row for ``question``, as the edit form leaves it."""
-    with app.app_context():
-        row = Exchange(question=question, question_key=morph.question_key(question), answer="틀린 답",
-                       corrected_answer=answer)
-        db.session.add(row)
-        row.mark(REVIEWED, "minji")
-        db.session.commit()
 
 
 @pytest.fixture
@@ -45,7 +35,7 @@ def test_the_words_share_no_content_word():
 def test_a_paraphrase_in_other_words_gets_the_correction_at_once(app):
     sock = connect(app)
     assert reply(sock, IN_OTHER_WORDS)["answer"] != ANSWER
-    review(app, FORGOT, ANSWER)
+    add_reviewed(app, FORGOT, ANSWER)
     got = reply(sock, IN_OTHER_WORDS)
     assert (got["answer"], got["route"]) == (ANSWER, ROUTE_MEMORY)
     with app.app_context():  # the score is stored as the reply's confidence
@@ -60,7 +50,7 @@ def test_by_words_alone_the_paraphrase_is_not_found(make_app):
     paraphrase shares no word, so it does not get it (what meaning adds)."""
     app = make_app(CORRECTION_REFRESH_SECONDS=3600)
     tiny_model(app.config["MODEL_DIR"], meaning="off")
-    review(app, FORGOT, ANSWER)
+    add_reviewed(app, FORGOT, ANSWER)
     sock = connect(app)
     assert reply(sock, FORGOT)["answer"] == ANSWER  # the exact key
     assert reply(sock, IN_OTHER_WORDS)["answer"] != ANSWER
@@ -70,7 +60,7 @@ def test_a_correction_takes_over_a_training_question_only_where_it_is_nearer(app
     """helpers.TINY_PAIRS has 배고파 -> 맛있는 거 드세요.  A correction of
     너무 배고프다 (0.5 from 배고파) answers itself and what is nearer to it,
     not 배고파, which is nearest to its own training question."""
-    review(app, "너무 배고프다", "라면 어때요?")
+    add_reviewed(app, "너무 배고프다", "라면 어때요?")
     sock = connect(app)
     trained = reply(sock, "배고파")
     assert (trained["answer"], trained["route"]) == ("맛있는 거 드세요.", ROUTE_KNOWN)
@@ -84,7 +74,7 @@ def test_below_the_threshold_a_near_correction_beats_i_do_not_know(make_app):
     from it gets "잘 모르겠어요"."""
     app = make_app(CORRECTION_REFRESH_SECONDS=3600, MIN_CONFIDENCE=0.99, UNSURE_REPLIES=["모름"])
     tiny_model(app.config["MODEL_DIR"])
-    review(app, FORGOT, ANSWER)
+    add_reviewed(app, FORGOT, ANSWER)
     sock = connect(app)
     near = reply(sock, IN_OTHER_WORDS)
     assert (near["answer"], near["route"]) == (ANSWER, ROUTE_MEMORY)
@@ -95,7 +85,7 @@ def test_below_the_threshold_a_near_correction_beats_i_do_not_know(make_app):
 def test_one_embedding_and_one_model_call_per_message(app):
     """The question is embedded once, on the one model-thread call that
     weighs the training and the reviewed questions together."""
-    review(app, FORGOT, ANSWER)
+    add_reviewed(app, FORGOT, ANSWER)
     sock = connect(app)
     reply(sock, "안녕")  # the model and the index are loaded, the encoder warm
     responder = app.extensions["chatbot.responder"]
@@ -124,11 +114,11 @@ def test_a_rebuild_embeds_only_the_new_reviewed_questions(app, monkeypatch):
 
     monkeypatch.setattr(meaning.Encoder, "embed_uncached", recording)
     sock = connect(app)
-    review(app, FORGOT, ANSWER)
+    add_reviewed(app, FORGOT, ANSWER)
     assert reply(sock, IN_OTHER_WORDS)["answer"] == ANSWER
     assert embedded == [[meaning.normalise(FORGOT)]]
-    review(app, "택배 언제 와요?", "보통 이틀 걸려요.")
-    review(app, "배고파", "라면 어때요?")  # a training question: in the trainer's cache
+    add_reviewed(app, "택배 언제 와요?", "보통 이틀 걸려요.")
+    add_reviewed(app, "배고파", "라면 어때요?")  # a training question: in the trainer's cache
     assert reply(sock, "배송은 얼마나 걸려요?")["route"] is not None
     assert embedded == [[meaning.normalise(FORGOT)], ["택배 언제 와요?"]]
     built = app.extensions["chatbot.responder"].corrections.current(by_meaning=True)
@@ -140,8 +130,8 @@ def test_only_the_newest_reviewed_questions_get_a_vector(make_app):
     time); an older correction still answers its own question exactly."""
     app = make_app(CORRECTION_REFRESH_SECONDS=3600, CORRECTION_MEANING_LIMIT=1)
     tiny_model(app.config["MODEL_DIR"])
-    review(app, FORGOT, ANSWER)
-    review(app, "택배 언제 와요?", "보통 이틀 걸려요.")
+    add_reviewed(app, FORGOT, ANSWER)
+    add_reviewed(app, "택배 언제 와요?", "보통 이틀 걸려요.")
     sock = connect(app)
     assert reply(sock, IN_OTHER_WORDS)["answer"] != ANSWER  # FORGOT has no vector now
     assert reply(sock, FORGOT)["answer"] == ANSWER
@@ -160,7 +150,7 @@ def test_with_a_broken_encoder_the_corrections_are_built_once(make_app, tmp_path
     app = make_app(CORRECTION_REFRESH_SECONDS=3600, MEANING_MODEL_FILE=str(broken))
     shutil.copytree(tiny_model(tmp_path / "trained"), tmp_path / "models" / "20260101-000000")
     (tmp_path / "models" / "current").symlink_to("20260101-000000")
-    review(app, FORGOT, ANSWER)
+    add_reviewed(app, FORGOT, ANSWER)
     corrections = app.extensions["chatbot.responder"].corrections
     builds = []
     load = corrections._load
