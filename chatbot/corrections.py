@@ -169,7 +169,7 @@ class Corrections:
                  meaning_limit=Config.CORRECTION_MEANING_LIMIT, models_root=None):
         self._run = run
         self.min_similarity = min_similarity
-        self.unsure_similarity = min(unsure_similarity, min_similarity)
+        self.unsure_similarity = unsure_similarity  # capped at min_similarity by _Built
         self.meaning_similarity = meaning_similarity
         self.meaning_limit = meaning_limit
         self.models_root = models_root
