@@ -268,7 +268,7 @@ def init_app(app):
     if not app.testing:  # one thread per server process, from its first chat on
         app.extensions["chatbot.model_watch"] = ModelWatcher(
             app, app.extensions["chatbot.responder"], app.config["MODEL_WATCH_SECONDS"])
-    if gevent_patched():  # the server: load the model now, so that the first chat need not wait
-        socketio.start_background_task(app.extensions["chatbot.responder"].model)
+    if gevent_patched():  # the server: load what answers now, so that the first chat need not wait
+        socketio.start_background_task(app.extensions["chatbot.responder"].warm_up, app)
     guard.harden(socketio)
     app.wsgi_app = guard.SocketIOShield(app.wsgi_app, socketio.server.eio.max_http_buffer_size)

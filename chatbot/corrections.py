@@ -22,7 +22,16 @@ never hold up the event loop) when
 A change of this process's own (or no index yet) is rebuilt before the
 lookup that finds it due; another process's, in the background, while the
 chats answer from the index there is.
+
+Meaning vectors, when the model in use matches by meaning: a build embeds
+at most EMBED_AT_ONCE new reviewed questions itself (the newest), about a
+second of a model thread.  An import of thousands of pairs would otherwise
+hold the next chat for minutes on a small VM.  The rest are embedded in the
+background, EMBED_AT_ONCE per model-thread step so that chats come between
+them, then built in; until then they answer their own question exactly and
+are matched by nothing else.
 """
+import logging
 import itertools
 import threading
 import time
@@ -36,9 +45,12 @@ from .config import Config
 from .database import REVIEWED, Exchange, ReviewAudit, stored_key
 from .extensions import db
 
+log = logging.getLogger(__name__)
+
 # A change to any of these on an Exchange can change what the index holds.
 _INDEXED_FIELDS = ("status", "question_key", "answer", "corrected_answer", "reviewed_at")
 _CHANGED = "chatbot.corrections.changed"  # a session.info flag, set by a flush, read at commit
+EMBED_AT_ONCE = 32  # questions embedded in one model-thread step (the module docstring)
 
 
 def signature(connection):
@@ -72,7 +84,10 @@ def has_word(key: str) -> bool:
 class _Built:
     """One build: the newest answer per question key, their TF-IDF index,
     and (``vectors``) the meaning vectors of the newest ``meaning_limit``
-    keys' questions, when the model in use matches by meaning."""
+    keys' questions, when the model in use matches by meaning.
+
+    ``vectors_for(questions)`` gives the vectors it has, by normalised
+    question; a question without one is left out of ``meaning_rows``."""
 
     def __init__(self, rows, min_similarity=Config.CORRECTION_MIN_SIMILARITY,
                  unsure_similarity=Config.CORRECTION_UNSURE_SIMILARITY,
@@ -104,11 +119,15 @@ class _Built:
 
             self.index = AnswerIndex([key.split() for key in keys], [self.by_key[k] for k in keys])
             if vectors_for is not None:
+                import numpy as np
+
                 worded = [r for r, key in enumerate(keys) if has_word(key)]
-                self.meaning_rows = worded[max(0, len(worded) - meaning_limit):]
-                questions = [meaning.normalise(newest[keys[r]][0]) for r in self.meaning_rows]
-                self.vectors = vectors_for(questions)
-                self.known_vectors = dict(zip(questions, self.vectors))
+                wanted = {r: meaning.normalise(newest[keys[r]][0]) for r in worded[max(0, len(worded) - meaning_limit):]}
+                self.known_vectors = vectors_for(list(wanted.values()))
+                self.meaning_rows = [r for r, question in wanted.items() if question in self.known_vectors]
+                self.vectors = np.zeros((len(self.meaning_rows), meaning.DIM), dtype=np.float32)
+                for i, r in enumerate(self.meaning_rows):
+                    self.vectors[i] = self.known_vectors[wanted[r]]
 
     @property
     def by_meaning(self) -> bool:
@@ -179,6 +198,8 @@ class Corrections:
         self._checked = float("-inf")  # time.monotonic() of the last signature check
         self._changed = True  # nothing built yet
         self._by_meaning = False  # what the last current() asked for
+        self._unembedded = []  # questions the last build wanted a vector for and had none, oldest first
+        self._embedded = {}  # their vectors, embedded since, for the next build
         self._lock = threading.Lock()
 
     def changed(self):
@@ -221,7 +242,8 @@ class Corrections:
                       self.meaning_limit)
 
     def _due(self):
-        return self._changed or time.monotonic() - self._checked >= self.refresh_seconds
+        return (self._changed or bool(self._unembedded)
+                or time.monotonic() - self._checked >= self.refresh_seconds)
 
     def _current(self):
         wait = self._changed or self._signature is None
@@ -242,6 +264,10 @@ class Corrections:
             self._lock.release()
 
     def _refresh(self, app):
+        if self._unembedded and not self._changed:  # in the background (_current)
+            if self._by_meaning:
+                self._embed_unembedded()
+            self._changed = True  # build them in (or, now by words, build without them)
         forced = self._changed
         self._changed = False  # a change committed from here on is seen by the next refresh
         try:
@@ -264,24 +290,41 @@ class Corrections:
                 rows = reviewed_rows(connection) if forced or current != known else None
         if rows is None:
             return current, None
+        if not by_meaning:
+            self._unembedded = []
         return current, self._build(rows, self._vectors_for if by_meaning else None)
 
-    def _vectors_for(self, questions):
-        """Meaning vectors of (normalised) ``questions``: the last build's,
-        then the trainer's cache file's, then the encoder's for the rest."""
-        import numpy as np
+    def _embed_unembedded(self):
+        """Embed the questions the last build had no vector for, newest
+        first, EMBED_AT_ONCE per model-thread step; stop early when a change
+        of this process's own waits to be built (a chat waits for that)."""
+        todo = self._unembedded[::-1]
+        for start in range(0, len(todo), EMBED_AT_ONCE):
+            if self._changed:
+                return
+            chunk = todo[start:start + EMBED_AT_ONCE]
+            try:
+                vectors = self._run(meaning.encoder().embed_uncached, chunk)
+            except Exception as exc:  # the build below says it again, and words answer meanwhile
+                log.warning("could not embed reviewed questions: %s", exc)
+                return
+            self._embedded.update(zip(chunk, vectors))
 
-        known = self._built.known_vectors
+    def _vectors_for(self, questions):
+        """Meaning vectors of (normalised) ``questions``, by question: the
+        last build's and those embedded since, then the trainer's cache
+        file's, then the encoder's for the newest EMBED_AT_ONCE of the rest
+        (the others wait for ``_embed_unembedded``)."""
+        known = self._built.known_vectors | self._embedded
         missing = [q for q in questions if q not in known]
         if missing and self.models_root is not None:
-            known = dict(known) | _cached(meaning.cache_file(self.models_root, meaning.encoder().name), set(missing))
+            known |= _cached(meaning.cache_file(self.models_root, meaning.encoder().name), set(missing))
             missing = [q for q in questions if q not in known]
-        if missing:
-            fresh = meaning.encoder().embed_uncached(missing)
-            known = dict(known) | dict(zip(missing, fresh))
-        if not questions:
-            return np.zeros((0, meaning.DIM), dtype=np.float32)
-        return np.stack([known[q] for q in questions]).astype(np.float32)
+        now = missing[-EMBED_AT_ONCE:]
+        if now:
+            known |= zip(now, meaning.encoder().embed_uncached(now))
+        self._unembedded, self._embedded = missing[:len(missing) - len(now)], {}
+        return {q: known[q].astype("float32", copy=False) for q in questions if q in known}
 
 
 def _encoder_loaded() -> bool:

@@ -104,6 +104,18 @@ class Responder:
             self._bot, self._target, self._failed_target = bot, target, None
             return bot
 
+    def warm_up(self, app):
+        """Load the model, its sentence encoder and the reviewed answers now,
+        when the server starts, not on the first chat, which would wait for
+        them: seconds, and tens beside a retrain on a small VM."""
+        try:
+            bot = self.model()
+            with app.app_context():
+                self.corrections.current(by_meaning=bot is not None and bot.meanings is not None)
+                db.session.remove()
+        except Exception:  # the first chat tries again, and says what fails
+            log.exception("could not load the model and the reviewed answers before the first chat")
+
     def _load(self, path):
         from .bot import Chatbot
 

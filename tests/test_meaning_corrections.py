@@ -1,6 +1,8 @@
 """Reviewers' corrections by meaning (issue 25, item 3): training and
 reviewed questions in one index, scored alike, with the real encoder
 (chatbot/meaning.py), through the chat as a user meets them."""
+import time
+
 import pytest
 
 from chatbot import meaning, morph
@@ -161,3 +163,55 @@ def test_with_a_broken_encoder_the_corrections_are_built_once(make_app, tmp_path
     assert reply(sock, FORGOT)["answer"] == ANSWER
     assert not meaning.encoder().status()["loaded"]
     assert builds == [False]
+
+
+def test_a_large_import_is_embedded_a_few_questions_at_a_time(app, monkeypatch):
+    """A chat waits for at most EMBED_AT_ONCE embeddings (the newest
+    reviewed questions); the rest are embedded in the background, a few per
+    model-thread step, and then match by meaning too."""
+    from chatbot import corrections as corrections_module
+
+    monkeypatch.setattr(corrections_module, "EMBED_AT_ONCE", 3)
+    embedded = []
+    original = meaning.Encoder.embed_uncached
+    monkeypatch.setattr(meaning.Encoder, "embed_uncached",
+                        lambda self, texts, batch=64: embedded.append(list(texts)) or original(self, texts, batch))
+    add_reviewed(app, FORGOT, ANSWER)  # the oldest: embedded last
+    newer = [f"{n}번 주문은 언제 도착해요?" for n in range(1, 9)]
+    for question in newer:
+        add_reviewed(app, question, "곧 도착해요.")
+    sock = connect(app)
+    first = reply(sock, IN_OTHER_WORDS)
+    assert first["answer"] != ANSWER  # not embedded yet
+    assert embedded == [newer[-3:]]
+    assert reply(sock, FORGOT)["answer"] == ANSWER  # its own question, exactly, meanwhile
+    corrections = app.extensions["chatbot.responder"].corrections
+    with app.app_context():
+        for _ in range(200):
+            if len(corrections.current(by_meaning=True).meaning_rows) == 9:
+                break
+            time.sleep(0.05)
+    assert sorted(q for chunk in embedded for q in chunk) == sorted(newer + [FORGOT])
+    assert [len(chunk) for chunk in embedded] == [3, 3, 3]
+    assert embedded[-1][-1] == FORGOT
+    got = reply(sock, IN_OTHER_WORDS)
+    assert (got["answer"], got["route"]) == (ANSWER, ROUTE_MEMORY)
+
+
+def test_the_server_loads_what_answers_before_the_first_chat(app):
+    """Responder.warm_up (started with the server, chat.init_app): the
+    model, the encoder and the reviewed answers; the first chat then loads
+    nothing."""
+    add_reviewed(app, FORGOT, ANSWER)
+    responder = app.extensions["chatbot.responder"]
+    responder.warm_up(app)
+    assert responder._bot is not None and responder._bot.meanings is not None
+    assert meaning.encoder().status()["loaded"]
+    loads = []
+    for name in ("_load",):
+        for owner in (responder, responder.corrections):
+            original = getattr(owner, name)
+            setattr(owner, name, lambda *args, _o=original, _n=type(owner).__name__: loads.append(_n) or _o(*args))
+    got = reply(connect(app), IN_OTHER_WORDS)
+    assert (got["answer"], got["route"]) == (ANSWER, ROUTE_MEMORY)
+    assert loads == []
