@@ -99,7 +99,7 @@ def rss_mb() -> float | None:
         return None
 
 
-def _malloc_trim():
+def glibc_malloc_trim():
     """glibc's malloc_trim, or None (another C library)."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -131,7 +131,7 @@ class MemoryGuard:
         self.trim_after = trim_after
         self.rss = rss
         self.clock = clock
-        self.malloc_trim = _malloc_trim()
+        self.malloc_trim = glibc_malloc_trim()
         self.last_trim = float("-inf")
         self.peak = 0  # open connections at most, since the last trim was scheduled
         self.trim_scheduled = False

@@ -391,3 +391,32 @@ def test_the_heavy_pages_count_what_they_should(make_app, request, dialect):
     assert "새 날씨 질문" in found and "날씨 어때요" in found and "검토한 날씨" not in found
     with app.app_context():
         db.engine.dispose()
+
+
+def test_malloc_is_asked_to_give_memory_back_when_the_last_heavy_job_ends():
+    """Heavy.give: a trim on a pool thread once no heavy job runs, not while
+    another one still does (it would fill the pages again)."""
+    from chatbot.heavy import Heavy
+
+    class Pool:
+        def __init__(self):
+            self.spawned = []
+
+        def spawn(self, fn):
+            self.spawned.append(fn)
+
+    jobs = Heavy(total=2, per_reviewer=2)
+    trims = []
+    jobs.malloc_trim, jobs._pool = trims.append, Pool()
+    jobs.slots.take("kim")
+    jobs.slots.take("lee")
+    jobs.give("kim")
+    assert jobs._pool.spawned == []  # lee's job still runs
+    jobs.give("lee")
+    assert len(jobs._pool.spawned) == 1
+    jobs.slots.take("kim")  # a job started before the trim ran: no trim
+    jobs._pool.spawned.pop()()
+    assert trims == []
+    jobs.give("kim")
+    jobs._pool.spawned.pop()()
+    assert trims == [0] and jobs.trims == 1
