@@ -21,6 +21,7 @@ At most ``queue_max`` questions wait; past that ``answer`` raises Busy at
 once, so a flood turns into quick `busy` answers instead of a pile of waiting
 chats.
 """
+import os
 import queue
 import threading
 import time
@@ -44,6 +45,37 @@ def _model_runner(workers: int):
     return lambda fn, *args: fn(*args)
 
 
+def lower_priority():
+    """This OS thread to the lowest CPU priority (nice 19, Linux: per
+    thread), for good: taking it back up needs privileges."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):  # not Linux, or not allowed: it runs at the usual priority
+        pass
+
+
+def _background_runner():
+    """``run(fn, *args)`` on one OS thread of the lowest CPU priority, waited
+    for without blocking the event loop (gevent); without gevent, on the
+    caller's thread, lowered (callers are threads of their own)."""
+    if gevent_patched():
+        from gevent.threadpool import ThreadPool
+
+        pool = ThreadPool(1)
+
+        def lowered(fn, *args):
+            lower_priority()
+            return fn(*args)
+
+        return lambda fn, *args: pool.apply(lowered, (fn, *args))
+
+    def lowered_here(fn, *args):
+        lower_priority()
+        return fn(*args)
+
+    return lowered_here
+
+
 class ReplyBatcher:
     """Answer ``bot``'s questions in batches; see the module docstring.
 
@@ -62,6 +94,7 @@ class ReplyBatcher:
         self._started = False
         self._start_lock = threading.Lock()
         self._run = None
+        self._background = None
 
     def waiting(self) -> int:
         """Questions not yet taken by a dispatcher."""
@@ -84,6 +117,15 @@ class ReplyBatcher:
         """Call ``fn`` on a model thread (see _model_runner)."""
         self._start()
         return self._run(fn, *args)
+
+    def run_in_background(self, fn, *args):
+        """Call ``fn`` on a thread of the lowest CPU priority: work that no
+        chat waits for (a bulk import's reviewed questions to embed) gets
+        the CPU the chats and the admin pages leave."""
+        with self._start_lock:
+            if self._background is None:
+                self._background = _background_runner()
+        return self._background(fn, *args)
 
     def _start(self):
         if self._started:

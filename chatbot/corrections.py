@@ -27,9 +27,9 @@ Meaning vectors, when the model in use matches by meaning: a build embeds
 at most EMBED_AT_ONCE new reviewed questions itself (the newest), about a
 second of a model thread.  An import of thousands of pairs would otherwise
 hold the next chat for minutes on a small VM.  The rest are embedded in the
-background, EMBED_AT_ONCE per model-thread step so that chats come between
-them, then built in; until then they answer their own question exactly and
-are matched by nothing else.
+background, EMBED_AT_ONCE at a time on a thread of the lowest CPU priority
+(chats and admin pages first), then built in; until then they answer their
+own question exactly and are matched by nothing else.
 """
 import logging
 import itertools
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 # A change to any of these on an Exchange can change what the index holds.
 _INDEXED_FIELDS = ("status", "question_key", "answer", "corrected_answer", "reviewed_at")
 _CHANGED = "chatbot.corrections.changed"  # a session.info flag, set by a flush, read at commit
-EMBED_AT_ONCE = 32  # questions embedded in one model-thread step (the module docstring)
+EMBED_AT_ONCE = 32  # questions embedded in one step (the module docstring)
 
 
 def signature(connection):
@@ -176,6 +176,8 @@ class Corrections:
 
     ``run(fn, *args)`` calls fn on a model thread (ReplyBatcher.run): building
     and searching the index is CPU work that must not hold up the gevent hub.
+    ``run_in_background`` (ReplyBatcher.run_in_background): the same on a
+    thread of the lowest CPU priority, for the embedding no chat waits for.
     In ``models_root`` is the trainer's file of question vectors
     (meaning.cache_file): a reviewed question a retrain embedded is not
     embedded again.
@@ -185,8 +187,9 @@ class Corrections:
                  refresh_seconds=Config.CORRECTION_REFRESH_SECONDS,
                  unsure_similarity=Config.CORRECTION_UNSURE_SIMILARITY,
                  meaning_similarity=Config.CORRECTION_MEANING_SIMILARITY,
-                 meaning_limit=Config.CORRECTION_MEANING_LIMIT, models_root=None):
+                 meaning_limit=Config.CORRECTION_MEANING_LIMIT, models_root=None, run_in_background=None):
         self._run = run
+        self._run_in_background = run_in_background or run
         self.min_similarity = min_similarity
         self.unsure_similarity = unsure_similarity  # capped at min_similarity by _Built
         self.meaning_similarity = meaning_similarity
@@ -304,7 +307,7 @@ class Corrections:
                 return
             chunk = todo[start:start + EMBED_AT_ONCE]
             try:
-                vectors = self._run(meaning.encoder().embed_uncached, chunk)
+                vectors = self._run_in_background(meaning.encoder().embed_uncached, chunk)
             except Exception as exc:  # the build below says it again, and words answer meanwhile
                 log.warning("could not embed reviewed questions: %s", exc)
                 return

@@ -61,7 +61,8 @@ class Responder:
         self._batcher = ReplyBatcher(workers, batch_max, window_ms, queue_max)
         self.corrections = Corrections(
             self._batcher.run, correction_min_similarity, correction_refresh_seconds, correction_unsure_similarity,
-            correction_meaning_similarity, correction_meaning_limit, self.models_root)
+            correction_meaning_similarity, correction_meaning_limit, self.models_root,
+            self._batcher.run_in_background)
         self._lock = threading.Lock()
         self._bot = None
         self._target = None  # the link target the loaded model came from

@@ -1,6 +1,7 @@
 """The reply batcher: one model call for questions that arrive together."""
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +154,20 @@ def test_a_full_queue_answers_busy_at_once():
     assert results[:3] == ["busy"] * 3  # answered before any reply: they did not wait for the model
     assert sorted(results[3:]) == ["re: 0", "re: 1", "re: 2"]
     assert batcher.waiting() == 0
+
+
+def test_background_work_runs_at_the_lowest_cpu_priority_and_chats_do_not():
+    """In a gevent process, as the server's worker: run_in_background's
+    thread is at nice 19 (a bulk import's embedding takes the CPU the chats
+    and admin pages leave); the model threads and the event loop stay at 0."""
+    import subprocess
+    import sys
+
+    code = ("from gevent import monkey; monkey.patch_all()\n"
+            "import os, threading\nfrom chatbot.batching import ReplyBatcher\n"
+            "b = ReplyBatcher()\nnice = lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())\n"
+            "print(b.run_in_background(nice), b.run(nice), nice(), b.run_in_background(nice))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=str(Path(__file__).resolve().parents[1]))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["19", "0", "0", "19"]
