@@ -258,6 +258,9 @@ def test_the_trainer_embeds_in_a_child_process(tmp_path, monkeypatch, capsys):
     assert new == 2 and vectors.shape == (3, meaning.DIM) and vectors.dtype == np.float32
     assert np.allclose(vectors, meaning.Encoder(cache_size=0).embed_uncached(["배고파", "안녕", "배고파"]), atol=1e-5)
     assert meaning.vectors_in_child(["안녕"], cache)[1] == 0
+    # The trainer's child takes every core: the same vectors on two threads.
+    two, _ = meaning.vectors_in_child(["배고파", "안녕"], tmp_path / "two.npz", threads=2)
+    assert np.allclose(two, vectors[:2], atol=1e-5)
     assert (len(meaning._encoder._cache) if meaning._encoder else 0) == before  # nothing embedded here
     broken = tmp_path / "broken.bin"
     broken.write_bytes(b"E5S1" + os.urandom(1000))
