@@ -31,8 +31,8 @@ background, EMBED_AT_ONCE at a time on a thread of the lowest CPU priority
 (chats and admin pages first), then built in; until then they answer their
 own question exactly and are matched by nothing else.
 """
-import logging
 import itertools
+import logging
 import threading
 import time
 
@@ -122,7 +122,8 @@ class _Built:
                 import numpy as np
 
                 worded = [r for r, key in enumerate(keys) if has_word(key)]
-                wanted = {r: meaning.normalise(newest[keys[r]][0]) for r in worded[max(0, len(worded) - meaning_limit):]}
+                newest_worded = worded[max(0, len(worded) - meaning_limit):]
+                wanted = {r: meaning.normalise(newest[keys[r]][0]) for r in newest_worded}
                 self.known_vectors = vectors_for(list(wanted.values()))
                 self.meaning_rows = [r for r, question in wanted.items() if question in self.known_vectors]
                 self.vectors = np.zeros((len(self.meaning_rows), meaning.DIM), dtype=np.float32)
@@ -253,21 +254,25 @@ class Corrections:
         if self._due() and self._lock.acquire(blocking=wait):
             app = current_app._get_current_object()
             if wait:
-                self._refresh_and_release(app)
+                self._refresh_and_release(app, False)
             else:
-                threading.Thread(target=self._refresh_and_release, args=(app,), daemon=True,
+                threading.Thread(target=self._refresh_and_release, args=(app, True), daemon=True,
                                  name="corrections-refresh").start()
         return self._built
 
-    def _refresh_and_release(self, app):
+    def _refresh_and_release(self, app, background):
         try:
             if self._due():
-                self._refresh(app)
+                self._refresh(app, background)
         finally:
             self._lock.release()
 
-    def _refresh(self, app):
-        if self._unembedded and not self._changed:  # in the background (_current)
+    def _refresh(self, app, background=False):
+        """``background``: no chat waits for this refresh, so it may embed
+        what the last build left unembedded (a chat that waited for the
+        lock while another refresh ran finds only that work left: not its
+        to do)."""
+        if background and self._unembedded and not self._changed:
             if self._by_meaning:
                 self._embed_unembedded()
             self._changed = True  # build them in (or, now by words, build without them)
@@ -299,8 +304,9 @@ class Corrections:
 
     def _embed_unembedded(self):
         """Embed the questions the last build had no vector for, newest
-        first, EMBED_AT_ONCE per model-thread step; stop early when a change
-        of this process's own waits to be built (a chat waits for that)."""
+        first, EMBED_AT_ONCE at a time on the background thread; stop early
+        when a change of this process's own waits to be built (a chat waits
+        for that)."""
         todo = self._unembedded[::-1]
         for start in range(0, len(todo), EMBED_AT_ONCE):
             if self._changed:

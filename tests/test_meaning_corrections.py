@@ -215,3 +215,40 @@ def test_the_server_loads_what_answers_before_the_first_chat(app):
     got = reply(connect(app), IN_OTHER_WORDS)
     assert (got["answer"], got["route"]) == (ANSWER, ROUTE_MEMORY)
     assert loads == []
+
+
+def test_a_chat_that_waited_for_the_first_build_does_not_embed_the_rest(app, monkeypatch):
+    """The server's warm-up builds the reviewed answers while the first chat
+    arrives: the chat waits for that build, then answers; the questions the
+    build left unembedded are the background's, not the chat's (it waited a
+    minute for 2,000 of them in bench-smallvm)."""
+    import threading
+
+    from chatbot import corrections as corrections_module
+
+    monkeypatch.setattr(corrections_module, "EMBED_AT_ONCE", 1)
+    callers = []
+    original = meaning.Encoder.embed_uncached
+
+    def slow(self, texts, batch=64):
+        callers.append(threading.current_thread())
+        time.sleep(0.3)
+        return original(self, texts, batch)
+
+    monkeypatch.setattr(meaning.Encoder, "embed_uncached", slow)
+    for n in range(1, 8):
+        add_reviewed(app, f"{n}번 주문은 언제 도착해요?", "곧 도착해요.")
+    responder = app.extensions["chatbot.responder"]
+    responder.model()  # loaded, as the warm-up does first
+    corrections = responder.corrections
+    warm_up = threading.Thread(target=responder.warm_up, args=(app,))
+    warm_up.start()
+    for _ in range(200):
+        if corrections._lock.locked():
+            break
+        time.sleep(0.005)
+    assert corrections._lock.locked()  # the warm-up is building
+    got = reply(connect(app), "7번 주문은 언제 도착해요?")
+    assert got["answer"] == "곧 도착해요."
+    assert threading.main_thread() not in callers
+    warm_up.join()
