@@ -58,22 +58,16 @@ def _background_runner():
     """``run(fn, *args)`` on one OS thread of the lowest CPU priority, waited
     for without blocking the event loop (gevent); without gevent, on the
     caller's thread, lowered (callers are threads of their own)."""
+    def lowered(fn, *args):
+        lower_priority()
+        return fn(*args)
+
     if gevent_patched():
         from gevent.threadpool import ThreadPool
 
         pool = ThreadPool(1)
-
-        def lowered(fn, *args):
-            lower_priority()
-            return fn(*args)
-
         return lambda fn, *args: pool.apply(lowered, (fn, *args))
-
-    def lowered_here(fn, *args):
-        lower_priority()
-        return fn(*args)
-
-    return lowered_here
+    return lowered
 
 
 class ReplyBatcher:
