@@ -107,6 +107,7 @@ class _Built:
                 newest[key] = (question, answer)
         self.by_key = {key: answer for key, (_, answer) in newest.items()}
         keys = list(newest)
+        self.questions = [newest[key][0] for key in keys]  # as asked, in ``index``'s order
         self.index = None
         self.vectors = None  # (len(meaning_rows), meaning.DIM), or None: words only
         self.meaning_rows = []  # the rows of ``index`` that have a vector
@@ -144,28 +145,34 @@ class _Built:
         similarity = float(similarities[best])
         return (self.index.answers[best], similarity) if similarity >= min_similarity else None
 
-    def nearest(self, keys, vectors=None, word_weight=0.0):
-        """For each question (its question_key, and its meaning vector if
-        this build has them) the nearest reviewed question's ``(answer,
-        score)``, or None.  By meaning the score is the bot's own
-        (bot.Chatbot.known_matches): ``word_weight`` x the TF-IDF cosine of
-        the keys + the rest x the meaning similarity, over the questions
-        with a vector.  Else the TF-IDF cosine.  A key without a word
-        (empty, or symbols only: ?!, 😀) matches nothing; its exact key
-        still does (Responder.answer)."""
-        out = [None] * len(keys)
+    def scores(self, keys, vectors=None, word_weight=0.0):
+        """``(todo, score, rows)``: the questions (their question_keys, and
+        meaning vectors if this build has them) that have a word, their
+        scores against the reviewed questions (len(todo), len(rows)), and
+        those questions' rows in ``index``; score None when there are none.
+        By meaning the score is the bot's own (bot.Chatbot.known_matches):
+        ``word_weight`` x the TF-IDF cosine of the keys + the rest x the
+        meaning similarity, over the questions with a vector.  Else the
+        TF-IDF cosine.  A key without a word (empty, or symbols only: ?!,
+        😀) matches nothing; its exact key still does (Responder.answer)."""
         todo = [i for i, key in enumerate(keys) if has_word(key)]
         if self.index is None or not todo:
-            return out
+            return todo, None, []
         words = self.index.similarities([keys[i].split() for i in todo])
         if vectors is not None and self.vectors is not None:
             if not self.meaning_rows:
-                return out
-            words = words[:, self.meaning_rows]
-            score = word_weight * words + (1 - word_weight) * meaning.similarity(vectors[todo], self.vectors)
-            rows = self.meaning_rows
-        else:
-            score, rows = words, range(words.shape[1])
+                return todo, None, []
+            near = meaning.similarity(vectors[todo], self.vectors)
+            return todo, word_weight * words[:, self.meaning_rows] + (1 - word_weight) * near, self.meaning_rows
+        return todo, words, range(words.shape[1])
+
+    def nearest(self, keys, vectors=None, word_weight=0.0):
+        """For each question the nearest reviewed question's ``(answer,
+        score)`` by ``scores``, or None."""
+        out = [None] * len(keys)
+        todo, score, rows = self.scores(keys, vectors, word_weight)
+        if score is None:
+            return out
         best = score.argmax(axis=1)
         for i, column, value in zip(todo, best.tolist(), score[range(len(todo)), best].tolist()):
             out[i] = (self.index.answers[rows[column]], min(1.0, max(0.0, value)))

@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import meaning, morph
+from . import meaning, morph, suggest
 from .batching import ReplyBatcher
 from .config import Config
 from .corrections import Corrections
@@ -121,6 +121,17 @@ class Responder:
         from .bot import Chatbot
 
         return Chatbot.load(path)
+
+    def suggestions(self, question: str, limit: int = suggest.SUGGESTIONS) -> list:
+        """The answers a reviewer correcting ``question`` may take
+        (suggest.nearest_answers), computed on a model thread like a chat's.
+
+        Raises batching.Busy when too many questions are already waiting for the model.
+        """
+        bot = self.model()
+        reviewed = self.corrections.current(by_meaning=bot is not None and bot.meanings is not None)
+        key = stored_key(morph.question_key(question))
+        return self._batcher.run(suggest.nearest_answers, bot, reviewed, question, key, limit)
 
     def answer(self, question: str, key: str | None = None) -> Answer:
         """Answer ``question``; ``key`` is its morph.question_key if known.

@@ -25,7 +25,7 @@ from wtforms import TextAreaField
 from wtforms.validators import Length, Optional
 
 from . import (analytics_admin, api_keys_admin, auth, export_admin, heavy, kakao_admin, meaning, queue_admin, security,
-               versions_admin)
+               suggest, versions_admin)
 from .admin_base import ReviewerOnly, ReviewSecureForm, local_swatch, row_ids
 from .database import (AUDIT_ACTIONS, CHANNEL_LABELS, FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED,
                        ROUTE_LABELS, ROUTE_UNSURE, STATUS_LABELS, UNREVIEWED,
@@ -152,6 +152,24 @@ def _format_time(view, context, model, name):
     return value.strftime("%Y-%m-%d %H:%M") if value else ""
 
 
+def suggestions_for(question: str) -> list:
+    """The answers suggested to a reviewer correcting ``question``; none
+    when the model threads are full or the model fails (logged): the
+    reviewer can always write their own."""
+    from .batching import Busy
+
+    responder = current_app.extensions.get("chatbot.responder")
+    if responder is None:
+        return []
+    try:
+        return responder.suggestions(question)
+    except Busy:
+        return []
+    except Exception:
+        log.exception("no suggested answers for an exchange's edit page")
+        return []
+
+
 class ExchangeView(ReviewerOnly, ModelView):
     """The list of chat exchanges, for reviewers to correct and mark.
 
@@ -251,6 +269,14 @@ class ExchangeView(ReviewerOnly, ModelView):
     @heavy.page
     def index_view(self):
         return super().index_view()
+
+    @expose("/edit/", methods=("GET", "POST"))
+    def edit_view(self):
+        """Flask-Admin's edit page, with the answers the reviewer may take
+        (suggest.py), computed only when the page is shown."""
+        self._template_args["suggestions"] = suggestions_for
+        self._template_args["suggestion_sources"] = suggest.SOURCE_LABELS
+        return super().edit_view()
 
     def search_placeholder(self):
         return f"{super().search_placeholder()} (최근 {current_app.config['ADMIN_SEARCH_ROWS']:,}건에서)"

@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from helpers import PAIRS, PASSWORD, admin_login, assert_clean, shot
-from live_server import LiveServer, prepare
+from live_server import ROOT, LiveServer, prepare
 
 pytestmark = pytest.mark.browser
 
@@ -78,4 +78,43 @@ def test_review_queue_by_keyboard(live, context):
         assert {(r.status, r.corrected_answer, r.reviewer) for r in rows} == {(REVIEWED, "영화 보러 가요.", "kim")}
         db.engine.dispose()
     shot(page, "admin-queue-after")
+    assert_clean(page)
+
+
+@pytest.mark.parametrize("kind", ["desktop", "mobile"])
+def test_a_suggested_answer_is_taken_with_one_click(live, context, kind):
+    """The edit page of an exchange offers the answers of the nearest
+    questions (chatbot/suggest.py); a click on one puts it in the correction
+    box under the CSP (review.js), and saving stores it.  Screenshots:
+    docs/suggestions-desktop.png (1280x800), docs/suggestions-360x640.png."""
+    from chatbot import morph
+    from chatbot.database import REVIEWED, Exchange
+    from chatbot.extensions import db
+
+    # helpers.PAIRS: 배고파 -> 맛있는 거 드세요.  One question per kind: the
+    # first one's saved correction is a suggestion for the second.
+    question = {"desktop": "배가 너무 고파요", "mobile": "배고파 죽겠어요"}[kind]
+    with live.app.app_context():
+        row = Exchange(question=question, question_key=morph.question_key(question), answer="몰라요")
+        db.session.add(row)
+        db.session.commit()
+        row_id = row.id
+        db.engine.dispose()
+    page = admin_login(context(kind), live, f"/admin/exchange/edit/?id={row_id}")
+    page.wait_for_load_state("load")
+    buttons = page.locator("[data-suggestion]")
+    assert buttons.count() == 3
+    assert "맛있는 거 드세요." in [buttons.nth(i).get_attribute("data-suggestion") for i in range(3)]
+    page.locator('[data-suggestion="맛있는 거 드세요."]').click()
+    assert page.input_value("#corrected_answer") == "맛있는 거 드세요."
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(ROOT / "docs" / f"suggestions-{'desktop' if kind == 'desktop' else '360x640'}.png"),
+                    full_page=kind == "desktop")
+    page.select_option("#status", REVIEWED, force=True)  # hidden behind select2
+    page.locator("form.admin-form input[type=submit], form.admin-form button[type=submit]").first.click()
+    page.wait_for_selector(".alert-success")
+    with live.app.app_context():
+        saved = db.session.get(Exchange, row_id)
+        assert (saved.corrected_answer, saved.status, saved.reviewer) == ("맛있는 거 드세요.", REVIEWED, "kim")
+        db.engine.dispose()
     assert_clean(page)

@@ -104,3 +104,18 @@
     }
   });
 })();
+
+/* An exchange's edit page (templates/admin/exchange_edit.html): "이 답변 쓰기"
+ * puts the suggested answer in the correction box; the reviewer can still
+ * change it, and nothing is saved until they save the form. */
+(function () {
+  "use strict";
+
+  document.addEventListener("click", function (event) {
+    var button = event.target && event.target.closest && event.target.closest("[data-suggestion]");
+    var box = document.getElementById("corrected_answer");
+    if (!button || !box) return;
+    box.value = button.getAttribute("data-suggestion");
+    box.focus();
+  });
+})();

@@ -1,0 +1,93 @@
+"""Suggested answers on an exchange's edit page (issue 26, item 2): the
+answers of the questions nearest by meaning, training pairs and reviewed
+answers alike, with the real encoder and a tiny real model."""
+import pytest
+
+from chatbot import batching, suggest
+from chatbot.database import REVIEWED
+from helpers import add_exchange, add_reviewed, get_row, tiny_model, token_in
+
+FORGOT = "비밀번호를 잊어버렸어요"
+IN_OTHER_WORDS = "암호가 기억나지 않아요"  # no content word in common with FORGOT
+ANSWER = "설정에서 비밀번호를 다시 만들 수 있어요."
+
+
+@pytest.fixture
+def app(make_app):
+    app = make_app(CORRECTION_REFRESH_SECONDS=3600)
+    tiny_model(app.config["MODEL_DIR"])
+    return app
+
+
+def suggestions(app, question):
+    with app.test_request_context():
+        return app.extensions["chatbot.responder"].suggestions(question)
+
+
+def test_a_paraphrase_of_a_reviewed_question_is_offered_its_answer_first(app):
+    add_reviewed(app, FORGOT, ANSWER)
+    found = suggestions(app, IN_OTHER_WORDS)
+    assert found[0].answer == ANSWER and found[0].source == suggest.SOURCE_REVIEWED
+    assert found[0].question == FORGOT
+    assert len(found) == suggest.SUGGESTIONS
+    assert len({s.answer for s in found}) == len(found)  # distinct answers
+    assert [s.similarity for s in found] == sorted((s.similarity for s in found), reverse=True)
+    assert 0 < found[-1].similarity <= found[0].similarity <= 1
+
+
+def test_a_paraphrase_of_a_training_question_is_offered_its_answer(app):
+    """helpers.TINY_PAIRS: 배고파 -> 맛있는 거 드세요."""
+    for question in ("너무 배고프다", "배가 너무 고파요"):
+        found = suggestions(app, question)
+        assert "맛있는 거 드세요." in [s.answer for s in found], (question, found)
+        assert all(s.source == suggest.SOURCE_TRAINING for s in found)  # nothing reviewed yet
+
+
+def test_the_suggestions_follow_meaning_not_the_first_rows(app):
+    """Two unrelated questions get different first suggestions, each its own."""
+    assert suggestions(app, "안녕하세요 반갑습니다")[0].answer == "안녕하세요! 반가워요."
+    assert suggestions(app, "오늘 날씨 좀 알려줘")[0].answer == "맑고 따뜻해요."
+
+
+def test_the_edit_page_shows_them_escaped_and_a_click_target_for_each(app, logged_in):
+    add_reviewed(app, FORGOT, "<b>설정</b>에서 바꾸세요")
+    row_id = add_exchange(app, IN_OTHER_WORDS, answer="틀린 답")
+    html = logged_in.get(f"/admin/exchange/edit/?id={row_id}").get_data(as_text=True)
+    assert "추천 답변" in html
+    assert html.count("data-suggestion=") == suggest.SUGGESTIONS
+    assert 'data-suggestion="&lt;b&gt;설정&lt;/b&gt;에서 바꾸세요"' in html and "<b>설정</b>" not in html
+    assert "검토된 답변" in html and "학습 데이터" in html
+
+
+def test_taking_a_suggestion_is_saved_like_any_correction(app, logged_in):
+    """The click only fills the box (review.js); what is saved is the form,
+    with its CSRF token, as before."""
+    add_reviewed(app, FORGOT, ANSWER)
+    row_id = add_exchange(app, IN_OTHER_WORDS, answer="틀린 답")
+    html = logged_in.get(f"/admin/exchange/edit/?id={row_id}").get_data(as_text=True)
+    assert f'data-suggestion="{ANSWER}"' in html
+    response = logged_in.post(f"/admin/exchange/edit/?id={row_id}", data={
+        "csrf_token": token_in(html), "corrected_answer": ANSWER, "status": REVIEWED})
+    assert response.status_code == 302
+    assert (get_row(app, row_id).corrected_answer, get_row(app, row_id).status) == (ANSWER, REVIEWED)
+
+
+def test_with_the_model_threads_full_the_page_still_opens(app, logged_in, monkeypatch):
+    row_id = add_exchange(app, IN_OTHER_WORDS, answer="틀린 답")
+    responder = app.extensions["chatbot.responder"]
+
+    def busy(question, limit=suggest.SUGGESTIONS):
+        raise batching.Busy()
+
+    monkeypatch.setattr(responder, "suggestions", busy)
+    page = logged_in.get(f"/admin/exchange/edit/?id={row_id}")
+    assert page.status_code == 200 and "추천 답변" not in page.get_data(as_text=True)
+    assert 'name="corrected_answer"' in page.get_data(as_text=True)
+
+
+def test_without_a_model_the_reviewed_answers_are_suggested_by_words(make_app):
+    app = make_app(CORRECTION_REFRESH_SECONDS=3600)
+    add_reviewed(app, "춘천 가는 길", "경춘선을 타세요.")
+    found = suggestions(app, "춘천까지 가는 길 알려줘")
+    assert [(s.answer, s.source) for s in found] == [("경춘선을 타세요.", suggest.SOURCE_REVIEWED)]
+    assert suggestions(app, "양자역학") == []
