@@ -234,6 +234,10 @@ class Config:
     # once); older ones then answer only their own question (its key).
     CORRECTION_MEANING_SIMILARITY = env_float("CORRECTION_MEANING_SIMILARITY", 0.5)
     CORRECTION_MEANING_LIMIT = env_int("CORRECTION_MEANING_LIMIT", 2000)
+    # Questions' meaning vectors kept in the database (chatbot/meaning_store.py,
+    # about 0.9 kB a row), so that a restart embeds nothing again; past this
+    # many rows the oldest go.
+    MEANING_STORE_ROWS = env_int("MEANING_STORE_ROWS", 20_000)
     # KakaoTalk (chatbot/kakao.py).  The skill's URL secret: unset, an HMAC of
     # SECRET_KEY (so it changes with it); set it to keep a URL across a new
     # SECRET_KEY (URL-safe characters, at least 20).  Kakao waits 5 s for a

@@ -40,7 +40,7 @@ import sqlalchemy as sa
 from flask import current_app, has_app_context
 from sqlalchemy import event
 
-from . import meaning, morph
+from . import meaning, meaning_store, morph
 from .config import Config
 from .database import REVIEWED, Exchange, ReviewAudit, stored_key
 from .extensions import db
@@ -303,11 +303,11 @@ class Corrections:
             with db.engine.connect() as connection:
                 current = signature(connection)
                 rows = reviewed_rows(connection) if forced or current != known else None
-        if rows is None:
-            return current, None
-        if not by_meaning:
-            self._unembedded = []
-        return current, self._build(rows, self._vectors_for if by_meaning else None)
+            if rows is None:
+                return current, None
+            if not by_meaning:
+                self._unembedded = []
+            return current, self._build(rows, self._vectors_for if by_meaning else None)
 
     def _embed_unembedded(self):
         """Embed the questions the last build had no vector for, newest
@@ -329,18 +329,45 @@ class Corrections:
     def _vectors_for(self, questions):
         """Meaning vectors of (normalised) ``questions``, by question: the
         last build's and those embedded since, then the trainer's cache
-        file's, then the encoder's for the newest EMBED_AT_ONCE of the rest
-        (the others wait for ``_embed_unembedded``)."""
+        file's, then the database's (meaning_store), then the encoder's for
+        the newest EMBED_AT_ONCE of the rest (the others wait for
+        ``_embed_unembedded``).  What the encoder gave goes to the database."""
         known = self._built.known_vectors | self._embedded
+        fresh = dict(self._embedded)
         missing = [q for q in questions if q not in known]
         if missing and self.models_root is not None:
             known |= _cached(meaning.cache_file(self.models_root, meaning.encoder().name), set(missing))
             missing = [q for q in questions if q not in known]
+        if missing:
+            known |= self._stored(missing)
+            missing = [q for q in questions if q not in known]
         now = missing[-EMBED_AT_ONCE:]
         if now:
-            known |= zip(now, meaning.encoder().embed_uncached(now))
+            fresh |= zip(now, meaning.encoder().embed_uncached(now))
+            known |= fresh
         self._unembedded, self._embedded = missing[:len(missing) - len(now)], {}
+        self._store(fresh)
         return {q: known[q].astype("float32", copy=False) for q in questions if q in known}
+
+    def _stored(self, questions) -> dict:
+        """meaning_store.load, or nothing when the database cannot say (logged)."""
+        try:
+            with db.engine.connect() as connection:
+                return meaning_store.load(connection, meaning.encoder().name, questions)
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("could not read stored meaning vectors: %s", exc)
+            return {}
+
+    def _store(self, vectors):
+        """meaning_store.save; a failure costs only embedding them again later (logged)."""
+        if not vectors:
+            return
+        try:
+            with db.engine.connect() as connection:
+                meaning_store.save(connection, meaning.encoder().name, vectors,
+                                   current_app.config["MEANING_STORE_ROWS"])
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("could not store meaning vectors: %s", exc)
 
 
 def _encoder_loaded() -> bool:

@@ -202,6 +202,21 @@ class ExchangeTally(db.Model):
     )
 
 
+class QuestionMeaning(db.Model):
+    """A question's meaning vector (chatbot/meaning.py), kept in the
+    database so that a restarted server, or another process, does not embed
+    it again (chatbot/meaning_store.py).
+
+    ``question_hash`` is the SHA-256 of the normalised question
+    (meaning.normalise): a key of one length on every database."""
+
+    __tablename__ = "question_meaning"
+    encoder = db.Column(db.String(40), primary_key=True)
+    question_hash = db.Column(db.String(64), primary_key=True)
+    vector = db.Column(db.LargeBinary, nullable=False)  # meaning.DIM float16, little-endian
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow, index=True)
+
+
 AUDIT_ACTIONS = {"status": "상태 변경", "edit": "답변 수정", "group": "묶음 수정", "purge": "영구 삭제"}
 
 

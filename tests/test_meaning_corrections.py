@@ -252,3 +252,29 @@ def test_a_chat_that_waited_for_the_first_build_does_not_embed_the_rest(app, mon
     assert got["answer"] == "곧 도착해요."
     assert threading.main_thread() not in callers
     warm_up.join()
+
+
+def test_a_restarted_server_finds_the_reviewed_questions_vectors_in_the_database(app, monkeypatch):
+    """A build stores the vectors it embedded (chatbot/meaning_store.py);
+    the next process's build, with nothing in memory, reads them instead of
+    embedding the reviewed questions again."""
+    from chatbot.corrections import Corrections
+
+    lost = "지난주에 산 파란 우산을 지하철에 두고 내렸어요"
+    add_reviewed(app, lost, "분실물 센터에 전화해 보세요.")
+    add_reviewed(app, FORGOT, ANSWER)
+    sock = connect(app)
+    assert reply(sock, IN_OTHER_WORDS)["answer"] == ANSWER  # built: both embedded, and stored
+    embedded = []
+    original = meaning.Encoder.embed_uncached
+    monkeypatch.setattr(meaning.Encoder, "embed_uncached",
+                        lambda self, texts, batch=64: embedded.append(list(texts)) or original(self, texts, batch))
+    responder = app.extensions["chatbot.responder"]
+    old = responder.corrections  # a restarted server's: nothing built, nothing in memory
+    responder.corrections = Corrections(old._run, old.min_similarity, old.refresh_seconds, old.unsure_similarity,
+                                        old.meaning_similarity, old.meaning_limit, old.models_root,
+                                        old._run_in_background)
+    got = reply(sock, IN_OTHER_WORDS)
+    assert (got["answer"], got["route"]) == (ANSWER, ROUTE_MEMORY)
+    assert embedded == []
+    assert reply(sock, "우산을 지하철에 놓고 내렸어요")["answer"] == "분실물 센터에 전화해 보세요."

@@ -236,3 +236,29 @@ def test_reviewer_session_token_migration_gives_each_reviewer_a_token_and_is_und
         assert db.session.execute(sa.text("SELECT count(*) FROM reviewer")).scalar_one() == 2
         flask_migrate.upgrade()
     assert "session_token" in reviewer_columns()
+
+
+def test_question_meaning_migration_makes_the_table_and_is_undone(app):
+    """e3b7a1c9d5f2: the table of stored meaning vectors, one row per
+    encoder and question; undone, it is gone and nothing else changed."""
+    import pytest
+
+    def tables():
+        with app.app_context():
+            return set(sa.inspect(db.engine).get_table_names())
+
+    insert = ("INSERT INTO question_meaning (encoder, question_hash, vector, created_at) "
+              "VALUES ('e5-small', :h, x'00', '2024-01-01')")
+    assert "question_meaning" in tables()
+    with app.app_context():
+        db.session.execute(sa.text(insert), {"h": "a" * 64})
+        db.session.commit()
+        with pytest.raises(sa.exc.IntegrityError):  # one vector per encoder and question
+            db.session.execute(sa.text(insert), {"h": "a" * 64})
+            db.session.commit()
+        db.session.rollback()
+        flask_migrate.downgrade(revision="d2a7c4e9f150")
+    assert "question_meaning" not in tables() and "exchange" in tables()
+    with app.app_context():
+        flask_migrate.upgrade()
+    assert "question_meaning" in tables()
