@@ -246,11 +246,9 @@ class Chatbot:
         meaning similarity, and every training question reaching
         min_similarity is a candidate, whether a word is shared or not: a
         paraphrase in other words is found, and its confidence is not cut by
-        the share of known words.  The encoder states then only re-rank the
-        candidates, at meaning_state_weight (picked on dev by the trainer:
-        bench/results/experiments.md, "The encoder-state term"); confidence
-        and nearness stay the best score, the scale a reviewed question's
-        score (chatbot/corrections.py) is on."""
+        the share of known words.  The encoder states are left out then;
+        whether they would still add anything is not measured yet
+        (bench/results/experiments.md, "Meaning")."""
         c = self.config
         words = self.answers.similarities(questions)
         if vectors is not None and self.meanings is not None:
@@ -260,14 +258,6 @@ class Chatbot:
             # is what meaning is for (on out_of_domain_tune.csv the share
             # changed no cut's fallback rate by more than a question).
             known = [1.0] * len(questions)
-            if c.meaning_state_weight:
-                states = self._question_states(sources) @ self._answer_states.T
-                found = self._best(np.where(eligible, score + c.meaning_state_weight * states, -np.inf),
-                                   score.clip(0, 1), known)
-                # Sure as the nearest training question is near, whichever answer
-                # the states picked: calibrated so, out_of_domain_test.csv's
-                # fallback held (bench/results/experiments.md).
-                return [(row, near if row is not None else 0.0, near) for row, _, near in found]
         else:
             known = self.answers.known_share(questions)
             score = words
@@ -276,22 +266,12 @@ class Chatbot:
                 score = (words + c.state_weight * states) / (1 + c.state_weight)
             eligible = (words > 0) & (words >= c.min_similarity)
         score = score.clip(0, 1)
-        return self._best(np.where(eligible, score, -np.inf), score, known)
-
-    @staticmethod
-    def _best(ranks, score, known) -> list[tuple[int | None, float, float]]:
-        """known_matches' answer: per question the row of the highest rank
-        (-inf: not a candidate) with its score, and the highest score."""
-        rows = ranks.argmax(axis=1)
-        picked = np.arange(len(rows)), rows
-        found = (ranks[picked] > -np.inf).tolist()
-        return [(row if ok else None, value * share if ok else 0.0, near * share)
-                for ok, row, value, near, share in zip(found, rows.tolist(), score[picked].tolist(),
-                                                       score.max(axis=1).tolist(), known)]
-
-    def state_cosines(self, questions: list[list[str]]) -> np.ndarray:
-        """(questions, training questions): the cosines of their encoder states."""
-        return self._question_states([self.vocab.encode(q, add_eos=True) for q in questions]) @ self._answer_states.T
+        candidates = np.where(eligible, score, -np.inf)
+        nearness = score.max(axis=1).tolist()
+        rows = candidates.argmax(axis=1)
+        best = candidates[np.arange(len(rows)), rows]
+        return [(row if value > -math.inf else None, max(value, 0.0) * share, near * share)
+                for value, row, near, share in zip(best.tolist(), rows.tolist(), nearness, known)]
 
     def _question_states(self, sources, batch: int = 256) -> np.ndarray:
         """Unit-length decoder start states (n, H) of encoded questions."""

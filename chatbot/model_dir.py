@@ -61,15 +61,11 @@ class ModelConfig:
     # TF-IDF cosine + (1 - word_weight) x the meaning similarity
     # (meaning.similarity), over every training question, shared word or not;
     # the trainer picks word_weight on its dev split.  Without, as above.
-    # meaning_state_weight re-ranks those training questions by
-    # (score + meaning_state_weight x the encoder states' cosine) / (1 + it);
-    # the confidence stays the score, the scale reviewed questions share.
     known_answers: bool = True  # False: always write the reply
     state_weight: float = 0.5
     min_similarity: float = 0.3
     meaning_encoder: str = ""  # the encoder of MEANING_FILE; "": none (words only)
     word_weight: float = 0.1
-    meaning_state_weight: float = 0.0  # 0: models trained before it was picked on dev
     seed: int = 1337
     tokenizer: str = "mecab"  # morph backend the model was trained with; reply() uses the same
 
@@ -84,10 +80,8 @@ class ModelConfig:
             raise ValueError("hidden_dim must be even with a bidirectional encoder")
         if min(self.embed_dim, self.hidden_dim, self.layers, self.beam_size, self.max_reply_len) < 1:
             raise ValueError("sizes must be positive")
-        if min(self.state_weight, self.meaning_state_weight) < 0 or not 0 <= self.min_similarity <= 1 \
-                or not 0 <= self.word_weight <= 1:
-            raise ValueError("state_weight and meaning_state_weight must be >= 0, "
-                             "min_similarity and word_weight between 0 and 1")
+        if self.state_weight < 0 or not 0 <= self.min_similarity <= 1 or not 0 <= self.word_weight <= 1:
+            raise ValueError("state_weight must be >= 0, min_similarity and word_weight between 0 and 1")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

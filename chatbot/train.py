@@ -96,9 +96,6 @@ class TrainConfig:
     # "off": words only), and the word weights tried on dev to mix with it.
     meaning: str = os.environ.get("MEANING_ENCODER") or meaning_module.DEFAULT_ENCODER
     word_weights: tuple = (0.0, 0.1, 0.2, 0.3)
-    # With meaning, the weights of the encoder states' cosine tried on dev
-    # beside each word weight (ModelConfig.meaning_state_weight).
-    meaning_state_weights: tuple = (0.0, 0.1, 0.25, 0.5)
 
     def __post_init__(self):
         if self.select_by not in ("chrf", "loss"):
@@ -183,31 +180,24 @@ def embed_questions(tokenized, models_root, encoder_name: str, threads: int):
     return vectors
 
 
-def pick_weights(index: AnswerIndex, meanings, dev_tok, dev_meanings, word_weights, state_weights=(0.0,),
-                 states=None, block: int = 128) -> tuple[float, float]:
-    """Of ``word_weights`` x ``state_weights``, the (word weight, meaning
-    state weight) whose known answers (Chatbot.known_matches: a mix of
-    TF-IDF and meaning, re-ranked by the encoder states' cosine) are
-    nearest the dev questions' own (chrF), the first of equals; the first
-    pair without dev questions.  ``states``: a function from dev rows
-    (start, stop) to their states' cosines with the training questions
-    (needed when a state weight is not 0).  ``block`` dev questions at a
-    time: all of ChatbotData's at once made (dev x train) float32 matrices
-    of 45 MB each, and their temporaries were the trainer's peak."""
-    grid = [(w, s) for w in word_weights for s in state_weights]
+def pick_word_weight(index: AnswerIndex, meanings, dev_tok, dev_meanings, weights, block: int = 128) -> float:
+    """Of ``weights``, the word weight whose mix of TF-IDF and meaning picks
+    the training answers nearest the dev questions' own (chrF), the first
+    of equals; the first weight without dev questions.  ``block`` dev
+    questions at a time: all of ChatbotData's at once made (dev x train)
+    float32 matrices of 45 MB each, and their temporaries were the
+    trainer's peak."""
     if not dev_tok:
-        return grid[0]
-    picked = [[] for _ in grid]
+        return weights[0]
+    picked = [[] for _ in weights]
     for start in range(0, len(dev_tok), block):
-        stop = min(start + block, len(dev_tok))
-        words = index.similarities([q for q, _, _, _ in dev_tok[start:stop]])
-        near = meaning_module.similarity(dev_meanings[start:stop], meanings)
-        cosines = states(start, stop) if any(state_weights) else 0
-        for rows, (w, s) in zip(picked, grid):
-            rows += (w * words + (1 - w) * near + s * cosines).argmax(axis=1).tolist()
+        words = index.similarities([q for q, _, _, _ in dev_tok[start:start + block]])
+        near = meaning_module.similarity(dev_meanings[start:start + block], meanings)
+        for rows, w in zip(picked, weights):
+            rows += (w * words + (1 - w) * near).argmax(axis=1).tolist()
     refs = [morph.normalize(a) for _, _, a, _ in dev_tok]
     scores = [(_chrf([index.answers[i] for i in rows], refs), -n) for n, rows in enumerate(picked)]
-    return grid[-max(scores)[1]]
+    return weights[-max(scores)[1]]
 
 
 def make_examples(tokenized, vocab: Vocab, config: ModelConfig):
@@ -599,16 +589,12 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
     train_meanings = dev_meanings = None
     if meanings is not None:
         train_meanings, dev_meanings = meanings[:len(train_tok)], meanings[len(train_tok):]
-    dev_bot = Chatbot(network, vocab, mc, answers=train_index, meanings=train_meanings)
-    if meanings is not None:
-        word_weight, state_weight = pick_weights(
-            train_index, train_meanings, dev_tok, dev_meanings, tc.word_weights, tc.meaning_state_weights,
-            lambda start, stop: dev_bot.state_cosines([q for q, _, _, _ in dev_tok[start:stop]]))
-        mc = dev_bot.config = dataclasses.replace(mc, word_weight=word_weight, meaning_state_weight=state_weight)
-        log(f"known answers by meaning ({mc.meaning_encoder}) and words, word weight {word_weight}, "
-            f"encoder states {state_weight} (on dev)")
+        mc = dataclasses.replace(mc, word_weight=pick_word_weight(train_index, train_meanings, dev_tok, dev_meanings,
+                                                                  tc.word_weights))
+        log(f"known answers by meaning ({mc.meaning_encoder}) and words, word weight {mc.word_weight} (on dev)")
         (out_dir / CONFIG_FILE).write_text(json.dumps(mc.to_dict(), indent=2) + "\n", encoding="utf-8")
-    dev_replies = answer_all(dev_bot, dev_tok, dev_meanings)
+    dev_replies = answer_all(Chatbot(network, vocab, mc, answers=train_index, meanings=train_meanings), dev_tok,
+                             dev_meanings)
     dev_chrf, dev_bleu, samples = reply_metrics(dev_replies, dev_tok, tc.samples)
     calibration = calibrate(dev_replies, [morph.normalize(a) for _, _, a, _ in dev_tok], tc.target_coverage)
     writer = Chatbot(network, vocab, dataclasses.replace(mc, known_answers=False))

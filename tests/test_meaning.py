@@ -227,10 +227,9 @@ def test_a_retrain_embeds_only_the_questions_it_has_not_seen(tmp_path):
     assert new == 1 and np.allclose(third[0], first[1], atol=1e-5)
 
 
-def test_the_weights_are_picked_the_same_block_by_block():
-    """pick_weights takes the dev questions a block at a time (the
-    trainer's memory); any block size picks what all at once does, and
-    the state cosines are asked for the block's rows."""
+def test_the_word_weight_is_picked_the_same_block_by_block():
+    """pick_word_weight takes the dev questions a block at a time (the
+    trainer's memory); any block size picks what all at once does."""
     from chatbot import train
     from chatbot.retrieval import AnswerIndex
 
@@ -241,20 +240,9 @@ def test_the_weights_are_picked_the_same_block_by_block():
     meanings = unit(40).astype(np.float32)
     dev_tok = [(["배", str(i % 7), "졸려"], [], f"답 {i % 3}", "") for i in range(23)]
     dev_meanings = (0.9 * meanings[:23] + 0.1 * unit(23)).astype(np.float32)
-    # States that point every dev question i at training question 5 * (i % 3): its own answer.
-    states = np.zeros((23, 40), dtype=np.float32)
-    states[np.arange(23), 5 * (np.arange(23) % 3)] = 1.0
-    asked = []
-
-    def cosines(start, stop):
-        asked.append((start, stop))
-        return states[start:stop]
-
-    picks = {train.pick_weights(index, meanings, dev_tok, dev_meanings, (0.0, 0.3, 0.7, 1.0), (0.0, 0.5, 5.0),
-                                cosines, block=b) for b in (1, 5, 23, 1000)}
-    assert picks == {(0.0, 5.0)}  # only that weight makes the states decide
-    assert asked[-1] == (0, 23) and (20, 23) in asked
-    assert train.pick_weights(index, meanings, dev_tok, dev_meanings, (0.3, 0.7)) in {(0.3, 0.0), (0.7, 0.0)}
+    picks = {train.pick_word_weight(index, meanings, dev_tok, dev_meanings, (0.0, 0.3, 0.7, 1.0), block=b)
+             for b in (1, 5, 23, 1000)}
+    assert len(picks) == 1
 
 
 def test_the_trainer_embeds_in_a_child_process(tmp_path, monkeypatch, capsys):

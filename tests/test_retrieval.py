@@ -144,51 +144,6 @@ def test_words_decide_whether_states_decide_which():
             assert all(row == int(words[q].argmax()) for q, row in enumerate(rows) if row is not None)
 
 
-def bot_with_meanings(**overrides):
-    """bot_with_index matching by meaning (the real encoder's vectors)."""
-    from chatbot import meaning
-
-    model, vocab = model_and_vocab(**{"meaning_encoder": meaning.DEFAULT_ENCODER, **overrides})
-    return Chatbot(Network.from_module(model), vocab, model.config, answers=index_of(PAIRS),
-                   meanings=meaning.embed([q for q, _ in PAIRS]))
-
-
-MEANING_QUESTIONS = ["점심 메뉴 뭐 먹지", "오늘 날씨 어때", "밖에 비 와?", "주말 계획 있어?", "양자역학의 원리"]
-
-
-def test_by_meaning_the_states_pick_among_candidates_and_the_best_score_stays_the_confidence():
-    """With meaning_state_weight the encoder states re-rank the training
-    questions that reach min_similarity by meaning and words; confidence
-    and nearness are the best score, whatever the weight: the scale
-    reviewed questions are on, and what the threshold was calibrated on."""
-    from chatbot import meaning
-
-    questions = [morph.tokenize(q) for q in MEANING_QUESTIONS]
-    vectors = meaning.embed(MEANING_QUESTIONS)
-    moved = 0
-    for weight in (0.0, 100.0):
-        bot = bot_with_meanings(min_similarity=0.3, meaning_state_weight=weight)
-        # An untrained network's states mostly agree with meaning: shifted
-        # by one training question, they point elsewhere.
-        bot._answer_states = np.roll(bot._answer_states, 1, axis=0)
-        score = (bot.config.word_weight * bot.answers.similarities(questions)
-                 + (1 - bot.config.word_weight) * meaning.similarity(vectors, bot.meanings)).clip(0, 1)
-        states = bot.state_cosines(questions)
-        matches = bot.known_matches(questions, [bot.vocab.encode(q, True) for q in questions], vectors)
-        for q, (row, confidence, near) in enumerate(matches):
-            eligible = np.flatnonzero(score[q] >= 0.3)
-            assert near == pytest.approx(score[q].max(), abs=1e-6)
-            if not len(eligible):
-                assert row is None and confidence == 0.0
-                continue
-            rank = score[q] + weight * states[q]
-            assert row == eligible[rank[eligible].argmax()]
-            assert confidence == pytest.approx(score[q].max(), abs=1e-6)
-            moved += weight and row != score[q].argmax()
-    assert moved  # the states changed a pick: this test weighs something
-    assert bot.known_matches(questions[-1:], [bot.vocab.encode(questions[-1], True)], vectors[-1:])[0][0] is None
-
-
 def test_high_min_similarity_means_write_unless_identical():
     bot = bot_with_index(min_similarity=0.999, state_weight=0.0)
     assert bot.reply("춘천까지 가려면?") == bot_with_index(known_answers=False).reply("춘천까지 가려면?")
