@@ -30,6 +30,8 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "review.json"
 
 def suggestion_hits(bot, pairs) -> dict:
     """Top-1 and top-3 shares of the reference answer among the suggestions."""
+    if not pairs:
+        raise SystemExit("no test question has a paraphrase in the training data")
     nothing_reviewed = corrections._Built([])
     top1 = top3 = 0
     started = time.perf_counter()

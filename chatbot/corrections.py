@@ -107,7 +107,7 @@ class _Built:
                 newest[key] = (question, answer)
         self.by_key = {key: answer for key, (_, answer) in newest.items()}
         keys = list(newest)
-        self.questions = [newest[key][0] for key in keys]  # as asked, in ``index``'s order
+        self.asked = {}  # row of ``index`` -> the question as asked, for the rows of ``meaning_rows``
         self.index = None
         self.vectors = None  # (len(meaning_rows), meaning.DIM), or None: words only
         self.meaning_rows = []  # the rows of ``index`` that have a vector
@@ -127,6 +127,7 @@ class _Built:
                 wanted = {r: meaning.normalise(newest[keys[r]][0]) for r in newest_worded}
                 self.known_vectors = vectors_for(list(wanted.values()))
                 self.meaning_rows = [r for r, question in wanted.items() if question in self.known_vectors]
+                self.asked = {r: newest[keys[r]][0] for r in self.meaning_rows}
                 self.vectors = np.zeros((len(self.meaning_rows), meaning.DIM), dtype=np.float32)
                 for i, r in enumerate(self.meaning_rows):
                     self.vectors[i] = self.known_vectors[wanted[r]]
@@ -354,7 +355,7 @@ class Corrections:
         try:
             with db.engine.connect() as connection:
                 return meaning_store.load(connection, meaning.encoder().name, questions)
-        except sa.exc.SQLAlchemyError as exc:
+        except Exception as exc:  # the encoder embeds them instead
             log.warning("could not read stored meaning vectors: %s", exc)
             return {}
 
@@ -364,9 +365,10 @@ class Corrections:
             return
         try:
             with db.engine.connect() as connection:
+                # Never fewer rows than a build wants, or each build would evict its own.
                 meaning_store.save(connection, meaning.encoder().name, vectors,
-                                   current_app.config["MEANING_STORE_ROWS"])
-        except sa.exc.SQLAlchemyError as exc:
+                                   max(current_app.config["MEANING_STORE_ROWS"], self.meaning_limit))
+        except Exception as exc:
             log.warning("could not store meaning vectors: %s", exc)
 
 

@@ -38,6 +38,8 @@ def load(connection, encoder_name: str, questions) -> dict:
         rows = connection.execute(sa.select(TABLE.c.question_hash, TABLE.c.vector).where(
             TABLE.c.encoder == encoder_name, TABLE.c.question_hash.in_(hashes[start:start + CHUNK])))
         for key, blob in rows:
+            if len(blob) != 2 * meaning.DIM:  # not a vector of this encoder's size (a damaged row)
+                continue
             vector = np.frombuffer(blob, dtype="<f2")
             if vector.shape == (meaning.DIM,) and np.isfinite(vector).all():
                 found[by_hash[key]] = vector.astype(np.float32)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import meaning, morph, suggest
-from .batching import ReplyBatcher
+from .batching import Busy, ReplyBatcher
 from .config import Config
 from .corrections import Corrections
 from .database import ROUTE_FALLBACK, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL, ROUTE_UNSURE, stored_key
@@ -64,6 +64,9 @@ class Responder:
             correction_meaning_similarity, correction_meaning_limit, self.models_root,
             self._batcher.run_in_background)
         self._lock = threading.Lock()
+        # Reviewers' suggestions (suggestions()) take at most one model thread
+        # each and never queue: past `workers` at once, Busy.
+        self._suggesting = threading.BoundedSemaphore(max(1, workers))
         self._bot = None
         self._target = None  # the link target the loaded model came from
         self._failed_target = None  # a target that failed to load; not retried
@@ -122,16 +125,24 @@ class Responder:
 
         return Chatbot.load(path)
 
-    def suggestions(self, question: str, limit: int = suggest.SUGGESTIONS) -> list:
+    def suggestions(self, question: str, exclude=(), limit: int = suggest.SUGGESTIONS) -> list:
         """The answers a reviewer correcting ``question`` may take
-        (suggest.nearest_answers), computed on a model thread like a chat's.
+        (suggest.nearest_answers; ``exclude``: answers not to offer),
+        computed on a model thread like a chat's.
 
-        Raises batching.Busy when too many questions are already waiting for the model.
+        Raises batching.Busy when as many suggestions as there are model
+        threads are being computed already: a reviewer's page never queues
+        behind the chats.
         """
-        bot = self.model()
-        reviewed = self.corrections.current(by_meaning=bot is not None and bot.meanings is not None)
-        key = stored_key(morph.question_key(question))
-        return self._batcher.run(suggest.nearest_answers, bot, reviewed, question, key, limit)
+        if not self._suggesting.acquire(blocking=False):
+            raise Busy()
+        try:
+            bot = self.model()
+            reviewed = self.corrections.current(by_meaning=bot is not None and bot.meanings is not None)
+            key = stored_key(morph.question_key(question))
+            return self._batcher.run(suggest.nearest_answers, bot, reviewed, question, key, limit, set(exclude))
+        finally:
+            self._suggesting.release()
 
     def answer(self, question: str, key: str | None = None) -> Answer:
         """Answer ``question``; ``key`` is its morph.question_key if known.

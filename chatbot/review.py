@@ -152,17 +152,18 @@ def _format_time(view, context, model, name):
     return value.strftime("%Y-%m-%d %H:%M") if value else ""
 
 
-def suggestions_for(question: str) -> list:
-    """The answers suggested to a reviewer correcting ``question``; none
-    when the model threads are full or the model fails (logged): the
-    reviewer can always write their own."""
+def suggestions_for(exchange) -> list:
+    """The answers suggested to a reviewer correcting ``exchange`` (not its
+    own answer or correction); none when the model threads are busy with
+    other suggestions or the model fails (logged): the reviewer can always
+    write their own."""
     from .batching import Busy
 
     responder = current_app.extensions.get("chatbot.responder")
     if responder is None:
         return []
     try:
-        return responder.suggestions(question)
+        return responder.suggestions(exchange.question, exclude={exchange.answer, exchange.corrected_answer})
     except Busy:
         return []
     except Exception:

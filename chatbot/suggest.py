@@ -25,18 +25,23 @@ class Suggestion(NamedTuple):
     answer: str
     similarity: float  # 0..1, the score of the nearest question with this answer
     source: str  # SOURCE_TRAINING or SOURCE_REVIEWED
-    question: str  # that question (a training one joined from its morphemes)
+    question: str  # that question (a training one joined from its morphemes; a reviewed one as asked, or its key)
 
 
-def nearest_answers(bot, reviewed, question: str, key: str, limit: int = SUGGESTIONS) -> list[Suggestion]:
+def nearest_answers(bot, reviewed, question: str, key: str, limit: int = SUGGESTIONS,
+                    exclude: set = frozenset()) -> list[Suggestion]:
     """The ``limit`` distinct answers whose questions are nearest to
-    ``question`` (its question_key ``key``), nearest first.  ``bot``: the
-    model in use (or None), ``reviewed``: a build of chatbot/corrections.py."""
+    ``question`` (its question_key ``key``), nearest first, none of
+    ``exclude`` (the answer being corrected: often the nearest question's,
+    which is how the bot picked it).  ``bot``: the model in use (or None),
+    ``reviewed``: a build of chatbot/corrections.py."""
     vectors = bot.embed([question]) if bot is not None else None
     found: dict[str, Suggestion] = {}
 
     def offer(answer, score, source, asked):
         score = round(min(1.0, max(0.0, float(score))), 3)
+        if answer in exclude:
+            return
         held = found.get(answer)
         if held is None or score > held.similarity or (score == held.similarity and source == SOURCE_REVIEWED):
             found[answer] = Suggestion(answer, score, source, asked)
@@ -48,14 +53,14 @@ def nearest_answers(bot, reviewed, question: str, key: str, limit: int = SUGGEST
         if vectors is not None and bot.meanings is not None:
             score = word_weight * score + (1 - word_weight) * meaning.similarity(vectors, bot.meanings)[0]
         # Enough rows for ``limit`` distinct answers: many questions share one (저도요.).
-        for row in score.argsort()[::-1][: limit * 20].tolist():
+        for row in score.argsort()[::-1][: limit * 20 + len(exclude)].tolist():
             offer(bot.answers.answers[row], score[row], SOURCE_TRAINING,
                   morph.detokenize(bot.answers.questions[row].split(" ")))
     by_meaning = vectors is not None and bot.meanings is not None and reviewed.by_meaning
     _, score, rows = reviewed.scores([key], vectors if by_meaning else None, word_weight)
     if score is not None:
-        for column in score[0].argsort()[::-1][: limit * 20].tolist():
+        for column in score[0].argsort()[::-1][: limit * 20 + len(exclude)].tolist():
             offer(reviewed.index.answers[rows[column]], score[0, column], SOURCE_REVIEWED,
-                  reviewed.questions[rows[column]])
+                  reviewed.asked.get(rows[column]) or reviewed.index.questions[rows[column]])
     ranked = sorted(found.values(), key=lambda s: (-s.similarity, s.source != SOURCE_REVIEWED))
     return [s for s in ranked if s.similarity > 0][:limit]

@@ -29,9 +29,10 @@ def test_vectors_come_back_by_question_and_encoder(app):
 def test_a_broken_row_is_not_a_vector(app):
     with app.app_context(), db.engine.connect() as c:
         meaning_store.save(c, "e5-small", {"안녕": unit(1)[0]}, limit=100)
-        c.execute(QuestionMeaning.__table__.update().values(vector=b"\x00\x01"))
-        c.commit()
-        assert meaning_store.load(c, "e5-small", ["안녕"]) == {}
+        for damaged in (b"\x00\x01\x02", b"\x00\x01", b"\xff" * (2 * meaning.DIM)):  # odd, short, NaN
+            c.execute(QuestionMeaning.__table__.update().values(vector=damaged))
+            c.commit()
+            assert meaning_store.load(c, "e5-small", ["안녕"]) == {}
 
 
 def test_past_the_limit_the_oldest_go(app):

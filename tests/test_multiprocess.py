@@ -258,6 +258,12 @@ def test_a_correction_made_through_one_process_reaches_a_paraphrase_on_the_other
         assert on_a.ask(paraphrase)["answer"] == "춘천은 오늘 맑아요."  # the process that made it: at once
         reply, took = answer_on_b(lambda r: r["answer"] == "춘천은 오늘 맑아요.")
         assert (reply["answer"], reply["route"]) == ("춘천은 오늘 맑아요.", "memory") and took < 5, took
+        # The reviewed question's vector is in PostgreSQL for the next start (chatbot/meaning_store.py).
+        engine = sa.create_engine(env["DATABASE_URL"].replace("postgresql://", "postgresql+psycopg://"))
+        with engine.connect() as connection:
+            stored = connection.execute(sa.text("SELECT encoder, length(vector) FROM question_meaning")).all()
+        engine.dispose()
+        assert stored == [("e5-small", 768)], stored
 
         edit("춘천은 오후부터 비가 와요.")  # the same rows reviewed: only the audit shows the change
         reply, took = answer_on_b(lambda r: r["answer"] == "춘천은 오후부터 비가 와요.")

@@ -72,17 +72,36 @@ def test_taking_a_suggestion_is_saved_like_any_correction(app, logged_in):
     assert (get_row(app, row_id).corrected_answer, get_row(app, row_id).status) == (ANSWER, REVIEWED)
 
 
-def test_with_the_model_threads_full_the_page_still_opens(app, logged_in, monkeypatch):
+def test_with_every_suggestion_slot_taken_the_page_opens_without_them(app, logged_in):
+    """Suggestions take at most one model thread each and never queue: with
+    every slot held (other reviewers' pages), the page opens at once with
+    the form and no suggestions."""
     row_id = add_exchange(app, IN_OTHER_WORDS, answer="틀린 답")
-    responder = app.extensions["chatbot.responder"]
+    slots = app.extensions["chatbot.responder"]._suggesting
+    held = 0
+    while slots.acquire(blocking=False):
+        held += 1
+    try:
+        assert held >= 1
+        with pytest.raises(batching.Busy):
+            suggestions(app, IN_OTHER_WORDS)
+        page = logged_in.get(f"/admin/exchange/edit/?id={row_id}")
+        html = page.get_data(as_text=True)
+        assert page.status_code == 200 and "추천 답변" not in html and 'name="corrected_answer"' in html
+    finally:
+        for _ in range(held):
+            slots.release()
+    assert "추천 답변" in logged_in.get(f"/admin/exchange/edit/?id={row_id}").get_data(as_text=True)
 
-    def busy(question, limit=suggest.SUGGESTIONS):
-        raise batching.Busy()
 
-    monkeypatch.setattr(responder, "suggestions", busy)
-    page = logged_in.get(f"/admin/exchange/edit/?id={row_id}")
-    assert page.status_code == 200 and "추천 답변" not in page.get_data(as_text=True)
-    assert 'name="corrected_answer"' in page.get_data(as_text=True)
+def test_the_answer_being_corrected_is_not_suggested(app, logged_in):
+    """배가 너무 고파요 was answered 맛있는 거 드세요. (배고파's, the nearest):
+    suggesting it back would waste one of the three."""
+    assert "맛있는 거 드세요." in [s.answer for s in suggestions(app, "배가 너무 고파요")]
+    row_id = add_exchange(app, "배가 너무 고파요", answer="맛있는 거 드세요.", corrected_answer="라면 어때요?")
+    html = logged_in.get(f"/admin/exchange/edit/?id={row_id}").get_data(as_text=True)
+    assert html.count("data-suggestion=") == suggest.SUGGESTIONS
+    assert 'data-suggestion="맛있는 거 드세요."' not in html and 'data-suggestion="라면 어때요?"' not in html
 
 
 def test_without_a_model_the_reviewed_answers_are_suggested_by_words(make_app):
