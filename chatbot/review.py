@@ -13,7 +13,7 @@ from collections import Counter
 from datetime import datetime, time, timedelta
 
 import sqlalchemy as sa
-from flask import current_app, flash, request
+from flask import abort, current_app, flash, jsonify, request
 from flask_admin import Admin, AdminIndexView, expose
 from flask_admin.actions import action
 from flask_admin.contrib.sqla import ModelView
@@ -278,6 +278,17 @@ class ExchangeView(ReviewerOnly, ModelView):
         self._template_args["suggestions"] = suggestions_for
         self._template_args["suggestion_sources"] = suggest.SOURCE_LABELS
         return super().edit_view()
+
+    @expose("/suggest/")
+    def suggest_view(self):
+        """The same suggestions as JSON, for pages that fetch them after
+        loading (the review queue's group page: a heavy-work page, whose
+        thread must not wait on the model threads)."""
+        exchange = self.get_one(str(request.args.get("id", type=int) or 0))
+        if exchange is None:
+            abort(404)
+        return jsonify(suggestions=[{**s._asdict(), "source_label": suggest.SOURCE_LABELS[s.source]}
+                                    for s in suggestions_for(exchange)])
 
     def search_placeholder(self):
         return f"{super().search_placeholder()} (최근 {current_app.config['ADMIN_SEARCH_ROWS']:,}건에서)"

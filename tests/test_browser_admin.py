@@ -118,3 +118,34 @@ def test_a_suggested_answer_is_taken_with_one_click(live, context, kind):
         assert (saved.corrected_answer, saved.status, saved.reviewer) == ("맛있는 거 드세요.", REVIEWED, "kim")
         db.engine.dispose()
     assert_clean(page)
+
+
+def test_the_queues_group_page_fetches_suggestions_and_a_click_takes_one(live, context):
+    """The group page (a heavy-work page) fetches its suggestions after it
+    loads (review.js, JSON, built as text); a click fills the group's
+    correction box, and Ctrl+Enter saves it for the whole group."""
+    from chatbot import morph
+    from chatbot.database import REVIEWED, Exchange
+    from chatbot.extensions import db
+
+    with live.app.app_context():
+        for q in ("배 많이 고파", "배 많이 고파!"):
+            db.session.add(Exchange(question=q, question_key=morph.question_key(q), answer="몰라요"))
+        db.session.commit()
+        key = morph.question_key("배 많이 고파")
+        db.engine.dispose()
+    page = admin_login(context(), live, "/admin/queue/")
+    page.goto(f"{live.url}/admin/queue/group?key={key}")
+    button = page.locator('#suggestions [data-suggestion="맛있는 거 드세요."]')
+    button.wait_for()
+    assert page.locator("#suggestions [data-suggestion]").count() == 3
+    assert page.locator("#suggestions").is_visible()
+    button.click()
+    assert page.input_value("#queue-correction") == "맛있는 거 드세요."
+    page.keyboard.press("Control+Enter")
+    page.wait_for_selector(".alert-success")
+    with live.app.app_context():
+        rows = db.session.scalars(sa.select(Exchange).where(Exchange.question_key == key)).all()
+        assert {(r.status, r.corrected_answer) for r in rows} == {(REVIEWED, "맛있는 거 드세요.")}
+        db.engine.dispose()
+    assert_clean(page)

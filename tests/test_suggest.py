@@ -110,3 +110,23 @@ def test_without_a_model_the_reviewed_answers_are_suggested_by_words(make_app):
     found = suggestions(app, "춘천까지 가는 길 알려줘")
     assert [(s.answer, s.source) for s in found] == [("경춘선을 타세요.", suggest.SOURCE_REVIEWED)]
     assert suggestions(app, "양자역학") == []
+
+
+def test_the_suggestions_as_json_for_the_queues_group_page(app, client, reviewer, auth):
+    """/admin/exchange/suggest/?id= gives the same suggestions as JSON; the
+    review queue's group page names it for review.js to fetch.  Reviewers
+    only, like every admin page."""
+    add_reviewed(app, FORGOT, "<b>설정</b>에서 바꾸세요")
+    row_id = add_exchange(app, IN_OTHER_WORDS, answer="틀린 답")
+    url = f"/admin/exchange/suggest/?id={row_id}"
+    assert client.get(url).status_code == 302  # logged out: to the login page
+    auth.login()
+    data = client.get(url).get_json()["suggestions"]
+    assert len(data) == suggest.SUGGESTIONS
+    assert data[0] == {"answer": "<b>설정</b>에서 바꾸세요", "similarity": data[0]["similarity"],
+                       "source": suggest.SOURCE_REVIEWED, "source_label": "검토된 답변", "question": FORGOT}
+    assert client.get("/admin/exchange/suggest/?id=999999").status_code == 404
+    from urllib.parse import quote
+
+    page = client.get(f"/admin/queue/group?key={quote(IN_OTHER_WORDS)}").get_data(as_text=True)  # add_exchange's key
+    assert f'data-url="{url.replace("&", "&amp;")}"' in page and 'data-target="queue-correction"' in page

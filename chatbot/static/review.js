@@ -105,17 +105,65 @@
   });
 })();
 
-/* An exchange's edit page (templates/admin/exchange_edit.html): "이 답변 쓰기"
- * puts the suggested answer in the correction box; the reviewer can still
- * change it, and nothing is saved until they save the form. */
+/* Suggested answers (chatbot/suggest.py).  "이 답변 쓰기" puts one in the
+ * correction box: the one the list's data-target names (the queue's group
+ * page), else the edit form's; the reviewer can still change it, and nothing
+ * is saved until they save the form.  The edit page renders its list; the
+ * group page fetches it from data-url (JSON) and builds it here, every
+ * value as text, never as HTML. */
 (function () {
   "use strict";
 
   document.addEventListener("click", function (event) {
     var button = event.target && event.target.closest && event.target.closest("[data-suggestion]");
-    var box = document.getElementById("corrected_answer");
-    if (!button || !box) return;
+    if (!button) return;
+    var list = button.closest("[data-target]");
+    var box = document.getElementById(list ? list.getAttribute("data-target") : "corrected_answer");
+    if (!box) return;
     box.value = button.getAttribute("data-suggestion");
     box.focus();
+  });
+
+  function item(s) {
+    var li = document.createElement("li");
+    li.className = "list-group-item d-flex justify-content-between align-items-start suggestion";
+    var text = document.createElement("div");
+    text.className = "mr-3";
+    var answer = document.createElement("div");
+    answer.className = "review-text suggestion-answer";
+    answer.textContent = s.answer;
+    var origin = document.createElement("small");
+    origin.className = "text-muted";
+    origin.textContent = s.source_label + " · 질문: " + s.question;
+    text.appendChild(answer);
+    text.appendChild(origin);
+    var side = document.createElement("div");
+    side.className = "text-nowrap";
+    var badge = document.createElement("span");
+    badge.className = "badge badge-light mr-2";
+    badge.textContent = Math.floor(s.similarity * 100) + "%";
+    var button = document.createElement("button");
+    button.type = "button";
+    button.className = "btn btn-sm btn-outline-primary";
+    button.setAttribute("data-suggestion", s.answer);
+    button.textContent = "이 답변 쓰기";
+    side.appendChild(badge);
+    side.appendChild(button);
+    li.appendChild(text);
+    li.appendChild(side);
+    return li;
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var panel = document.querySelector("#suggestions[data-url]");
+    if (!panel || !window.fetch) return;
+    fetch(panel.getAttribute("data-url"), {credentials: "same-origin", headers: {"Accept": "application/json"}})
+      .then(function (response) { return response.ok ? response.json() : {suggestions: []}; })
+      .then(function (data) {
+        var list = panel.querySelector("ul");
+        (data.suggestions || []).forEach(function (s) { list.appendChild(item(s)); });
+        panel.hidden = !list.children.length;
+      })
+      .catch(function () { /* the reviewer writes their own */ });
   });
 })();
