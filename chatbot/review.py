@@ -27,6 +27,7 @@ from wtforms.validators import Length, Optional
 from . import (analytics_admin, api_keys_admin, auth, export_admin, heavy, kakao_admin, meaning, queue_admin, security,
                suggest, versions_admin)
 from .admin_base import ReviewerOnly, ReviewSecureForm, local_swatch, row_ids
+from .batching import Busy
 from .database import (AUDIT_ACTIONS, CHANNEL_LABELS, FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED,
                        ROUTE_LABELS, ROUTE_UNSURE, STATUS_LABELS, UNREVIEWED,
                        Exchange, ExchangeTally, ReviewAudit, audit, review_queue_order)
@@ -157,7 +158,6 @@ def suggestions_for(exchange) -> list:
     own answer or correction); none when the model threads are busy with
     other suggestions or the model fails (logged): the reviewer can always
     write their own."""
-    from .batching import Busy
 
     responder = current_app.extensions.get("chatbot.responder")
     if responder is None:
@@ -167,7 +167,7 @@ def suggestions_for(exchange) -> list:
     except Busy:
         return []
     except Exception:
-        log.exception("no suggested answers for an exchange's edit page")
+        log.exception("no suggested answers for exchange %s", exchange.id)
         return []
 
 
@@ -271,19 +271,13 @@ class ExchangeView(ReviewerOnly, ModelView):
     def index_view(self):
         return super().index_view()
 
-    @expose("/edit/", methods=("GET", "POST"))
-    def edit_view(self):
-        """Flask-Admin's edit page, with the answers the reviewer may take
-        (suggest.py), computed only when the page is shown."""
-        self._template_args["suggestions"] = suggestions_for
-        self._template_args["suggestion_sources"] = suggest.SOURCE_LABELS
-        return super().edit_view()
-
     @expose("/suggest/")
     def suggest_view(self):
-        """The same suggestions as JSON, for pages that fetch them after
-        loading (the review queue's group page: a heavy-work page, whose
-        thread must not wait on the model threads)."""
+        """The suggestions for an exchange as JSON, which its edit page and
+        the review queue's group page fetch after they load: neither page
+        waits on the model threads (the group page is a heavy-work page, on
+        a thread that must not), nor holds its database connection while
+        they work."""
         exchange = self.get_one(str(request.args.get("id", type=int) or 0))
         if exchange is None:
             abort(404)

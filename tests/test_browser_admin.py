@@ -101,8 +101,8 @@ def test_a_suggested_answer_is_taken_with_one_click(live, context, kind):
         row_id = row.id
         db.engine.dispose()
     page = admin_login(context(kind), live, f"/admin/exchange/edit/?id={row_id}")
-    page.wait_for_load_state("load")
-    buttons = page.locator("[data-suggestion]")
+    buttons = page.locator("#suggestions [data-suggestion]")
+    buttons.nth(2).wait_for()  # fetched after the page loads
     assert buttons.count() == 3
     assert "맛있는 거 드세요." in [buttons.nth(i).get_attribute("data-suggestion") for i in range(3)]
     page.locator('[data-suggestion="맛있는 거 드세요."]').click()
@@ -148,4 +148,39 @@ def test_the_queues_group_page_fetches_suggestions_and_a_click_takes_one(live, c
         rows = db.session.scalars(sa.select(Exchange).where(Exchange.question_key == key)).all()
         assert {(r.status, r.corrected_answer) for r in rows} == {(REVIEWED, "맛있는 거 드세요.")}
         db.engine.dispose()
+    assert_clean(page)
+
+
+def test_suggested_answers_are_shown_as_text_never_as_html(live, context):
+    """Whatever an answer holds (a reviewer's or a training pair's, fetched
+    as JSON), review.js puts it in as text: here the JSON is the server's
+    reply replaced by one whose answer is markup and a script."""
+    import json
+
+    from chatbot import morph
+    from chatbot.database import Exchange
+    from chatbot.extensions import db
+
+    evil = '<img src=x onerror="window.__pwned=1"><b>굵게</b>'
+    with live.app.app_context():
+        row = Exchange(question="배고파요", question_key=morph.question_key("배고파요"), answer="몰라요")
+        db.session.add(row)
+        db.session.commit()
+        row_id = row.id
+        db.engine.dispose()
+    ctx = context()
+    ctx.route("**/admin/exchange/suggest/**", lambda route: route.fulfill(
+        content_type="application/json", body=json.dumps({"suggestions": [
+            {"answer": evil, "similarity": 0.5, "source": "reviewed", "source_label": "<i>검토</i>",
+             "question": "<u>질문</u>"}]})))
+    page = admin_login(ctx, live, f"/admin/exchange/edit/?id={row_id}")
+    button = page.locator("#suggestions [data-suggestion]")
+    button.wait_for()
+    assert button.get_attribute("data-suggestion") == evil
+    assert page.locator("#suggestions .suggestion-answer").inner_text() == evil
+    assert page.locator("#suggestions img, #suggestions b, #suggestions i, #suggestions u").count() == 0
+    assert "<i>검토</i> · 질문: <u>질문</u>" in page.locator("#suggestions li small").inner_text()
+    button.click()
+    assert page.input_value("#corrected_answer") == evil
+    assert page.evaluate("window.__pwned") is None
     assert_clean(page)

@@ -49,14 +49,26 @@ def test_the_suggestions_follow_meaning_not_the_first_rows(app):
     assert suggestions(app, "오늘 날씨 좀 알려줘")[0].answer == "맑고 따뜻해요."
 
 
-def test_the_edit_page_shows_them_escaped_and_a_click_target_for_each(app, logged_in):
+def suggested(client, row_id):
+    """What the edit page's panel fetches (review.js): (answer, source label) of each suggestion."""
+    response = client.get(f"/admin/exchange/suggest/?id={row_id}")
+    assert response.status_code == 200
+    return [(s["answer"], s["source_label"]) for s in response.get_json()["suggestions"]]
+
+
+def test_the_edit_page_names_its_suggestions_which_come_as_plain_text(app, logged_in):
+    """The page names the JSON to fetch and the box to fill; the answers come
+    as they were written (review.js puts them in as text: the browser test
+    shows markup staying text)."""
     add_reviewed(app, FORGOT, "<b>설정</b>에서 바꾸세요")
     row_id = add_exchange(app, IN_OTHER_WORDS, answer="틀린 답")
     html = logged_in.get(f"/admin/exchange/edit/?id={row_id}").get_data(as_text=True)
     assert "추천 답변" in html
-    assert html.count("data-suggestion=") == suggest.SUGGESTIONS
-    assert 'data-suggestion="&lt;b&gt;설정&lt;/b&gt;에서 바꾸세요"' in html and "<b>설정</b>" not in html
-    assert "검토된 답변" in html and "학습 데이터" in html
+    assert f'data-url="/admin/exchange/suggest/?id={row_id}"' in html and 'data-target="corrected_answer"' in html
+    found = suggested(logged_in, row_id)
+    assert len(found) == suggest.SUGGESTIONS
+    assert found[0] == ("<b>설정</b>에서 바꾸세요", "검토된 답변") and "<b>설정</b>" not in html
+    assert {label for _, label in found} == {"검토된 답변", "학습 데이터"}
 
 
 def test_taking_a_suggestion_is_saved_like_any_correction(app, logged_in):
@@ -65,17 +77,17 @@ def test_taking_a_suggestion_is_saved_like_any_correction(app, logged_in):
     add_reviewed(app, FORGOT, ANSWER)
     row_id = add_exchange(app, IN_OTHER_WORDS, answer="틀린 답")
     html = logged_in.get(f"/admin/exchange/edit/?id={row_id}").get_data(as_text=True)
-    assert f'data-suggestion="{ANSWER}"' in html
+    assert (ANSWER, "검토된 답변") in suggested(logged_in, row_id)
     response = logged_in.post(f"/admin/exchange/edit/?id={row_id}", data={
         "csrf_token": token_in(html), "corrected_answer": ANSWER, "status": REVIEWED})
     assert response.status_code == 302
     assert (get_row(app, row_id).corrected_answer, get_row(app, row_id).status) == (ANSWER, REVIEWED)
 
 
-def test_with_every_suggestion_slot_taken_the_page_opens_without_them(app, logged_in):
+def test_with_every_suggestion_slot_taken_there_are_none_at_once(app, logged_in):
     """Suggestions take at most one model thread each and never queue: with
-    every slot held (other reviewers' pages), the page opens at once with
-    the form and no suggestions."""
+    every slot held (other reviewers' pages), none come, at once, and the
+    page still opens with its form."""
     row_id = add_exchange(app, IN_OTHER_WORDS, answer="틀린 답")
     slots = app.extensions["chatbot.responder"]._suggesting
     held = 0
@@ -85,13 +97,13 @@ def test_with_every_suggestion_slot_taken_the_page_opens_without_them(app, logge
         assert held >= 1
         with pytest.raises(batching.Busy):
             suggestions(app, IN_OTHER_WORDS)
+        assert suggested(logged_in, row_id) == []
         page = logged_in.get(f"/admin/exchange/edit/?id={row_id}")
-        html = page.get_data(as_text=True)
-        assert page.status_code == 200 and "추천 답변" not in html and 'name="corrected_answer"' in html
+        assert page.status_code == 200 and 'name="corrected_answer"' in page.get_data(as_text=True)
     finally:
         for _ in range(held):
             slots.release()
-    assert "추천 답변" in logged_in.get(f"/admin/exchange/edit/?id={row_id}").get_data(as_text=True)
+    assert len(suggested(logged_in, row_id)) == suggest.SUGGESTIONS
 
 
 def test_the_answer_being_corrected_is_not_suggested(app, logged_in):
@@ -99,9 +111,9 @@ def test_the_answer_being_corrected_is_not_suggested(app, logged_in):
     suggesting it back would waste one of the three."""
     assert "맛있는 거 드세요." in [s.answer for s in suggestions(app, "배가 너무 고파요")]
     row_id = add_exchange(app, "배가 너무 고파요", answer="맛있는 거 드세요.", corrected_answer="라면 어때요?")
-    html = logged_in.get(f"/admin/exchange/edit/?id={row_id}").get_data(as_text=True)
-    assert html.count("data-suggestion=") == suggest.SUGGESTIONS
-    assert 'data-suggestion="맛있는 거 드세요."' not in html and 'data-suggestion="라면 어때요?"' not in html
+    answers = [answer for answer, _ in suggested(logged_in, row_id)]
+    assert len(answers) == suggest.SUGGESTIONS
+    assert "맛있는 거 드세요." not in answers and "라면 어때요?" not in answers
 
 
 def test_without_a_model_the_reviewed_answers_are_suggested_by_words(make_app):

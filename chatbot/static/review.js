@@ -105,20 +105,20 @@
   });
 })();
 
-/* Suggested answers (chatbot/suggest.py).  "이 답변 쓰기" puts one in the
- * correction box: the one the list's data-target names (the queue's group
- * page), else the edit form's; the reviewer can still change it, and nothing
- * is saved until they save the form.  The edit page renders its list; the
- * group page fetches it from data-url (JSON) and builds it here, every
- * value as text, never as HTML. */
+/* Suggested answers (chatbot/suggest.py, templates/admin/suggestions.html) on
+ * an exchange's edit page and the queue's group page: fetched from the
+ * panel's data-url (JSON) and built here, every value as text, never as
+ * HTML.  "이 답변 쓰기" puts one in the correction box the panel's
+ * data-target names; the reviewer can still change it, and nothing is saved
+ * until they save the form. */
 (function () {
   "use strict";
 
   document.addEventListener("click", function (event) {
     var button = event.target && event.target.closest && event.target.closest("[data-suggestion]");
     if (!button) return;
-    var list = button.closest("[data-target]");
-    var box = document.getElementById(list ? list.getAttribute("data-target") : "corrected_answer");
+    var panel = button.closest("[data-target]");
+    var box = panel && document.getElementById(panel.getAttribute("data-target"));
     if (!box) return;
     box.value = button.getAttribute("data-suggestion");
     box.focus();
