@@ -10,14 +10,11 @@ Core) so they can run on a model thread with a connection of their own.
 """
 import hashlib
 import importlib
-import logging
 
 import sqlalchemy as sa
 
 from . import meaning
 from .database import QuestionMeaning, utcnow
-
-log = logging.getLogger(__name__)
 
 TABLE = QuestionMeaning.__table__
 CHUNK = 500  # questions per SELECT ... IN (...): under every database's limit on parameters
@@ -27,22 +24,25 @@ def question_hash(question: str) -> str:
     return hashlib.sha256(meaning.normalise(question).encode("utf-8")).hexdigest()
 
 
+def _rows(connection, encoder_name: str, hashes, *columns):
+    """The stored rows of ``hashes`` (their ``columns``), CHUNK hashes a statement."""
+    for start in range(0, len(hashes), CHUNK):
+        yield from connection.execute(sa.select(*columns).where(
+            TABLE.c.encoder == encoder_name, TABLE.c.question_hash.in_(hashes[start:start + CHUNK])))
+
+
 def load(connection, encoder_name: str, questions) -> dict:
     """The stored vectors of ``questions``, by question (float32)."""
     import numpy as np
 
     by_hash = {question_hash(q): q for q in questions}
-    hashes = list(by_hash)
     found = {}
-    for start in range(0, len(hashes), CHUNK):
-        rows = connection.execute(sa.select(TABLE.c.question_hash, TABLE.c.vector).where(
-            TABLE.c.encoder == encoder_name, TABLE.c.question_hash.in_(hashes[start:start + CHUNK])))
-        for key, blob in rows:
-            if len(blob) != 2 * meaning.DIM:  # not a vector of this encoder's size (a damaged row)
-                continue
-            vector = np.frombuffer(blob, dtype="<f2")
-            if vector.shape == (meaning.DIM,) and np.isfinite(vector).all():
-                found[by_hash[key]] = vector.astype(np.float32)
+    for key, blob in _rows(connection, encoder_name, list(by_hash), TABLE.c.question_hash, TABLE.c.vector):
+        if len(blob) != 2 * meaning.DIM:  # not a vector of this encoder's size (a damaged row)
+            continue
+        vector = np.frombuffer(blob, dtype="<f2")
+        if np.isfinite(vector).all():
+            found[by_hash[key]] = vector.astype(np.float32)
     return found
 
 
@@ -55,12 +55,8 @@ def save(connection, encoder_name: str, vectors: dict, limit: int) -> int:
     if not vectors or limit <= 0:
         return 0
     rows = {question_hash(q): np.asarray(v, dtype="<f2").tobytes() for q, v in vectors.items()}
-    hashes = list(rows)
-    for start in range(0, len(hashes), CHUNK):
-        have = connection.execute(sa.select(TABLE.c.question_hash).where(
-            TABLE.c.encoder == encoder_name, TABLE.c.question_hash.in_(hashes[start:start + CHUNK])))
-        for (key,) in have:
-            rows.pop(key, None)
+    for (key,) in _rows(connection, encoder_name, list(rows), TABLE.c.question_hash):
+        rows.pop(key, None)
     now = utcnow()
     values = [{"encoder": encoder_name, "question_hash": key, "vector": blob, "created_at": now}
               for key, blob in rows.items()]
