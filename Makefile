@@ -7,7 +7,7 @@ PORT   ?= 5000
 MALLOC_ARENA_MAX ?= 2
 PYTHONMALLOC ?= malloc
 
-.PHONY: run serve simulate bench-analytics bench-serve bench-smallvm bench-attack bench-learning test retrain install install-test clean bench-quality browser
+.PHONY: run serve simulate bench-review bench-analytics bench-serve bench-smallvm bench-attack bench-learning test retrain install install-test clean bench-quality browser
 
 $(BIN)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -72,6 +72,12 @@ bench-quality: $(BIN)/.installed-bench
 # make bench-learning BENCH_ARGS="--data pairs.csv"
 bench-learning: $(BIN)/.installed-bench
 	$(BIN)/python -m bench.learning $(BENCH_ARGS)
+
+# Review benchmark (bench/review.py, issue 26): the queue's groups by meaning
+# against exact keys, and the queue's pages at 100,000 unreviewed exchanges;
+# about a minute.  BENCH_ARGS="--model-dir DIR" adds the suggested answers.
+bench-review: $(BIN)/.installed-bench
+	$(BIN)/python -m bench.review $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

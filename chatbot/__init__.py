@@ -23,7 +23,7 @@ def create_app(test_config=None):
 
     # Import the modules that register Socket.IO handlers before the first
     # socketio.init_app: Flask-SocketIO only replays handlers it saw then.
-    from . import api, chat, cli, database, heavy, kakao, limits, meaning, review, security, widget
+    from . import api, chat, cli, database, grouping, heavy, kakao, limits, meaning, review, security, widget
 
     app = Flask(__name__, instance_path=str(PROJECT_ROOT / "instance"))
     app.config.from_object(Config)
@@ -64,6 +64,7 @@ def create_app(test_config=None):
 
     meaning.init_app(app)
     chat.init_app(app)
+    grouping.init_app(app)  # after chat: it works on the responder's background thread
     widget.init_app(app)
     heavy.init_app(app)
     review.init_app(app)

@@ -238,6 +238,19 @@ class Config:
     # about 0.9 kB a row), so that a restart embeds nothing again; past this
     # many rows the oldest go.
     MEANING_STORE_ROWS = env_int("MEANING_STORE_ROWS", 20_000)
+    # The review queue groups unreviewed questions alike in meaning
+    # (chatbot/grouping.py, in the background): a question joins the group
+    # whose first question is at a cosine of QUEUE_GROUP_SIMILARITY or more
+    # (e5's raw cosine).  At 0.94, 91% of the questions of ChatbotData's
+    # paraphrase clusters land in a group of their own answer
+    # (bench/group_cut.py).  QUEUE_MEANING_GROUPS=0: the exact key only.
+    # At most QUEUE_GROUP_ROWS keys are kept (about 1 kB each; past it the
+    # oldest go) and the newest QUEUE_GROUP_LEADERS groups take new questions
+    # (0.8 kB of memory each).
+    QUEUE_MEANING_GROUPS = env_bool("QUEUE_MEANING_GROUPS", True)
+    QUEUE_GROUP_SIMILARITY = env_float("QUEUE_GROUP_SIMILARITY", 0.94)
+    QUEUE_GROUP_ROWS = env_int("QUEUE_GROUP_ROWS", 200_000)
+    QUEUE_GROUP_LEADERS = env_int("QUEUE_GROUP_LEADERS", 20_000)
     # KakaoTalk (chatbot/kakao.py).  The skill's URL secret: unset, an HMAC of
     # SECRET_KEY (so it changes with it); set it to keep a URL across a new
     # SECRET_KEY (URL-safe characters, at least 20).  Kakao waits 5 s for a

@@ -111,6 +111,7 @@ def ask(data, session_id: str | None, channel: str, api_key_id: int | None = Non
     db.session.flush()  # the id, without reading the row back after the commit
     reply = payload(row)
     db.session.commit()
+    current_app.extensions["chatbot.grouper"].nudge()  # the review queue's groups by meaning
     return reply
 
 

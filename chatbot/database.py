@@ -217,7 +217,27 @@ class QuestionMeaning(db.Model):
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow, index=True)
 
 
-AUDIT_ACTIONS = {"status": "상태 변경", "edit": "답변 수정", "group": "묶음 수정", "purge": "영구 삭제"}
+class QuestionGroup(db.Model):
+    """A question key's group in the review queue (chatbot/grouping.py):
+    questions alike in meaning share a ``group_key``, the key of the first
+    of them (the group's leader, whose own ``group_key`` is itself).
+
+    ``vector`` is the key's meaning vector (from the first question asked
+    with it), so that another process can take a leader as it is.  ``id``
+    rises with every row, so a process reads only the leaders added since
+    it last looked."""
+
+    __tablename__ = "question_group"
+    id = db.Column(db.Integer, primary_key=True)
+    question_key = db.Column(db.String(QUESTION_KEY_LENGTH), nullable=False, unique=True)
+    group_key = db.Column(db.String(QUESTION_KEY_LENGTH), nullable=False, index=True)
+    encoder = db.Column(db.String(40), nullable=False)
+    vector = db.Column(db.LargeBinary, nullable=False)  # meaning.DIM float16, little-endian
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow, index=True)
+
+
+AUDIT_ACTIONS = {"status": "상태 변경", "edit": "답변 수정", "group": "묶음 수정", "split": "묶음에서 분리",
+                 "purge": "영구 삭제"}
 
 
 class ReviewAudit(db.Model):

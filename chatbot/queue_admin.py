@@ -1,10 +1,12 @@
 """The review queue at /admin/queue: grouped questions, next-unreviewed flow,
 purging needs-deletion rows, and CSV import/export.
 
-Unreviewed exchanges are grouped by ``question_key`` (morph.question_key:
-spacing, punctuation and particles ignored), so the same question asked in
-slightly different words is one group and one correction is applied to all
-of its rows.  Groups with a 👎 come first, then the biggest, then the newest.
+Unreviewed exchanges are grouped by meaning (chatbot/grouping.py: 배고파
+and 밥 먹고 싶어 are one group), and inside a group by ``question_key``
+(morph.question_key: spacing, punctuation and particles ignored), so one
+correction is applied to all of a group's rows.  A key that does not belong
+is split off with one click.  Without the encoder, the groups are the keys.
+Groups with a 👎 come first, then the unsure ones, the biggest, the newest.
 The empty key (a row with nothing visible, or one stored before
 morph.question_key kept symbols: "?!" and "😀" had the same "") groups
 nothing: such rows are reviewed one by one in the review list.
@@ -22,15 +24,17 @@ import logging
 import os
 import tempfile
 from datetime import datetime
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from flask import Response, current_app, flash, redirect, request, url_for
 from flask_admin import BaseView, expose
 from flask_login import current_user
 
-from . import heavy
+from . import grouping, heavy
 from .admin_base import ReviewerOnly, row_ids
-from .database import FEEDBACK_DOWN, NEEDS_DELETION, REVIEWED, ROUTE_UNSURE, UNREVIEWED, Exchange, audit
+from .database import (FEEDBACK_DOWN, NEEDS_DELETION, REVIEWED, ROUTE_UNSURE, UNREVIEWED, Exchange, QuestionGroup,
+                       audit)
 from .extensions import db
 from .pairs import add_imported_pairs, reviewed_pairs
 from .pairs_csv import PairsFileError, read_pairs_csv, write_pairs_csv
@@ -45,62 +49,111 @@ MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 DECISIONS = {"reviewed": REVIEWED, "needs_deletion": NEEDS_DELETION}
 
 
-def unreviewed_groups(limit=MAX_GROUPS, window=None):
-    """[(key, rows count, 👎 count, unsure count, newest time)] of unreviewed
-    rows, in queue order: groups with a 👎 first, then groups the bot said
-    it did not know (what it most needs to learn), then the biggest.
+class Group(NamedTuple):
+    """A queue group: its key (grouping.members), its unreviewed rows' count,
+    👎 and unsure counts and newest time, and its keys ``[(question_key,
+    rows)]``, the most frequent first."""
+    key: str
+    count: int
+    disliked: int
+    unsure: int
+    newest: datetime
+    keys: list
+
+
+def unreviewed_groups(limit=MAX_GROUPS, window=None) -> list[Group]:
+    """The groups of unreviewed rows, in queue order: groups with a 👎 first,
+    then groups the bot said it did not know (what it most needs to learn),
+    then the biggest, then the newest.
 
     Counted over the newest ``window`` unreviewed rows (default: the app's
     ADMIN_QUEUE_ROWS): a read of that many rows by id on ix_exchange_status,
-    however many wait in all.  MATERIALIZED: read first, then grouped, so
-    that no database plans to read every row in question_key order instead
-    of sorting the window's.
+    however many wait in all.  MATERIALIZED: read first, then counted by
+    key, so that no database plans to read every row in question_key order
+    instead of sorting the window's.  Each key's group (question_group, by
+    chatbot/grouping.py; a key not grouped is a group of its own) adds the
+    keys up, here: a few thousand keys at most.
     """
     window = window or current_app.config["ADMIN_QUEUE_ROWS"]
-    unreviewed = Exchange.status == UNREVIEWED
-    oldest = (sa.select(Exchange.id).where(unreviewed).order_by(Exchange.id.desc())
-              .offset(window - 1).limit(1).scalar_subquery())
     rows = (sa.select(Exchange.question_key, Exchange.feedback, Exchange.route, Exchange.created_at)
-            .where(unreviewed, Exchange.id >= sa.func.coalesce(oldest, 0), Exchange.question_key != "")
+            .where(Exchange.status == UNREVIEWED, Exchange.id >= grouping.window_start(window),
+                   Exchange.question_key != "")
             .cte("newest").prefix_with("MATERIALIZED"))
-    disliked = sa.func.sum(sa.case((rows.c.feedback == FEEDBACK_DOWN, 1), else_=0))
-    unsure = sa.func.sum(sa.case((rows.c.route == ROUTE_UNSURE, 1), else_=0))
-    count = sa.func.count()
-    newest = sa.func.max(rows.c.created_at)
-    query = (sa.select(rows.c.question_key, count, disliked, unsure, newest)
-             .group_by(rows.c.question_key)
-             .order_by((disliked > 0).desc(), (unsure > 0).desc(), count.desc(), newest.desc(),
-                       rows.c.question_key)
-             .limit(limit))
-    return [tuple(row) for row in db.session.execute(query).all()]
+    by_key = (sa.select(rows.c.question_key.label("key"), sa.func.count().label("count"),
+                        sa.func.sum(sa.case((rows.c.feedback == FEEDBACK_DOWN, 1), else_=0)).label("disliked"),
+                        sa.func.sum(sa.case((rows.c.route == ROUTE_UNSURE, 1), else_=0)).label("unsure"),
+                        sa.func.max(rows.c.created_at).label("newest"))
+              .group_by(rows.c.question_key).cte("by_key").prefix_with("MATERIALIZED"))
+    query = (sa.select(by_key, QuestionGroup.group_key)
+             .select_from(by_key.outerjoin(QuestionGroup, QuestionGroup.question_key == by_key.c.key)))
+    groups = {}
+    for key, count, disliked, unsure, newest, group_key in db.session.execute(query):
+        group = groups.setdefault(group_key or key, [0, 0, 0, newest, []])
+        group[0] += count
+        group[1] += disliked
+        group[2] += unsure
+        group[3] = max(group[3], newest)
+        group[4].append((key, count))
+    found = [Group(key, count, disliked, unsure, newest, sorted(keys, key=lambda kc: (-kc[1], kc[0])))
+             for key, (count, disliked, unsure, newest, keys) in sorted(groups.items())]
+    found.sort(key=lambda g: (g.disliked > 0, g.unsure > 0, g.count, g.newest), reverse=True)  # stable: by key
+    return found[:limit]
 
 
-def in_group(key):
-    """The rows of group ``key``; the empty key is no group."""
-    return sa.and_(Exchange.question_key == key, Exchange.question_key != "")
+def flagged_groups(limit=5):
+    """[(position in the queue, Group, its newest questions)]: the groups
+    with the most 👎 and unsure exchanges among the queue's first MAX_GROUPS
+    (those come first in it), for the admin home page's links."""
+    found = unreviewed_groups()
+    flagged = sorted((g for g in enumerate(found) if g[1].disliked + g[1].unsure),
+                     key=lambda g: (-(g[1].disliked + g[1].unsure), g[0]))[:limit]
+    previews = group_previews([group for _, group in flagged])
+    return [(position, group, [question for question, _ in previews[group.key]]) for position, group in flagged]
 
 
 def group_rows(key, limit=GROUP_ROWS):
     """The newest ``limit`` unreviewed rows of group ``key``."""
     return db.session.scalars(
-        sa.select(Exchange).where(Exchange.status == UNREVIEWED, in_group(key))
+        sa.select(Exchange).where(Exchange.status == UNREVIEWED, grouping.in_group(key))
         .order_by(Exchange.created_at.desc(), Exchange.id.desc()).limit(limit)).all()
 
 
-def group_previews(keys, per_group=3):
-    """{key: [(question, answer)]}: the newest ``per_group`` unreviewed rows
-    of each group, a seek on ix_exchange_key_status_created each, by one
-    statement built once (building 200 would take longer than running them)."""
-    newest = (sa.select(Exchange.question, Exchange.answer)
-              .where(Exchange.status == UNREVIEWED, Exchange.question_key == sa.bindparam("key"))
-              .order_by(Exchange.created_at.desc(), Exchange.id.desc()).limit(per_group))
+def group_previews(groups, shown=3):
+    """{group key: [(question, answer)]}: a group of one key, its newest
+    ``shown`` unreviewed rows; else the newest of each of its ``shown`` most
+    frequent keys.  A seek on ix_exchange_key_status_created each, by two
+    statements built once (building hundreds would take longer than running
+    them)."""
+    def newest(count):
+        return (sa.select(Exchange.question, Exchange.answer)
+                .where(Exchange.status == UNREVIEWED, Exchange.question_key == sa.bindparam("key"))
+                .order_by(Exchange.created_at.desc(), Exchange.id.desc()).limit(count))
+
+    several, one = newest(shown), newest(1)
     connection = db.session.connection()
-    return {key: [tuple(row) for row in connection.execute(newest, {"key": key})] for key in keys}
+    previews = {}
+    for group in groups:
+        if len(group.keys) == 1:
+            previews[group.key] = [tuple(row) for row in connection.execute(several, {"key": group.key})]
+        else:
+            previews[group.key] = [tuple(row) for key, _ in group.keys[:shown]
+                                   for row in connection.execute(one, {"key": key})]
+    return previews
+
+
+def group_keys(key):
+    """[(question_key, unreviewed rows, the newest question)] of group ``key``, the most frequent first."""
+    counts = db.session.execute(
+        sa.select(Exchange.question_key, sa.func.count(), sa.func.max(Exchange.id))
+        .where(Exchange.status == UNREVIEWED, grouping.in_group(key)).group_by(Exchange.question_key)).all()
+    questions = dict(db.session.execute(sa.select(Exchange.id, Exchange.question).where(
+        Exchange.id.in_([newest for _, _, newest in counts]))).all())
+    return sorted(((k, n, questions[newest]) for k, n, newest in counts), key=lambda row: (-row[1], row[0]))
 
 
 def group_size(key):
     return db.session.scalar(sa.select(sa.func.count()).select_from(Exchange).where(
-        Exchange.status == UNREVIEWED, in_group(key)))
+        Exchange.status == UNREVIEWED, grouping.in_group(key)))
 
 
 def apply_to_group(key, ids, status, correction, reviewer_name):
@@ -110,7 +163,7 @@ def apply_to_group(key, ids, status, correction, reviewer_name):
     ones the reviewer saw) change: a row that arrived meanwhile waits.
     """
     rows = db.session.scalars(sa.select(Exchange).where(
-        Exchange.id.in_(ids), in_group(key), Exchange.status == UNREVIEWED)).all()
+        Exchange.id.in_(ids), grouping.in_group(key), Exchange.status == UNREVIEWED)).all()
     for row in rows:
         if status == REVIEWED and correction and correction != row.answer:
             row.corrected_answer = correction
@@ -134,13 +187,15 @@ class QueueView(ReviewerOnly, BaseView):
     @expose("/")
     @heavy.page
     def index(self):
-        groups = []
+        grouping.grouper().nudge()  # keys that came in another process, or before a restart
         found = unreviewed_groups()
-        previews = group_previews([key for key, *_ in found])
-        for key, count, disliked, unsure, newest in found:
-            rows = previews[key]
-            groups.append({"key": key, "count": count, "disliked": disliked, "unsure": unsure, "newest": newest,
-                           "questions": [question for question, _ in rows],
+        previews = group_previews(found)
+        groups = []
+        for group in found:
+            rows = previews[group.key]
+            groups.append({"group": group, "questions": [question for question, _ in rows],
+                           "counts": [count for _, count in group.keys[:len(rows)]] if len(group.keys) > 1 else [],
+                           "more": max(0, len(group.keys) - len(rows)) if len(group.keys) > 1 else 0,
                            "answers": sorted({answer for _, answer in rows})})
         return self.render("admin/queue.html", groups=groups)
 
@@ -152,7 +207,7 @@ class QueueView(ReviewerOnly, BaseView):
         if len(groups) <= skip:
             flash("검토할 대화가 더 없습니다." if skip == 0 else "건너뛴 것 말고는 검토할 대화가 없습니다.", "info")
             return redirect(url_for(".index"))
-        return redirect(url_for(".group", key=groups[skip][0], skip=skip))
+        return redirect(url_for(".group", key=groups[skip].key, skip=skip))
 
     @expose("/group", methods=["GET", "POST"])
     @heavy.page
@@ -177,7 +232,20 @@ class QueueView(ReviewerOnly, BaseView):
         for row in rows:
             answers[row.answer] = answers.get(row.answer, 0) + 1
         return self.render("admin/queue_group.html", key=key, rows=rows, skip=skip, total=group_size(key),
-                           answers=sorted(answers.items(), key=lambda kv: -kv[1]))
+                           answers=sorted(answers.items(), key=lambda kv: -kv[1]), keys=group_keys(key))
+
+    @expose("/split", methods=["POST"])
+    @heavy.page
+    def split(self):
+        """Take one question key out of its group (grouping.split)."""
+        key, member = request.form.get("key", ""), request.form.get("member", "")
+        skip = max(0, request.form.get("skip", 0, type=int) or 0)
+        rest = grouping.split(member, key, current_user.username)
+        if rest is None:
+            flash("그 질문은 이 묶음에 없거나 혼자입니다. 아무것도 바꾸지 않았습니다.", "warning")
+            return redirect(url_for(".group", key=key, skip=skip))
+        flash("질문 하나를 묶음에서 분리했습니다. 따로 검토할 수 있습니다.", "success")
+        return redirect(url_for(".group", key=rest, skip=skip))
 
     @expose("/purge", methods=["POST"])
     @heavy.page

@@ -63,6 +63,8 @@ class Responder:
             self._batcher.run, correction_min_similarity, correction_refresh_seconds, correction_unsure_similarity,
             correction_meaning_similarity, correction_meaning_limit, self.models_root,
             self._batcher.run_in_background)
+        # Work no chat waits for (chatbot/grouping.py), at the lowest CPU priority.
+        self.run_in_background = self._batcher.run_in_background
         self._lock = threading.Lock()
         # Reviewers' suggestions (suggestions()) take at most one model thread
         # each and never queue: past `workers` at once, Busy.

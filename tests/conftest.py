@@ -33,6 +33,10 @@ def make_app(tmp_path):
             # questions: answer everything unless a test is about the
             # fallback (tests/test_confidence.py).
             "MIN_CONFIDENCE": 0,
+            # The queue's groups by meaning are made in the background after
+            # each chat: off unless a test is about them (tests/test_grouping.py),
+            # so that other tests' queues group by exact key, as they expect.
+            "QUEUE_MEANING_GROUPS": False,
             **config,
         })
         with app.app_context():
