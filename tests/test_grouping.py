@@ -10,6 +10,7 @@ between any of those and 오늘 날씨 어때, 안녕하세요 or 심심해; so 
 """
 import re
 import time
+from datetime import datetime
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -233,3 +234,24 @@ def test_the_home_page_links_the_groups_with_the_most_thumbs_down_and_unsure(app
     assert [parse_qs(link.query)["skip"] for link in links] == [["0"], ["1"]]
     page = client.get(links[0].path + "?" + links[0].query).get_data(as_text=True)
     assert "같은 질문 3건" in page and "배고파 죽겠어" in page
+
+
+def test_two_processes_group_the_same_keys_on_postgresql(make_app, postgres):
+    """PostgreSQL: a process storing a key another one stored first (both
+    read its row before either stored it) keeps the first row and does not
+    fail; a second process then reads the first's leaders."""
+    app = make_app(SQLALCHEMY_DATABASE_URI=postgres.create_database("grouping"), QUEUE_MEANING_GROUPS=True,
+                   QUEUE_GROUP_SIMILARITY=CUT)
+    add(app, "배고파", "심심해")
+    assert catch_up(app) == 2
+    second = Grouper(app, lambda fn, *a: fn(*a))
+    with app.app_context(), db.engine.connect() as connection:
+        second._insert(connection, [{"question_key": key("심심해"), "group_key": key("배고파"), "encoder": "e5-small",
+                                     "vector": bytes(768), "created_at": datetime(2026, 12, 1)}])
+        connection.commit()
+    add(app, "배고파 죽겠어")
+    assert second.catch_up() == 3
+    assert group_of(app) == {key("배고파"): key("배고파"), key("배고파 죽겠어"): key("배고파"),
+                             key("심심해"): key("심심해")}
+    with app.app_context():
+        db.engine.dispose()

@@ -262,3 +262,31 @@ def test_question_meaning_migration_makes_the_table_and_is_undone(app):
     with app.app_context():
         flask_migrate.upgrade()
     assert "question_meaning" in tables()
+
+
+def test_question_group_migration_makes_the_table_and_is_undone(app):
+    """f6a2d8c4b1e7: the review queue's groups, one row per question key,
+    found by group; undone, the table is gone and nothing else changed."""
+    import pytest
+
+    def tables():
+        with app.app_context():
+            return set(sa.inspect(db.engine).get_table_names())
+
+    insert = ("INSERT INTO question_group (question_key, group_key, encoder, vector, created_at) "
+              "VALUES (:k, '배고프', 'e5-small', x'00', '2024-01-01')")
+    assert "question_group" in tables()
+    with app.app_context():
+        indexes = {index["name"] for index in sa.inspect(db.engine).get_indexes("question_group")}
+        assert "ix_question_group_group_key" in indexes
+        db.session.execute(sa.text(insert), {"k": "배고프"})
+        db.session.commit()
+        with pytest.raises(sa.exc.IntegrityError):  # one group per key
+            db.session.execute(sa.text(insert), {"k": "배고프"})
+            db.session.commit()
+        db.session.rollback()
+        flask_migrate.downgrade(revision="e3b7a1c9d5f2")
+    assert "question_group" not in tables() and "question_meaning" in tables()
+    with app.app_context():
+        flask_migrate.upgrade()
+    assert "question_group" in tables()
