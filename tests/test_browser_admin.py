@@ -19,9 +19,25 @@ def live(tmp_path_factory):
     starter = workdir / "starter.csv"
     starter.write_text("Q,A\n" + "".join(f"{q},{a}\n" for q, a in PAIRS), encoding="utf-8")
     app = prepare(workdir, reviewer=("kim", PASSWORD), STARTER_PAIRS=str(starter))
-    server = LiveServer(workdir, env={"STARTER_PAIRS": str(starter), "RETRAIN_ARGS": TINY_ARGS}).start()
+    # The queue's groups by meaning are made in the background: these tests'
+    # queues group by exact key (test_the_queue_groups_by_meaning... has its own server).
+    server = LiveServer(workdir, env={"STARTER_PAIRS": str(starter), "RETRAIN_ARGS": TINY_ARGS,
+                                      "QUEUE_MEANING_GROUPS": "0"}).start()
     server.app = app
     server.models = workdir / "models"
+    yield server
+    server.stop()
+
+
+GROUP_CUT = "0.89"  # 배고파, 너무 배고프다 and 배고파 죽겠어 are one group; 심심해 is not (tests/test_grouping.py)
+
+
+@pytest.fixture
+def grouping_live(tmp_path):
+    """A server of its own whose queue groups by meaning, in the background, as `make serve` does."""
+    app = prepare(tmp_path, reviewer=("kim", PASSWORD), QUEUE_MEANING_GROUPS=True, QUEUE_GROUP_SIMILARITY=0.89)
+    server = LiveServer(tmp_path, env={"QUEUE_GROUP_SIMILARITY": GROUP_CUT}).start()
+    server.app = app
     yield server
     server.stop()
 
@@ -183,4 +199,62 @@ def test_suggested_answers_are_shown_as_text_never_as_html(live, context):
     button.click()
     assert page.input_value("#corrected_answer") == evil
     assert page.evaluate("window.__pwned") is None
+    assert_clean(page)
+
+
+@pytest.mark.parametrize("kind", ["desktop", "mobile"])
+def test_the_queue_groups_by_meaning_and_a_group_is_split_and_corrected_with_a_suggestion(grouping_live, context,
+                                                                                          kind):
+    """The server groups the questions by meaning in the background (a queue
+    page nudges it); the group page lists its questions, 분리 takes one out
+    (audited), a suggested answer is taken with one click and Ctrl+Enter
+    saves it for the rest of the group.  Screenshots at 1280x800 and
+    360x640: docs/queue-groups-*.png (the queue), docs/queue-group-*.png
+    (a group, its questions and the suggestions)."""
+    from chatbot import morph
+    from chatbot.database import REVIEWED, UNREVIEWED, Exchange, ReviewAudit
+    from chatbot.extensions import db
+
+    live = grouping_live
+    size = "desktop" if kind == "desktop" else "360x640"
+    with live.app.app_context():
+        for q in ("배고파", "배고파", "너무 배고프다", "배고파 죽겠어", "심심해"):
+            db.session.add(Exchange(question=q, question_key=morph.question_key(q), answer="몰라요"))
+        db.session.commit()
+        db.engine.dispose()
+    page = admin_login(context(kind), live, "/admin/queue/")
+    first = page.locator("#queue-groups tbody tr").first
+    for _ in range(60):  # the server groups them in the background, nudged by the page
+        if "너무 배고프다" in first.inner_text():
+            break
+        page.wait_for_timeout(500)
+        page.reload()
+    assert page.locator("#queue-groups tbody tr").count() == 2
+    assert "배고파 죽겠어" in first.inner_text() and "(2)" in first.inner_text()  # 배고파, asked twice
+    page.screenshot(path=str(ROOT / "docs" / f"queue-groups-{size}.png"), full_page=kind == "desktop")
+
+    first.locator("a", has_text="검토").click()
+    page.wait_for_selector("#queue-group-keys")
+    assert page.locator("#queue-group-keys tbody tr").count() == 3
+    page.locator("#suggestions [data-suggestion]").first.wait_for()
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(ROOT / "docs" / f"queue-group-{size}.png"), full_page=kind == "desktop")
+    page.locator("#queue-group-keys tbody tr", has_text="너무 배고프다").locator("button", has_text="분리").click()
+    page.wait_for_selector(".alert-success")
+    assert page.locator("#queue-group-keys tbody tr").count() == 2
+    assert "너무 배고프다" not in page.locator("#queue-group-form").inner_text()
+
+    button = page.locator('#suggestions [data-suggestion="맛있는 거 드세요."]')  # helpers.PAIRS: 배고파
+    button.wait_for()
+    button.click()
+    assert page.input_value("#queue-correction") == "맛있는 거 드세요."
+    page.locator("#queue-correction").press("Control+Enter")
+    page.wait_for_selector(".alert-success")
+    with live.app.app_context():
+        rows = {(r.question, r.status, r.corrected_answer) for r in db.session.scalars(sa.select(Exchange))}
+        assert rows == {("배고파", REVIEWED, "맛있는 거 드세요."), ("배고파 죽겠어", REVIEWED, "맛있는 거 드세요."),
+                        ("너무 배고프다", UNREVIEWED, None), ("심심해", UNREVIEWED, None)}
+        actions = db.session.scalars(sa.select(ReviewAudit.action).order_by(ReviewAudit.id)).all()
+        assert actions == ["split", "group", "group", "group"]
+        db.engine.dispose()
     assert_clean(page)
