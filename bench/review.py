@@ -18,10 +18,12 @@ of questions whose answer is their group's most common.
 
 Queue pages: --queue-rows unreviewed exchanges (ChatbotData's questions, the
 frequent ones asked often; 👎 and unsure among them) in a SQLite file, their
-keys in groups of one to four as question_group holds them (made up: the
-page's work does not depend on the vectors), and the median time of the
-queue, the home page and the biggest group's page through Flask's test
-client, logged in.
+keys in groups of one to a few as question_group holds them (made up, with
+random unit vectors: the pages' work does not depend on what they mean), and
+the median time of the queue, the home page, the biggest group's page and
+the previews of what a correction would change (chatbot/reach.py: of the
+newest exchange's question, and of that group's) through Flask's test client,
+logged in, with no model (the preview then scores by words).
 
 Suggestions: for each question of bench-quality's test split (the same
 stable hash) whose reference answer is also a training pair's answer, that
@@ -126,6 +128,7 @@ def grouping_actions(data, ood) -> dict:
 def queue_page_times(data, rows: int, repeats: int = 5, seed: int = 26) -> dict:
     """Median times of the queue, the home page and the biggest group's page
     at ``rows`` unreviewed exchanges (the module docstring)."""
+    import numpy as np
     import sqlalchemy as sa
 
     from chatbot.database import FEEDBACK_DOWN, ROUTE_UNSURE, Exchange, QuestionGroup, Reviewer
@@ -150,22 +153,27 @@ def queue_page_times(data, rows: int, repeats: int = 5, seed: int = 26) -> dict:
             distinct = sorted({keys[q] for q in picked if keys[q]})
             rng.shuffle(distinct)
             groups, leaders = [], []
-            for key in distinct:
+            unit = np.random.default_rng(seed).standard_normal((len(distinct), 384))
+            unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+            for key, vector in zip(distinct, unit):
                 leader = rng.choice(leaders[-50:]) if leaders and rng.random() < 0.5 else key
                 if leader == key:
                     leaders.append(key)
                 groups.append({"question_key": key, "group_key": leader, "encoder": "e5-small",
-                               "vector": bytes(768), "created_at": start})
+                               "vector": vector.astype("<f2").tobytes(), "created_at": start})
             db.session.execute(QuestionGroup.__table__.insert(), groups)
             reviewer = Reviewer(username="bench")
             reviewer.set_password("bench password 26")
             db.session.add(reviewer)
             db.session.commit()
             biggest = unreviewed_groups(limit=1)[0].key
+            newest = db.session.scalar(sa.select(sa.func.max(Exchange.id)))
             db.session.remove()
         client = app.test_client()
         client.post("/login", data={"username": "bench", "password": "bench password 26"})
-        pages = {"queue": "/admin/queue/", "home": "/admin/", "group": f"/admin/queue/group?key={biggest}"}
+        pages = {"queue": "/admin/queue/", "home": "/admin/", "group": f"/admin/queue/group?key={biggest}",
+                 "reach": f"/admin/exchange/reach/?id={newest}", "group_reach": f"/admin/exchange/reach/?id={newest}"
+                 f"&group={biggest}"}
         times = {}
         for name, path in pages.items():
             samples = []

@@ -146,15 +146,17 @@ class Chatbot:
                 on_reply(i, reply)
         return replies
 
-    def known_replies(self, texts: list[str], reviewed=None, keys=None):
+    def known_replies(self, texts: list[str], reviewed=None, keys=None, vectors=None):
         """The first step of ``replies``: ``(prepared, replies)``, each
         question's known answer in ``replies`` (None where the network must
         write one), and what ``write_replies`` needs for the others.
 
         ``reviewed`` (a build of chatbot/corrections.py) and the questions'
         question_keys add the reviewers' answers; see ``_with_reviewed``.
-        Each question is embedded once, for both."""
-        vectors = self.embed(texts)
+        Each question is embedded once, for both; ``vectors``: their meaning
+        vectors, when they are known already (chatbot/reach.py)."""
+        if vectors is None:
+            vectors = self.embed(texts)
         prepared, replies = self._known_tokens([morph.tokenize(text, self.config.tokenizer) for text in texts],
                                                vectors)
         if reviewed is None:

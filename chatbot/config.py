@@ -247,6 +247,10 @@ class Config:
     # At most QUEUE_GROUP_ROWS keys are kept (about 1 kB each; past it the
     # oldest go) and the newest QUEUE_GROUP_LEADERS groups take new questions
     # (0.8 kB of memory each).
+    # Before a correction is saved, its page shows which of the past
+    # unreviewed questions it would answer at once (chatbot/reach.py): the
+    # questions of the newest CORRECTION_PREVIEW_ROWS unreviewed exchanges.
+    CORRECTION_PREVIEW_ROWS = env_int("CORRECTION_PREVIEW_ROWS", 20_000)
     QUEUE_MEANING_GROUPS = env_bool("QUEUE_MEANING_GROUPS", True)
     QUEUE_GROUP_SIMILARITY = env_float("QUEUE_GROUP_SIMILARITY", 0.94)
     QUEUE_GROUP_ROWS = env_int("QUEUE_GROUP_ROWS", 200_000)

@@ -96,6 +96,7 @@ class _Built:
         self.min_similarity = min_similarity
         self.unsure_similarity = min(unsure_similarity, min_similarity)
         self.meaning_similarity = meaning_similarity
+        self.meaning_limit = meaning_limit
         # Later rows (newer reviews) replace earlier ones and move to the end.
         # The empty key (nothing visible, or a row stored before
         # morph.question_key kept symbols) would stand for unrelated
@@ -105,6 +106,7 @@ class _Built:
             if key:
                 newest.pop(key, None)
                 newest[key] = (question, answer)
+        self.newest = newest  # key -> (question, answer), the newest review last
         self.by_key = {key: answer for key, (_, answer) in newest.items()}
         keys = list(newest)
         self.asked = {}  # row of ``index`` -> the question as asked, for the rows of ``meaning_rows``
@@ -135,6 +137,17 @@ class _Built:
     @property
     def by_meaning(self) -> bool:
         return self.vectors is not None
+
+    def adding(self, rows, vectors=None):
+        """A build as this one would be with ``rows`` ((key, question,
+        answer)) reviewed too, the newest (chatbot/reach.py).  ``vectors``:
+        their questions' meaning vectors by normalised question, for a build
+        by meaning (with this one's), or None: by words."""
+        known = {**self.known_vectors, **vectors} if vectors is not None else {}
+        return _Built([(key, question, answer) for key, (question, answer) in self.newest.items()] + list(rows),
+                      self.min_similarity, self.unsure_similarity, self.meaning_similarity,
+                      (lambda questions: {q: known[q] for q in questions if q in known}) if vectors is not None
+                      else None, self.meaning_limit)
 
     def most_similar(self, key, min_similarity):
         """(answer, cosine) of the reviewed question most like ``key``, if it reaches min_similarity."""

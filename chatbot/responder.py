@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import meaning, morph, suggest
+from . import meaning, morph, reach, suggest
 from .batching import Busy, ReplyBatcher
 from .config import Config
 from .corrections import Corrections
@@ -143,6 +143,19 @@ class Responder:
             reviewed = self.corrections.current(by_meaning=bot is not None and bot.meanings is not None)
             key = stored_key(morph.question_key(question))
             return self._batcher.run(suggest.nearest_answers, bot, reviewed, question, key, limit, set(exclude))
+        finally:
+            self._suggesting.release()
+
+    def reach(self, corrected, found) -> tuple:
+        """What correcting ``corrected`` ([(key, question)]) would change for
+        the past questions ``found`` (reach.reached), on a model thread.
+        Raises batching.Busy like ``suggestions`` (they share its slots)."""
+        if not self._suggesting.acquire(blocking=False):
+            raise Busy()
+        try:
+            bot = self.model()
+            reviewed = self.corrections.current(by_meaning=bot is not None and bot.meanings is not None)
+            return self._batcher.run(reach.reached, bot, reviewed, corrected, found)
         finally:
             self._suggesting.release()
 

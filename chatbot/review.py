@@ -24,8 +24,8 @@ from markupsafe import Markup
 from wtforms import TextAreaField
 from wtforms.validators import Length, Optional
 
-from . import (analytics_admin, api_keys_admin, auth, export_admin, heavy, kakao_admin, meaning, queue_admin, security,
-               suggest, versions_admin)
+from . import (analytics_admin, api_keys_admin, auth, export_admin, heavy, kakao_admin, meaning, queue_admin, reach,
+               security, suggest, versions_admin)
 from .admin_base import ReviewerOnly, ReviewSecureForm, local_swatch, row_ids
 from .batching import Busy
 from .database import (AUDIT_ACTIONS, CHANNEL_LABELS, FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED,
@@ -171,6 +171,17 @@ def suggestions_for(exchange) -> list:
         return []
 
 
+def _reach_inputs(question, group):
+    """The questions a correction is for ([(key, question)]: ``question``'s,
+    or the queue group ``group``'s, the most frequent CORRECTED_AT_MOST)
+    and the past unreviewed questions it might reach (reach.candidates)."""
+    if group is not None:
+        corrected = [(key, asked) for key, _, asked in queue_admin.group_keys(group)][:reach.CORRECTED_AT_MOST]
+    else:
+        corrected = reach.corrected_of([question])
+    return corrected, reach.candidates(current_app.config["CORRECTION_PREVIEW_ROWS"], {k for k, _ in corrected})
+
+
 class ExchangeView(ReviewerOnly, ModelView):
     """The list of chat exchanges, for reviewers to correct and mark.
 
@@ -283,6 +294,30 @@ class ExchangeView(ReviewerOnly, ModelView):
             abort(404)
         return jsonify(suggestions=[{**s._asdict(), "source_label": suggest.SOURCE_LABELS[s.source]}
                                     for s in suggestions_for(exchange)])
+
+    @expose("/reach/")
+    def reach_view(self):
+        """What correcting an exchange's question (with ``group``: every
+        question of that queue group) would change for the past unreviewed
+        questions (chatbot/reach.py), as JSON for the panel under the
+        correction box.  The past questions are read on a heavy-work thread,
+        in one of the reviewer's slots; they are scored on a model thread,
+        in one of the suggestions' slots; a busy server answers 503."""
+        exchange = self.get_one(str(request.args.get("id", type=int) or 0))
+        if exchange is None:
+            abort(404)
+        try:
+            with heavy.slot():
+                corrected, found = heavy.run(_reach_inputs, exchange.question, request.args.get("group"))
+        except heavy.Busy as busy:
+            return heavy.refusal(busy)
+        db.session.close()  # not held while the model thread works
+        try:
+            exchanges, nearest = current_app.extensions["chatbot.responder"].reach(corrected, found)
+        except Busy:
+            return jsonify(error="busy"), 503
+        return jsonify(exchanges=exchanges, nearest=[r._asdict() for r in nearest],
+                       window=current_app.config["CORRECTION_PREVIEW_ROWS"])
 
     def search_placeholder(self):
         return f"{super().search_placeholder()} (최근 {current_app.config['ADMIN_SEARCH_ROWS']:,}건에서)"

@@ -37,5 +37,5 @@ def test_the_page_measure_loads_the_queue_home_and_a_group(tmp_path):
     data.write_text("Q,A,label\n" + "".join(f"질문 {i},답 {i},0\n" for i in range(40)), encoding="utf-8")
     found = review.queue_page_times(data, rows=300, repeats=1)
     assert found["unreviewed"] == 300 and 0 < found["groups"] <= found["keys"] <= 40
-    assert set(found["median_ms"]) == {"queue", "home", "group"}
+    assert set(found["median_ms"]) == {"queue", "home", "group", "reach", "group_reach"}
     assert min(found["median_ms"].values()) > 0

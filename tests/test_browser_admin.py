@@ -207,10 +207,12 @@ def test_the_queue_groups_by_meaning_and_a_group_is_split_and_corrected_with_a_s
                                                                                           kind):
     """The server groups the questions by meaning in the background (a queue
     page nudges it); the group page lists its questions, 분리 takes one out
-    (audited), a suggested answer is taken with one click and Ctrl+Enter
-    saves it for the rest of the group.  Screenshots at 1280x800 and
+    (audited), the page says what the correction would change for the
+    other unreviewed questions, a suggested answer is taken with one click
+    and Ctrl+Enter saves it for the rest of the group.  Screenshots at 1280x800 and
     360x640: docs/queue-groups-*.png (the queue), docs/queue-group-*.png
-    (a group, its questions and the suggestions)."""
+    (a group, its questions and the suggestions), docs/queue-group-split-*.png
+    (after the split: the correction would now reach the question split off)."""
     from chatbot import morph
     from chatbot.database import REVIEWED, UNREVIEWED, Exchange, ReviewAudit
     from chatbot.extensions import db
@@ -237,12 +239,20 @@ def test_the_queue_groups_by_meaning_and_a_group_is_split_and_corrected_with_a_s
     page.wait_for_selector("#queue-group-keys")
     assert page.locator("#queue-group-keys tbody tr").count() == 3
     page.locator("#suggestions [data-suggestion]").first.wait_for()
+    page.locator("#reach").wait_for()  # what the correction would change: 심심해 is not near
+    assert "바로 바뀌지 않습니다" in page.locator("#reach").inner_text()
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(ROOT / "docs" / f"queue-group-{size}.png"), full_page=kind == "desktop")
     page.locator("#queue-group-keys tbody tr", has_text="너무 배고프다").locator("button", has_text="분리").click()
     page.wait_for_selector(".alert-success")
     assert page.locator("#queue-group-keys tbody tr").count() == 2
-    assert "너무 배고프다" not in page.locator("#queue-group-form").inner_text()
+    assert "너무 배고프다" not in page.locator("#queue-group-form table").inner_text()
+    # Asked again for the rest of the group: its correction would now also
+    # answer the question split off (nearest the reviewed 배고파).
+    page.locator("#reach li").first.wait_for()
+    assert "너무 배고프다" in page.locator("#reach li").first.inner_text()
+    page.locator("#reach").scroll_into_view_if_needed()  # below the fold on a phone
+    page.screenshot(path=str(ROOT / "docs" / f"queue-group-split-{size}.png"), full_page=kind == "desktop")
 
     button = page.locator('#suggestions [data-suggestion="맛있는 거 드세요."]')  # helpers.PAIRS: 배고파
     button.wait_for()

@@ -167,3 +167,46 @@
       .catch(function () { /* the reviewer writes their own */ });
   });
 })();
+
+/* What saving a correction would change (chatbot/reach.py,
+ * templates/admin/reach.html): fetched from the panel's data-url (JSON) and
+ * built here as text.  The past unreviewed questions the correction would
+ * answer at once, the nearest first, so that a reviewer sees an answer
+ * reaching too far before saving it. */
+(function () {
+  "use strict";
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var panel = document.querySelector("#reach[data-url]");
+    if (!panel || !window.fetch) return;
+    fetch(panel.getAttribute("data-url"), {credentials: "same-origin", headers: {"Accept": "application/json"}})
+      .then(function (response) { return response.ok ? response.json() : null; })
+      .then(function (data) {
+        if (!data) return;
+        var summary = panel.querySelector("#reach-summary");
+        var list = panel.querySelector("ul");
+        if (!data.exchanges) {
+          summary.textContent = "저장해도 검토하지 않은 다른 질문(최근 " + data.window.toLocaleString() +
+            "건 중)의 답은 바로 바뀌지 않습니다.";
+        } else {
+          summary.textContent = "저장하면 검토하지 않은 다른 질문 " + data.exchanges.toLocaleString() +
+            "건도 바로 이 답변을 받습니다. 가장 가까운 질문:";
+          data.nearest.forEach(function (r) {
+            var li = document.createElement("li");
+            li.className = "reach-question";
+            var text = document.createElement("span");
+            text.className = "review-text";
+            text.textContent = r.question;
+            var meta = document.createElement("span");
+            meta.className = "text-muted";
+            meta.textContent = " (" + r.count + "건, " + Math.floor(r.similarity * 100) + "%)";
+            li.appendChild(text);
+            li.appendChild(meta);
+            list.appendChild(li);
+          });
+        }
+        panel.hidden = false;
+      })
+      .catch(function () { /* the reviewer saves without the preview */ });
+  });
+})();
