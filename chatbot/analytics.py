@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from . import retrain, versions
 from .database import (CORRECTED_SQL, FEEDBACK_DOWN, FEEDBACK_UP, REVIEWED, ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_KNOWN,
-                       ROUTE_MEMORY, ROUTE_MODEL, ROUTE_UNSURE, WRONG_SQL, Exchange, ExchangeTally)
+                       ROUTE_MEMORY, ROUTE_MODEL, ROUTE_UNSURE, WRONG_SQL, Exchange, ExchangeTally, QuestionGroup)
 from .extensions import db
 
 DAY, WEEK = "day", "week"
@@ -267,9 +267,10 @@ def by_version(span: Span, models_root, found: dict | None = None) -> list[Stats
 
 
 def top_groups(span: Span, limit: int = TOP_GROUPS) -> list[dict]:
-    """The question groups (question_key) with the most exchanges that went
-    wrong: a 👎, no answer (fallback or "잘 모르겠어요"), or a corrected
-    answer; the worst first.
+    """The question groups (the review queue's, by meaning: question_group;
+    a key in no group is one) with the most exchanges that went wrong: a 👎,
+    no answer (fallback or "잘 모르겠어요"), or a corrected answer; the worst
+    first.
 
     One statement from two partial indexes, reading no row for the counts:
     the 👎 and unanswered rows (ix_exchange_wrong, in question_key order, so
@@ -289,15 +290,19 @@ def top_groups(span: Span, limit: int = TOP_GROUPS) -> list[dict]:
                            sa.literal_column("0"), sa.func.count())
                  .where(in_span(span), corrected_condition()).group_by(Exchange.question_key))
     both = sa.union_all(flagged, corrected).subquery("both")
+    # The review queue's groups by meaning (chatbot/grouping.py): a key that
+    # joined a group counts for it; a key not grouped is a group of its own.
+    grouped = sa.func.coalesce(QuestionGroup.group_key, both.c.question_key)
     wrong = sa.func.sum(both.c.wrong)
-    top = (sa.select(both.c.question_key, wrong.label("wrong"), sa.func.sum(both.c.down).label("down"),
+    top = (sa.select(grouped.label("question_key"), wrong.label("wrong"), sa.func.sum(both.c.down).label("down"),
                      sa.func.sum(both.c.unsure).label("unsure"), sa.func.sum(both.c.corrected).label("corrected"))
-           .group_by(both.c.question_key)
-           .order_by(wrong.desc(), both.c.question_key)
+           .select_from(both.outerjoin(QuestionGroup, QuestionGroup.question_key == both.c.question_key))
+           .group_by(grouped)
+           .order_by(wrong.desc(), grouped)
            .limit(limit)
            .cte("top"))
 
-    def questions(condition, by_index):  # the group's rows of the span that ``condition`` picks
+    def questions(condition, by_index):  # the group key's own rows of the span that ``condition`` picks
         same = Exchange.__table__.alias("same")
         return (sa.select(same.c.question.label("question"))
                 .where(same.c.question_key == top.c.question_key, _in_span(same, span, by_index), condition)
@@ -307,7 +312,11 @@ def top_groups(span: Span, limit: int = TOP_GROUPS) -> list[dict]:
     # by ix_exchange_key_status_reviewed (question_key, status), not by a range of all groups' rows.
     shown = sa.union_all(questions(wrong_condition(), True),
                          questions(corrected_condition(), False)).subquery("shown")
-    question = sa.select(sa.func.max(shown.c.question)).scalar_subquery()
+    # A group whose own key went right (its wrong rows are its members'):
+    # a question of its own key, whatever the span (one row by its index).
+    own = (sa.select(Exchange.question).where(Exchange.question_key == top.c.question_key)
+           .limit(1).correlate(top).scalar_subquery())
+    question = sa.func.coalesce(sa.select(sa.func.max(shown.c.question)).scalar_subquery(), own)
     query = sa.select(*top.c, question.label("question")).order_by(top.c.wrong.desc(), top.c.question_key)
     return [{**row._asdict(), **{name: int(getattr(row, name)) for name in ("wrong", "down", "unsure", "corrected")}}
             for row in db.session.execute(query)]

@@ -135,8 +135,8 @@ class AnalyticsView(ReviewerOnly, BaseView):
     """/admin/analytics: reviewers only, like every admin view (admin_base)."""
 
     def __init__(self, *args, group_filter_arg, **kwargs):
-        # The review list's URL argument that filters it to one question_key
-        # (review.ExchangeView's filter), e.g. "flt0_7".
+        # The review list's URL argument that filters it to one question
+        # group by meaning (review.ExchangeView's filter), e.g. "flt0_8".
         self.group_filter_arg = group_filter_arg
         super().__init__(*args, **kwargs)
 

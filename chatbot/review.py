@@ -24,8 +24,8 @@ from markupsafe import Markup
 from wtforms import TextAreaField
 from wtforms.validators import Length, Optional
 
-from . import (analytics_admin, api_keys_admin, auth, export_admin, heavy, kakao_admin, meaning, queue_admin, reach,
-               security, suggest, versions_admin)
+from . import (analytics_admin, api_keys_admin, auth, export_admin, grouping, heavy, kakao_admin, meaning,
+               queue_admin, reach, security, suggest, versions_admin)
 from .admin_base import ReviewerOnly, ReviewSecureForm, local_swatch, row_ids
 from .batching import Busy
 from .database import (AUDIT_ACTIONS, CHANNEL_LABELS, FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED,
@@ -81,6 +81,17 @@ class ReviewIndexView(ReviewerOnly, AdminIndexView):
 class ChoiceFilter(sqla_filters.FilterEqual):
     def operation(self):
         return "같음"
+
+
+class GroupFilter(sqla_filters.FilterEqual):
+    """The exchanges of one question group by meaning (chatbot/grouping.py):
+    its key's and those of the keys that joined it."""
+
+    def apply(self, query, value, alias=None):
+        return query.filter(grouping.in_group(value))
+
+    def operation(self):
+        return "의 묶음"
 
 
 class CreatedBetweenFilter(sqla_filters.DateBetweenFilter):
@@ -250,16 +261,18 @@ class ExchangeView(ReviewerOnly, ModelView):
         ConfidenceBelowFilter(Exchange.confidence, "확신도"),
         ConfidenceAtLeastFilter(Exchange.confidence, "확신도"),
         ChoiceFilter(Exchange.channel, "채널", options=tuple(CHANNEL_LABELS.items())),
-        # One question group (the queue's and /admin/analytics' links); new
-        # filters go last, so the numbers in saved links keep their meaning.
+        # One question key; new filters go last, so the numbers in saved
+        # links keep their meaning.
         ChoiceFilter(Exchange.question_key, "질문 키"),
+        # One question group by meaning (/admin/analytics' links).
+        GroupFilter(Exchange.question_key, "질문 묶음"),
     )
 
     @classmethod
-    def filter_arg(cls, column) -> str:
-        """The URL argument that filters the list by ``column`` ("flt0_7"):
+    def filter_arg(cls, name) -> str:
+        """The URL argument of the filter called ``name`` ("flt0_8"):
         Flask-Admin numbers filters by their place in column_filters."""
-        return next(f"flt0_{i}" for i, f in enumerate(cls.column_filters) if f.column is column)
+        return next(f"flt0_{i}" for i, f in enumerate(cls.column_filters) if f.name == name)
 
     # Only these two fields exist in the edit form, so nothing else can be
     # changed through it, whatever a request sends.
@@ -432,7 +445,7 @@ def init_app(app):
     admin.add_view(kakao_admin.KakaoView(name="카카오톡", endpoint="kakao_admin", url="/admin/kakao"))
     admin.add_view(analytics_admin.AnalyticsView(
         name="통계", endpoint="analytics", url="/admin/analytics",
-        group_filter_arg=ExchangeView.filter_arg(Exchange.question_key)))
+        group_filter_arg=ExchangeView.filter_arg("질문 묶음")))
     versions_admin.init_app(app)
     app.extensions["review_admin"] = admin
 

@@ -50,6 +50,6 @@ def test_every_private_endpoint_sends_a_logged_out_visitor_to_the_login_page(mak
                                         analytics_admin.AnalyticsView])
 def test_queue_and_model_views_check_access_themselves(app, view_class):
     """Not only when some other module mixes a check in."""
-    extra = {"group_filter_arg": "flt0_7"} if view_class is analytics_admin.AnalyticsView else {}
+    extra = {"group_filter_arg": "flt0_8"} if view_class is analytics_admin.AnalyticsView else {}
     with app.test_request_context("/admin/"):
         assert view_class(name="x", endpoint="x", **extra).is_accessible() is False

@@ -255,3 +255,24 @@ def test_two_processes_group_the_same_keys_on_postgresql(make_app, postgres):
                              key("심심해"): key("심심해")}
     with app.app_context():
         db.engine.dispose()
+
+
+def test_the_analytics_top_groups_and_their_review_list_link_use_the_same_groups(app, client, auth, reviewer):
+    from chatbot import analytics
+    from chatbot.database import FEEDBACK_DOWN, ROUTE_UNSURE
+
+    add(app, "배고파", route=ROUTE_UNSURE)
+    add(app, "배고파 죽겠어", "너무 배고프다", feedback=FEEDBACK_DOWN)
+    add(app, "심심해", feedback=FEEDBACK_DOWN)
+    catch_up(app)
+    today = datetime.utcnow().date()
+    with app.app_context():
+        found = analytics.top_groups(analytics.Span(today, today, "day"))
+    assert [(g["question_key"], g["wrong"], g["down"], g["unsure"]) for g in found] == [
+        (key("배고파"), 3, 2, 1), (key("심심해"), 1, 1, 0)]
+    assert found[0]["question"] in HUNGRY
+    auth.login()
+    html = client.get("/admin/analytics/").get_data(as_text=True)
+    link = re.search(r'<a href="(/admin/exchange/\?flt0_\d+=[^"]+)" class="review-text">', html).group(1)
+    listing = client.get(link.replace("&amp;", "&")).get_data(as_text=True)
+    assert all(q in listing for q in HUNGRY) and "심심해" not in listing
