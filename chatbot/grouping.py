@@ -38,6 +38,7 @@ import time
 import sqlalchemy as sa
 
 from . import meaning
+from .config import gevent_patched
 from .corrections import has_word
 from .database import UNREVIEWED, Exchange, QuestionGroup, ReviewAudit, utcnow
 from .extensions import db
@@ -178,10 +179,23 @@ class Grouper:
         self._pending = False
         self._worker = None
         self._running = threading.Lock()
+        # The server's event loop (gevent), where the worker greenlet must
+        # start: a nudge from a heavy-work thread (the queue page) is passed there.
+        self._hub = None
+        if gevent_patched():
+            import gevent
+
+            self._hub = gevent.get_hub()
 
     def nudge(self):
         """Group what came since the last job, soon, in the background."""
         if not self.enabled:
+            return
+        if self._hub is not None and not meaning.on_event_loop():
+            import gevent
+
+            # A loop callback must not block (a thread's start waits): a greenlet nudges.
+            self._hub.loop.run_callback_threadsafe(gevent.spawn, self.nudge)
             return
         self._pending = True
         if self._worker is None:

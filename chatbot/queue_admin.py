@@ -72,7 +72,7 @@ def unreviewed_groups(limit=MAX_GROUPS, window=None) -> list[Group]:
     key, so that no database plans to read every row in question_key order
     instead of sorting the window's.  Each key's group (question_group, by
     chatbot/grouping.py; a key not grouped is a group of its own) adds the
-    keys up, here: a few thousand keys at most.
+    keys up, here: one row per key of the window.
     """
     window = window or current_app.config["ADMIN_QUEUE_ROWS"]
     rows = (sa.select(Exchange.question_key, Exchange.feedback, Exchange.route, Exchange.created_at)

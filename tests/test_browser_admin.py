@@ -268,3 +268,4 @@ def test_the_queue_groups_by_meaning_and_a_group_is_split_and_corrected_with_a_s
         assert actions == ["split", "group", "group", "group"]
         db.engine.dispose()
     assert_clean(page)
+    assert "Traceback" not in live.log()  # the nudge from the page's heavy-work thread reached the loop
