@@ -1,4 +1,5 @@
 """Database tables: every chat exchange, and the reviewers who correct them."""
+import importlib
 import secrets
 from datetime import datetime, timezone
 
@@ -54,6 +55,24 @@ def utcnow():
 
 
 QUESTION_KEY_LENGTH = 1000
+
+
+def insert_new(connection, table, values) -> None:
+    """Insert the rows ``values`` into ``table``, keeping the row of a key
+    another process stored first (no error): INSERT ... ON CONFLICT DO
+    NOTHING on SQLite and PostgreSQL, a savepoint per row elsewhere."""
+    if not values:
+        return
+    if connection.dialect.name in ("sqlite", "postgresql"):
+        dialect = importlib.import_module(f"sqlalchemy.dialects.{connection.dialect.name}")
+        connection.execute(dialect.insert(table).on_conflict_do_nothing(), values)
+        return
+    for row in values:
+        try:
+            with connection.begin_nested():
+                connection.execute(table.insert().values(**row))
+        except sa.exc.IntegrityError:
+            pass
 
 
 def stored_key(key: str) -> str:

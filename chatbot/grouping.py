@@ -30,7 +30,6 @@ Without the encoder (MEANING_ENCODER=off, or it could not load) or with
 QUEUE_MEANING_GROUPS off, nothing is grouped and the queue groups by exact
 key.
 """
-import importlib
 import logging
 import threading
 import time
@@ -40,7 +39,7 @@ import sqlalchemy as sa
 from . import meaning
 from .config import gevent_patched
 from .corrections import has_word
-from .database import UNREVIEWED, Exchange, QuestionGroup, ReviewAudit, utcnow
+from .database import UNREVIEWED, Exchange, QuestionGroup, ReviewAudit, insert_new, utcnow
 from .extensions import db
 
 log = logging.getLogger(__name__)
@@ -257,7 +256,7 @@ class Grouper:
                 vectors = encoder.embed([first[key] for key in keys])
                 groups = self.leaders.assign(keys, vectors, self.similarity)
                 now = utcnow()
-                self._insert(connection, [
+                insert_new(connection, TABLE, [
                     {"question_key": key, "group_key": group, "encoder": encoder.name,
                      "vector": vector.astype("<f2").tobytes(), "created_at": now}
                     for key, group, vector in zip(keys, groups, vectors)])
@@ -284,20 +283,6 @@ class Grouper:
             self.leaders.add([key for key, _ in whole],
                              np.stack([np.frombuffer(blob, dtype="<f2") for _, blob in whole]).astype(np.float32))
         self._read_up_to = max([self._read_up_to] + [row.id for row in found])
-
-    @staticmethod
-    def _insert(connection, values):
-        """Insert ``values``; a key another process stored first keeps its row."""
-        if connection.dialect.name in ("sqlite", "postgresql"):
-            dialect = importlib.import_module(f"sqlalchemy.dialects.{connection.dialect.name}")
-            connection.execute(dialect.insert(TABLE).on_conflict_do_nothing(), values)
-            return
-        for row in values:
-            try:
-                with connection.begin_nested():
-                    connection.execute(TABLE.insert().values(**row))
-            except sa.exc.IntegrityError:
-                pass
 
     def _prune(self, connection):
         """Drop the oldest rows past QUEUE_GROUP_ROWS."""

@@ -9,12 +9,11 @@ past ``limit`` rows the oldest go.  Calls take a connection (SQLAlchemy
 Core) so they can run on a model thread with a connection of their own.
 """
 import hashlib
-import importlib
 
 import sqlalchemy as sa
 
 from . import meaning
-from .database import QuestionMeaning, utcnow
+from .database import QuestionMeaning, insert_new, utcnow
 
 TABLE = QuestionMeaning.__table__
 CHUNK = 500  # questions per SELECT ... IN (...): under every database's limit on parameters
@@ -60,16 +59,7 @@ def save(connection, encoder_name: str, vectors: dict, limit: int) -> int:
     now = utcnow()
     values = [{"encoder": encoder_name, "question_hash": key, "vector": blob, "created_at": now}
               for key, blob in rows.items()]
-    if values and connection.dialect.name in ("sqlite", "postgresql"):
-        dialect = importlib.import_module(f"sqlalchemy.dialects.{connection.dialect.name}")
-        connection.execute(dialect.insert(TABLE).on_conflict_do_nothing(), values)
-    else:
-        for row in values:
-            try:
-                with connection.begin_nested():
-                    connection.execute(TABLE.insert().values(**row))
-            except sa.exc.IntegrityError:
-                pass  # another process stored it first
+    insert_new(connection, TABLE, values)
     added = len(values)
     if added:
         excess = connection.scalar(sa.select(sa.func.count()).select_from(TABLE)) - limit

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from chatbot import morph
-from chatbot.database import REVIEWED, UNREVIEWED, Exchange, QuestionGroup, ReviewAudit
+from chatbot.database import REVIEWED, UNREVIEWED, Exchange, QuestionGroup, ReviewAudit, insert_new
 from chatbot.extensions import db
 from chatbot.grouping import Grouper
 from chatbot.queue_admin import unreviewed_groups
@@ -246,7 +246,7 @@ def test_two_processes_group_the_same_keys_on_postgresql(make_app, postgres):
     assert catch_up(app) == 2
     second = Grouper(app, lambda fn, *a: fn(*a))
     with app.app_context(), db.engine.connect() as connection:
-        second._insert(connection, [{"question_key": key("심심해"), "group_key": key("배고파"), "encoder": "e5-small",
+        insert_new(connection, QuestionGroup.__table__, [{"question_key": key("심심해"), "group_key": key("배고파"), "encoder": "e5-small",
                                      "vector": bytes(768), "created_at": datetime(2026, 12, 1)}])
         connection.commit()
     add(app, "배고파 죽겠어")
