@@ -42,6 +42,7 @@ from .pairs_csv import PairsFileError, read_pairs_csv, write_pairs_csv
 log = logging.getLogger(__name__)
 
 MAX_GROUPS = 200
+HOME_GROUP_ROWS = 5000  # the home page's groups: of the newest this many unreviewed exchanges
 # The most rows of one group a reviewer sees (and marks) at once; the rest
 # come back as the same group.
 GROUP_ROWS = 500
@@ -87,28 +88,33 @@ def unreviewed_groups(limit=MAX_GROUPS, window=None) -> list[Group]:
     query = (sa.select(by_key, QuestionGroup.group_key)
              .select_from(by_key.outerjoin(QuestionGroup, QuestionGroup.question_key == by_key.c.key)))
     groups = {}
-    for key, count, disliked, unsure, newest, group_key in db.session.execute(query):
-        group = groups.setdefault(group_key or key, [0, 0, 0, newest, []])
-        group[0] += count
-        group[1] += disliked
-        group[2] += unsure
-        group[3] = max(group[3], newest)
-        group[4].append((key, count))
-    found = [Group(key, count, disliked, unsure, newest, sorted(keys, key=lambda kc: (-kc[1], kc[0])))
-             for key, (count, disliked, unsure, newest, keys) in sorted(groups.items())]
-    found.sort(key=lambda g: (g.disliked > 0, g.unsure > 0, g.count, g.newest), reverse=True)  # stable: by key
-    return found[:limit]
+    for key, count, disliked, unsure, newest, group_key in db.session.connection().execute(query):
+        group = groups.get(group_key or key)
+        if group is None:
+            groups[group_key or key] = [count, disliked, unsure, newest, [(key, count)]]
+        else:
+            group[0] += count
+            group[1] += disliked
+            group[2] += unsure
+            if newest > group[3]:
+                group[3] = newest
+            group[4].append((key, count))
+    order = sorted(groups)
+    order.sort(key=lambda k: (groups[k][1] > 0, groups[k][2] > 0, groups[k][0], groups[k][3]),
+               reverse=True)  # stable: ties stay in key order
+    return [Group(key, *groups[key][:4], sorted(groups[key][4], key=lambda kc: (-kc[1], kc[0])))
+            for key in order[:limit]]
 
 
-def flagged_groups(limit=5):
-    """[(position in the queue, Group, its newest questions)]: the groups
-    with the most 👎 and unsure exchanges among the queue's first MAX_GROUPS
-    (those come first in it), for the admin home page's links."""
-    found = unreviewed_groups()
-    flagged = sorted((g for g in enumerate(found) if g[1].disliked + g[1].unsure),
-                     key=lambda g: (-(g[1].disliked + g[1].unsure), g[0]))[:limit]
-    previews = group_previews([group for _, group in flagged])
-    return [(position, group, [question for question, _ in previews[group.key]]) for position, group in flagged]
+def flagged_groups(limit=5, window=HOME_GROUP_ROWS):
+    """[(Group, its newest questions)]: the groups with the most 👎 and
+    unsure exchanges among the newest ``window`` unreviewed ones (recent
+    trouble, for the admin home page's links, at a fraction of the queue's
+    cost: the home page is the one every reviewer opens)."""
+    found = [g for g in unreviewed_groups(window=window) if g.disliked + g.unsure]
+    flagged = sorted(found, key=lambda g: -(g.disliked + g.unsure))[:limit]  # stable: in queue order
+    previews = group_previews(flagged)
+    return [(group, [question for question, _ in previews[group.key]]) for group in flagged]
 
 
 def group_rows(key, limit=GROUP_ROWS):

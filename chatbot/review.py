@@ -75,7 +75,8 @@ class ReviewIndexView(ReviewerOnly, AdminIndexView):
         channel_rows = [(channel, label, by_channel.get(channel, 0)) for channel, label in CHANNEL_LABELS.items()]
         return self.render("admin/review_index.html", status_rows=rows, disliked=disliked, unsure=unsure,
                            channel_rows=channel_rows, needs_deletion=counts.get(NEEDS_DELETION, 0),
-                           meaning_error=meaning_problem(), flagged=queue_admin.flagged_groups())
+                           meaning_error=meaning_problem(), flagged=queue_admin.flagged_groups(),
+                           home_group_rows=queue_admin.HOME_GROUP_ROWS)
 
 
 class ChoiceFilter(sqla_filters.FilterEqual):
