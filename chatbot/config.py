@@ -246,7 +246,7 @@ class Config:
     # (bench/group_cut.py).  QUEUE_MEANING_GROUPS=0: the exact key only.
     # At most QUEUE_GROUP_ROWS keys are kept (about 1 kB each; past it the
     # oldest go) and the newest QUEUE_GROUP_LEADERS groups take new questions
-    # (0.8 kB of memory each).
+    # (1.5 kB of memory each: 15 MB at the default).
     # Before a correction is saved, its page shows which of the past
     # unreviewed questions it would answer at once (chatbot/reach.py): the
     # questions of the newest CORRECTION_PREVIEW_ROWS unreviewed exchanges.
@@ -254,7 +254,7 @@ class Config:
     QUEUE_MEANING_GROUPS = env_bool("QUEUE_MEANING_GROUPS", True)
     QUEUE_GROUP_SIMILARITY = env_float("QUEUE_GROUP_SIMILARITY", 0.94)
     QUEUE_GROUP_ROWS = env_int("QUEUE_GROUP_ROWS", 200_000)
-    QUEUE_GROUP_LEADERS = env_int("QUEUE_GROUP_LEADERS", 20_000)
+    QUEUE_GROUP_LEADERS = env_int("QUEUE_GROUP_LEADERS", 10_000)
     # KakaoTalk (chatbot/kakao.py).  The skill's URL secret: unset, an HMAC of
     # SECRET_KEY (so it changes with it); set it to keep a URL across a new
     # SECRET_KEY (URL-safe characters, at least 20).  Kakao waits 5 s for a

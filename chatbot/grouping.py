@@ -273,11 +273,13 @@ class Grouper:
         key another process grouped first is led as that process stored it."""
         import numpy as np
 
+        # The newest ones only: a restarted process does not read every
+        # leader the table holds (QUEUE_GROUP_ROWS) to keep QUEUE_GROUP_LEADERS.
         found = connection.execute(
             sa.select(TABLE.c.id, TABLE.c.question_key, TABLE.c.vector)
             .where(TABLE.c.id > self._read_up_to, TABLE.c.encoder == encoder_name,
                    TABLE.c.group_key == TABLE.c.question_key)
-            .order_by(TABLE.c.id)).all()
+            .order_by(TABLE.c.id.desc()).limit(self.leaders.limit)).all()[::-1]
         whole = [(key, blob) for _, key, blob in found if len(blob) == 2 * meaning.DIM]
         if whole:
             self.leaders.add([key for key, _ in whole],

@@ -194,6 +194,15 @@ def test_the_table_and_the_leaders_are_bounded(make_app):
     add(app, "배고파 죽겠어")
     catch_up(app)
     assert group_of(app)[key("배고파 죽겠어")] == key("배고파 죽겠어")
+    # A restarted process reads the newest leaders only, not every stored one.
+    restarted = Grouper(app, lambda fn, *a: fn(*a))
+    read = []
+    add_leaders = restarted.leaders.add
+    restarted.leaders.add = lambda keys, vectors: (read.append(list(keys)), add_leaders(keys, vectors))
+    with app.app_context(), db.engine.connect() as connection:
+        restarted._read_leaders(connection, "e5-small")  # what its first step does first
+    assert read == [[key("심심해"), key("배고파 죽겠어")]]  # of the three leaders stored
+    assert restarted.leaders.keys == [key("심심해"), key("배고파 죽겠어")]
 
 
 @pytest.mark.parametrize("config", [{"QUEUE_MEANING_GROUPS": False}, {"MEANING_ENCODER": "off"}])
