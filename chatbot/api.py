@@ -43,7 +43,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import conversation, openapi
 from .conversation import MESSAGES, MessageError
-from .database import CHANNEL_API, ApiKey, utcnow
+from .database import CHANNEL_API, ApiKey, ReviewAudit, utcnow
 from .extensions import csrf, db
 from .limits import http_limiter
 
@@ -84,12 +84,18 @@ def create_key(name: str, created_by: str | None = None) -> tuple[ApiKey, str]:
     secret = KEY_START + secrets.token_urlsafe(32)
     key = ApiKey(name=name, prefix=secret[:PREFIX_CHARS], key_hash=hash_key(secret), created_by=created_by)
     db.session.add(key)
+    db.session.add(_audit(key, "key_create", created_by))
     db.session.commit()
     log.info("API key %s (%s) created by %s", key.id, key.prefix, created_by or "the CLI")
     return key, secret
 
 
-def revoke_key(key_id: int) -> ApiKey | None:
+def _audit(key: ApiKey, action: str, who: str | None) -> ReviewAudit:
+    """The audit row (검토 기록) of a change to ``key``; the CLI is "CLI"."""
+    return ReviewAudit(reviewer=who or "CLI", action=action, question=f"API 키 {key.name} ({key.prefix}…)")
+
+
+def revoke_key(key_id: int, revoked_by: str | None = None) -> ApiKey | None:
     """Revoke a key: refused at once in this process, within
     ``API_KEY_CACHE_SECONDS`` in the others (``live_keys``); None if there is none."""
     key = db.session.get(ApiKey, key_id)
@@ -97,6 +103,7 @@ def revoke_key(key_id: int) -> ApiKey | None:
         return None
     if key.revoked_at is None:
         key.revoked_at = utcnow()
+        db.session.add(_audit(key, "key_revoke", revoked_by))
         db.session.commit()
         log.info("API key %s (%s) revoked", key.id, key.prefix)
     current_app.extensions["chatbot.api_keys"].clear()

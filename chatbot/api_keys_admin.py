@@ -51,7 +51,7 @@ class ApiKeysView(ReviewerOnly, BaseView):
     @expose("/revoke", methods=["POST"])
     def revoke(self):
         try:
-            key = api.revoke_key(int(request.form.get("id", "")))
+            key = api.revoke_key(int(request.form.get("id", "")), revoked_by=current_user.username)
         except ValueError:
             key = None
         if key is None:

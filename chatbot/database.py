@@ -256,7 +256,7 @@ class QuestionGroup(db.Model):
 
 
 AUDIT_ACTIONS = {"status": "상태 변경", "edit": "답변 수정", "group": "묶음 수정", "split": "묶음에서 분리",
-                 "purge": "영구 삭제"}
+                 "purge": "영구 삭제", "key_create": "API 키 만듦", "key_revoke": "API 키 폐기"}
 
 
 class ReviewAudit(db.Model):

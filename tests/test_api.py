@@ -430,6 +430,18 @@ def test_a_reviewer_revokes_a_key(app, logged_in):
     assert get_key(app, key_id).revoked_at is not None
     assert "폐기됨" in logged_in.get("/admin/api-keys/").get_data(as_text=True)
     assert_error(app.test_client().post(MESSAGES, json={"text": "안녕"}, headers=bearer(secret)), 401, "unauthorized")
+    # Made (by make_key's "test") and revoked (by kim), both in 검토 기록; revoked again, nothing more.
+    logged_in.post("/admin/api-keys/revoke", data={"id": str(key_id), "csrf_token": token_in(page)})
+    assert key_audit(app) == [("test", "key_create"), ("kim", "key_revoke")]
+    log = logged_in.get("/admin/audit/").get_data(as_text=True)
+    assert "API 키 만듦" in log and "API 키 폐기" in log and f"API 키 {get_key(app, key_id).name}" in log
+
+
+def key_audit(app):
+    from chatbot.database import ReviewAudit
+
+    with app.app_context():
+        return [(a.reviewer, a.action) for a in db.session.scalars(sa.select(ReviewAudit).order_by(ReviewAudit.id))]
 
 
 def test_the_cli_makes_and_revokes_keys(app):
@@ -449,6 +461,7 @@ def test_the_cli_makes_and_revokes_keys(app):
     assert runner.invoke(args=["api-key", "revoke", "999"]).exit_code == 1
     assert runner.invoke(args=["api-key", "create", " "]).exit_code == 1
     assert len(keys(app)) == 1
+    assert key_audit(app) == [("CLI", "key_create"), ("CLI", "key_revoke")]
 
 
 
