@@ -108,6 +108,37 @@ def activate(models_root, name: str) -> Path:
     return root / name
 
 
+WEIGHTS_TIMEOUT_SECONDS = 300
+
+
+def add_numpy_weights(models_root, name: str) -> bool:
+    """Give version ``name``, if it is from before weights.npz, its
+    weights.npz, converted from model.pt in a child process: the server
+    reads weights.npz with NumPy and never imports torch (about 190 MB of
+    its memory).  True when it wrote one.  Raises ValueError when the
+    version cannot be converted (a broken model.pt): activating it would
+    fail to load anyway."""
+    import subprocess
+    import sys
+
+    from .model_dir import WEIGHTS_FILE
+
+    root = Path(models_root)
+    _check_version(root, name)
+    if (root / name / WEIGHTS_FILE).is_file():
+        return False
+    code = "import sys; from chatbot.model import add_numpy_weights; add_numpy_weights(sys.argv[1])"
+    try:
+        done = subprocess.run([sys.executable, "-c", code, str(root / name)], capture_output=True, text=True,
+                              timeout=WEIGHTS_TIMEOUT_SECONDS, cwd=Path(__file__).resolve().parents[1])
+    except subprocess.TimeoutExpired:
+        raise ValueError(f"{name}의 {WEIGHTS_FILE}를 {WEIGHTS_TIMEOUT_SECONDS}초 안에 만들지 못했습니다") from None
+    if done.returncode != 0:
+        why = ((done.stderr or "").strip().splitlines() or ["?"])[-1]
+        raise ValueError(f"{name}의 {WEIGHTS_FILE}를 만들지 못했습니다 ({why})")
+    return True
+
+
 class VersionInUse(ValueError):
     """The version is `current`: it cannot be deleted."""
 

@@ -92,7 +92,11 @@ class VersionsView(ReviewerOnly, BaseView):
     def activate(self):
         name = request.form.get("name", "")
         try:
+            with heavy.slot():  # an old version's weights.npz is made first, in a child process
+                heavy.run(versions.add_numpy_weights, _root(), name)
             versions.activate(_root(), name)
+        except heavy.Busy as busy:
+            return heavy.refusal(busy)
         except (ValueError, OSError) as exc:
             flash(f"적용하지 못했습니다: {exc}", "danger")
         else:

@@ -306,3 +306,31 @@ def test_retrain_button_runs_the_runner_and_pushes_progress(app, root, client, a
 def test_admin_namespace_refuses_anonymous_clients(app, client):
     sock = socketio.test_client(app, namespace="/admin", flask_test_client=client)
     assert not sock.is_connected("/admin")
+
+
+def test_activating_a_version_from_before_weights_npz_writes_it_in_a_child_process(app, root, client, auth,
+                                                                                   reviewer, monkeypatch):
+    """The server reads weights.npz with NumPy and never imports torch: an
+    older version without one gets it when a reviewer activates it, from a
+    child process (here this process's converter fails, and it still works).
+    One whose model.pt is broken is refused, and `current` stays."""
+    from chatbot import model
+    from chatbot.model_dir import WEIGHTS_FILE
+
+    old, new = tiny_version(root), tiny_version(root)
+    (old / WEIGHTS_FILE).unlink()
+    monkeypatch.setattr(model, "add_numpy_weights", lambda *_: pytest.fail("converted in the server's process"))
+    auth.login()
+    token = token_in(client.get("/admin/models/").get_data(as_text=True))
+    page = client.post("/admin/models/activate", data={"csrf_token": token, "name": old.name},
+                       follow_redirects=True).get_data(as_text=True)
+    assert "current로 적용했습니다" in page
+    assert (old / WEIGHTS_FILE).is_file() and current_name(root) == old.name
+    assert Responder(root).model().version == old.name
+
+    (new / WEIGHTS_FILE).unlink()
+    (new / "model.pt").write_bytes(b"not a state dict")
+    page = client.post("/admin/models/activate", data={"csrf_token": token, "name": new.name},
+                       follow_redirects=True).get_data(as_text=True)
+    assert "적용하지 못했습니다" in page and "weights.npz를 만들지 못했습니다" in page
+    assert current_name(root) == old.name and not (new / WEIGHTS_FILE).exists()
