@@ -309,7 +309,7 @@ def top_groups(span: Span, limit: int = TOP_GROUPS) -> list[dict]:
                 .correlate(top))
 
     # The 👎 and unanswered rows by ix_exchange_wrong (question_key, created_at); the corrected ones
-    # by ix_exchange_key_status_reviewed (question_key, status), not by a range of all groups' rows.
+    # by ix_exchange_key_status_created (question_key, status), not by a range of all groups' rows.
     shown = sa.union_all(questions(wrong_condition(), True),
                          questions(corrected_condition(), False)).subquery("shown")
     # A group whose own key went right (its wrong rows are its members'):

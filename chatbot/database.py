@@ -164,11 +164,11 @@ class Exchange(db.Model):
         audit(self, action, reviewer_name, old_status=old)
 
     __table_args__ = (
-        db.Index("ix_exchange_key_status_reviewed", "question_key", "status", "reviewed_at"),
-        # ... and the few corrected rows (their answer and correction would
-        # otherwise mean reading every row of the range: a query that says the
-        # index's WHERE needs no row to check it, and SQLite reads a row only
-        # for a column the index lacks, hence question_key and feedback) ...
+        # The statistics read the few corrected rows by a partial index (their
+        # answer and correction would otherwise mean reading every row of the
+        # range: a query that says the index's WHERE needs no row to check it,
+        # and SQLite reads a row only for a column the index lacks, hence
+        # question_key and feedback) ...
         db.Index("ix_exchange_corrected", *CORRECTED_COLUMNS,
                  sqlite_where=sa.text(CORRECTED_SQL), postgresql_where=sa.text(CORRECTED_SQL)),
         # ... and the 👎 and unanswered ones, by question group (the groups
@@ -178,7 +178,8 @@ class Exchange(db.Model):
         # The review list, unsorted, a page at a time without sorting every row.
         db.Index("ix_exchange_queue_rank", sa.text(f"({QUEUE_RANK_SQL})"), sa.text("created_at DESC"),
                  sa.text("id DESC"), info={"rewritten": True}),
-        # A queue group's newest rows (queue_admin.group_rows), without reading the others.
+        # A key's rows: a queue group's newest (queue_admin.group_rows), a
+        # statistics group's question; every lookup by key.
         db.Index("ix_exchange_key_status_created", "question_key", "status", "created_at"),
     )
 

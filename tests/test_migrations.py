@@ -290,3 +290,20 @@ def test_question_group_migration_makes_the_table_and_is_undone(app):
     with app.app_context():
         flask_migrate.upgrade()
     assert "question_group" in tables()
+
+
+def test_the_unused_reviewed_answer_index_is_dropped_and_comes_back_on_downgrade(app):
+    """a9d3f6b2c8e1: ix_exchange_key_status_reviewed (no query reads it since
+    the reviewed answers are held in memory) is gone; undone, it is back."""
+    def indexes():
+        with app.app_context():
+            return {index["name"] for index in sa.inspect(db.engine).get_indexes("exchange")}
+
+    assert "ix_exchange_key_status_reviewed" not in indexes()
+    assert "ix_exchange_key_status_created" in indexes()
+    with app.app_context():
+        flask_migrate.downgrade(revision="f6a2d8c4b1e7")
+    assert "ix_exchange_key_status_reviewed" in indexes()
+    with app.app_context():
+        flask_migrate.upgrade()
+    assert "ix_exchange_key_status_reviewed" not in indexes()
