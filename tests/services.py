@@ -104,7 +104,7 @@ class Redis:
 
 
 class Nginx:
-    """nginx with the README's configuration (its ```nginx block), the
+    """nginx with docs/deployment.md's configuration (its ```nginx block), the
     upstream servers and the listen port replaced, everything in a temp dir."""
 
     def __init__(self, workdir, config: str, upstreams):

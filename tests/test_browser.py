@@ -11,7 +11,7 @@ import time
 import pytest
 
 from helpers import PASSWORD, VIEWPORTS, admin_login, assert_clean, live_rows, shot
-from live_server import LiveServer, prepare
+from live_server import ROOT, LiveServer, prepare
 
 pytestmark = pytest.mark.browser
 
@@ -88,6 +88,8 @@ def test_send_and_receive(live, context, kind):
     before = page.locator(".msg.bot[data-id]").count()
     page.locator("#send").click()
     page.wait_for_function("n => document.querySelectorAll('.msg.bot[data-id]').length > n", arg=before)
+    # The README's first screen shows the chat.
+    page.screenshot(path=str(ROOT / "docs" / f"chat-{'desktop' if kind == 'desktop' else '360x640'}.png"))
 
     # auto-scroll: the newest reply is in view once the list overflows
     for i in range(4):

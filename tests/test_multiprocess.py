@@ -1,4 +1,4 @@
-"""Two server processes on Redis and PostgreSQL (README "Deployment"), as CI runs it.
+"""Two server processes on Redis and PostgreSQL (docs/deployment.md), as CI runs it.
 
 The test starts its own redis-server and PostgreSQL on 127.0.0.1 (installing
 the Debian packages first when missing, as root: tests/services.py), migrates
@@ -394,8 +394,8 @@ def kill_server(server):
     server.process.wait(timeout=10)
 
 
-def test_nginx_from_the_readme_in_front_of_two_processes(tmp_path, backends):
-    """The README's nginx configuration: Socket.IO upgrades to a WebSocket through
+def test_nginx_from_the_deployment_docs_in_front_of_two_processes(tmp_path, backends):
+    """The nginx configuration of docs/deployment.md: Socket.IO upgrades to a WebSocket through
     it, a client sticks to one process, and when that one dies the same chat
     session reconnects through nginx to the other, history and all."""
     import re
@@ -408,8 +408,8 @@ def test_nginx_from_the_readme_in_front_of_two_processes(tmp_path, backends):
     env = {"DATABASE_URL": postgres.url, "SOCKETIO_MESSAGE_QUEUE": redis.url, "MODEL_DIR": str(models),
            "SECRET_KEY": "shared-secret", "PROXY_COUNT": "1", "REPLY_WORKERS": "1"}
     flask_cli("db", "upgrade", env={**os.environ, **env})
-    readme = (ROOT / "README.md").read_text()
-    config = re.search(r"```nginx\n(.*?)```", readme, re.S).group(1)
+    deployment = (ROOT / "docs" / "deployment.md").read_text()
+    config = re.search(r"```nginx\n(.*?)```", deployment, re.S).group(1)
     servers = [LiveServer(tmp_path / name, env=env) for name in ("a", "b")]
     nginx, chat = None, None
     try:
