@@ -259,11 +259,28 @@ class Config:
     # SECRET_KEY (so it changes with it); set it to keep a URL across a new
     # SECRET_KEY (URL-safe characters, at least 20).  Kakao waits 5 s for a
     # skill: past KAKAO_REPLY_BUDGET seconds the user gets "잠시만요…" and the
-    # answer with their next message.  Rate limits (Flask-Limiter's syntax;
+    # answer with their next message (kept in the database).  Rate limits (Flask-Limiter's syntax;
     # empty: none) per KakaoTalk user and for all of them together: they all
     # come from Kakao's few addresses, so HTTP_LIMIT does not apply.
     KAKAO_SKILL_SECRET = os.environ.get("KAKAO_SKILL_SECRET") or None
     KAKAO_REPLY_BUDGET = env_float("KAKAO_REPLY_BUDGET", 3.5)
+    # Open Builder's AI chatbot callback (a block with "Callback API" on): a
+    # request with a userRequest.callbackUrl is answered at once with
+    # useCallback and "잠시만요…", and the answer is POSTed to that URL when
+    # it is ready (KAKAO_CALLBACK_TIMEOUT seconds a try, one retry; if both
+    # fail, it comes with the user's next message).  Only to the origins in
+    # KAKAO_CALLBACK_HOSTS (space- or comma-separated; a bare host name means
+    # https://host); any other callbackUrl is refused and logged, and at most
+    # KAKAO_CALLBACKS_AT_ONCE wait at a time.  Empty, the default: Kakao's
+    # guide does not name its callback host, so set the one your requests'
+    # callbackUrl shows.
+    KAKAO_CALLBACK_HOSTS = os.environ.get("KAKAO_CALLBACK_HOSTS", "")
+    KAKAO_CALLBACK_TIMEOUT = env_float("KAKAO_CALLBACK_TIMEOUT", 10.0)
+    KAKAO_CALLBACKS_AT_ONCE = env_int("KAKAO_CALLBACKS_AT_ONCE", 32)
+    # Late answers are kept (table kakao_late_answer) this many hours at most,
+    # and for this many chat sessions at most (the oldest go).
+    KAKAO_LATE_HOURS = env_float("KAKAO_LATE_HOURS", 24.0)
+    KAKAO_LATE_ROWS = env_int("KAKAO_LATE_ROWS", 10_000)
     KAKAO_USER_RATE_LIMIT = os.environ.get("KAKAO_USER_RATE_LIMIT", "20/minute")
     KAKAO_TOTAL_RATE_LIMIT = os.environ.get("KAKAO_TOTAL_RATE_LIMIT", "1200/minute")
     # Web sites that may show the chat widget (chatbot/widget.py): /embed's

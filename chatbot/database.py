@@ -256,6 +256,19 @@ class QuestionGroup(db.Model):
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow, index=True)
 
 
+class KakaoLateAnswer(db.Model):
+    """A KakaoTalk answer that was ready only after Kakao stopped waiting
+    (chatbot/kakao.py): the exchange to send with that user's next message,
+    the latest per chat session, until ``delivered_at``.  In the database,
+    so a restart or another server process still delivers it, once."""
+
+    __tablename__ = "kakao_late_answer"
+    session_id = db.Column(db.String(64), primary_key=True)
+    exchange_id = db.Column(db.Integer, nullable=False)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow, index=True)
+    delivered_at = db.Column(db.DateTime, nullable=True)
+
+
 AUDIT_ACTIONS = {"status": "상태 변경", "edit": "답변 수정", "group": "묶음 수정", "split": "묶음에서 분리",
                  "purge": "영구 삭제", "key_create": "API 키 만듦", "key_revoke": "API 키 폐기"}
 

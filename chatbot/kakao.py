@@ -22,9 +22,19 @@ before it reaches us; Kakao never sends one.)
 - Kakao waits 5 seconds for an answer.  The question is answered on a
   background task; if it is not ready within ``KAKAO_REPLY_BUDGET`` seconds
   the user gets "잠시만요…" at once, the task still stores the exchange, and
-  the answer goes out before the reply to the user's next message (kept in
-  this process's memory: after a restart, or on another server process, it is
-  only in the review list).
+  the answer goes out before the reply to the user's next message.  Such a
+  late answer is kept in the database (``LateAnswers``, table
+  kakao_late_answer) and marked delivered when it goes out: a restart or
+  another server process still delivers it, once.
+- Open Builder's callback (an "AI chatbot" block with Callback API on): the
+  request carries ``userRequest.callbackUrl``, valid for a minute and for
+  one use.  We answer at once with ``useCallback`` and "잠시만요…", then
+  POST the SkillResponse to that URL when it is ready (``call_back``), only
+  if its origin is in ``KAKAO_CALLBACK_HOSTS``: no request goes anywhere a
+  caller names (a callbackUrl elsewhere is logged and answered as without
+  one).  Each try has ``KAKAO_CALLBACK_TIMEOUT`` seconds and follows no
+  redirect; after two failed tries the answer is kept as a late answer.  At
+  most ``KAKAO_CALLBACKS_AT_ONCE`` wait at once; past that, no callback.
 - 👍/👎 are quick replies with action "block" back to the block that called
   us (``userRequest.block.id``, the fallback block) carrying ``extra``
   ``{"feedback": "up"|"down", "exchange": <id>}``; Open Builder sends it back
@@ -45,16 +55,20 @@ import logging
 import re
 import threading
 import time
-from collections import OrderedDict
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
+from datetime import timedelta
+from urllib.parse import urlsplit
 
+import sqlalchemy as sa
 from flask import Blueprint, abort, current_app, g, jsonify, request
 from flask_limiter import ExemptionScope
 from flask_limiter.util import get_remote_address
 
 from . import conversation
 from .conversation import MESSAGES, MessageError
-from .database import CHANNEL_KAKAO, FEEDBACK_DOWN, FEEDBACK_UP
+from .database import CHANNEL_KAKAO, FEEDBACK_DOWN, FEEDBACK_UP, Exchange, KakaoLateAnswer, utcnow
 from .extensions import csrf, db, socketio
 from .limits import http_limiter
 
@@ -63,10 +77,12 @@ bp = Blueprint("kakao", __name__)
 
 TEXT_LIMIT = 1000  # simpleText's text, in characters
 MAX_ID_CHARS = 256  # Kakao's user and bot ids are a few dozen characters
+MAX_URL_CHARS = 2048  # a callbackUrl
 TEXTS = {
     "unreadable": "메시지를 읽지 못했어요. 다시 보내 주세요.",
     "empty": "메시지를 입력해 주세요.",
     "wait": "잠시만요… 답변을 준비하고 있어요. 다음 메시지를 보내 주시면 그때 함께 알려 드릴게요.",
+    "callback_wait": "잠시만요… 답변을 준비하고 있어요.",
     "late": "아까 물어보신 \"{question}\"에 대한 답변이에요.\n{answer}",
     FEEDBACK_UP: "평가해 주셔서 고마워요! 👍",
     FEEDBACK_DOWN: "알려 주셔서 고마워요. 더 좋은 답을 배울게요.",
@@ -82,6 +98,7 @@ class SkillRequest:
     session_id: str
     block_id: str | None  # the block that called the skill, for the 👍/👎 quick replies
     extra: dict | None  # action.clientExtra: a quick reply's extra
+    callback_url: str | None = None  # userRequest.callbackUrl, when the block has Callback API on
 
 
 def skill_secret(app=None) -> str:
@@ -131,7 +148,10 @@ def parse_payload(body: bytes) -> SkillRequest | None:
             or not all(_id_ok(i) for i in (user_id, bot_id, block_id)):
         return None
     extra = _field(_field(data, "action"), "clientExtra")
-    return SkillRequest(utterance, session_for(bot_id, user_id), block_id, extra if isinstance(extra, dict) else None)
+    callback = _field(user_request, "callbackUrl")
+    callback = callback if isinstance(callback, str) and 0 < len(callback) <= MAX_URL_CHARS else None
+    return SkillRequest(utterance, session_for(bot_id, user_id), block_id, extra if isinstance(extra, dict) else None,
+                        callback)
 
 
 def _id_ok(value: str | None) -> bool:
@@ -158,12 +178,17 @@ def cut(text: str) -> str:
     return text if len(text) <= TEXT_LIMIT else text[:TEXT_LIMIT - 1] + "…"
 
 
-def skill_response(*texts, quick_replies=None):
-    """A SkillResponse 2.0 of simpleText outputs (at most 1000 characters each), HTTP 200."""
+def skill_body(*texts, quick_replies=None) -> dict:
+    """A SkillResponse 2.0 of simpleText outputs (at most 1000 characters each)."""
     template = {"outputs": [{"simpleText": {"text": cut(text)}} for text in texts]}
     if quick_replies:
         template["quickReplies"] = quick_replies
-    return jsonify({"version": "2.0", "template": template})
+    return {"version": "2.0", "template": template}
+
+
+def skill_response(*texts, quick_replies=None):
+    """``skill_body`` as the HTTP 200 answer."""
+    return jsonify(skill_body(*texts, quick_replies=quick_replies))
 
 
 def feedback_buttons(exchange_id: int, block_id: str | None) -> list[dict]:
@@ -181,25 +206,57 @@ def error_text(exc: MessageError) -> str:
 
 
 class LateAnswers:
-    """Answers that were ready only after the reply budget, by chat session
-    (the latest one each), until that user writes again.  In this process's
-    memory, at most ``max_sessions``."""
+    """Answers that were ready only after Kakao stopped waiting, by chat
+    session (the latest each), until that user writes again: in the
+    database, so that a restart or another server process still delivers
+    them, and each once (``take`` marks it delivered in the same UPDATE that
+    finds it).  Kept KAKAO_LATE_HOURS at most, for KAKAO_LATE_ROWS sessions
+    at most (the oldest go)."""
 
-    def __init__(self, max_sessions=10_000):
-        self.max_sessions = max_sessions
-        self._answers = OrderedDict()
-        self._lock = threading.Lock()
+    TABLE = KakaoLateAnswer.__table__
 
-    def put(self, session_id: str, reply: dict):
-        with self._lock:
-            self._answers[session_id] = reply
-            self._answers.move_to_end(session_id)
-            if len(self._answers) > self.max_sessions:
-                self._answers.popitem(last=False)
+    def __init__(self, hours: float, max_rows: int):
+        self.keep = timedelta(hours=hours)
+        self.max_rows = max(1, max_rows)
 
-    def take(self, session_id: str) -> dict | None:
-        with self._lock:
-            return self._answers.pop(session_id, None)
+    def put(self, session_id: str, exchange_id: int):
+        table, now = self.TABLE, utcnow()
+        with db.engine.begin() as connection:
+            connection.execute(table.delete().where(table.c.session_id == session_id))
+            connection.execute(table.insert().values(session_id=session_id, exchange_id=exchange_id, created_at=now))
+            connection.execute(table.delete().where(sa.or_(table.c.delivered_at.is_not(None),
+                                                           table.c.created_at < now - self.keep)))
+            excess = connection.scalar(sa.select(sa.func.count()).select_from(table)) - self.max_rows
+            if excess > 0:
+                oldest = connection.execute(sa.select(table.c.session_id).order_by(table.c.created_at)
+                                            .limit(excess)).scalars().all()
+                connection.execute(table.delete().where(table.c.session_id.in_(oldest)))
+
+    def take(self, session_id: str) -> tuple[str, str] | None:
+        """(question, answer) of this session's late answer, marked delivered; None if there is none."""
+        table, now = self.TABLE, utcnow()
+        with db.engine.begin() as connection:
+            found = connection.execute(table.update().where(
+                table.c.session_id == session_id, table.c.delivered_at.is_(None),
+                table.c.created_at >= now - self.keep).values(delivered_at=now))
+            if found.rowcount != 1:
+                return None
+            row = connection.execute(sa.select(Exchange.question, Exchange.answer).join(
+                table, table.c.exchange_id == Exchange.id).where(table.c.session_id == session_id)).first()
+        return tuple(row) if row else None
+
+
+def _answer(app, text: str, session_id: str):
+    """``conversation.ask`` in an app context of its own: its payload, or a MessageError."""
+    with app.app_context():
+        try:
+            return conversation.ask(text, session_id, CHANNEL_KAKAO)
+        except MessageError as exc:
+            return exc
+        except Exception:
+            db.session.rollback()
+            log.exception("failed to answer a KakaoTalk message")
+            return MessageError("server_error")
 
 
 def ask_within_budget(text: str, session_id: str):
@@ -214,19 +271,13 @@ def ask_within_budget(text: str, session_id: str):
     box = {}
 
     def run():
-        with app.app_context():
-            try:
-                result = conversation.ask(text, session_id, CHANNEL_KAKAO)
-            except MessageError as exc:
-                result = exc
-            except Exception:
-                db.session.rollback()
-                log.exception("failed to answer a KakaoTalk message")
-                result = MessageError("server_error")
+        result = _answer(app, text, session_id)
         with lock:
             box["result"] = result
-            if box.get("late") and isinstance(result, dict):
-                app.extensions["chatbot.kakao_late"].put(session_id, result)
+            late = box.get("late") and isinstance(result, dict)
+        if late:
+            with app.app_context():
+                app.extensions["chatbot.kakao_late"].put(session_id, result["id"])
 
     # A greenlet in the server (the model runs on OS threads; chatbot/batching.py), a thread elsewhere.
     task = socketio.start_background_task(run)
@@ -255,13 +306,78 @@ def skill(secret):
     except MessageError as exc:
         return skill_response(error_text(exc))
     earlier = current_app.extensions["chatbot.kakao_late"].take(asked.session_id)
-    texts = [TEXTS["late"].format(question=earlier["question"], answer=earlier["answer"])] if earlier else []
+    texts = [TEXTS["late"].format(question=earlier[0], answer=earlier[1])] if earlier else []
+    if asked.callback_url is not None and callback_allowed(asked.callback_url) \
+            and current_app.extensions["chatbot.kakao_callbacks"].acquire(blocking=False):
+        socketio.start_background_task(call_back, current_app._get_current_object(), asked, texts)
+        return jsonify({"version": "2.0", "useCallback": True, "data": {"text": TEXTS["callback_wait"]}})
     result = ask_within_budget(asked.utterance, asked.session_id)
     if result is None:
         return skill_response(*texts, TEXTS["wait"])
     if isinstance(result, MessageError):
         return skill_response(*texts, error_text(result))
     return skill_response(*texts, result["answer"], quick_replies=feedback_buttons(result["id"], asked.block_id))
+
+
+def callback_origins(setting: str) -> set[str]:
+    """KAKAO_CALLBACK_HOSTS as origins: "host" is https://host; "scheme://host[:port]" as it is."""
+    return {entry if "://" in entry else f"https://{entry}"
+            for entry in re.split(r"[\s,]+", setting.strip().lower()) if entry}
+
+
+def callback_allowed(url: str) -> bool:
+    """Whether ``url`` goes to an origin of KAKAO_CALLBACK_HOSTS (no user or
+    password in it); a URL elsewhere is refused and logged."""
+    try:
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    except ValueError:
+        parts, origin = None, None
+    if parts is not None and parts.username is None and parts.password is None \
+            and origin in callback_origins(current_app.config["KAKAO_CALLBACK_HOSTS"]):
+        return True
+    log.warning("KakaoTalk callbackUrl to %s refused: not in KAKAO_CALLBACK_HOSTS",
+                origin if parts is not None else "an unreadable URL")
+    return False
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # a redirect is an answer we do not follow: the try failed
+
+
+_opener = urllib.request.build_opener(_NoRedirect)
+
+
+def post_callback(url: str, body: dict, timeout: float) -> bool:
+    """POST ``body`` (a SkillResponse) to ``url``; whether it answered 2xx in time."""
+    request_ = urllib.request.Request(url, data=json.dumps(body, ensure_ascii=False).encode("utf-8"),
+                                      headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with _opener.open(request_, timeout=timeout) as response:
+            return 200 <= response.status < 300
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        log.warning("KakaoTalk callback failed: %s", exc)
+        return False
+
+
+def call_back(app, asked: SkillRequest, texts: list):
+    """Answer ``asked`` and POST the SkillResponse to its callbackUrl: two
+    tries, then the answer is kept for the user's next message."""
+    try:
+        result = _answer(app, asked.utterance, asked.session_id)
+        if isinstance(result, MessageError):
+            body = skill_body(*texts, error_text(result))
+        else:
+            body = skill_body(*texts, result["answer"], quick_replies=feedback_buttons(result["id"], asked.block_id))
+        timeout = app.config["KAKAO_CALLBACK_TIMEOUT"]
+        if post_callback(asked.callback_url, body, timeout) or post_callback(asked.callback_url, body, timeout):
+            return
+        if isinstance(result, dict):
+            with app.app_context():
+                app.extensions["chatbot.kakao_late"].put(asked.session_id, result["id"])
+    finally:
+        app.extensions["chatbot.kakao_callbacks"].release()
 
 
 def feedback(asked: SkillRequest):
@@ -300,7 +416,8 @@ def init_app(app):
         raise RuntimeError("KAKAO_SKILL_SECRET must be at least 20 characters of A-Z, a-z, 0-9, _ and -")
     app.register_blueprint(bp)
     csrf.exempt(bp)  # Kakao's servers post JSON without a token; the secret URL stands in for one
-    app.extensions["chatbot.kakao_late"] = LateAnswers()
+    app.extensions["chatbot.kakao_late"] = LateAnswers(app.config["KAKAO_LATE_HOURS"], app.config["KAKAO_LATE_ROWS"])
+    app.extensions["chatbot.kakao_callbacks"] = threading.BoundedSemaphore(max(1, app.config["KAKAO_CALLBACKS_AT_ONCE"]))
     limiter = http_limiter(app)
     # Not the per-address HTTP_LIMIT: every KakaoTalk user comes from Kakao's few
     # addresses.  (Exempting META too would drop the blueprint's own limits below.)

@@ -2,6 +2,7 @@
 in, SkillResponse 2.0 out, on the one conversation path."""
 import hashlib
 import json
+import logging
 import re
 import threading
 import time
@@ -372,13 +373,59 @@ def test_the_url_is_not_shown_to_anyone_else(app, client):
     assert secret not in page.get_data(as_text=True)
 
 
-def test_late_answers_keep_the_latest_per_user_and_a_bounded_number_of_users():
-    late = kakao.LateAnswers(max_sessions=2)
-    late.put("a", {"id": 1})
-    late.put("a", {"id": 2})
-    late.put("b", {"id": 3})
-    late.put("c", {"id": 4})
-    assert (late.take("a"), late.take("b"), late.take("c"), late.take("c")) == (None, {"id": 3}, {"id": 4}, None)
+def test_late_answers_keep_the_latest_per_user_and_a_bounded_number_of_users(make_app):
+    app = make_app(KAKAO_LATE_ROWS=2)
+    ids = [add_exchange(app, f"질문 {n}", answer=f"답 {n}") for n in range(4)]
+    with app.app_context():
+        late = app.extensions["chatbot.kakao_late"]
+        late.put("a", ids[0])
+        late.put("a", ids[1])
+        late.put("b", ids[2])
+        late.put("c", ids[3])  # a's, the oldest, goes
+        assert (late.take("a"), late.take("b"), late.take("c"), late.take("c")) == (
+            None, ("질문 2", "답 2"), ("질문 3", "답 3"), None)
+
+
+def test_a_late_answer_is_kept_for_kakao_late_hours_only(make_app):
+    app = make_app(KAKAO_LATE_HOURS=0.3 / 3600)  # 0.3 s
+    row = add_exchange(app, "질문", answer="답")
+    with app.app_context():
+        late = app.extensions["chatbot.kakao_late"]
+        late.put("a", row)
+        late.put("b", row)
+        assert late.take("a") == ("질문", "답")
+        time.sleep(0.5)
+        assert late.take("b") is None
+
+
+def test_a_late_answer_survives_a_restart_and_reaches_the_user_through_another_process(make_app, monkeypatch):
+    """Two apps on one database: the first stores the late answer and says
+    wait; the second (another server process, or the first restarted)
+    sends it with the user's next message, and neither sends it again."""
+    first = make_app(KAKAO_REPLY_BUDGET=0.2)
+    url = skill_url(first)
+    _slow_for(first, monkeypatch, "천천히 생각해 봐", 1.0)
+    assert texts(post(first.test_client(), url, skill_payload("천천히 생각해 봐", user_id="patient"))) == [
+        kakao.TEXTS["wait"]]
+    wait_for_rows(first, 1)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _late_rows(first) == 0:
+        time.sleep(0.05)
+    second = make_app(KAKAO_REPLY_BUDGET=0.2)
+    assert texts(post(second.test_client(), url, skill_payload("고마워", user_id="patient"))) == [
+        kakao.TEXTS["late"].format(question="천천히 생각해 봐", answer=FALLBACK_ANSWER), FALLBACK_ANSWER]
+    for app in (first, second):
+        assert texts(post(app.test_client(), url, skill_payload("또 안녕", user_id="patient"))) == [FALLBACK_ANSWER]
+
+
+def _late_rows(app):
+    import sqlalchemy as sa
+
+    from chatbot.database import KakaoLateAnswer
+    from chatbot.extensions import db
+
+    with app.app_context():
+        return db.session.scalar(sa.select(sa.func.count()).select_from(KakaoLateAnswer))
 
 
 def test_many_users_at_once_each_get_their_own_answer(make_app):
@@ -399,3 +446,138 @@ def test_many_users_at_once_each_get_their_own_answer(make_app):
         row = get_row(app, row_id)
         assert (row.question, row.session_id) == (f"질문 {n}", expected_session(f"user-{n}"))
     assert len(rows(app)) == 8
+
+
+# -- Open Builder's callback -------------------------------------------------------
+
+class FakeCallback:
+    """A local stand-in for Kakao's callback endpoint: records each POSTed
+    body; ``mode`` "ok" answers 200, "error" 500, "hang" waits 1.5 s first."""
+
+    def __init__(self, mode="ok"):
+        import http.server
+
+        fake = self
+        self.mode, self.bodies, self.tries = mode, [], 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                fake.tries += 1
+                if fake.mode == "hang":
+                    time.sleep(1.5)
+                status = 500 if fake.mode == "error" else 200
+                if status == 200:
+                    fake.bodies.append(json.loads(body))
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.origin = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def url(self, path="/v1/bots/bot1/callback/one-time-token"):
+        return self.origin + path
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_callback():
+    made = []
+
+    def make(mode="ok"):
+        made.append(FakeCallback(mode))
+        return made[-1]
+    yield make
+    for fake in made:
+        fake.close()
+
+
+def with_callback(payload, url):
+    payload["userRequest"]["callbackUrl"] = url
+    return payload
+
+
+def wait_until(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_a_callback_request_is_answered_at_once_and_the_answer_is_posted_to_the_callback(make_app, fake_callback):
+    fake = fake_callback()
+    app = make_app(KAKAO_CALLBACK_HOSTS=fake.origin, KAKAO_CALLBACK_TIMEOUT=2.0)
+    response = post(app.test_client(), skill_url(app), with_callback(skill_payload("배고파"), fake.url()))
+    assert response.status_code == 200
+    assert response.get_json() == {"version": "2.0", "useCallback": True,
+                                   "data": {"text": kakao.TEXTS["callback_wait"]}}
+    wait_until(lambda: fake.bodies)
+    (body,) = fake.bodies
+    assert body["version"] == "2.0" and [o["simpleText"]["text"] for o in body["template"]["outputs"]] == [
+        FALLBACK_ANSWER]
+    (row,) = rows(app)
+    assert body["template"]["quickReplies"][0]["extra"]["exchange"] == row.id
+    assert fake.tries == 1 and _late_rows(app) == 0
+
+
+@pytest.mark.parametrize("hosts, url", [
+    ("", "{origin}/callback"),  # the default: no host is trusted
+    ("https://bot-api.example.com", "{origin}/callback"),  # not this one
+    ("{origin}", "http://127.0.0.1:1@evil.example/callback"),  # the host is evil.example
+    ("{origin}", "http://user:pw@127.0.0.1:{port}/callback"),  # credentials in the URL
+    ("{origin}", "file:///etc/passwd"),
+])
+def test_a_callback_url_outside_kakao_callback_hosts_is_never_requested(make_app, fake_callback, hosts, url):
+    fake = fake_callback()
+    port = fake.origin.rsplit(":", 1)[1]
+    app = make_app(KAKAO_CALLBACK_HOSTS=hosts.format(origin=fake.origin))
+    logged = logging.Handler(logging.WARNING)
+    logged.emit = lambda record: warnings.append(record.getMessage())
+    warnings = []
+    logging.getLogger("chatbot.kakao").addHandler(logged)
+    try:
+        response = post(app.test_client(), skill_url(app),
+                        with_callback(skill_payload("배고파"), url.format(origin=fake.origin, port=port)))
+    finally:
+        logging.getLogger("chatbot.kakao").removeHandler(logged)
+    assert texts(response) == [FALLBACK_ANSWER]  # answered as without a callback
+    assert "useCallback" not in response.get_json()
+    time.sleep(0.2)
+    assert fake.tries == 0
+    assert len(warnings) == 1 and "refused: not in KAKAO_CALLBACK_HOSTS" in warnings[0]
+
+
+@pytest.mark.parametrize("mode", ["hang", "error"])
+def test_a_callback_that_fails_twice_leaves_the_answer_for_the_next_message(make_app, fake_callback, mode):
+    fake = fake_callback(mode)
+    app = make_app(KAKAO_CALLBACK_HOSTS=fake.origin, KAKAO_CALLBACK_TIMEOUT=0.3)
+    client, url = app.test_client(), skill_url(app)
+    started = time.monotonic()
+    post(client, url, with_callback(skill_payload("배고파", user_id="unlucky"), fake.url()))
+    wait_until(lambda: _late_rows(app) == 1)
+    assert fake.tries == 2 and fake.bodies == []  # one retry, then no more
+    assert time.monotonic() - started < 5  # bounded: two tries of 0.3 s (the hanging one answers too late)
+    assert texts(post(client, url, skill_payload("고마워", user_id="unlucky"))) == [
+        kakao.TEXTS["late"].format(question="배고파", answer=FALLBACK_ANSWER), FALLBACK_ANSWER]
+
+
+def test_callbacks_waiting_at_once_are_bounded(make_app, fake_callback):
+    fake = fake_callback("hang")
+    app = make_app(KAKAO_CALLBACK_HOSTS=fake.origin, KAKAO_CALLBACK_TIMEOUT=1.0, KAKAO_CALLBACKS_AT_ONCE=1)
+    client, url = app.test_client(), skill_url(app)
+    first = post(client, url, with_callback(skill_payload("배고파", user_id="one"), fake.url()))
+    second = post(client, url, with_callback(skill_payload("심심해", user_id="two"), fake.url()))
+    assert first.get_json()["useCallback"] is True
+    assert texts(second) == [FALLBACK_ANSWER]  # the one slot is taken: answered within the budget instead
+    wait_until(lambda: _late_rows(app) == 1)  # the first one's two tries failed
+    third = post(client, url, with_callback(skill_payload("안녕", user_id="three"), fake.url()))
+    assert third.get_json()["useCallback"] is True  # its slot is free again

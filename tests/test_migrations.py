@@ -307,3 +307,27 @@ def test_the_unused_reviewed_answer_index_is_dropped_and_comes_back_on_downgrade
     with app.app_context():
         flask_migrate.upgrade()
     assert "ix_exchange_key_status_reviewed" not in indexes()
+
+
+def test_kakao_late_answer_migration_makes_the_table_and_is_undone(app):
+    """b5e8c2a7d4f1: late KakaoTalk answers, one row per chat session."""
+    import pytest
+
+    def tables():
+        with app.app_context():
+            return set(sa.inspect(db.engine).get_table_names())
+
+    insert = "INSERT INTO kakao_late_answer (session_id, exchange_id, created_at) VALUES ('kakao-1', 1, '2024-01-01')"
+    assert "kakao_late_answer" in tables()
+    with app.app_context():
+        db.session.execute(sa.text(insert))
+        db.session.commit()
+        with pytest.raises(sa.exc.IntegrityError):  # one per session
+            db.session.execute(sa.text(insert))
+            db.session.commit()
+        db.session.rollback()
+        flask_migrate.downgrade(revision="a9d3f6b2c8e1")
+    assert "kakao_late_answer" not in tables() and "question_group" in tables()
+    with app.app_context():
+        flask_migrate.upgrade()
+    assert "kakao_late_answer" in tables()
