@@ -173,7 +173,9 @@ class Config:
     # ADMIN_QUEUE_ROWS unreviewed ones: each page reads that many rows at
     # most, however large the database grows.
     ADMIN_SEARCH_ROWS = env_int("ADMIN_SEARCH_ROWS", 50_000)
-    ADMIN_QUEUE_ROWS = env_int("ADMIN_QUEUE_ROWS", 50_000)
+    # 20,000: the queue page under half a core of a million exchanges took
+    # 594 ms at 50,000 and 437 ms at 20,000 (bench/README.md, issue 26).
+    ADMIN_QUEUE_ROWS = env_int("ADMIN_QUEUE_ROWS", 20_000)
     # Failed logins: after LOGIN_MAX_FAILURES for one address and user name
     # (or 4x that for one address, any names) within LOGIN_WINDOW_SECONDS,
     # logins from there are refused (429) until the window has passed.
