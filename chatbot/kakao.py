@@ -205,6 +205,14 @@ def error_text(exc: MessageError) -> str:
     return TEXTS["empty"] if exc.code == "empty" else exc.message
 
 
+def answer_body(result, texts: list, block_id: str | None) -> dict:
+    """The SkillResponse for ``conversation.ask``'s ``result`` (its payload,
+    or a MessageError), after ``texts`` (an earlier late answer)."""
+    if isinstance(result, MessageError):
+        return skill_body(*texts, error_text(result))
+    return skill_body(*texts, result["answer"], quick_replies=feedback_buttons(result["id"], block_id))
+
+
 class LateAnswers:
     """Answers that were ready only after Kakao stopped waiting, by chat
     session (the latest each), until that user writes again: in the
@@ -314,9 +322,7 @@ def skill(secret):
     result = ask_within_budget(asked.utterance, asked.session_id)
     if result is None:
         return skill_response(*texts, TEXTS["wait"])
-    if isinstance(result, MessageError):
-        return skill_response(*texts, error_text(result))
-    return skill_response(*texts, result["answer"], quick_replies=feedback_buttons(result["id"], asked.block_id))
+    return jsonify(answer_body(result, texts, asked.block_id))
 
 
 def callback_origins(setting: str) -> set[str]:
@@ -366,10 +372,7 @@ def call_back(app, asked: SkillRequest, texts: list):
     tries, then the answer is kept for the user's next message."""
     try:
         result = _answer(app, asked.utterance, asked.session_id)
-        if isinstance(result, MessageError):
-            body = skill_body(*texts, error_text(result))
-        else:
-            body = skill_body(*texts, result["answer"], quick_replies=feedback_buttons(result["id"], asked.block_id))
+        body = answer_body(result, texts, asked.block_id)
         timeout = app.config["KAKAO_CALLBACK_TIMEOUT"]
         if post_callback(asked.callback_url, body, timeout) or post_callback(asked.callback_url, body, timeout):
             return
