@@ -36,7 +36,7 @@ import time
 
 import sqlalchemy as sa
 
-from . import meaning
+from . import meaning, meaning_store
 from .config import gevent_patched
 from .corrections import has_word
 from .database import UNREVIEWED, Exchange, QuestionGroup, ReviewAudit, insert_new, utcnow
@@ -122,9 +122,6 @@ class Leaders:
         self.limit = max(1, limit)
         self.keys: list[str] = []
         self.vectors = np.zeros((0, meaning.DIM), dtype=np.float32)
-
-    def __len__(self):
-        return len(self.keys)
 
     def add(self, keys, vectors):
         import numpy as np
@@ -258,7 +255,7 @@ class Grouper:
                 now = utcnow()
                 insert_new(connection, TABLE, [
                     {"question_key": key, "group_key": group, "encoder": encoder.name,
-                     "vector": vector.astype("<f2").tobytes(), "created_at": now}
+                     "vector": meaning_store.to_blob(vector), "created_at": now}
                     for key, group, vector in zip(keys, groups, vectors)])
                 self._prune(connection)
                 connection.commit()
@@ -280,10 +277,10 @@ class Grouper:
             .where(TABLE.c.id > self._read_up_to, TABLE.c.encoder == encoder_name,
                    TABLE.c.group_key == TABLE.c.question_key)
             .order_by(TABLE.c.id.desc()).limit(self.leaders.limit)).all()[::-1]
-        whole = [(key, blob) for _, key, blob in found if len(blob) == 2 * meaning.DIM]
+        whole = [(key, vector) for key, vector in ((key, meaning_store.from_blob(blob)) for _, key, blob in found)
+                 if vector is not None]
         if whole:
-            self.leaders.add([key for key, _ in whole],
-                             np.stack([np.frombuffer(blob, dtype="<f2") for _, blob in whole]).astype(np.float32))
+            self.leaders.add([key for key, _ in whole], np.stack([vector for _, vector in whole]))
         self._read_up_to = max([self._read_up_to] + [row.id for row in found])
 
     def _prune(self, connection):

@@ -19,6 +19,24 @@ TABLE = QuestionMeaning.__table__
 CHUNK = 500  # questions per SELECT ... IN (...): under every database's limit on parameters
 
 
+def to_blob(vector) -> bytes:
+    """A vector as the database keeps it: meaning.DIM float16, little-endian
+    (here and in question_group, chatbot/grouping.py)."""
+    import numpy as np
+
+    return np.asarray(vector, dtype="<f2").tobytes()
+
+
+def from_blob(blob: bytes):
+    """A stored vector as float32, or None when it is not one of
+    meaning.DIM values (a damaged row)."""
+    import numpy as np
+
+    if len(blob) != 2 * meaning.DIM:
+        return None
+    return np.frombuffer(blob, dtype="<f2").astype(np.float32)
+
+
 def question_hash(question: str) -> str:
     return hashlib.sha256(meaning.normalise(question).encode("utf-8")).hexdigest()
 
@@ -37,11 +55,9 @@ def load(connection, encoder_name: str, questions) -> dict:
     by_hash = {question_hash(q): q for q in questions}
     found = {}
     for key, blob in _rows(connection, encoder_name, list(by_hash), TABLE.c.question_hash, TABLE.c.vector):
-        if len(blob) != 2 * meaning.DIM:  # not a vector of this encoder's size (a damaged row)
-            continue
-        vector = np.frombuffer(blob, dtype="<f2")
-        if np.isfinite(vector).all():
-            found[by_hash[key]] = vector.astype(np.float32)
+        vector = from_blob(blob)
+        if vector is not None and np.isfinite(vector).all():
+            found[by_hash[key]] = vector
     return found
 
 
@@ -49,11 +65,9 @@ def save(connection, encoder_name: str, vectors: dict, limit: int) -> int:
     """Store ``vectors`` (question -> vector) not stored yet, then drop the
     oldest rows past ``limit``; commits.  Another process storing the same
     question at the same time is no error.  Returns the rows it tried to add."""
-    import numpy as np
-
     if not vectors or limit <= 0:
         return 0
-    rows = {question_hash(q): np.asarray(v, dtype="<f2").tobytes() for q, v in vectors.items()}
+    rows = {question_hash(q): to_blob(v) for q, v in vectors.items()}
     for (key,) in _rows(connection, encoder_name, list(rows), TABLE.c.question_hash):
         rows.pop(key, None)
     now = utcnow()

@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import sqlalchemy as sa
 
-from . import grouping, meaning, morph
+from . import grouping, meaning, meaning_store, morph
 from .database import UNREVIEWED, Exchange, QuestionGroup, stored_key
 from .extensions import db
 
@@ -80,10 +80,11 @@ def reached(bot, reviewed, corrected, found: list[Candidate], limit: int = NEARE
     trial = reviewed.adding([(key, question, MARK) for key, question in corrected],
                             {meaning.normalise(q): v for (_, q), v in zip(corrected, mine)} if by_meaning else None)
     if by_meaning:
-        found = [c for c in found if c.vector is not None and len(c.vector) == 2 * meaning.DIM]
+        stored = [meaning_store.from_blob(c.vector) if c.vector is not None else None for c in found]
+        found = [c for c, vector in zip(found, stored) if vector is not None]
         if not found:
             return 0, []
-        vectors = np.stack([np.frombuffer(c.vector, dtype="<f2") for c in found]).astype(np.float32)
+        vectors = np.stack([vector for vector in stored if vector is not None])
         nearness = meaning.similarity(vectors, mine).max(axis=1)
     else:
         vectors = None
