@@ -296,6 +296,13 @@ class ExchangeView(ReviewerOnly, ModelView):
     def index_view(self):
         return super().index_view()
 
+    def _exchange_asked_for(self):
+        """The exchange of the request's ``id`` (404 when there is none)."""
+        exchange = self.get_one(str(request.args.get("id", type=int) or 0))
+        if exchange is None:
+            abort(404)
+        return exchange
+
     @expose("/suggest/")
     def suggest_view(self):
         """The suggestions for an exchange as JSON, which its edit page and
@@ -303,9 +310,7 @@ class ExchangeView(ReviewerOnly, ModelView):
         waits on the model threads (the group page is a heavy-work page, on
         a thread that must not), nor holds its database connection while
         they work."""
-        exchange = self.get_one(str(request.args.get("id", type=int) or 0))
-        if exchange is None:
-            abort(404)
+        exchange = self._exchange_asked_for()
         return jsonify(suggestions=[{**s._asdict(), "source_label": suggest.SOURCE_LABELS[s.source]}
                                     for s in suggestions_for(exchange)])
 
@@ -317,9 +322,7 @@ class ExchangeView(ReviewerOnly, ModelView):
         correction box.  The past questions are read on a heavy-work thread,
         in one of the reviewer's slots; they are scored on a model thread,
         in one of the suggestions' slots; a busy server answers 503."""
-        exchange = self.get_one(str(request.args.get("id", type=int) or 0))
-        if exchange is None:
-            abort(404)
+        exchange = self._exchange_asked_for()
         try:
             with heavy.slot():
                 corrected, found = heavy.run(_reach_inputs, exchange.question, request.args.get("group"))
