@@ -105,14 +105,41 @@
   });
 })();
 
-/* Suggested answers (chatbot/suggest.py, templates/admin/suggestions.html) on
- * an exchange's edit page and the queue's group page: fetched from the
- * panel's data-url (JSON) and built here, every value as text, never as
- * HTML.  "이 답변 쓰기" puts one in the correction box the panel's
- * data-target names; the reviewer can still change it, and nothing is saved
- * until they save the form. */
+/* Two panels fetched as JSON after the page loads, from their data-url, and
+ * built here, every value as text, never as HTML:
+ * - Suggested answers (chatbot/suggest.py, templates/admin/suggestions.html)
+ *   on an exchange's edit page and the queue's group page.  "이 답변 쓰기"
+ *   puts one in the correction box the panel's data-target names; the
+ *   reviewer can still change it, and nothing is saved until they save the
+ *   form.
+ * - What saving a correction would change (chatbot/reach.py,
+ *   templates/admin/reach.html): the past unreviewed questions the
+ *   correction would answer at once, the nearest first, so that a reviewer
+ *   sees an answer reaching too far before saving it. */
 (function () {
   "use strict";
+
+  function element(tag, className, text) {
+    var node = document.createElement(tag);
+    node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function percent(similarity) {
+    return Math.floor(similarity * 100) + "%";
+  }
+
+  /* Fetch the JSON of the panel `selector` names and give it to `show`;
+   * the page works without it (an error or a busy server shows nothing). */
+  function fetchPanel(selector, show) {
+    var panel = document.querySelector(selector + "[data-url]");
+    if (!panel || !window.fetch) return;
+    fetch(panel.getAttribute("data-url"), {credentials: "same-origin", headers: {"Accept": "application/json"}})
+      .then(function (response) { return response.ok ? response.json() : null; })
+      .then(function (data) { if (data) show(panel, data); })
+      .catch(function () { /* the reviewer goes on without it */ });
+  }
 
   document.addEventListener("click", function (event) {
     var button = event.target && event.target.closest && event.target.closest("[data-suggestion]");
@@ -124,89 +151,47 @@
     box.focus();
   });
 
-  function item(s) {
-    var li = document.createElement("li");
-    li.className = "list-group-item d-flex justify-content-between align-items-start suggestion";
-    var text = document.createElement("div");
-    text.className = "mr-3";
-    var answer = document.createElement("div");
-    answer.className = "review-text suggestion-answer";
-    answer.textContent = s.answer;
-    var origin = document.createElement("small");
-    origin.className = "text-muted";
-    origin.textContent = s.source_label + " · 질문: " + s.question;
-    text.appendChild(answer);
-    text.appendChild(origin);
-    var side = document.createElement("div");
-    side.className = "text-nowrap";
-    var badge = document.createElement("span");
-    badge.className = "badge badge-light mr-2";
-    badge.textContent = Math.floor(s.similarity * 100) + "%";
-    var button = document.createElement("button");
+  function suggestion(s) {
+    var li = element("li", "list-group-item d-flex justify-content-between align-items-start suggestion");
+    var text = element("div", "mr-3");
+    text.appendChild(element("div", "review-text suggestion-answer", s.answer));
+    text.appendChild(element("small", "text-muted", s.source_label + " · 질문: " + s.question));
+    var side = element("div", "text-nowrap");
+    side.appendChild(element("span", "badge badge-light mr-2", percent(s.similarity)));
+    var button = element("button", "btn btn-sm btn-outline-primary", "이 답변 쓰기");
     button.type = "button";
-    button.className = "btn btn-sm btn-outline-primary";
     button.setAttribute("data-suggestion", s.answer);
-    button.textContent = "이 답변 쓰기";
-    side.appendChild(badge);
     side.appendChild(button);
     li.appendChild(text);
     li.appendChild(side);
     return li;
   }
 
-  document.addEventListener("DOMContentLoaded", function () {
-    var panel = document.querySelector("#suggestions[data-url]");
-    if (!panel || !window.fetch) return;
-    fetch(panel.getAttribute("data-url"), {credentials: "same-origin", headers: {"Accept": "application/json"}})
-      .then(function (response) { return response.ok ? response.json() : {suggestions: []}; })
-      .then(function (data) {
-        var list = panel.querySelector("ul");
-        (data.suggestions || []).forEach(function (s) { list.appendChild(item(s)); });
-        panel.hidden = !list.children.length;
-      })
-      .catch(function () { /* the reviewer writes their own */ });
-  });
-})();
-
-/* What saving a correction would change (chatbot/reach.py,
- * templates/admin/reach.html): fetched from the panel's data-url (JSON) and
- * built here as text.  The past unreviewed questions the correction would
- * answer at once, the nearest first, so that a reviewer sees an answer
- * reaching too far before saving it. */
-(function () {
-  "use strict";
+  function reached(r) {
+    var li = element("li", "reach-question");
+    li.appendChild(element("span", "review-text", r.question));
+    li.appendChild(element("span", "text-muted", " (" + r.count + "건, " + percent(r.similarity) + ")"));
+    return li;
+  }
 
   document.addEventListener("DOMContentLoaded", function () {
-    var panel = document.querySelector("#reach[data-url]");
-    if (!panel || !window.fetch) return;
-    fetch(panel.getAttribute("data-url"), {credentials: "same-origin", headers: {"Accept": "application/json"}})
-      .then(function (response) { return response.ok ? response.json() : null; })
-      .then(function (data) {
-        if (!data) return;
-        var summary = panel.querySelector("#reach-summary");
+    fetchPanel("#suggestions", function (panel, data) {
+      var list = panel.querySelector("ul");
+      (data.suggestions || []).forEach(function (s) { list.appendChild(suggestion(s)); });
+      panel.hidden = !list.children.length;
+    });
+    fetchPanel("#reach", function (panel, data) {
+      var summary = panel.querySelector("#reach-summary");
+      if (!data.exchanges) {
+        summary.textContent = "저장해도 검토하지 않은 다른 질문(최근 " + data.window.toLocaleString() +
+          "건 중)의 답은 바로 바뀌지 않습니다.";
+      } else {
+        summary.textContent = "저장하면 검토하지 않은 다른 질문 " + data.exchanges.toLocaleString() +
+          "건도 바로 이 답변을 받습니다. 가장 가까운 질문:";
         var list = panel.querySelector("ul");
-        if (!data.exchanges) {
-          summary.textContent = "저장해도 검토하지 않은 다른 질문(최근 " + data.window.toLocaleString() +
-            "건 중)의 답은 바로 바뀌지 않습니다.";
-        } else {
-          summary.textContent = "저장하면 검토하지 않은 다른 질문 " + data.exchanges.toLocaleString() +
-            "건도 바로 이 답변을 받습니다. 가장 가까운 질문:";
-          data.nearest.forEach(function (r) {
-            var li = document.createElement("li");
-            li.className = "reach-question";
-            var text = document.createElement("span");
-            text.className = "review-text";
-            text.textContent = r.question;
-            var meta = document.createElement("span");
-            meta.className = "text-muted";
-            meta.textContent = " (" + r.count + "건, " + Math.floor(r.similarity * 100) + "%)";
-            li.appendChild(text);
-            li.appendChild(meta);
-            list.appendChild(li);
-          });
-        }
-        panel.hidden = false;
-      })
-      .catch(function () { /* the reviewer saves without the preview */ });
+        data.nearest.forEach(function (r) { list.appendChild(reached(r)); });
+      }
+      panel.hidden = false;
+    });
   });
 })();
