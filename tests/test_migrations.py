@@ -238,58 +238,50 @@ def test_reviewer_session_token_migration_gives_each_reviewer_a_token_and_is_und
     assert "session_token" in reviewer_columns()
 
 
+def tables(app):
+    with app.app_context():
+        return set(sa.inspect(db.engine).get_table_names())
+
+
+def table_is_made_and_undone(app, table, insert, parameters, before, still):
+    """A migration that makes ``table``: it is there, ``insert`` (with
+    ``parameters``) works once and a second time breaks its key; downgraded
+    to ``before`` it is gone and ``still`` is not; upgraded, it is back."""
+    import pytest
+
+    assert table in tables(app)
+    with app.app_context():
+        db.session.execute(sa.text(insert), parameters)
+        db.session.commit()
+        with pytest.raises(sa.exc.IntegrityError):
+            db.session.execute(sa.text(insert), parameters)
+            db.session.commit()
+        db.session.rollback()
+        flask_migrate.downgrade(revision=before)
+    assert table not in tables(app) and still in tables(app)
+    with app.app_context():
+        flask_migrate.upgrade()
+    assert table in tables(app)
+
+
 def test_question_meaning_migration_makes_the_table_and_is_undone(app):
     """e3b7a1c9d5f2: the table of stored meaning vectors, one row per
     encoder and question; undone, it is gone and nothing else changed."""
-    import pytest
-
-    def tables():
-        with app.app_context():
-            return set(sa.inspect(db.engine).get_table_names())
-
-    insert = ("INSERT INTO question_meaning (encoder, question_hash, vector, created_at) "
-              "VALUES ('e5-small', :h, x'00', '2024-01-01')")
-    assert "question_meaning" in tables()
-    with app.app_context():
-        db.session.execute(sa.text(insert), {"h": "a" * 64})
-        db.session.commit()
-        with pytest.raises(sa.exc.IntegrityError):  # one vector per encoder and question
-            db.session.execute(sa.text(insert), {"h": "a" * 64})
-            db.session.commit()
-        db.session.rollback()
-        flask_migrate.downgrade(revision="d2a7c4e9f150")
-    assert "question_meaning" not in tables() and "exchange" in tables()
-    with app.app_context():
-        flask_migrate.upgrade()
-    assert "question_meaning" in tables()
+    table_is_made_and_undone(
+        app, "question_meaning", "INSERT INTO question_meaning (encoder, question_hash, vector, created_at) "
+        "VALUES ('e5-small', :h, x'00', '2024-01-01')", {"h": "a" * 64}, before="d2a7c4e9f150", still="exchange")
 
 
 def test_question_group_migration_makes_the_table_and_is_undone(app):
     """f6a2d8c4b1e7: the review queue's groups, one row per question key,
     found by group; undone, the table is gone and nothing else changed."""
-    import pytest
-
-    def tables():
-        with app.app_context():
-            return set(sa.inspect(db.engine).get_table_names())
-
-    insert = ("INSERT INTO question_group (question_key, group_key, encoder, vector, created_at) "
-              "VALUES (:k, '배고프', 'e5-small', x'00', '2024-01-01')")
-    assert "question_group" in tables()
     with app.app_context():
         indexes = {index["name"] for index in sa.inspect(db.engine).get_indexes("question_group")}
-        assert "ix_question_group_group_key" in indexes
-        db.session.execute(sa.text(insert), {"k": "배고프"})
-        db.session.commit()
-        with pytest.raises(sa.exc.IntegrityError):  # one group per key
-            db.session.execute(sa.text(insert), {"k": "배고프"})
-            db.session.commit()
-        db.session.rollback()
-        flask_migrate.downgrade(revision="e3b7a1c9d5f2")
-    assert "question_group" not in tables() and "question_meaning" in tables()
-    with app.app_context():
-        flask_migrate.upgrade()
-    assert "question_group" in tables()
+    assert "ix_question_group_group_key" in indexes
+    table_is_made_and_undone(
+        app, "question_group", "INSERT INTO question_group (question_key, group_key, encoder, vector, created_at) "
+        "VALUES (:k, '배고프', 'e5-small', x'00', '2024-01-01')", {"k": "배고프"},
+        before="e3b7a1c9d5f2", still="question_meaning")
 
 
 def test_the_unused_reviewed_answer_index_is_dropped_and_comes_back_on_downgrade(app):
@@ -311,23 +303,6 @@ def test_the_unused_reviewed_answer_index_is_dropped_and_comes_back_on_downgrade
 
 def test_kakao_late_answer_migration_makes_the_table_and_is_undone(app):
     """b5e8c2a7d4f1: late KakaoTalk answers, one row per chat session."""
-    import pytest
-
-    def tables():
-        with app.app_context():
-            return set(sa.inspect(db.engine).get_table_names())
-
-    insert = "INSERT INTO kakao_late_answer (session_id, exchange_id, created_at) VALUES ('kakao-1', 1, '2024-01-01')"
-    assert "kakao_late_answer" in tables()
-    with app.app_context():
-        db.session.execute(sa.text(insert))
-        db.session.commit()
-        with pytest.raises(sa.exc.IntegrityError):  # one per session
-            db.session.execute(sa.text(insert))
-            db.session.commit()
-        db.session.rollback()
-        flask_migrate.downgrade(revision="a9d3f6b2c8e1")
-    assert "kakao_late_answer" not in tables() and "question_group" in tables()
-    with app.app_context():
-        flask_migrate.upgrade()
-    assert "kakao_late_answer" in tables()
+    table_is_made_and_undone(
+        app, "kakao_late_answer", "INSERT INTO kakao_late_answer (session_id, exchange_id, created_at) "
+        "VALUES ('kakao-1', 1, '2024-01-01')", {}, before="a9d3f6b2c8e1", still="question_group")
