@@ -3,7 +3,7 @@ per day or week, per model version, per channel, and which questions went
 wrong most often.
 
 Every number is a SQL aggregate, counted in the database: the counts per
-day, version and channel from exchange_tally (the database's own running
+day, version and channel from exchange_daily (the database's own running
 counts, see overview), the groups that went wrong from the partial indexes
 of ``exchange`` alone (no row is read, no GROUP BY sorts the range's rows:
 see top_groups).  Python only divides the counts it gets back.  The page
@@ -22,8 +22,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from . import retrain, versions
-from .database import (CORRECTED_SQL, FEEDBACK_DOWN, FEEDBACK_UP, REVIEWED, ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_KNOWN,
-                       ROUTE_MEMORY, ROUTE_MODEL, ROUTE_UNSURE, WRONG_SQL, Exchange, ExchangeTally, QuestionGroup)
+from .database import (CORRECTED_SQL, FEEDBACK_DOWN, ROUTE_FALLBACK, ROUTE_IMPORT, ROUTE_KNOWN, ROUTE_MEMORY, ROUTE_MODEL,
+                       ROUTE_UNSURE, WRONG_SQL, Exchange, ExchangeDaily, QuestionGroup)
 from .extensions import db
 
 DAY, WEEK = "day", "week"
@@ -199,32 +199,21 @@ def overview(span: Span) -> dict[str, dict]:
     """Stats per day or week, per model version and per channel of the span,
     as {PERIOD: {key: Stats}, VERSION: ..., CHANNEL: ...}, from one statement.
 
-    It reads exchange_tally, the counts the database keeps per day and per
-    value of every column a number depends on (a few hundred rows a day,
-    not every exchange): its inner query adds them up per day, channel and
-    version, in the table's key order, and the outer ones three ways.
+    It reads exchange_daily, the counts the database keeps per day, channel
+    and model version (a few rows a day, not every exchange), a range of
+    its key, and adds them up three ways.
     """
     dialect = db.engine.dialect.name
-    t = ExchangeTally.__table__
-
-    def total(condition):
-        return sa.func.sum(sa.case((condition, t.c.exchanges), else_=0))
-
-    version = sa.func.nullif(t.c.model_version, "")
-    h = (sa.select(t.c.day, t.c.channel, version.label("model_version"), sa.func.sum(t.c.exchanges).label("exchanges"),
-                   *(total(t.c.route.in_(routes)).label(name) for name, routes in ROUTE_GROUPS.items()),
-                   total(t.c.feedback == FEEDBACK_UP).label("up"),
-                   total(t.c.feedback == FEEDBACK_DOWN).label("down"),
-                   total(t.c.status == REVIEWED).label("reviewed"),
-                   total(t.c.corrected == 1).label("corrected"))
-         .where(t.c.day >= span.start.isoformat(), t.c.day <= span.end.isoformat(), t.c.route != ROUTE_IMPORT)
-         .group_by(t.c.day, t.c.channel, t.c.model_version)
-         .cte("h"))
-    sums = [sa.func.sum(h.c[name]).label(name) for name in COUNTS]
-    period = bucket(h.c.day, span.period, dialect)
+    t = ExchangeDaily.__table__
+    days = (sa.select(t.c.day, t.c.channel, sa.func.nullif(t.c.model_version, "").label("model_version"),
+                      *(t.c[name] for name in COUNTS))
+            .where(t.c.day >= span.start.isoformat(), t.c.day <= span.end.isoformat(), t.c.imported == 0)
+            .cte("days"))
+    sums = [sa.func.sum(days.c[name]).label(name) for name in COUNTS]
+    period = bucket(days.c.day, span.period, dialect)
     query = sa.union_all(*(sa.select(sa.literal(kind).label("kind"), key.label("key"), *sums).group_by(key)
-                           for kind, key in ((PERIOD, period), (VERSION, h.c.model_version),
-                                             (CHANNEL, h.c.channel))))
+                           for kind, key in ((PERIOD, period), (VERSION, days.c.model_version),
+                                             (CHANNEL, days.c.channel))))
     result = {PERIOD: {}, VERSION: {}, CHANNEL: {}}
     for row in db.session.execute(query):
         result[row.kind][row.key] = Stats(key=row.key, **{name: int(getattr(row, name)) for name in COUNTS})
@@ -273,11 +262,11 @@ def top_groups(span: Span, limit: int = TOP_GROUPS) -> list[dict]:
     first.
 
     One statement from two partial indexes, reading no row for the counts:
-    the 👎 and unanswered rows (ix_exchange_wrong, in question_key order, so
-    they are grouped without sorting), and the corrected rows
-    (ix_exchange_corrected), each counted as wrong only where the first did
-    not count it already.  The question shown (the group's greatest among
-    those rows) is then read for the top groups only.
+    the 👎 and unanswered rows (ix_exchange_wrong) and the corrected rows
+    (ix_exchange_corrected, each counted as wrong only where the first did
+    not count it already), both in question_key order, so they are grouped
+    as they are read, without sorting.  The question shown (the group's
+    greatest among those rows) is then read for the top groups only.
     """
     # Null-safe "not counted yet": with a NULL feedback the condition is NULL, not false.
     not_counted = sa.case((wrong_condition(), 0), else_=1)
@@ -288,7 +277,7 @@ def top_groups(span: Span, limit: int = TOP_GROUPS) -> list[dict]:
                .where(in_span(span, by_index=False), wrong_condition()).group_by(Exchange.question_key))
     corrected = (sa.select(Exchange.question_key, sa.func.sum(not_counted), sa.literal_column("0"),
                            sa.literal_column("0"), sa.func.count())
-                 .where(in_span(span), corrected_condition()).group_by(Exchange.question_key))
+                 .where(in_span(span, by_index=False), corrected_condition()).group_by(Exchange.question_key))
     both = sa.union_all(flagged, corrected).subquery("both")
     # The review queue's groups by meaning (chatbot/grouping.py): a key that
     # joined a group counts for it; a key not grouped is a group of its own.
@@ -308,10 +297,10 @@ def top_groups(span: Span, limit: int = TOP_GROUPS) -> list[dict]:
                 .where(same.c.question_key == top.c.question_key, _in_span(same, span, by_index), condition)
                 .correlate(top))
 
-    # The 👎 and unanswered rows by ix_exchange_wrong (question_key, created_at); the corrected ones
-    # by ix_exchange_key_status_created (question_key, status), not by a range of all groups' rows.
+    # The 👎 and unanswered rows by ix_exchange_wrong, the corrected ones by ix_exchange_corrected:
+    # both (question_key, created_at), a range of one key's rows, not of all groups' rows.
     shown = sa.union_all(questions(wrong_condition(), True),
-                         questions(corrected_condition(), False)).subquery("shown")
+                         questions(corrected_condition(), True)).subquery("shown")
     # A group whose own key went right (its wrong rows are its members'):
     # a question of its own key, whatever the span (one row by its index).
     own = (sa.select(Exchange.question).where(Exchange.question_key == top.c.question_key)

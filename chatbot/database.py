@@ -88,7 +88,7 @@ CORRECTED_SQL = "status = 'reviewed' AND corrected_answer IS NOT NULL AND correc
 # A 👎 or no answer (the fallback, "잘 모르겠어요"): with the corrected ones, the
 # exchanges that went wrong (analytics.top_groups, partial index ix_exchange_wrong).
 WRONG_SQL = "feedback = 'down' OR route IN ('fallback', 'unsure')"
-CORRECTED_COLUMNS = ("status", "created_at", "route", "channel", "model_version", "question_key", "feedback")
+CORRECTED_COLUMNS = ("status", "question_key", "created_at", "feedback", "route")
 WRONG_COLUMNS = ("question_key", "created_at", "feedback", "route")
 # The review list's order (review_queue_order), in the words of the
 # expression index ix_exchange_queue_rank: a database matches an indexed
@@ -167,8 +167,8 @@ class Exchange(db.Model):
         # The statistics read the few corrected rows by a partial index (their
         # answer and correction would otherwise mean reading every row of the
         # range: a query that says the index's WHERE needs no row to check it,
-        # and SQLite reads a row only for a column the index lacks, hence
-        # question_key and feedback) ...
+        # and SQLite reads a row only for a column the index lacks), by
+        # question group like the next one, so they are counted without a sort ...
         db.Index("ix_exchange_corrected", *CORRECTED_COLUMNS,
                  sqlite_where=sa.text(CORRECTED_SQL), postgresql_where=sa.text(CORRECTED_SQL)),
         # ... and the 👎 and unanswered ones, by question group (the groups
@@ -191,33 +191,62 @@ class Exchange(db.Model):
         return f"<Exchange {self.id} {self.status}>"
 
 
-class ExchangeTally(db.Model):
-    """How many exchanges there are per UTC day (YYYY-MM-DD) and per value of
-    every column a statistic depends on: the statistics page
-    (chatbot/analytics.py) and the admin home page count these rows, a few
-    hundred a day, instead of every exchange.
+# What exchange_daily counts per row (its columns), each as the condition an
+# exchange meets to count there ({row}: NEW, OLD or the table): the
+# statistics page's numbers (chatbot/analytics.py) and the admin home page's
+# (chatbot/review.py).  The migration that made the table keeps its own copy.
+DAILY_COUNTS = {
+    "exchanges": "1 = 1",
+    "model": "{row}.route = 'model'",
+    "known": "{row}.route = 'known'",
+    "memory": "{row}.route = 'memory'",
+    "unsure": "{row}.route IN ('fallback', 'unsure')",
+    "up": "{row}.feedback = 'up'",
+    "down": "{row}.feedback = 'down'",
+    "unreviewed": "{row}.status = 'unreviewed'",
+    "reviewed": "{row}.status = 'reviewed'",
+    "needs_deletion": "{row}.status = 'needs_deletion'",
+    "corrected": "{row}.status = 'reviewed' AND {row}.corrected_answer IS NOT NULL "
+                 "AND {row}.corrected_answer <> {row}.answer",
+    "waiting_down": "{row}.status = 'unreviewed' AND {row}.feedback = 'down'",
+    "waiting_unsure": "{row}.status = 'unreviewed' AND {row}.route = 'unsure'",
+}
+
+
+class ExchangeDaily(db.Model):
+    """How many exchanges there are per UTC day (YYYY-MM-DD), channel and
+    model version, and how many of them meet each of DAILY_COUNTS: the
+    statistics page (chatbot/analytics.py) and the admin home page add these
+    rows up, a few a day, instead of counting the exchanges.
 
     Written by the database alone: triggers on ``exchange`` (migration
-    d2a7c4e9f150) count each row in and out, in the same transaction as its
-    insert, update or delete, whatever code makes it.  ``feedback`` and
-    ``model_version`` are '' for none (a key column cannot be NULL);
-    ``corrected`` is 1 for a reviewed exchange whose correction differs
-    from its answer (CORRECTED_SQL)."""
+    e4c7b2f9a1d6) count each row in and out, in the same transaction as its
+    insert, update or delete, whatever code makes it.  ``model_version`` is
+    '' for none (a key column cannot be NULL); ``imported`` is 1 for the
+    pairs imported from CSV (route 'import'), which the statistics leave out."""
 
-    __tablename__ = "exchange_tally"
+    __tablename__ = "exchange_daily"
     day = db.Column(db.String(10), nullable=False)
     channel = db.Column(db.String(20), nullable=False)
     model_version = db.Column(db.String(64), nullable=False)
-    route = db.Column(db.String(20), nullable=False)
-    status = db.Column(db.String(20), nullable=False)
-    feedback = db.Column(db.String(20), nullable=False)
-    corrected = db.Column(db.Integer, nullable=False)
+    imported = db.Column(db.Integer, nullable=False)
     exchanges = db.Column(db.Integer, nullable=False)
+    model = db.Column(db.Integer, nullable=False)
+    known = db.Column(db.Integer, nullable=False)
+    memory = db.Column(db.Integer, nullable=False)
+    unsure = db.Column(db.Integer, nullable=False)
+    up = db.Column(db.Integer, nullable=False)
+    down = db.Column(db.Integer, nullable=False)
+    unreviewed = db.Column(db.Integer, nullable=False)
+    reviewed = db.Column(db.Integer, nullable=False)
+    needs_deletion = db.Column(db.Integer, nullable=False)
+    corrected = db.Column(db.Integer, nullable=False)
+    waiting_down = db.Column(db.Integer, nullable=False)
+    waiting_unsure = db.Column(db.Integer, nullable=False)
 
     __table_args__ = (
-        # In the order overview() groups by: a range of days is read in order.
-        sa.PrimaryKeyConstraint("day", "channel", "model_version", "route", "status", "feedback", "corrected",
-                                name="pk_exchange_tally"),
+        # A range of days is read in order.
+        sa.PrimaryKeyConstraint("day", "channel", "model_version", "imported", name="pk_exchange_daily"),
         {"sqlite_with_rowid": False},
     )
 

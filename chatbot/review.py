@@ -29,8 +29,8 @@ from . import (analytics_admin, api_keys_admin, auth, export_admin, grouping, he
 from .admin_base import ReviewerOnly, ReviewSecureForm, local_swatch, row_ids
 from .batching import Busy
 from .database import (AUDIT_ACTIONS, CHANNEL_LABELS, FEEDBACK_DOWN, FEEDBACK_LABELS, NEEDS_DELETION, REVIEWED,
-                       ROUTE_LABELS, ROUTE_UNSURE, STATUS_LABELS, UNREVIEWED,
-                       Exchange, ExchangeTally, ReviewAudit, audit, review_queue_order)
+                       ROUTE_LABELS, STATUS_LABELS, UNREVIEWED,
+                       Exchange, ExchangeDaily, ReviewAudit, audit, review_queue_order)
 from .extensions import db
 
 log = logging.getLogger(__name__)
@@ -42,21 +42,23 @@ def home_counts():
     """The home page's numbers: exchanges per status, the 👎 and the unsure
     ones not yet reviewed, exchanges per channel.
 
-    One statement over exchange_tally, the counts the database keeps per
-    day and per column value (a few hundred rows a day, not every
-    exchange), and a few hundred groups added up here."""
-    t = ExchangeTally.__table__
-    columns = (t.c.feedback, t.c.route, t.c.channel, t.c.status)
+    One statement over exchange_daily, the counts the database keeps per
+    day, channel and model version (a few rows a day, not every exchange),
+    added up per channel."""
+    t = ExchangeDaily.__table__
+    statuses = (UNREVIEWED, REVIEWED, NEEDS_DELETION)
     by_status, by_channel = Counter(), Counter()
     disliked = unsure = 0
-    for feedback, route, channel, status, count in db.session.execute(
-            sa.select(*columns, sa.func.sum(t.c.exchanges)).group_by(*columns)):
-        by_status[status] += count
-        by_channel[channel] += count
-        if status == UNREVIEWED:
-            disliked += count if feedback == FEEDBACK_DOWN else 0
-            unsure += count if route == ROUTE_UNSURE else 0
-    return by_status, disliked, unsure, by_channel
+    for row in db.session.execute(
+            sa.select(t.c.channel, *(sa.func.sum(t.c[name]).label(name) for name in
+                                     ("exchanges", *statuses, "waiting_down", "waiting_unsure")))
+            .group_by(t.c.channel)):
+        by_channel[row.channel] += row.exchanges
+        for status in statuses:
+            by_status[status] += getattr(row, status)
+        disliked += row.waiting_down
+        unsure += row.waiting_unsure
+    return +by_status, disliked, unsure, by_channel  # +: no status at zero
 
 
 def meaning_problem() -> str | None:

@@ -181,33 +181,58 @@ def test_every_count_matches_the_rows_one_by_one(any_db, tmp_path):
             assert versions == expected(rows, start, end, lambda at, c, v: v)
 
 
-def test_the_tally_follows_every_insert_update_and_delete(any_db):
-    """exchange_tally, kept by the database's triggers, against a count of
+def daily_recount(exchanges):
+    """What exchange_daily must hold, counted in Python from the exchanges one
+    by one: {(day, channel, model_version, imported): {count: n}}."""
+    from collections import Counter, defaultdict
+
+    found = defaultdict(Counter)
+    for e in exchanges:
+        fixed = e.status == "reviewed" and e.corrected_answer is not None and e.corrected_answer != e.answer
+        meets = {"exchanges": True, "model": e.route == "model", "known": e.route == "known",
+                 "memory": e.route == "memory", "unsure": e.route in ("fallback", "unsure"),
+                 "up": e.feedback == "up", "down": e.feedback == "down",
+                 "unreviewed": e.status == "unreviewed", "reviewed": e.status == "reviewed",
+                 "needs_deletion": e.status == "needs_deletion", "corrected": fixed,
+                 "waiting_down": e.status == "unreviewed" and e.feedback == "down",
+                 "waiting_unsure": e.status == "unreviewed" and e.route == "unsure"}
+        counts = found[(e.created_at.date().isoformat(), e.channel, e.model_version or "", int(e.route == "import"))]
+        counts.update({name: int(flag) for name, flag in meets.items()})
+    return {key: dict(counts) for key, counts in found.items()}
+
+
+def daily_rows():
+    import sqlalchemy as sa
+
+    from chatbot.database import DAILY_COUNTS, ExchangeDaily
+    return {(d.day, d.channel, d.model_version, d.imported): {name: getattr(d, name) for name in DAILY_COUNTS}
+            for d in db.session.scalars(sa.select(ExchangeDaily))}
+
+
+def test_the_daily_counts_follow_every_insert_update_and_delete(any_db):
+    """exchange_daily, kept by the database's triggers, against a count of
     the exchanges one by one after each kind of change a reviewer, an asker
     or the CLI makes, through the ORM and in bulk."""
     import sqlalchemy as sa
 
-    from chatbot.database import ExchangeTally
-    from collections import Counter
+    from chatbot.database import DAILY_COUNTS, ExchangeDaily
 
-    def tally():
-        return sorted((t.day, t.channel, t.model_version, t.route, t.status, t.feedback, t.corrected, t.exchanges)
-                      for t in db.session.scalars(sa.select(ExchangeTally)))
+    assert set(DAILY_COUNTS) == {c.name for c in ExchangeDaily.__table__.columns} - {
+        "day", "channel", "model_version", "imported"}
 
     def recount():
-        counted = Counter((e.created_at.date().isoformat(), e.channel, e.model_version or "", e.route, e.status,
-                           e.feedback or "", int(e.status == "reviewed" and e.corrected_answer is not None
-                                                 and e.corrected_answer != e.answer))
-                          for e in db.session.scalars(sa.select(Exchange)))
-        return sorted((*key, n) for key, n in counted.items())
+        return daily_recount(db.session.scalars(sa.select(Exchange)))
 
     with any_db.app_context():
-        assert tally() == recount() and len(tally()) == len(ROWS)
+        assert daily_rows() == recount()
+        assert sum(counts["exchanges"] for counts in daily_rows().values()) == len(ROWS)
         changes = [
             lambda e: setattr(e, "feedback", "down"),
             lambda e: (setattr(e, "status", "reviewed"), setattr(e, "corrected_answer", "고친 답")),
             lambda e: setattr(e, "corrected_answer", e.answer),  # no longer a correction
             lambda e: setattr(e, "created_at", e.created_at + timedelta(days=1)),
+            lambda e: setattr(e, "route", "unsure"),
+            lambda e: (setattr(e, "status", "unreviewed"), setattr(e, "channel", "kakao")),
             lambda e: setattr(e, "question", "다른 질문"),  # not counted: no change at all
             db.session.delete,
         ]
@@ -215,13 +240,15 @@ def test_the_tally_follows_every_insert_update_and_delete(any_db):
             for exchange in db.session.scalars(sa.select(Exchange).order_by(Exchange.id).limit(4)):
                 change(exchange)
             db.session.commit()
-            assert tally() == recount(), change
+            assert daily_rows() == recount(), change
         db.session.execute(sa.update(Exchange).values(status="needs_deletion"))
         db.session.commit()
-        assert tally() == recount() and {row[4] for row in tally()} == {"needs_deletion"}
+        rows = daily_rows()
+        assert rows == recount()
+        assert {counts["needs_deletion"] == counts["exchanges"] > 0 for counts in rows.values()} == {True}
         db.session.execute(sa.delete(Exchange))
         db.session.commit()
-        assert tally() == []  # a count at zero leaves no row
+        assert daily_rows() == {}  # a day at zero exchanges leaves no row
 
 
 def test_top_groups_count_each_wrong_exchange_once(any_db):
@@ -271,33 +298,36 @@ def statements(app, call):
 
 
 def test_sqlite_groups_in_index_order_and_reads_no_row(app):
-    """The plans on SQLite: the counts come from exchange_tally by a range of
-    its key, grouped in its order, and never from ``exchange``; the groups
+    """The plans on SQLite: the counts come from exchange_daily by a range of
+    its key, and never from ``exchange``; the groups
     that went wrong come from two indexes alone (COVERING, or a partial
-    index whose WHERE the query says), and no GROUP BY sorts those rows;
-    only the few groups are sorted afterwards."""
+    index whose WHERE the query says), both in question_key order, so no
+    GROUP BY sorts those rows; only the few groups are sorted afterwards."""
     add_rows(app, many_rows())
     year = span("2023-05-13", "2024-05-12", "week")
     [overview] = statements(app, lambda: analytics.overview(year))
     [groups] = statements(app, lambda: analytics.top_groups(year))
     assert not [line for line in overview if " exchange " in f"{line} "], overview
-    read = overview.index("SEARCH exchange_tally USING PRIMARY KEY (day>? AND day<?)")
-    assert "TEMP B-TREE" not in overview[read + 1], overview
-    reads = ("COVERING INDEX ix_exchange_wrong", "INDEX ix_exchange_corrected")
+    reads = [line for line in overview if "exchange_daily" in line]
+    assert reads and set(reads) == {"SEARCH exchange_daily USING PRIMARY KEY (day>? AND day<?)"}, overview
+    reads = ("SCAN exchange USING COVERING INDEX ix_exchange_wrong",
+             "SEARCH exchange USING INDEX ix_exchange_corrected (status=?)")  # every entry is 'reviewed'; by key
     searches = [line for line in groups if line.startswith(("SEARCH exchange ", "SCAN exchange "))]
     # A group (by meaning) whose own key went right shows a question of its
     # own key: one row by that key's index.
     own = "SEARCH exchange USING INDEX ix_exchange_key_status_created (question_key=?)"
     assert searches.count(own) == 1
     searches.remove(own)
-    assert len(searches) == 2 and all(read in line for read, line in zip(reads, searches)), groups
-    assert "TEMP B-TREE" not in groups[groups.index(searches[0]) + 1], groups  # grouped as it is read
-    # The question shown, for the top groups only: each by its question_key.
+    assert searches == list(reads), groups
+    for read in searches:  # each grouped as it is read: no sort of the range's rows
+        assert "TEMP B-TREE" not in groups[groups.index(read) + 1], groups
+    # The question shown, for the top groups only: each by its question_key and the range.
     shown = [line for line in groups if line.startswith("SEARCH same")]
     assert shown == ["SEARCH same USING INDEX ix_exchange_wrong (question_key=? AND created_at>? AND created_at<?)",
-                     "SEARCH same USING INDEX ix_exchange_key_status_created (question_key=? AND status=?)"], shown
-    # The corrected rows (a few percent) are sorted by their group; their partial
-    # index's WHERE is the query's, so SQLite reads no row for it (a deferred seek).
+                     "SEARCH same USING INDEX ix_exchange_corrected (status=? AND question_key=? AND created_at>? "
+                     "AND created_at<?)"], shown
+    # The corrected rows' partial index's WHERE is the query's, so SQLite reads
+    # no row to check it (a deferred seek).
 
 
 def test_the_bucket_function_per_dialect(app):

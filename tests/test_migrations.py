@@ -153,7 +153,7 @@ def recount(app):
 
 
 def test_exchange_tally_migration_counts_what_is_there_and_is_undone(app):
-    """d2a7c4e9f150: the exchanges already there are counted once, the
+    """d2a7c4e9f150 (replaced by exchange_daily since): the exchanges already there are counted once, the
     triggers count every later insert, update and delete, and the two
     indexes the tally replaces are gone; undone, the table and its triggers
     are gone and the indexes are back."""
@@ -173,7 +173,7 @@ def test_exchange_tally_migration_counts_what_is_there_and_is_undone(app):
         db.session.commit()
     assert "exchange_tally" not in names("table")
     with app.app_context():
-        flask_migrate.upgrade()
+        flask_migrate.upgrade(revision="d2a7c4e9f150")
     assert tally(app) == recount(app) == [
         ("2024-01-01", "web", "v1", "model", "unreviewed", "", 0, 2),
         ("2024-01-02", "kakao", "", "known", "reviewed", "down", 1, 1),
@@ -195,8 +195,92 @@ def test_exchange_tally_migration_counts_what_is_there_and_is_undone(app):
     assert names("trigger") == set()
     assert {"ix_exchange_analytics", "ix_exchange_tally"} <= names("index")
     with app.app_context():
-        flask_migrate.upgrade()
+        flask_migrate.upgrade(revision="d2a7c4e9f150")
     assert tally(app) == recount(app)
+
+
+def daily(app):
+    """exchange_daily's rows, each with its non-zero counts."""
+    from chatbot.database import DAILY_COUNTS
+    with app.app_context():
+        rows = db.session.execute(sa.text(
+            f"SELECT day, channel, model_version, imported, {', '.join(DAILY_COUNTS)} FROM exchange_daily")).all()
+    return {tuple(row[:4]): {name: n for name, n in zip(DAILY_COUNTS, row[4:]) if n} for row in rows}
+
+
+def test_exchange_daily_migration_counts_what_is_there_and_is_undone(app):
+    """e4c7b2f9a1d6: exchange_daily replaces exchange_tally. The exchanges
+    already there are counted once, one column per number, and its triggers
+    count every later change; undone, exchange_tally is back, counted again,
+    with its own triggers."""
+    def names(kind):
+        with app.app_context():
+            return {name for (name,) in db.session.execute(
+                sa.text("SELECT name FROM sqlite_master WHERE type = :kind"), {"kind": kind})}
+
+    with app.app_context():
+        flask_migrate.downgrade(revision="c8f3a5d1e9b4")
+        for row in TALLY_ROWS:
+            db.session.execute(sa.text(
+                "INSERT INTO exchange (question, question_key, answer, created_at, route, status, feedback, channel, "
+                "model_version, corrected_answer) VALUES ('q', 'q', :answer, :at, :route, :status, :feedback, "
+                ":channel, :version, :fixed)"),
+                dict(zip(("at", "route", "status", "feedback", "channel", "version", "answer", "fixed"), row)))
+        db.session.commit()
+    assert "exchange_daily" not in names("table") and tally(app) == recount(app)
+    with app.app_context():
+        flask_migrate.upgrade()
+    assert "exchange_tally" not in names("table")
+    assert names("trigger") == {"exchange_daily_insert", "exchange_daily_update", "exchange_daily_delete"}
+    assert daily(app) == {
+        ("2024-01-01", "web", "v1", 0): {"exchanges": 2, "model": 2, "unreviewed": 2},
+        ("2024-01-02", "kakao", "", 0): {"exchanges": 1, "known": 1, "down": 1, "reviewed": 1, "corrected": 1},
+        ("2024-01-02", "web", "", 1): {"exchanges": 1, "reviewed": 1},
+    }
+    with app.app_context():
+        db.session.execute(sa.text("UPDATE exchange SET feedback = 'down', route = 'unsure' WHERE route = 'model'"))
+        db.session.execute(sa.text("DELETE FROM exchange WHERE route = 'import'"))
+        db.session.commit()
+    assert daily(app) == {
+        ("2024-01-01", "web", "v1", 0): {"exchanges": 2, "unsure": 2, "down": 2, "unreviewed": 2,
+                                         "waiting_down": 2, "waiting_unsure": 2},
+        ("2024-01-02", "kakao", "", 0): {"exchanges": 1, "known": 1, "down": 1, "reviewed": 1, "corrected": 1},
+    }
+    with app.app_context():
+        flask_migrate.downgrade(revision="c8f3a5d1e9b4")
+    assert "exchange_daily" not in names("table")
+    assert names("trigger") == {"exchange_tally_insert", "exchange_tally_update", "exchange_tally_delete"}
+    assert tally(app) == recount(app) == [
+        ("2024-01-01", "web", "v1", "unsure", "unreviewed", "down", 0, 2),
+        ("2024-01-02", "kakao", "", "known", "reviewed", "down", 1, 1),
+    ]
+    with app.app_context():
+        flask_migrate.upgrade()
+    assert names("trigger") == {"exchange_daily_insert", "exchange_daily_update", "exchange_daily_delete"}
+    assert daily(app)[("2024-01-01", "web", "v1", 0)]["waiting_unsure"] == 2
+
+
+def test_the_corrected_rows_index_is_by_question_key_and_is_undone(app):
+    """c8f3a5d1e9b4: ix_exchange_corrected is (status, question_key,
+    created_at, feedback, route) on the corrected rows; undone, it is the
+    one before, by time first."""
+    def corrected_index():
+        with app.app_context():
+            return db.session.scalar(sa.text(
+                "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'ix_exchange_corrected'"))
+
+    def columns_of(sql):
+        return sql.split(" ON exchange ", 1)[1].split(" WHERE ")[0].replace('"', "").replace(" ", "")
+
+    new = corrected_index()
+    assert columns_of(new) == "(status,question_key,created_at,feedback,route)"
+    assert new.endswith("WHERE status = 'reviewed' AND corrected_answer IS NOT NULL AND corrected_answer <> answer")
+    with app.app_context():
+        flask_migrate.downgrade(revision="b5e8c2a7d4f1")
+    assert columns_of(corrected_index()) == "(status,created_at,route,channel,model_version,question_key,feedback)"
+    with app.app_context():
+        flask_migrate.upgrade()
+    assert corrected_index() == new
 
 
 def test_reviewer_session_token_migration_gives_each_reviewer_a_token_and_is_undone(app):

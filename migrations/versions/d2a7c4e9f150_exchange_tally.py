@@ -97,8 +97,9 @@ def drop_triggers(dialect):
         op.execute("DROP FUNCTION IF EXISTS exchange_tally_count()")
 
 
-def upgrade():
-    dialect = op.get_bind().dialect.name
+def make_tally(dialect):
+    """The table, the exchanges already there counted once, and the triggers
+    (also e4c7b2f9a1d6's downgrade, which brings the table back)."""
     options = {"sqlite_with_rowid": False} if dialect == "sqlite" else {}
     op.create_table(
         'exchange_tally',
@@ -118,6 +119,10 @@ def upgrade():
                f"SELECT {', '.join(_values('exchange', dialect))}, count(*) FROM exchange "
                f"GROUP BY {', '.join(_values('exchange', dialect))}")
     create_triggers(dialect)
+
+
+def upgrade():
+    make_tally(op.get_bind().dialect.name)
     op.drop_index('ix_exchange_analytics', table_name='exchange')
     op.drop_index('ix_exchange_tally', table_name='exchange')
 
