@@ -21,6 +21,7 @@ At most ``queue_max`` questions wait; past that ``answer`` raises Busy at
 once, so a flood turns into quick `busy` answers instead of a pile of waiting
 chats.
 """
+import contextlib
 import os
 import queue
 import threading
@@ -29,9 +30,57 @@ from concurrent.futures import Future
 
 from .config import gevent_patched
 
+PAUSE_SECONDS = 0.1  # background work waits until no one has waited on the server for this long ...
+LONGEST_WAIT_SECONDS = 2.0  # ... or this long at most, so that it still moves under a steady load
+BACKGROUND_STEP = 8  # questions a background job embeds between two waits (about 0.2 s of one core)
+
 
 class Busy(Exception):
     """Too many questions are already waiting for the model."""
+
+
+# Work a person waits for, running now: a batch of chat replies, a reviewer's
+# heavy page or download.  Background work (run_in_background) waits for a
+# pause in it: a lower CPU priority (nice 19) is not enough under a CPU quota
+# (a small VM's, or a container's), where the background's share of the
+# quota is taken from the pages and chats that come next (bench/README.md,
+# "admin pages under half a core").  Changed on the event loop (or, without
+# gevent, on the threads that do the work); only read by the background thread.
+_foreground = {"running": 0, "ended": 0.0}
+_foreground_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def foreground():
+    """Count the block as work someone waits for."""
+    with _foreground_lock:
+        _foreground["running"] += 1
+    try:
+        yield
+    finally:
+        with _foreground_lock:
+            _foreground["running"] -= 1
+            _foreground["ended"] = time.monotonic()
+
+
+def wait_for_pause() -> bool:
+    """On a background thread: return once no foreground work has run for
+    PAUSE_SECONDS (True), or after LONGEST_WAIT_SECONDS (False).  A real
+    sleep: in the server this is an OS thread of its own, not the event loop."""
+    pause, longest = PAUSE_SECONDS, LONGEST_WAIT_SECONDS
+    sleep = time.sleep
+    if gevent_patched():
+        from gevent import monkey
+
+        sleep = monkey.get_original("time", "sleep")
+    deadline = time.monotonic() + longest
+    while True:
+        now = time.monotonic()
+        if _foreground["running"] == 0 and now - _foreground["ended"] >= pause:
+            return True
+        if now >= deadline:
+            return False
+        sleep(min(0.02, pause))
 
 
 def _model_runner(workers: int):
@@ -55,11 +104,13 @@ def lower_priority():
 
 
 def _background_runner():
-    """``run(fn, *args)`` on one OS thread of the lowest CPU priority, waited
-    for without blocking the event loop (gevent); without gevent, on the
-    caller's thread, lowered (callers are threads of their own)."""
+    """``run(fn, *args)`` on one OS thread of the lowest CPU priority, after
+    a pause in the foreground work (wait_for_pause), waited for without
+    blocking the event loop (gevent); without gevent, on the caller's
+    thread, lowered (callers are threads of their own)."""
     def lowered(fn, *args):
         lower_priority()
+        wait_for_pause()
         return fn(*args)
 
     if gevent_patched():
@@ -113,9 +164,9 @@ class ReplyBatcher:
         return self._run(fn, *args)
 
     def run_in_background(self, fn, *args):
-        """Call ``fn`` on a thread of the lowest CPU priority: work that no
-        chat waits for (a bulk import's reviewed questions to embed) gets
-        the CPU the chats and the admin pages leave."""
+        """Call ``fn`` on a thread of the lowest CPU priority, in a pause of
+        the chats and the admin pages: work that no one waits for (a bulk
+        import's reviewed questions to embed) gets the CPU they leave."""
         with self._start_lock:
             if self._background is None:
                 self._background = _background_runner()
@@ -153,7 +204,8 @@ class ReplyBatcher:
                 groups.setdefault((id(bot), id(reviewed)), (bot, reviewed, []))[2].append((text, key, future))
             for bot, reviewed, requests in groups.values():
                 try:
-                    self._answer_batch(bot, reviewed, requests)
+                    with foreground():
+                        self._answer_batch(bot, reviewed, requests)
                 except BaseException as exc:  # the waiting chats get the error, the dispatcher lives on
                     for *_, future in requests:
                         if not future.done():

@@ -41,6 +41,7 @@ from flask import current_app, has_app_context
 from sqlalchemy import event
 
 from . import meaning, meaning_store, morph
+from .batching import BACKGROUND_STEP
 from .config import Config
 from .database import REVIEWED, Exchange, ReviewAudit, stored_key
 from .extensions import db
@@ -325,14 +326,16 @@ class Corrections:
 
     def _embed_unembedded(self):
         """Embed the questions the last build had no vector for, newest
-        first, EMBED_AT_ONCE at a time on the background thread; stop early
+        first, a few at a time on the background thread (each after a pause
+        of the chats and pages: batching.wait_for_pause); stop early
         when a change of this process's own waits to be built (a chat waits
         for that)."""
         todo = self._unembedded[::-1]
-        for start in range(0, len(todo), EMBED_AT_ONCE):
+        step = min(EMBED_AT_ONCE, BACKGROUND_STEP)  # each step waits for a pause of the chats and pages
+        for start in range(0, len(todo), step):
             if self._changed:
                 return
-            chunk = todo[start:start + EMBED_AT_ONCE]
+            chunk = todo[start:start + step]
             try:
                 vectors = self._run_in_background(meaning.encoder().embed_uncached, chunk)
             except Exception as exc:  # the build below says it again, and words answer meanwhile

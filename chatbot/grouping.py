@@ -37,6 +37,7 @@ import time
 import sqlalchemy as sa
 
 from . import meaning, meaning_store
+from .batching import BACKGROUND_STEP, wait_for_pause
 from .config import gevent_patched
 from .corrections import has_word
 from .database import UNREVIEWED, Exchange, QuestionGroup, ReviewAudit, insert_new, utcnow
@@ -249,8 +250,13 @@ class Grouper:
                         TABLE.c.question_key.in_(keys[start:start + CHUNK]))):
                     first.pop(known, None)
             if first:
+                import numpy as np
+
+                # No read transaction stays open while the questions are embedded.
+                connection.rollback()
                 keys = list(first)
-                vectors = encoder.embed([first[key] for key in keys])
+                vectors = np.concatenate([self._embed(encoder, [first[key] for key in keys[i:i + BACKGROUND_STEP]])
+                                          for i in range(0, len(keys), BACKGROUND_STEP)])
                 groups = self.leaders.assign(keys, vectors, self.similarity)
                 now = utcnow()
                 insert_new(connection, TABLE, [
@@ -263,6 +269,13 @@ class Grouper:
             if rows:
                 self._seen = rows[-1].id
             return len(rows)
+
+    @staticmethod
+    def _embed(encoder, questions):
+        """A few questions' vectors, once the chats and pages pause (the
+        background's turn: batching.wait_for_pause)."""
+        wait_for_pause()
+        return encoder.embed(questions)
 
     def _read_leaders(self, connection, encoder_name):
         """Add the leaders stored since the last read (by this process or

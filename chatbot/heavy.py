@@ -32,6 +32,7 @@ from flask import Response, current_app, stream_with_context
 from flask.globals import _cv_app, _cv_request
 from flask_login import current_user
 
+from .batching import foreground
 from .config import gevent_patched
 from .memory import glibc_malloc_trim
 
@@ -177,7 +178,8 @@ def slot():
     jobs = heavy()
     jobs.slots.take(reviewer)
     try:
-        yield
+        with foreground():  # background work waits for it (batching.wait_for_pause)
+            yield
     finally:
         jobs.give(reviewer)
 

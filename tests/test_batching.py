@@ -171,3 +171,66 @@ def test_background_work_runs_at_the_lowest_cpu_priority_and_chats_do_not():
                           cwd=str(Path(__file__).resolve().parents[1]))
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["19", "0", "0", "19"]
+
+
+def test_background_work_waits_for_a_pause_in_the_chats_and_pages(monkeypatch):
+    """Under a CPU quota a low priority is not enough: background work starts
+    only once no chat reply or heavy page has run for PAUSE_SECONDS."""
+    import threading
+    from chatbot import batching
+
+    monkeypatch.setattr(batching, "PAUSE_SECONDS", 0.05)
+    monkeypatch.setattr(batching, "LONGEST_WAIT_SECONDS", 60)
+    batcher = ReplyBatcher()
+    started = threading.Event()
+    worker = threading.Thread(target=batcher.run_in_background, args=(started.set,), daemon=True)
+    with batching.foreground():
+        worker.start()
+        assert not started.wait(0.5)  # a reply or a page is running: the background waits
+    assert started.wait(10)
+    worker.join(10)
+
+
+def test_background_work_still_moves_under_a_steady_load(monkeypatch):
+    """Past LONGEST_WAIT_SECONDS without a pause, the background takes its
+    step anyway: a server that is never idle still groups its questions."""
+    import threading
+    from chatbot import batching
+
+    monkeypatch.setattr(batching, "PAUSE_SECONDS", 60)
+    monkeypatch.setattr(batching, "LONGEST_WAIT_SECONDS", 0.2)
+    started = threading.Event()
+    with batching.foreground():
+        worker = threading.Thread(target=ReplyBatcher().run_in_background, args=(started.set,), daemon=True)
+        worker.start()
+        assert started.wait(10)
+        assert batching.wait_for_pause() is False
+    worker.join(10)
+
+
+def test_in_the_server_a_background_job_waits_on_its_own_thread_not_on_the_event_loop():
+    """In a gevent process, as the server's worker: while a heavy page runs
+    (a greenlet in ``foreground``), the background job waits with a real
+    sleep on its OS thread, the event loop goes on (other greenlets tick),
+    and the job runs after the page."""
+    import subprocess
+    import sys
+
+    code = ("from gevent import monkey; monkey.patch_all()\n"
+            "import gevent\nfrom chatbot import batching\n"
+            "batching.PAUSE_SECONDS, batching.LONGEST_WAIT_SECONDS = 0.05, 60\n"
+            "order = []\n"
+            "def page():\n"
+            "    with batching.foreground():\n"
+            "        gevent.sleep(0.5)\n"
+            "        order.append('page')\n"
+            "pages = gevent.spawn(page)\n"
+            "gevent.sleep(0)\n"
+            "ticks = gevent.spawn(lambda: [gevent.sleep(0.02) or order.append('tick') for _ in range(10)])\n"
+            "batching.ReplyBatcher().run_in_background(order.append, 'background')\n"
+            "gevent.joinall([pages, ticks])\n"
+            "print(order.index('page') < order.index('background'), order.count('tick'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=str(Path(__file__).resolve().parents[1]))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "10"]
