@@ -160,16 +160,10 @@ def test_background_work_runs_at_the_lowest_cpu_priority_and_chats_do_not():
     """In a gevent process, as the server's worker: run_in_background's
     thread is at nice 19 (a bulk import's embedding takes the CPU the chats
     and admin pages leave); the model threads and the event loop stay at 0."""
-    import subprocess
-    import sys
-
-    code = ("from gevent import monkey; monkey.patch_all()\n"
-            "import os, threading\nfrom chatbot.batching import ReplyBatcher\n"
+    code = ("import os, threading\nfrom chatbot.batching import ReplyBatcher\n"
             "b = ReplyBatcher()\nnice = lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())\n"
             "print(b.run_in_background(nice), b.run(nice), nice(), b.run_in_background(nice))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          cwd=str(Path(__file__).resolve().parents[1]))
-    assert done.returncode == 0, done.stderr
+    done = run_in_a_gevent_process(code)
     assert done.stdout.split() == ["19", "0", "0", "19"]
 
 
@@ -213,11 +207,7 @@ def test_in_the_server_a_background_job_waits_on_its_own_thread_not_on_the_event
     (a greenlet in ``foreground``), the background job waits with a real
     sleep on its OS thread, the event loop goes on (other greenlets tick),
     and the job runs after the page."""
-    import subprocess
-    import sys
-
-    code = ("from gevent import monkey; monkey.patch_all()\n"
-            "import gevent\nfrom chatbot import batching\n"
+    code = ("import gevent\nfrom chatbot import batching\n"
             "batching.PAUSE_SECONDS, batching.LONGEST_WAIT_SECONDS = 0.05, 60\n"
             "order = []\n"
             "def page():\n"
@@ -230,7 +220,17 @@ def test_in_the_server_a_background_job_waits_on_its_own_thread_not_on_the_event
             "batching.ReplyBatcher().run_in_background(order.append, 'background')\n"
             "gevent.joinall([pages, ticks])\n"
             "print(order.index('page') < order.index('background'), order.count('tick'))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          cwd=str(Path(__file__).resolve().parents[1]))
-    assert done.returncode == 0, done.stderr
+    done = run_in_a_gevent_process(code)
     assert done.stdout.split() == ["True", "10"]
+
+
+def run_in_a_gevent_process(code):
+    """``code`` in a new Python process that gevent patches first, as the
+    server's worker is; its output, once it exited 0."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", "from gevent import monkey; monkey.patch_all()\n" + code],
+                          capture_output=True, text=True, timeout=60, cwd=str(Path(__file__).resolve().parents[1]))
+    assert done.returncode == 0, done.stderr
+    return done

@@ -1,4 +1,6 @@
 """The migrations: the newest matches the models, and each one can be undone."""
+from functools import partial
+
 import flask_migrate
 import sqlalchemy as sa
 
@@ -152,18 +154,17 @@ def recount(app):
     return sorted((*key, n) for key, n in counted.items())
 
 
-def test_exchange_tally_migration_counts_what_is_there_and_is_undone(app):
-    """d2a7c4e9f150 (replaced by exchange_daily since): the exchanges already there are counted once, the
-    triggers count every later insert, update and delete, and the two
-    indexes the tally replaces are gone; undone, the table and its triggers
-    are gone and the indexes are back."""
-    def names(kind):
-        with app.app_context():
-            return {name for (name,) in db.session.execute(
-                sa.text("SELECT name FROM sqlite_master WHERE type = :kind"), {"kind": kind})}
-
+def object_names(app, kind):
+    """The names of the SQLite file's objects of one kind (table, index, trigger)."""
     with app.app_context():
-        flask_migrate.downgrade(revision="c5d9e1f3a7b2")
+        return {name for (name,) in db.session.execute(
+            sa.text("SELECT name FROM sqlite_master WHERE type = :kind"), {"kind": kind})}
+
+
+def downgrade_with_tally_rows(app, revision):
+    """The database at ``revision``, with TALLY_ROWS as exchanges (raw SQL: the model may be newer)."""
+    with app.app_context():
+        flask_migrate.downgrade(revision=revision)
         for row in TALLY_ROWS:
             db.session.execute(sa.text(
                 "INSERT INTO exchange (question, question_key, answer, created_at, route, status, feedback, channel, "
@@ -171,6 +172,15 @@ def test_exchange_tally_migration_counts_what_is_there_and_is_undone(app):
                 ":channel, :version, :fixed)"),
                 dict(zip(("at", "route", "status", "feedback", "channel", "version", "answer", "fixed"), row)))
         db.session.commit()
+
+
+def test_exchange_tally_migration_counts_what_is_there_and_is_undone(app):
+    """d2a7c4e9f150 (replaced by exchange_daily since): the exchanges already there are counted once, the
+    triggers count every later insert, update and delete, and the two
+    indexes the tally replaces are gone; undone, the table and its triggers
+    are gone and the indexes are back."""
+    names = partial(object_names, app)
+    downgrade_with_tally_rows(app, "c5d9e1f3a7b2")
     assert "exchange_tally" not in names("table")
     with app.app_context():
         flask_migrate.upgrade(revision="d2a7c4e9f150")
@@ -213,20 +223,8 @@ def test_exchange_daily_migration_counts_what_is_there_and_is_undone(app):
     already there are counted once, one column per number, and its triggers
     count every later change; undone, exchange_tally is back, counted again,
     with its own triggers."""
-    def names(kind):
-        with app.app_context():
-            return {name for (name,) in db.session.execute(
-                sa.text("SELECT name FROM sqlite_master WHERE type = :kind"), {"kind": kind})}
-
-    with app.app_context():
-        flask_migrate.downgrade(revision="c8f3a5d1e9b4")
-        for row in TALLY_ROWS:
-            db.session.execute(sa.text(
-                "INSERT INTO exchange (question, question_key, answer, created_at, route, status, feedback, channel, "
-                "model_version, corrected_answer) VALUES ('q', 'q', :answer, :at, :route, :status, :feedback, "
-                ":channel, :version, :fixed)"),
-                dict(zip(("at", "route", "status", "feedback", "channel", "version", "answer", "fixed"), row)))
-        db.session.commit()
+    names = partial(object_names, app)
+    downgrade_with_tally_rows(app, "c8f3a5d1e9b4")
     assert "exchange_daily" not in names("table") and tally(app) == recount(app)
     with app.app_context():
         flask_migrate.upgrade()
