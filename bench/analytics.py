@@ -10,6 +10,7 @@ objects, no Python loop), then times, median of ``--runs`` runs each:
 - each of the two statements the page makes (chatbot/analytics.py: overview,
   the counts per day or week, model version and channel; top_groups), and
 - the whole page, rendered through Flask's test client by a logged-in reviewer,
+  and the admin home page (its counts come from the same table),
 
 for three ranges: the page's default (the last 30 days, per day) and the
 longest it allows (the last 366 days, per week and per day: with the default
@@ -194,13 +195,18 @@ def main(argv=None):
                            "period": "day"},
     }
     results = {name: measure(app, client, query, args.runs, workdir / "models") for name, query in ranges.items()}
+    assert client.get("/admin/").status_code == 200
+    home = {"page_ms": median_ms(lambda: client.get("/admin/"), args.runs)}
+    with app.app_context():
+        from chatbot import review
+        home["home_counts_ms"] = median_ms(review.home_counts, args.runs)
     with app.app_context():
         import sqlalchemy as sa
         sqlite_version = db.session.scalar(sa.text("SELECT sqlite_version()"))
         db.engine.dispose()
     report = {"rows": count, "days": args.days, "runs": args.runs, "fill_seconds": round(filled, 1),
               "sqlite": sqlite_version, "cpus": os.cpu_count(),
-              "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "ranges": results}
+              "when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "ranges": results, "home": home}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
@@ -210,6 +216,7 @@ def main(argv=None):
     for name, r in results.items():
         print(f"{name:<24}{r['exchanges_in_range']:>14,}" + "".join(f"{r['queries_ms'][n]:>12}" for n in names)
               + f"{r['page_ms']:>10}")
+    print(f"admin home page {home['page_ms']} ms (its counts {home['home_counts_ms']} ms)")
     print(f"\nwrote {args.out}")
     if not args.db:
         import shutil
