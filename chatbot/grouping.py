@@ -273,8 +273,10 @@ class Grouper:
     @staticmethod
     def _embed(encoder, questions):
         """A few questions' vectors, once the chats and pages pause (the
-        background's turn: batching.wait_for_pause)."""
-        wait_for_pause()
+        background's turn: batching.wait_for_pause) if the encoder has to
+        work for them; a chat's question is in its cache already."""
+        if not encoder.all_cached(questions):
+            wait_for_pause()
         return encoder.embed(questions)
 
     def _read_leaders(self, connection, encoder_name):

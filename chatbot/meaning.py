@@ -235,6 +235,13 @@ class Encoder:
                     self._cache.popitem(last=False)
         return out
 
+    def all_cached(self, texts: list[str]) -> bool:
+        """Whether ``embed`` would find every one of ``texts`` in the cache
+        (it would cost no encoder time)."""
+        keys = [normalise(t) for t in texts]
+        with self._cache_lock:
+            return all(key in self._cache for key in keys)
+
     def embed_uncached(self, texts: list[str], batch: int = 64) -> np.ndarray:
         """Vectors for many questions at once (a training set), in batches,
         leaving the LRU to the chats."""

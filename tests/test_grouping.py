@@ -182,6 +182,24 @@ def test_a_chat_groups_its_question_in_the_background(app):
     assert group_of(app) == {key("배고파"): key("배고파"), key("배고파 죽겠어"): key("배고파")}
 
 
+def test_only_questions_the_encoder_must_work_for_wait_for_a_pause(app, monkeypatch):
+    """Grouping waits for a pause in the chats and pages before each few
+    questions it embeds (batching.wait_for_pause), but not for questions
+    the encoder has in its cache: a chat's own question costs nothing."""
+    from chatbot import grouping, meaning
+
+    waits = []
+    monkeypatch.setattr(grouping, "wait_for_pause", lambda: waits.append(1))
+    meaning.encoder().embed(["배고파"])  # as the chat that asked it did
+    add(app, "배고파")
+    catch_up(app)
+    assert waits == [] and key("배고파") in group_of(app)
+    new = ("기차 시간표 좀 찾아줄래 (그룹 대기)", "고양이 사진 보여줄래 (그룹 대기)")  # asked by no other test
+    add(app, *new)
+    catch_up(app)
+    assert len(waits) == 1 and set(group_of(app)) == {key(q) for q in ("배고파", *new)}
+
+
 def test_the_table_and_the_leaders_are_bounded(make_app):
     app = make_app(QUEUE_MEANING_GROUPS=True, QUEUE_GROUP_SIMILARITY=CUT, QUEUE_GROUP_ROWS=3,
                    QUEUE_GROUP_LEADERS=2)

@@ -50,6 +50,7 @@ def test_the_cache_keys_on_the_normalised_question_and_forgets_the_oldest(encode
     assert "배고파" not in encoder._cache and "질문 9" in encoder._cache
     unbatched = encoder.embed(["질문 5"])[0]  # the same vector alone as in a batch
     assert np.allclose(unbatched, batch[5], atol=1e-5)
+    assert encoder.all_cached(["질문 9", " 질문 5"]) and not encoder.all_cached(["질문 9", "배고파"])
 
 
 def test_several_threads_embed_at_once_as_one_alone(encoder):
