@@ -1971,14 +1971,19 @@ class Bench:
 
 
 def phase(records, lo, hi):
+    """The legitimate client's replies asked between ``lo`` and ``hi``;
+    ``slowest``: the three slowest, as [seconds after ``lo`` it asked, ms]
+    (when in the attack the server stalled)."""
     in_phase = [r for r in records if lo <= r[0] < hi]
     latencies = [r[1] for r in in_phase if r[2] == "reply"]
     errors = Counter(r[2] for r in in_phase if r[2] != "reply")
+    slowest = sorted((r for r in in_phase if r[1] is not None), key=lambda r: -r[1])[:3]
     return {"p50_ms": rounded(pct(latencies, 50) * 1000 if latencies else None),
             "p99_ms": rounded(pct(latencies, 99) * 1000 if latencies else None),
             "max_ms": rounded(max(latencies) * 1000 if latencies else None),
             "asked": len(in_phase), "replies": len(latencies), "errors": sum(errors.values()),
-            "error_kinds": dict(sorted(errors.items()))}
+            "error_kinds": dict(sorted(errors.items())),
+            "slowest": [[rounded(r[0] - lo), rounded(r[1] * 1000)] for r in slowest]}
 
 
 def server_stats(samples, t0, t1, probe_at, keys=("threads", "fds", "rss_mb", "worker_rss_mb")):

@@ -23,7 +23,7 @@ def create_app(test_config=None):
 
     # Import the modules that register Socket.IO handlers before the first
     # socketio.init_app: Flask-SocketIO only replays handlers it saw then.
-    from . import api, chat, cli, database, grouping, heavy, kakao, limits, meaning, review, security, widget
+    from . import api, chat, cli, database, grouping, heavy, kakao, limits, meaning, review, rooms, security, widget
 
     app = Flask(__name__, instance_path=str(PROJECT_ROOT / "instance"))
     app.config.from_object(Config)
@@ -55,7 +55,10 @@ def create_app(test_config=None):
         socketio_options["message_queue"] = app.config["SOCKETIO_MESSAGE_QUEUE"]
     else:  # socketio is module-global and keeps its options across init_app calls
         socketio.server_options.pop("message_queue", None)
-        socketio.server_options.pop("client_manager", None)
+    socketio.server_options.pop("client_manager", None)
+    manager = rooms.client_manager(app.config["SOCKETIO_MESSAGE_QUEUE"])
+    if manager is not None:
+        socketio_options["client_manager"] = manager
     async_mode = app.config["SOCKETIO_ASYNC_MODE"] or ("gevent" if gevent_patched() else "threading")
     socketio.init_app(app, async_mode=async_mode,
                       max_http_buffer_size=16 * app.config["MAX_MESSAGE_CHARS"] + 1024,

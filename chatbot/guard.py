@@ -125,6 +125,12 @@ class GuardedWebSocket(WebSocket):
         task = getattr(session, "ping_task", None)  # _remember_ping_tasks
         if task is not None and hasattr(task, "kill"):  # a greenlet (a thread cannot be stopped)
             task.kill(block=False)
+            # The killed task keeps its exception, whose frames hold the
+            # session: with the session holding the task, a cycle only a full
+            # garbage collection frees (on the event loop, for every
+            # connection that closed since the last one).  Without it, the
+            # task and the session are freed as soon as the task has ended.
+            session.ping_task = None
 
     def wait(self):
         data = super().wait()

@@ -113,28 +113,38 @@ def glibc_malloc_trim():
 class MemoryGuard:
     """The worker's high-water mark, and giving memory back after
     connections close: ``gc.collect`` (the cycles a closed connection leaves)
-    and glibc's ``malloc_trim``, once the open connections have fallen by
+    and glibc's ``malloc_trim``.
+
+    A trim is worth it once the open connections have fallen by
     ``trim_after`` from their peak (a steady stream of short connections
-    frees nothing for long), at most every ``trim_every`` seconds: each one
-    holds the event loop for the length of a full collection (about 0.1 s
-    with 600 sockets open under half a core), so during a flood of short
-    connections they must stay rare.  RSS is read at most every
+    frees nothing for long), or, while RSS is over the mark, once any
+    connection has closed since the last one.  Each trim holds the event loop
+    for a full collection, which walks every connection still open (about
+    0.1 s with 600 sockets under half a core), so: none while the server sits
+    at its mark with nothing closed (it would free nothing, again and again);
+    a wave of closing connections gets one, ``settle`` seconds after the
+    closings pause (or ``trim_every`` after the wave began, if they never
+    do), so that it frees the whole wave and not its first hundred; and at
+    most one every ``trim_every`` seconds.  RSS is read at most every
     ``check_every`` seconds: reading it for every connection took 7% of the
     event loop under bench-attack's idle_sockets_many.  ``rss`` and
     ``clock`` are for tests."""
 
     def __init__(self, limit_mb: float, high_water_share: float, trim_every: float = 5.0, trim_after: int = 100,
-                 check_every: float = 0.25, rss=rss_mb, clock=time.monotonic):
+                 settle: float = 0.5, check_every: float = 0.25, rss=rss_mb, clock=time.monotonic):
         self.limit_mb = limit_mb
         self.high_water_mb = limit_mb * high_water_share
         self.trim_every = trim_every
         self.trim_after = trim_after
+        self.settle = settle
         self.rss = rss
         self.clock = clock
         self.malloc_trim = glibc_malloc_trim()
         self.last_trim = float("-inf")
         self.peak = 0  # open connections at most, since the last trim was scheduled
-        self.trim_scheduled = False
+        self.closed_since_trim = 0
+        self.last_close = float("-inf")
+        self.scheduled_at = None  # when the pending trim was scheduled; None: none pending
         self.check_every = check_every
         self._checked = (float("-inf"), None)  # (when, RSS then)
 
@@ -153,30 +163,50 @@ class MemoryGuard:
 
     def closed(self, open_now: int) -> float | None:
         """A connection closed, ``open_now`` are left: the seconds after which
-        to call ``trim``, or None when it is not needed or already scheduled
-        (a whole wave of closing connections gets one)."""
+        to ask ``due_in``, or None when no trim is needed or one is already
+        pending (a whole wave of closing connections gets one)."""
+        self.closed_since_trim += 1
+        self.last_close = self.clock()
         if self.peak - open_now < self.trim_after:
             return None
-        return self.short(open_now)
+        return self._schedule(open_now)
 
     def short(self, open_now: int) -> float | None:
-        """Memory is over the mark: as ``closed``, whatever has closed."""
-        if self.trim_scheduled:
+        """Memory is over the mark: as ``closed``, once anything has closed
+        since the last trim (before that a trim would free nothing)."""
+        if self.closed_since_trim == 0:
             return None
-        self.trim_scheduled = True
+        return self._schedule(open_now)
+
+    def _schedule(self, open_now: int) -> float | None:
+        if self.scheduled_at is not None:
+            return None
+        now = self.clock()
+        self.scheduled_at = now
         self.peak = open_now  # the next wave counts from here
-        return max(0.0, self.last_trim + self.trim_every - self.clock())
+        return max(self.settle, self.last_trim + self.trim_every - now)
+
+    def due_in(self) -> float:
+        """0 when the pending trim should run now; else the seconds to wait
+        first: connections are still closing (a pause of ``settle`` seconds
+        ends the wave, or ``trim_every`` after it was scheduled)."""
+        now = self.clock()
+        wave_ends = min(self.last_close + self.settle, self.scheduled_at + self.trim_every)
+        return max(0.0, wave_ends - now)
 
     def trim(self, in_thread=lambda fn: fn()) -> tuple:
         """Free what closed connections left (their reference cycles, here:
         their finalizers belong to this thread), and give the pages malloc
         then holds free back to the system (``in_thread``: malloc_trim on a
-        large heap takes a while, and lets go of the GIL); RSS in MB before
-        and after."""
-        self.trim_scheduled = False
+        large heap takes a while, and lets go of the GIL): RSS in MB before
+        and after, and the seconds the collection held the event loop."""
+        self.scheduled_at = None
+        self.closed_since_trim = 0
         self.last_trim = self.clock()
         before = self.rss()
+        started = time.perf_counter()
         gc.collect()
+        collected_in = time.perf_counter() - started
         if self.malloc_trim is not None:
             in_thread(lambda: self.malloc_trim(0))
-        return before, self.rss()
+        return before, self.rss(), collected_in

@@ -41,7 +41,11 @@ SOCKET_TIMEOUT = 60.0
 RECEIVE_BYTES = 4096
 PING_BURST = 10
 PING_RATE = 1.0
-_ENVIRON_SOCKETS = ("gunicorn.socket", "werkzeug.socket")
+# Where our gunicorn worker puts the connection's socket (chatbot/worker.py
+# says why not under gunicorn's own name).
+WORKER_SOCKET = "chatbot.socket"
+_GUNICORN_SOCKETS = (WORKER_SOCKET, "gunicorn.socket")
+_ENVIRON_SOCKETS = (*_GUNICORN_SOCKETS, "werkzeug.socket")
 
 
 def _upgrade_request(environ) -> bytes:
@@ -98,7 +102,7 @@ class WebSocket:
             self.handler(self)
         finally:
             self.close()
-        if "gunicorn.socket" in environ:
+        if any(key in environ for key in _GUNICORN_SOCKETS):
             raise StopIteration()  # gunicorn: the connection was taken over, write no response
         raise ConnectionError("WebSocket closed")  # werkzeug's development server: drop the connection
 

@@ -160,10 +160,19 @@ class GuardedGeventWorker(GeventWorker):
         # cyclic GC's sight, so that collecting what connections left is quick.
         gc.freeze()
         app = self.wsgi
+        from .websocket import WORKER_SOCKET
 
         def close_after_unread_body(environ, start_response):
             """The app, with ``Connection: close`` on a response to a request
-            whose body it left unread (``handle_request`` then closes)."""
+            whose body it left unread (``handle_request`` then closes).
+
+            The connection's socket is handed on under our own name:
+            python-engineio's middleware makes a class for every request that
+            has a ``gunicorn.socket`` (for eventlet, which we do not run), and
+            a class is a knot of reference cycles; a WebSocket's lives as long
+            as its connection, and thousands of them closing at once left
+            that much more for the garbage collector, on the event loop."""
+            environ[WORKER_SOCKET] = environ.pop("gunicorn.socket")
             body = environ["wsgi.input"]  # gunicorn's req.body, before any middleware wraps it
 
             def start(status, headers, exc_info=None):
@@ -212,9 +221,13 @@ class GuardedGeventWorker(GeventWorker):
             gevent.spawn_later(delay, self._trim)
 
     def _trim(self):
-        before, after = self.memory.trim(in_thread=gevent.get_hub().threadpool.apply)
-        self.log.debug("gave memory back: RSS %.0f -> %.0f MB, %d connections open", before or 0, after or 0,
-                       self.limits.open)
+        wait = self.memory.due_in()
+        if wait > 0:  # connections are still closing: free the whole wave at once
+            gevent.spawn_later(wait, self._trim)
+            return
+        before, after, collected_in = self.memory.trim(in_thread=gevent.get_hub().threadpool.apply)
+        self.log.info("gave memory back: RSS %.0f -> %.0f MB, %d connections open, collection %.0f ms",
+                      before or 0, after or 0, self.limits.open, collected_in * 1000)
 
     def _refuse(self, client, why):
         if why == "total":

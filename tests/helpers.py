@@ -7,6 +7,8 @@ they import this module as ``helpers``.
 """
 import asyncio
 import re
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
@@ -35,6 +37,15 @@ def run_async(coroutine):
     the test's thread once a browser test has run."""
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coroutine).result()
+
+
+def run_in_a_gevent_process(code):
+    """``code`` in a new Python process that gevent patches first, as the
+    server's worker is; its output, once it exited 0."""
+    done = subprocess.run([sys.executable, "-c", "from gevent import monkey; monkey.patch_all()\n" + code],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return done
 
 
 # -- the database ------------------------------------------------------------------

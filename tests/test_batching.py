@@ -1,12 +1,12 @@
 """The reply batcher: one model call for questions that arrive together."""
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from chatbot.batching import Busy, ReplyBatcher
 from chatbot.bot import Reply
+from helpers import run_in_a_gevent_process
 
 
 class SlowBot:
@@ -222,15 +222,3 @@ def test_in_the_server_a_background_job_waits_on_its_own_thread_not_on_the_event
             "print(order.index('page') < order.index('background'), order.count('tick'))")
     done = run_in_a_gevent_process(code)
     assert done.stdout.split() == ["True", "10"]
-
-
-def run_in_a_gevent_process(code):
-    """``code`` in a new Python process that gevent patches first, as the
-    server's worker is; its output, once it exited 0."""
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-c", "from gevent import monkey; monkey.patch_all()\n" + code],
-                          capture_output=True, text=True, timeout=60, cwd=str(Path(__file__).resolve().parents[1]))
-    assert done.returncode == 0, done.stderr
-    return done

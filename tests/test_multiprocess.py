@@ -478,9 +478,13 @@ def test_the_message_queue_is_used_only_when_configured(tmp_path):
 
     from chatbot import create_app
     from chatbot.extensions import socketio
+    from chatbot.rooms import RoomIndex
     config = {"SECRET_KEY": "x", "MODEL_DIR": str(tmp_path / "models"),
               "SQLALCHEMY_DATABASE_URI": "sqlite:///" + str(tmp_path / "chatbot.db")}
     create_app({**config, "SOCKETIO_MESSAGE_QUEUE": "redis://127.0.0.1:1/0"})  # connects lazily
     assert isinstance(socketio.server.manager, python_socketio.RedisManager)
+    assert isinstance(socketio.server.manager, RoomIndex)  # chatbot/rooms.py
+    assert socketio.server.manager.channel == "flask-socketio" and not socketio.server.manager.write_only
     create_app(config)  # the global SocketIO forgets the queue again
     assert not isinstance(socketio.server.manager, python_socketio.PubSubManager)
+    assert isinstance(socketio.server.manager, RoomIndex)

@@ -61,7 +61,7 @@ def serve(handler, offer_deflate=False, max_message_size=1000, wrap=lambda s: s)
     client = Client(theirs)
     request = client.ws.send(Request(host="localhost", target="/socket.io/",
                                      extensions=[PerMessageDeflate()] if offer_deflate else [])).decode()
-    environ = {"gunicorn.socket": wrap(ours), "PATH_INFO": "/socket.io/"}
+    environ = {websocket.WORKER_SOCKET: wrap(ours), "PATH_INFO": "/socket.io/"}
     for line in request.split("\r\n")[1:]:  # what the WSGI server parsed
         if ": " in line:
             name, value = line.split(": ", 1)
