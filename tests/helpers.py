@@ -6,7 +6,11 @@ tests/ is not a package: pytest puts this folder on sys.path (its default
 they import this module as ``helpers``.
 """
 import asyncio
+import atexit
+import os
 import re
+import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
@@ -152,11 +156,43 @@ TINY_PAIRS = [
 TINY_MODEL = dict(max_steps=3, embed_dim=16, hidden_dim=16, quiet=True)
 
 
+# What a training run reads from the environment besides its arguments.
+TRAINER_ENVIRONMENT = ("MORPH_BACKEND", "MEANING_ENCODER", "MEANING_MODEL_FILE")
+_trained = {}  # (settings, environment) -> a tiny model this process trained; only copies are handed out
+_trained_dir = None  # where those are (_trained_root)
+
+
 def tiny_model(models_root, **overrides):
-    """Train a tiny model on TINY_PAIRS into models_root (and activate it); its directory."""
+    """A tiny model trained on TINY_PAIRS, published into models_root (and
+    activated unless activate=False); its directory.
+
+    Training is deterministic (a fixed seed; tests/test_train.py checks it),
+    so each setting is trained once per test process, and every call gets a
+    copy of that model published the way the trainer publishes (a temp dir
+    renamed to a new version name): the same files for a fraction of the
+    time.  tests/test_train.py trains for real where training is the point."""
+    from chatbot import versions
     from chatbot.train import run_training
 
-    return run_training(TINY_PAIRS, models_root, **{**TINY_MODEL, **overrides})
+    settings = {**TINY_MODEL, **overrides}
+    key = (repr(sorted(settings.items())), tuple(os.environ.get(name) for name in TRAINER_ENVIRONMENT))
+    if key not in _trained:
+        _trained[key] = run_training(TINY_PAIRS, _trained_root(), **{**settings, "activate": False})
+    temp_dir = versions.make_temp_dir(models_root)
+    shutil.copytree(_trained[key], temp_dir, copy_function=shutil.copy, dirs_exist_ok=True)
+    version_dir = versions.publish(temp_dir, models_root)
+    if settings.get("activate", True):
+        versions.activate(models_root, version_dir.name)
+    return version_dir
+
+
+def _trained_root():
+    """This process's folder of the tiny models it trained, removed at exit."""
+    global _trained_dir
+    if _trained_dir is None:
+        _trained_dir = tempfile.mkdtemp(prefix="test-tiny-models-")
+        atexit.register(shutil.rmtree, _trained_dir, ignore_errors=True)
+    return _trained_dir
 
 
 PAIRS = [
