@@ -10,21 +10,27 @@ import pytest
 from chatbot import create_app
 from chatbot.database import Reviewer
 from chatbot.extensions import db
-from helpers import PASSWORD, VIEWPORTS, WATCH, token_in
+from helpers import COMPILED_TEMPLATES, PASSWORD, VIEWPORTS, WATCH, migrated_sqlite, password_hash, token_in
 import services
 
 
 @pytest.fixture
 def make_app(tmp_path):
     """make_app(**config): an app on a migrated SQLite file and a model dir in
-    tmp_path, config overriding the test defaults."""
+    tmp_path, config overriding the test defaults.  A new SQLite file is a
+    copy of one migrated once (helpers.migrated_sqlite); another database
+    (SQLALCHEMY_DATABASE_URI), or the file of an earlier call, is upgraded."""
     made = []
 
     def make(**config):
+        database = tmp_path / "chatbot.db"
+        copied = "SQLALCHEMY_DATABASE_URI" not in config and not database.exists()
+        if copied:  # a new database: a copy of a migrated one
+            migrated_sqlite(database)
         app = create_app({
             "TESTING": True,
             "SECRET_KEY": "test-secret",
-            "SQLALCHEMY_DATABASE_URI": "sqlite:///" + str(tmp_path / "chatbot.db"),
+            "SQLALCHEMY_DATABASE_URI": "sqlite:///" + str(database),
             "MODEL_DIR": str(tmp_path / "models"),
             # Every test client comes from 127.0.0.1: the per-address limits
             # are off unless a test is about them (tests/test_limits.py).
@@ -39,8 +45,10 @@ def make_app(tmp_path):
             "QUEUE_MEANING_GROUPS": False,
             **config,
         })
-        with app.app_context():
-            flask_migrate.upgrade()
+        if not copied:
+            with app.app_context():
+                flask_migrate.upgrade()
+        app.jinja_env.bytecode_cache = COMPILED_TEMPLATES
         made.append(app)
         return app
 
@@ -77,8 +85,7 @@ def client(app):
 def make_reviewer(app):
     def make(name="reviewer", password="correct horse battery"):
         with app.app_context():
-            reviewer = Reviewer(username=name)
-            reviewer.set_password(password)
+            reviewer = Reviewer(username=name, password_hash=password_hash(password))
             db.session.add(reviewer)
             db.session.commit()
             return db.session.get(Reviewer, reviewer.id)

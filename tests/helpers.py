@@ -7,17 +7,22 @@ they import this module as ``helpers``.
 """
 import asyncio
 import atexit
+import functools
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from pathlib import Path
 
+import jinja2
 import sqlalchemy as sa
 
 from chatbot import morph
-from chatbot.database import REVIEWED, Exchange
+from chatbot.database import REVIEWED, Exchange, Reviewer
 from chatbot.extensions import db, socketio
 from live_server import ROOT
 
@@ -41,7 +46,70 @@ def run_async(coroutine):
         return pool.submit(asyncio.run, coroutine).result()
 
 
+# -- made once per test process, handed out as copies ------------------------------
+
+_made_once_dir = None
+
+
+def made_once_dir():
+    """This test process's own folder for what it makes once and hands out
+    copies of (a migrated database, tiny models); removed at exit."""
+    global _made_once_dir
+    if _made_once_dir is None:
+        _made_once_dir = Path(tempfile.mkdtemp(prefix="test-made-once-"))
+        atexit.register(shutil.rmtree, _made_once_dir, ignore_errors=True)
+    return _made_once_dir
+
+
+def migrated_sqlite(path):
+    """Make ``path`` an empty SQLite database at the migrations' head: a
+    copy of one file migrated once per process by ``flask db upgrade`` (as
+    `make run` does), instead of the migrations run again for each test.
+    The migrations themselves are tests/test_migrations.py's to test."""
+    template = made_once_dir() / "migrated.db"
+    if not template.exists():
+        # Only what it needs of the environment: a test's own settings stay out.
+        env = {name: os.environ[name] for name in ("PATH", "HOME", "LANG", "TMPDIR") if name in os.environ}
+        env.update({"DATABASE_URL": f"sqlite:///{template}", "SECRET_KEY": "migrated-template",
+                    "MODEL_DIR": str(made_once_dir() / "template-models")})
+        subprocess.run([sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"], cwd=ROOT, env=env,
+                       check=True, capture_output=True)
+        # Its process is gone, so SQLite's write-ahead log is in the file itself.
+        assert not Path(f"{template}-wal").exists()
+    shutil.copyfile(template, path)
+
+
+class CompiledTemplates(jinja2.BytecodeCache):
+    """The templates' compiled code in memory, for every app a test process
+    makes (tests/conftest.py: make_app): each new app would parse and
+    compile them all again.  Jinja uses cached code only while its
+    template's source checksum still matches."""
+
+    def __init__(self):
+        self.code = {}
+
+    def load_bytecode(self, bucket):
+        if bucket.key in self.code:
+            bucket.bytecode_from_string(self.code[bucket.key])
+
+    def dump_bytecode(self, bucket):
+        self.code[bucket.key] = bucket.bytecode_to_string()
+
+
+COMPILED_TEMPLATES = CompiledTemplates()
+
+
 # -- the database ------------------------------------------------------------------
+
+@functools.cache
+def password_hash(password):
+    """Reviewer.set_password's hash of ``password``, made once per process:
+    its scrypt is slow on purpose (a tenth of a second), and hundreds of
+    tests make a reviewer.  Logging in still checks the password for real."""
+    reviewer = Reviewer()
+    reviewer.set_password(password)
+    return reviewer.password_hash
+
 
 def add_exchange(app, question, answer="답", minutes_ago=0, **fields):
     with app.app_context():
@@ -159,7 +227,6 @@ TINY_MODEL = dict(max_steps=3, embed_dim=16, hidden_dim=16, quiet=True)
 # What a training run reads from the environment besides its arguments.
 TRAINER_ENVIRONMENT = ("MORPH_BACKEND", "MEANING_ENCODER", "MEANING_MODEL_FILE")
 _trained = {}  # (settings, environment) -> a tiny model this process trained; only copies are handed out
-_trained_dir = None  # where those are (_trained_root)
 
 
 def tiny_model(models_root, **overrides):
@@ -177,22 +244,13 @@ def tiny_model(models_root, **overrides):
     settings = {**TINY_MODEL, **overrides}
     key = (repr(sorted(settings.items())), tuple(os.environ.get(name) for name in TRAINER_ENVIRONMENT))
     if key not in _trained:
-        _trained[key] = run_training(TINY_PAIRS, _trained_root(), **{**settings, "activate": False})
+        _trained[key] = run_training(TINY_PAIRS, made_once_dir() / "models", **{**settings, "activate": False})
     temp_dir = versions.make_temp_dir(models_root)
     shutil.copytree(_trained[key], temp_dir, copy_function=shutil.copy, dirs_exist_ok=True)
     version_dir = versions.publish(temp_dir, models_root)
     if settings.get("activate", True):
         versions.activate(models_root, version_dir.name)
     return version_dir
-
-
-def _trained_root():
-    """This process's folder of the tiny models it trained, removed at exit."""
-    global _trained_dir
-    if _trained_dir is None:
-        _trained_dir = tempfile.mkdtemp(prefix="test-tiny-models-")
-        atexit.register(shutil.rmtree, _trained_dir, ignore_errors=True)
-    return _trained_dir
 
 
 PAIRS = [
