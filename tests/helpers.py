@@ -226,12 +226,13 @@ TINY_MODEL = dict(max_steps=3, embed_dim=16, hidden_dim=16, quiet=True)
 
 # What a training run reads from the environment besides its arguments.
 TRAINER_ENVIRONMENT = ("MORPH_BACKEND", "MEANING_ENCODER", "MEANING_MODEL_FILE")
-_trained = {}  # (settings, environment) -> a tiny model this process trained; only copies are handed out
+_trained = {}  # (pairs, settings, environment) -> a model this process trained; only copies are handed out
 
 
-def tiny_model(models_root, **overrides):
-    """A tiny model trained on TINY_PAIRS, published into models_root (and
-    activated unless activate=False); its directory.
+def trained_model(pairs, models_root, **settings):
+    """A model trained on ``pairs`` with ``settings`` (run_training's),
+    published into models_root (and activated unless activate=False); its
+    directory.
 
     Training is deterministic (a fixed seed; tests/test_train.py checks it),
     so each setting is trained once per test process, and every call gets a
@@ -241,16 +242,21 @@ def tiny_model(models_root, **overrides):
     from chatbot import versions
     from chatbot.train import run_training
 
-    settings = {**TINY_MODEL, **overrides}
-    key = (repr(sorted(settings.items())), tuple(os.environ.get(name) for name in TRAINER_ENVIRONMENT))
+    key = (repr(pairs), repr(sorted(settings.items())),
+           tuple(os.environ.get(name) for name in TRAINER_ENVIRONMENT))
     if key not in _trained:
-        _trained[key] = run_training(TINY_PAIRS, made_once_dir() / "models", **{**settings, "activate": False})
+        _trained[key] = run_training(pairs, made_once_dir() / "models", **{**settings, "activate": False})
     temp_dir = versions.make_temp_dir(models_root)
     shutil.copytree(_trained[key], temp_dir, copy_function=shutil.copy, dirs_exist_ok=True)
     version_dir = versions.publish(temp_dir, models_root)
     if settings.get("activate", True):
         versions.activate(models_root, version_dir.name)
     return version_dir
+
+
+def tiny_model(models_root, **overrides):
+    """A tiny model trained on TINY_PAIRS (trained_model) in models_root, and activated; its directory."""
+    return trained_model(TINY_PAIRS, models_root, **{**TINY_MODEL, **overrides})
 
 
 PAIRS = [
