@@ -138,13 +138,31 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 
 def pytest_configure(config):
-    # One cache of meaning vectors for every model the tests train (and the
-    # servers they start): each question is embedded once per run.
+    # One cache of meaning vectors for every model a test process trains (and
+    # the servers it starts): each question is embedded once per process.
+    # Each xdist worker has a cache of its own: a trainer reads back the file
+    # its embedding child just wrote, which another worker's could replace.
     import tempfile
-    os.environ.setdefault("MEANING_CACHE_DIR", tempfile.mkdtemp(prefix="test-meaning-cache-"))
+    cache = os.environ.get("MEANING_CACHE_DIR") or tempfile.mkdtemp(prefix="test-meaning-cache-")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        cache = os.path.join(cache, worker)
+        os.makedirs(cache, exist_ok=True)
+    os.environ["MEANING_CACHE_DIR"] = cache
     config.addinivalue_line("markers", "browser: drives a real chromium against a real server")
     config.addinivalue_line("markers", "fuzz: sends malformed Socket.IO traffic to a real server")
     config.addinivalue_line("markers", "multiprocess: two servers on Redis and PostgreSQL (tests/services.py)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items):
+    """The tests of a module that share a module-scoped fixture (a live
+    server, a PostgreSQL cluster) run on one xdist worker, which sets it up
+    once; a test already in an xdist_group keeps its group."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None and any(
+                fixturedefs[-1].scope == "module" for fixturedefs in item._fixtureinfo.name2fixturedefs.values()):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 def chromium_path():

@@ -10,9 +10,11 @@ import sys
 
 import pytest
 
+from helpers import SERIAL
 from live_server import ROOT
 
 
+@SERIAL
 def test_server_and_retrain_share_a_900_mb_cgroup_without_an_oom_kill(tmp_path):
     out = tmp_path / "smallvm.json"
     run = subprocess.run([sys.executable, "-m", "bench.smallvm", "--quick", "--out", str(out)], cwd=ROOT,

@@ -7,9 +7,10 @@ import sys
 import pytest
 import sqlalchemy as sa
 
+from helpers import SERIAL
 from live_server import ROOT, LiveServer, prepare
 
-pytestmark = pytest.mark.fuzz
+pytestmark = [pytest.mark.fuzz, SERIAL]
 
 
 def test_fuzz_a_running_server(tmp_path):
