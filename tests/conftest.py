@@ -154,17 +154,6 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "multiprocess: two servers on Redis and PostgreSQL (tests/services.py)")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(items):
-    """The tests of a module that share a module-scoped fixture (a live
-    server, a PostgreSQL cluster) run on one xdist worker, which sets it up
-    once; a test already in an xdist_group keeps its group."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None and any(
-                fixturedefs[-1].scope == "module" for fixturedefs in item._fixtureinfo.name2fixturedefs.values()):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-
-
 def chromium_path():
     """Debian's chromium (``make test`` installs it), or $CHROMIUM."""
     for candidate in (os.environ.get("CHROMIUM"), "chromium", "chromium-browser"):
@@ -223,3 +212,34 @@ def context(browser):
     yield make
     for ctx in contexts:
         ctx.close()
+
+
+# -- two xdist workers (pytest.ini: -n 2 --dist loadscope) ------------------------------
+
+# The tests that measure a server's memory, threads or timing, or make
+# cgroups: one worker runs them one after another while the other runs the rest.
+SERIAL = (
+    "tests/test_attack.py::",
+    "tests/test_bench_smallvm.py::",
+    "tests/test_fuzz.py::",
+    "tests/test_hostile.py::",
+    "tests/test_multiprocess.py::",
+    "tests/test_offhub.py::test_get_answers_at_once_while_a_reviewer_downloads_100000_exchanges",
+)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadscope with the SERIAL tests as one scope, the first sent
+    out (the largest), and every other test a scope of its own.  Not
+    xdist_group marks: pytest-xdist 3.8 loses them under pytest 9.2
+    (pytest-dev/pytest-xdist#1386)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SerialTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return "serial" if nodeid.startswith(SERIAL) else nodeid
+
+    if config.getvalue("dist") == "loadscope":
+        return SerialTogether(config, log)
+    return None

@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import jinja2
-import pytest
 import sqlalchemy as sa
 
 from chatbot import morph
@@ -27,9 +26,6 @@ from chatbot.database import REVIEWED, Exchange, Reviewer
 from chatbot.extensions import db, socketio
 from live_server import ROOT
 
-# The tests that measure a server's memory, threads or timing, or make
-# cgroups: one xdist worker (pytest.ini) runs them one after another.
-SERIAL = pytest.mark.xdist_group("serial")
 PASSWORD = "correct horse battery"  # the reviewer's (tests/conftest.py: ``reviewer``, ``auth``)
 SHARED_DATA = ROOT.parent / "shared" / "data" / "chatbot_data" / "ChatbotData.train.csv"
 

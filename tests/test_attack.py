@@ -14,10 +14,10 @@ import sys
 
 import pytest
 
-from helpers import SERIAL, tiny_model
+from helpers import tiny_model
 from live_server import ROOT
 
-pytestmark = [pytest.mark.fuzz, SERIAL]
+pytestmark = pytest.mark.fuzz
 
 
 def test_every_attack_class_scaled_down(tmp_path):

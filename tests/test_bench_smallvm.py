@@ -10,7 +10,6 @@ import sys
 
 import pytest
 
-from helpers import SERIAL
 from live_server import ROOT
 
 
@@ -20,7 +19,6 @@ WITH_MODELS = ("import sys\nfrom pathlib import Path\nfrom bench import smallvm\
                "smallvm.MODELS = Path(sys.argv.pop(1))\nsys.exit(smallvm.main())\n")
 
 
-@SERIAL
 def test_server_and_retrain_share_a_900_mb_cgroup_without_an_oom_kill(tmp_path):
     """The server starts on a model of the starter model's size (the starter
     pairs, the default network) trained for 20 steps, as the quick retrain

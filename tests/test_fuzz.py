@@ -7,10 +7,9 @@ import sys
 import pytest
 import sqlalchemy as sa
 
-from helpers import SERIAL
 from live_server import ROOT, LiveServer, prepare
 
-pytestmark = [pytest.mark.fuzz, SERIAL]
+pytestmark = pytest.mark.fuzz
 
 
 def test_fuzz_a_running_server(tmp_path):

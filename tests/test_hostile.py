@@ -12,10 +12,10 @@ import psutil
 import pytest
 import websocket
 
-from helpers import SERIAL, run_async
+from helpers import run_async
 from live_server import LiveServer, prepare
 
-pytestmark = [pytest.mark.fuzz, SERIAL]
+pytestmark = pytest.mark.fuzz
 
 # Small caps, so each test pushes past them quickly.
 ENV = {"MAX_CONNECTIONS": "40", "MAX_CONNECTIONS_PER_ADDRESS": "5", "HEADER_TIMEOUT": "2",

@@ -21,10 +21,10 @@ import pytest
 import sqlalchemy as sa
 
 import services
-from helpers import SERIAL, skill_payload, tiny_model
+from helpers import skill_payload, tiny_model
 from live_server import ROOT, LiveServer
 
-pytestmark = [pytest.mark.multiprocess, SERIAL]
+pytestmark = pytest.mark.multiprocess
 
 QUESTIONS = ["안녕하세요", "배고파", "날씨 어때", "심심해", "고마워", "너 누구야"]
 

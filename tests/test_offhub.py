@@ -29,7 +29,7 @@ from bench.analytics import fill
 from chatbot import export, queue_admin, review
 from chatbot.database import Exchange, Reviewer, review_queue_order
 from chatbot.extensions import db
-from helpers import PASSWORD, SERIAL, token_in
+from helpers import PASSWORD, token_in
 from live_server import ROOT, LiveServer, prepare
 
 
@@ -100,7 +100,6 @@ def test_heavy_admin_work_runs_on_threads_other_than_the_event_loops(tmp_path):
     assert results["retrain"]["write_threads"] and report["hub"] not in results["retrain"]["write_threads"]
 
 
-@SERIAL
 def test_get_answers_at_once_while_a_reviewer_downloads_100000_exchanges(tmp_path):
     """A real server (gunicorn's gevent worker): while a reviewer downloads
     100,000 exchanges as CSV and as JSON Lines, GET / from another client
