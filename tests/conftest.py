@@ -10,21 +10,27 @@ import pytest
 from chatbot import create_app
 from chatbot.database import Reviewer
 from chatbot.extensions import db
-from helpers import PASSWORD, VIEWPORTS, WATCH, token_in
+from helpers import COMPILED_TEMPLATES, PASSWORD, VIEWPORTS, WATCH, migrated_sqlite, password_hash, token_in
 import services
 
 
 @pytest.fixture
 def make_app(tmp_path):
     """make_app(**config): an app on a migrated SQLite file and a model dir in
-    tmp_path, config overriding the test defaults."""
+    tmp_path, config overriding the test defaults.  A new SQLite file is a
+    copy of one migrated once (helpers.migrated_sqlite); another database
+    (SQLALCHEMY_DATABASE_URI), or the file of an earlier call, is upgraded."""
     made = []
 
     def make(**config):
+        database = tmp_path / "chatbot.db"
+        copied = "SQLALCHEMY_DATABASE_URI" not in config and not database.exists()
+        if copied:  # a new database: a copy of a migrated one
+            migrated_sqlite(database)
         app = create_app({
             "TESTING": True,
             "SECRET_KEY": "test-secret",
-            "SQLALCHEMY_DATABASE_URI": "sqlite:///" + str(tmp_path / "chatbot.db"),
+            "SQLALCHEMY_DATABASE_URI": "sqlite:///" + str(database),
             "MODEL_DIR": str(tmp_path / "models"),
             # Every test client comes from 127.0.0.1: the per-address limits
             # are off unless a test is about them (tests/test_limits.py).
@@ -39,8 +45,10 @@ def make_app(tmp_path):
             "QUEUE_MEANING_GROUPS": False,
             **config,
         })
-        with app.app_context():
-            flask_migrate.upgrade()
+        if not copied:
+            with app.app_context():
+                flask_migrate.upgrade()
+        app.jinja_env.bytecode_cache = COMPILED_TEMPLATES
         made.append(app)
         return app
 
@@ -77,8 +85,7 @@ def client(app):
 def make_reviewer(app):
     def make(name="reviewer", password="correct horse battery"):
         with app.app_context():
-            reviewer = Reviewer(username=name)
-            reviewer.set_password(password)
+            reviewer = Reviewer(username=name, password_hash=password_hash(password))
             db.session.add(reviewer)
             db.session.commit()
             return db.session.get(Reviewer, reviewer.id)
@@ -131,10 +138,17 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 
 def pytest_configure(config):
-    # One cache of meaning vectors for every model the tests train (and the
-    # servers they start): each question is embedded once per run.
+    # One cache of meaning vectors for every model a test process trains (and
+    # the servers it starts): each question is embedded once per process.
+    # Each xdist worker has a cache of its own: a trainer reads back the file
+    # its embedding child just wrote, which another worker's could replace.
     import tempfile
-    os.environ.setdefault("MEANING_CACHE_DIR", tempfile.mkdtemp(prefix="test-meaning-cache-"))
+    cache = os.environ.get("MEANING_CACHE_DIR") or tempfile.mkdtemp(prefix="test-meaning-cache-")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        cache = os.path.join(cache, worker)
+        os.makedirs(cache, exist_ok=True)
+    os.environ["MEANING_CACHE_DIR"] = cache
     config.addinivalue_line("markers", "browser: drives a real chromium against a real server")
     config.addinivalue_line("markers", "fuzz: sends malformed Socket.IO traffic to a real server")
     config.addinivalue_line("markers", "multiprocess: two servers on Redis and PostgreSQL (tests/services.py)")
@@ -198,3 +212,34 @@ def context(browser):
     yield make
     for ctx in contexts:
         ctx.close()
+
+
+# -- two xdist workers (pytest.ini: -n 2 --dist loadscope) ------------------------------
+
+# The tests that measure a server's memory, threads or timing, or make
+# cgroups: one worker runs them one after another while the other runs the rest.
+SERIAL = (
+    "tests/test_attack.py::",
+    "tests/test_bench_smallvm.py::",
+    "tests/test_fuzz.py::",
+    "tests/test_hostile.py::",
+    "tests/test_multiprocess.py::",
+    "tests/test_offhub.py::test_get_answers_at_once_while_a_reviewer_downloads_100000_exchanges",
+)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadscope with the SERIAL tests as one scope, the first sent
+    out (the largest), and every other test a scope of its own.  Not
+    xdist_group marks: pytest-xdist 3.8 loses them under pytest 9.2
+    (pytest-dev/pytest-xdist#1386)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SerialTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return "serial" if nodeid.startswith(SERIAL) else nodeid
+
+    if config.getvalue("dist") == "loadscope":
+        return SerialTogether(config, log)
+    return None

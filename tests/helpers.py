@@ -6,16 +6,23 @@ tests/ is not a package: pytest puts this folder on sys.path (its default
 they import this module as ``helpers``.
 """
 import asyncio
+import atexit
+import functools
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from pathlib import Path
 
+import jinja2
 import sqlalchemy as sa
 
 from chatbot import morph
-from chatbot.database import REVIEWED, Exchange
+from chatbot.database import REVIEWED, Exchange, Reviewer
 from chatbot.extensions import db, socketio
 from live_server import ROOT
 
@@ -48,7 +55,70 @@ def run_in_a_gevent_process(code):
     return done
 
 
+# -- made once per test process, handed out as copies ------------------------------
+
+_made_once_dir = None
+
+
+def made_once_dir():
+    """This test process's own folder for what it makes once and hands out
+    copies of (a migrated database, tiny models); removed at exit."""
+    global _made_once_dir
+    if _made_once_dir is None:
+        _made_once_dir = Path(tempfile.mkdtemp(prefix="test-made-once-"))
+        atexit.register(shutil.rmtree, _made_once_dir, ignore_errors=True)
+    return _made_once_dir
+
+
+def migrated_sqlite(path):
+    """Make ``path`` an empty SQLite database at the migrations' head: a
+    copy of one file migrated once per process by ``flask db upgrade`` (as
+    `make run` does), instead of the migrations run again for each test.
+    The migrations themselves are tests/test_migrations.py's to test."""
+    template = made_once_dir() / "migrated.db"
+    if not template.exists():
+        # Only what it needs of the environment: a test's own settings stay out.
+        env = {name: os.environ[name] for name in ("PATH", "HOME", "LANG", "TMPDIR") if name in os.environ}
+        env.update({"DATABASE_URL": f"sqlite:///{template}", "SECRET_KEY": "migrated-template",
+                    "MODEL_DIR": str(made_once_dir() / "template-models")})
+        subprocess.run([sys.executable, "-m", "flask", "--app", "app", "db", "upgrade"], cwd=ROOT, env=env,
+                       check=True, capture_output=True)
+        # Its process is gone, so SQLite's write-ahead log is in the file itself.
+        assert not Path(f"{template}-wal").exists()
+    shutil.copyfile(template, path)
+
+
+class CompiledTemplates(jinja2.BytecodeCache):
+    """The templates' compiled code in memory, for every app a test process
+    makes (tests/conftest.py: make_app): each new app would parse and
+    compile them all again.  Jinja uses cached code only while its
+    template's source checksum still matches."""
+
+    def __init__(self):
+        self.code = {}
+
+    def load_bytecode(self, bucket):
+        if bucket.key in self.code:
+            bucket.bytecode_from_string(self.code[bucket.key])
+
+    def dump_bytecode(self, bucket):
+        self.code[bucket.key] = bucket.bytecode_to_string()
+
+
+COMPILED_TEMPLATES = CompiledTemplates()
+
+
 # -- the database ------------------------------------------------------------------
+
+@functools.cache
+def password_hash(password):
+    """Reviewer.set_password's hash of ``password``, made once per process:
+    its scrypt is slow on purpose (a tenth of a second), and hundreds of
+    tests make a reviewer.  Logging in still checks the password for real."""
+    reviewer = Reviewer()
+    reviewer.set_password(password)
+    return reviewer.password_hash
+
 
 def add_exchange(app, question, answer="답", minutes_ago=0, **fields):
     with app.app_context():
@@ -163,11 +233,39 @@ TINY_PAIRS = [
 TINY_MODEL = dict(max_steps=3, embed_dim=16, hidden_dim=16, quiet=True)
 
 
-def tiny_model(models_root, **overrides):
-    """Train a tiny model on TINY_PAIRS into models_root (and activate it); its directory."""
+# What a training run reads from the environment besides its arguments.
+TRAINER_ENVIRONMENT = ("MORPH_BACKEND", "MEANING_ENCODER", "MEANING_MODEL_FILE")
+_trained = {}  # (pairs, settings, environment) -> a model this process trained; only copies are handed out
+
+
+def trained_model(pairs, models_root, **settings):
+    """A model trained on ``pairs`` with ``settings`` (run_training's),
+    published into models_root (and activated unless activate=False); its
+    directory.
+
+    Training is deterministic (a fixed seed; tests/test_train.py checks it),
+    so each setting is trained once per test process, and every call gets a
+    copy of that model published the way the trainer publishes (a temp dir
+    renamed to a new version name): the same files for a fraction of the
+    time.  tests/test_train.py trains for real where training is the point."""
+    from chatbot import versions
     from chatbot.train import run_training
 
-    return run_training(TINY_PAIRS, models_root, **{**TINY_MODEL, **overrides})
+    key = (repr(pairs), repr(sorted(settings.items())),
+           tuple(os.environ.get(name) for name in TRAINER_ENVIRONMENT))
+    if key not in _trained:
+        _trained[key] = run_training(pairs, made_once_dir() / "models", **{**settings, "activate": False})
+    temp_dir = versions.make_temp_dir(models_root)
+    shutil.copytree(_trained[key], temp_dir, copy_function=shutil.copy, dirs_exist_ok=True)
+    version_dir = versions.publish(temp_dir, models_root)
+    if settings.get("activate", True):
+        versions.activate(models_root, version_dir.name)
+    return version_dir
+
+
+def tiny_model(models_root, **overrides):
+    """A tiny model trained on TINY_PAIRS (trained_model) in models_root, and activated; its directory."""
+    return trained_model(TINY_PAIRS, models_root, **{**TINY_MODEL, **overrides})
 
 
 PAIRS = [

@@ -42,11 +42,18 @@ def prepare(workdir: Path, with_model=True, reviewer=None, **config):
     from chatbot.database import Reviewer
     from chatbot.extensions import db
 
+    from helpers import migrated_sqlite
+
     workdir.mkdir(parents=True, exist_ok=True)
-    app = create_app({"SECRET_KEY": "live-test", "SQLALCHEMY_DATABASE_URI": "sqlite:///" + str(workdir / "chatbot.db"),
+    database = workdir / "chatbot.db"
+    copied = "SQLALCHEMY_DATABASE_URI" not in config and not database.exists()
+    if copied:  # a new database: a copy of a migrated one (tests/helpers.py)
+        migrated_sqlite(database)
+    app = create_app({"SECRET_KEY": "live-test", "SQLALCHEMY_DATABASE_URI": "sqlite:///" + str(database),
                       "MODEL_DIR": str(workdir / "models"), **config})
     with app.app_context():
-        flask_migrate.upgrade()
+        if not copied:
+            flask_migrate.upgrade()
         if reviewer is not None:
             account = Reviewer(username=reviewer[0])
             account.set_password(reviewer[1])

@@ -19,7 +19,7 @@ from chatbot.database import NEEDS_DELETION, REVIEWED, ROUTE_IMPORT, Exchange
 from chatbot.extensions import db, socketio
 from chatbot.responder import Responder
 
-from helpers import PAIRS, token_in
+from helpers import PAIRS, token_in, trained_model
 
 TINY_ARGS = "--max-steps 2 --epochs 2 --threads 1 --dev-percent 20"
 
@@ -37,10 +37,8 @@ def root(app):
 
 
 def tiny_version(root, **overrides):
-    from chatbot.train import run_training
-
-    return run_training(PAIRS, root, **{"max_steps": 2, "embed_dim": 16, "hidden_dim": 16, "quiet": True,
-                                        "threads": 1, **overrides})
+    return trained_model(PAIRS, root, **{"max_steps": 2, "embed_dim": 16, "hidden_dim": 16, "quiet": True,
+                                         "threads": 1, **overrides})
 
 
 def set_chrf(version_dir, value):
