@@ -32,6 +32,7 @@ import functools
 import io
 import json
 import logging
+import threading
 
 from socketio import packet as sio_packet
 from wsproto.frame_protocol import CloseReason
@@ -105,16 +106,39 @@ class GuardedPacket(sio_packet.Packet):
 _ENGINEIO_TYPES = frozenset("0123456")
 
 
+# Connections close a few at a time: when thousands end together (a flood's
+# sockets dropped at once), each one's closing work (its disconnect handlers,
+# its close frame, its session let go) would take the event loop's turn
+# before a chat still open got its own, and that chat waited for all of them.
+# A slot is waited for at most CLOSING_WAIT seconds, so that clients that do
+# not read their close frame cannot hold the others up.
+CLOSING_AT_ONCE = 8
+CLOSING_WAIT = 1.0
+
+
 class GuardedWebSocket(WebSocket):
     """The chat's WebSocket (chatbot/websocket.py: frame size limit, no reader
     thread, whole writes, timeouts), which also ends the connection cleanly
-    when a frame is not an Engine.IO packet python-engineio can decode."""
+    when a frame is not an Engine.IO packet python-engineio can decode, and
+    closes at most CLOSING_AT_ONCE connections at once."""
+
+    closing = None  # the semaphore of closing slots, made in the server's own threading (gevent's)
 
     def __call__(self, environ, start_response):
+        self._closing_slot = False
         try:
             return super().__call__(environ, start_response)
         finally:
             self._release_session()
+            if self._closing_slot:
+                GuardedWebSocket.closing.release()
+
+    def _take_a_closing_slot(self):
+        if self._closing_slot:
+            return
+        if GuardedWebSocket.closing is None:
+            GuardedWebSocket.closing = threading.BoundedSemaphore(CLOSING_AT_ONCE)
+        self._closing_slot = GuardedWebSocket.closing.acquire(timeout=CLOSING_WAIT)
 
     def _release_session(self):
         """Let go of the Engine.IO session this WebSocket carried, if closed."""
@@ -137,7 +161,9 @@ class GuardedWebSocket(WebSocket):
         if isinstance(data, str) and not _engineio_decodable(data):
             log.info("closing a WebSocket that sent a frame that is not an Engine.IO packet")
             self.close(CloseReason.PROTOCOL_ERROR)
-            return None
+            data = None
+        if data is None:  # the connection ends: python-engineio's closing work follows
+            self._take_a_closing_slot()
         return data
 
 

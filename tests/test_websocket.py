@@ -188,3 +188,49 @@ def test_the_reader_yields_after_every_read(monkeypatch):
     client.send(TextMessage(data="둘"))
     assert client.read(Message).data == "하나둘"
     assert yields[count:] == [0, 0]
+
+
+def test_connections_close_a_few_at_a_time_and_never_wait_long(monkeypatch):
+    """guard.GuardedWebSocket: a connection that ends takes one of
+    CLOSING_AT_ONCE slots for its closing work, and gives it back when done;
+    one that finds none free waits at most CLOSING_WAIT, then closes anyway."""
+    import threading as real_threading
+
+    from chatbot import guard
+
+    monkeypatch.setattr(guard, "CLOSING_AT_ONCE", 2)
+    monkeypatch.setattr(guard, "CLOSING_WAIT", 0.3)
+    monkeypatch.setattr(guard.GuardedWebSocket, "closing", None)
+    sockets = [guard.GuardedWebSocket(lambda ws: None, SimpleNamespace(max_http_buffer_size=1000)) for _ in range(3)]
+    for ws in sockets:
+        ws._closing_slot = False
+    sockets[0]._take_a_closing_slot()
+    sockets[0]._take_a_closing_slot()  # once per connection
+    sockets[1]._take_a_closing_slot()
+    assert [ws._closing_slot for ws in sockets[:2]] == [True, True]
+    started = time.monotonic()
+    sockets[2]._take_a_closing_slot()  # none free: waits, then goes on without one
+    assert 0.25 < time.monotonic() - started < 2.0
+    assert sockets[2]._closing_slot is False
+    released = real_threading.Timer(0.1, guard.GuardedWebSocket.closing.release)
+    released.start()  # the first connection's closing work ends
+    started = time.monotonic()
+    sockets[2]._take_a_closing_slot()
+    assert time.monotonic() - started < 0.25 and sockets[2]._closing_slot is True
+    released.join()
+
+
+def test_a_closed_connection_gives_its_closing_slot_back(monkeypatch):
+    from chatbot import guard
+
+    monkeypatch.setattr(guard, "CLOSING_AT_ONCE", 1)
+    monkeypatch.setattr(guard.GuardedWebSocket, "closing", None)
+    monkeypatch.setattr(websocket, "WebSocket", guard.GuardedWebSocket)  # serve() makes ours
+    for _ in range(2):  # with one slot, the second would find none if the first kept it
+        ws, client, _, thread, outcome = serve(echo)
+        client.send(CloseConnection(code=1000))
+        assert client.read(CloseConnection).code == 1000
+        thread.join(5)
+        assert not thread.is_alive() and outcome == {"taken_over": True}
+        assert ws._closing_slot is True
+    assert guard.GuardedWebSocket.closing.acquire(blocking=False)  # given back
