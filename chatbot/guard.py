@@ -125,20 +125,22 @@ class GuardedWebSocket(WebSocket):
     closing = None  # the semaphore of closing slots, made in the server's own threading (gevent's)
 
     def __call__(self, environ, start_response):
-        self._closing_slot = False
+        self._closing_slot = None  # the semaphore this connection holds a slot of, once it ends
         try:
             return super().__call__(environ, start_response)
         finally:
             self._release_session()
-            if self._closing_slot:
-                GuardedWebSocket.closing.release()
+            if self._closing_slot is not None:
+                self._closing_slot.release()
 
     def _take_a_closing_slot(self):
-        if self._closing_slot:
+        if self._closing_slot is not None:
             return
         if GuardedWebSocket.closing is None:
             GuardedWebSocket.closing = threading.BoundedSemaphore(CLOSING_AT_ONCE)
-        self._closing_slot = GuardedWebSocket.closing.acquire(timeout=CLOSING_WAIT)
+        slots = GuardedWebSocket.closing  # the one given back: two threads may both have made one
+        if slots.acquire(timeout=CLOSING_WAIT):
+            self._closing_slot = slots
 
     def _release_session(self):
         """Let go of the Engine.IO session this WebSocket carried, if closed."""

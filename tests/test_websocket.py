@@ -203,20 +203,20 @@ def test_connections_close_a_few_at_a_time_and_never_wait_long(monkeypatch):
     monkeypatch.setattr(guard.GuardedWebSocket, "closing", None)
     sockets = [guard.GuardedWebSocket(lambda ws: None, SimpleNamespace(max_http_buffer_size=1000)) for _ in range(3)]
     for ws in sockets:
-        ws._closing_slot = False
+        ws._closing_slot = None
     sockets[0]._take_a_closing_slot()
     sockets[0]._take_a_closing_slot()  # once per connection
     sockets[1]._take_a_closing_slot()
-    assert [ws._closing_slot for ws in sockets[:2]] == [True, True]
+    assert [ws._closing_slot for ws in sockets[:2]] == [guard.GuardedWebSocket.closing] * 2
     started = time.monotonic()
     sockets[2]._take_a_closing_slot()  # none free: waits, then goes on without one
     assert 0.25 < time.monotonic() - started < 2.0
-    assert sockets[2]._closing_slot is False
+    assert sockets[2]._closing_slot is None
     released = real_threading.Timer(0.1, guard.GuardedWebSocket.closing.release)
     released.start()  # the first connection's closing work ends
     started = time.monotonic()
     sockets[2]._take_a_closing_slot()
-    assert time.monotonic() - started < 0.25 and sockets[2]._closing_slot is True
+    assert time.monotonic() - started < 0.25 and sockets[2]._closing_slot is guard.GuardedWebSocket.closing
     released.join()
 
 
@@ -232,5 +232,29 @@ def test_a_closed_connection_gives_its_closing_slot_back(monkeypatch):
         assert client.read(CloseConnection).code == 1000
         thread.join(5)
         assert not thread.is_alive() and outcome == {"taken_over": True}
-        assert ws._closing_slot is True
+        assert ws._closing_slot is guard.GuardedWebSocket.closing
     assert guard.GuardedWebSocket.closing.acquire(blocking=False)  # given back
+
+
+def test_a_slot_goes_back_to_the_semaphore_it_came_from(monkeypatch):
+    """Two threads that end at once may each make the semaphore of slots (it
+    is made on first use); a slot goes back where it was taken, not to the
+    other one, which never lent it (a BoundedSemaphore raises ValueError)."""
+    from chatbot import guard
+
+    monkeypatch.setattr(guard.GuardedWebSocket, "closing", None)
+    monkeypatch.setattr(websocket, "WebSocket", guard.GuardedWebSocket)
+    taken_from = []
+
+    def echo_then_another_thread_makes_its_own(ws):
+        echo(ws)  # returns once the connection ended, holding a slot
+        taken_from.append(guard.GuardedWebSocket.closing)
+        guard.GuardedWebSocket.closing = threading.BoundedSemaphore(guard.CLOSING_AT_ONCE)
+
+    ws, client, _, thread, outcome = serve(echo_then_another_thread_makes_its_own)
+    client.send(CloseConnection(code=1000))
+    assert client.read(CloseConnection).code == 1000
+    thread.join(5)
+    assert not thread.is_alive() and outcome == {"taken_over": True}
+    assert ws._closing_slot is taken_from[0]
+    assert taken_from[0].acquire(blocking=False)  # given back to the one it came from
