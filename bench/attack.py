@@ -445,9 +445,11 @@ async def oversized_frames(ctx):
     return out
 
 
-async def _hold_idle(ctx, addresses, count, per_address):
+async def _hold_idle(ctx, addresses, count, per_address, retry_429=False):
     """Open up to ``count`` WebSockets (Engine.IO + Socket.IO connect), ``per_address``
-    from each address in turn, keep them open answering pings until the deadline."""
+    from each address in turn, keep them open answering pings until the deadline.
+    ``retry_429``: a socket refused as too many (the handshake rates) is tried
+    again at once, ignoring Retry-After, until it opens or the attack ends."""
     c = Counter()
     sessions = {}
     sockets, keepers = [], []
@@ -470,12 +472,17 @@ async def _hold_idle(ctx, addresses, count, per_address):
                 return
             if addr not in sessions:
                 sessions[addr] = http_session(addr)
-            try:
-                ws = await open_eio(sessions[addr], ctx.ws_url, timeout=min(5.0, ctx.left()))
-            except Refused as exc:
-                c["refused"] += 1
-                c["refused:" + exc.reason] += 1
-                return
+            while True:
+                try:
+                    ws = await open_eio(sessions[addr], ctx.ws_url, timeout=min(5.0, ctx.left()))
+                    break
+                except Refused as exc:
+                    if retry_429 and exc.reason == "http_429" and ctx.left() >= 0.5:
+                        c["http_429_tried_again"] += 1
+                        continue
+                    c["refused"] += 1
+                    c["refused:" + exc.reason] += 1
+                    return
             c["accepted"] += 1
             sockets.append(ws)
             keepers.append(asyncio.create_task(keep(ws)))
@@ -530,7 +537,7 @@ def many_addresses(n):
 async def idle_sockets_many(ctx):
     per = ctx.args.idle_per_address
     count = ctx.args.idle_many_count
-    return await _hold_idle(ctx, many_addresses(math.ceil(count / per)), count, per)
+    return await _hold_idle(ctx, many_addresses(math.ceil(count / per)), count, per, retry_429=True)
 
 
 async def _open_tcp(addr, port, timeout):
@@ -2043,7 +2050,8 @@ def attacker_address(args, name, prep=False):
 
 async def run_one(name, bench, args):
     fn = ATTACKS[name]
-    seconds = args.huge_body_seconds if name == "huge_declared_body" else args.seconds
+    seconds = {"huge_declared_body": args.huge_body_seconds,
+               "idle_sockets_many": args.idle_many_seconds}.get(name, args.seconds)
     print(f"\n== {name} ({seconds:g} s)", flush=True)
     state = {}
     attacker = attacker_address(args, name)
@@ -2254,7 +2262,8 @@ MEMORY_CGROUP_ATTACKS = ("idle_sockets_many",)
 QUICK = {"seconds": 3.0, "before": 1.0, "after": 2.5, "after_probe": 2.0, "settle": 1.5, "idle_count": 20,
          "idle_many_count": 100, "idle_per_address": 5, "slow_count": 10, "longpoll_count": 10, "upload_mb": 8,
          "history_rows": 20, "history_sockets": 3, "flood_many_sockets": 10, "newconn_workers": 4,
-         "frame_workers": 2, "slow_header_every": 1.0, "huge_body_connections": 7, "huge_body_seconds": 3.0, "ws_header_connections": 4,
+         "frame_workers": 2, "slow_header_every": 1.0, "huge_body_connections": 7, "huge_body_seconds": 3.0,
+         "idle_many_seconds": 3.0, "ws_header_connections": 4,
          "polling_over_connections": 2, "large_db_rows": 30_000}
 
 
@@ -2296,6 +2305,9 @@ def parse_args(argv):
     parser.add_argument("--idle-many-count", type=int, default=5000)
     parser.add_argument("--idle-per-address", type=int, default=5,
                         help="sockets per address in idle_sockets_many (each costs two of the address's connect tokens)")
+    parser.add_argument("--idle-many-seconds", type=float, default=75.0,
+                        help="length of idle_sockets_many: at the handshake rates' defaults (40 a second) "
+                             "its sockets reach the memory mark of its cgroup after about 70 s")
     parser.add_argument("--idle-many-memory-mb", type=int, default=600,
                         help="idle_sockets_many's server runs in a memory cgroup this large (needs root; 0: none)")
     parser.add_argument("--cpu-quota", default=None,
@@ -2424,7 +2436,7 @@ def run_mode(args, quota, label, nofile):
                            "frame_chars": args.frame_chars, "flood_many_sockets": args.flood_many_sockets,
                            "history_rows": args.history_rows, "history_sockets": args.history_sockets,
                            "huge_body_connections": args.huge_body_connections,
-                           "huge_body_seconds": args.huge_body_seconds,
+                           "huge_body_seconds": args.huge_body_seconds, "idle_many_seconds": args.idle_many_seconds,
                            "ws_header_connections": args.ws_header_connections,
                            "polling_over_connections": args.polling_over_connections,
                            "idle_many_memory_mb": args.idle_many_memory_mb,

@@ -40,8 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.serve import (MODELS, Server, chatter, client_address, ensure_model, percentile_ms,  # noqa: E402
-                         startup)
+from bench.serve import (LOAD_CLIENTS_ENV, MODELS, Server, chatter, client_address, ensure_model,  # noqa: E402
+                         percentile_ms, startup)
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "smallvm.json"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "chatbot_data" / "ChatbotData.train.csv"
@@ -217,7 +217,7 @@ def run(args) -> dict:
               "clients": args.clients, "train_args": args.train_args}
     server = None
     try:
-        server = Server({"SECRET_KEY": env["SECRET_KEY"]}, models, work, wrap=cgroup.wrap())
+        server = Server({**LOAD_CLIENTS_ENV, "SECRET_KEY": env["SECRET_KEY"]}, models, work, wrap=cgroup.wrap())
         sampler.start()
         # Ready is a first reply (the model, the encoder and the imported
         # pairs' reviewed answers loaded), as a user would wait for it.

@@ -30,7 +30,7 @@ def test_every_attack_class_scaled_down(tmp_path):
     tiny_model(tmp_path / "models")
     out = tmp_path / "attack.json"
     run = subprocess.run([sys.executable, "-m", "bench.attack", "--quick", "--label", "ci",
-                          "--seconds", "2", "--huge-body-seconds", "2",
+                          "--seconds", "2", "--huge-body-seconds", "2", "--idle-many-seconds", "2",
                           "--models-dir", str(tmp_path / "models"), "--out", str(out)],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     print(run.stdout[-6000:])
