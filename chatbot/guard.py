@@ -255,7 +255,14 @@ def _service_task(eio):
     forget closed ones), but over a list of session ids, each looked up when
     its turn comes: the original goes through a copy of ``eio.sockets``,
     which keeps every session of the pass, closed ones too, for up to
-    ping_timeout (20 s)."""
+    ping_timeout (20 s).
+
+    A pass also ends early once half its sessions are gone, and the next
+    starts over those left: its list would otherwise keep the ids of
+    thousands of closed connections for the rest of the pass, each made
+    while its connection opened and pinning a page of the heap that the
+    connection's other memory, freed, left around it (``malloc_trim`` cannot
+    give back a page with anything live on it)."""
     eio.service_task_event = stop = eio.create_event()
     while not stop.is_set():
         if not eio.sockets:
@@ -275,5 +282,8 @@ def _service_task(eio):
                 session = None  # not kept while waiting
                 if stop.wait(timeout=interval):
                     return
+                if len(eio.sockets) * 2 < len(sids):
+                    break  # a wave of closings
+            sids = sid = None  # nor while waiting for sessions, when none is left
         except Exception:  # as the original: log, and go on
             log.exception("service task exception")

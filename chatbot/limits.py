@@ -24,6 +24,7 @@ gunicorn worker (chatbot/worker.py: open connections, header time):
 """
 import json
 import threading
+from array import array
 import time
 from collections import OrderedDict
 
@@ -41,36 +42,84 @@ IMPORT_ENDPOINT = "queue.import_csv"
 class RateBuckets:
     """Token buckets by key: ``rate`` events a second on average, up to
     ``burst`` at once.  At most ``max_keys`` are kept; the least recently
-    used go first (a forgotten key starts again with a full bucket)."""
+    used go first (a forgotten key starts again with a full bucket), and so
+    do buckets that have filled up again, which are the same as none.
+
+    Each bucket is the time at which it will be full again (GCRA), kept in
+    flat arrays, an open-addressing table over the keys' hashes, not in a
+    dict: a flood from a thousand addresses would otherwise leave a few small
+    objects per address, made while its connections were open and scattered
+    among their memory, and each of them keeps a page of the heap that
+    ``malloc_trim`` cannot give back once the connections are gone (10 MB
+    after bench-attack's ``idle_sockets_many``)."""
 
     def __init__(self, rate: float, burst: int, max_keys: int = 50_000, clock=time.monotonic):
         self.rate = float(rate)
         self.burst = max(1, int(burst))
-        self.max_keys = max_keys
+        self.max_keys = max(1, max_keys)
         self.clock = clock
-        self._buckets = OrderedDict()  # key -> [tokens, stamp]
         self._lock = threading.Lock()
+        self._takes = 0
+        self._resize(8)
+
+    def __len__(self):
+        return self._count
 
     def take(self, key) -> float:
         """0.0 when the event may go ahead (and is counted), else the
         seconds until it could.  A rate of 0 or less is no limit."""
         if self.rate <= 0:
             return 0.0
+        key_hash = hash(key) or 1  # 0 marks an empty slot
         with self._lock:
             now = self.clock()
-            bucket = self._buckets.get(key)
-            if bucket is None:
-                bucket = self._buckets[key] = [float(self.burst), now]
-                if len(self._buckets) > self.max_keys:
-                    self._buckets.popitem(last=False)
-            else:
-                self._buckets.move_to_end(key)
-                bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
-                bucket[1] = now
-            if bucket[0] >= 1:
-                bucket[0] -= 1
-                return 0.0
-            return (1 - bucket[0]) / self.rate
+            self._takes += 1
+            slot = self._find(key_hash)
+            if not self._hashes[slot]:
+                if self._count >= self.max_keys or (self._count + 1) * 2 > len(self._hashes):
+                    self._make_room(now)
+                    slot = self._find(key_hash)
+                self._hashes[slot] = key_hash
+                self._full_at[slot] = now
+                self._count += 1
+            self._used_at[slot] = self._takes
+            full_at = max(self._full_at[slot], now)
+            wait = full_at - now - (self.burst - 1) / self.rate
+            if wait > 1e-9:
+                return wait
+            self._full_at[slot] = full_at + 1 / self.rate
+            return 0.0
+
+    def _resize(self, size: int):
+        self._hashes = array("q", bytes(8 * size))  # the key's hash; 0: empty
+        self._full_at = array("d", bytes(8 * size))  # when the bucket is full again
+        self._used_at = array("q", bytes(8 * size))  # the take that last used it
+        self._count = 0
+
+    def _find(self, key_hash: int) -> int:
+        """The key's slot, or the empty one where it would go."""
+        mask = len(self._hashes) - 1
+        slot = key_hash & mask
+        while self._hashes[slot] not in (0, key_hash):
+            slot = (slot + 1) & mask
+        return slot
+
+    def _make_room(self, now: float):
+        """Forget the buckets that are full again and, at ``max_keys``, the
+        least recently used quarter; keep the table at most half full."""
+        kept = [(self._used_at[i], self._hashes[i], self._full_at[i]) for i in range(len(self._hashes))
+                if self._hashes[i] and self._full_at[i] > now]
+        if len(kept) >= self.max_keys:
+            kept.sort()
+            kept = kept[len(kept) - self.max_keys * 3 // 4:]
+        size = 8
+        while (len(kept) + 1) * 2 > size:
+            size *= 2
+        self._resize(size)
+        for used_at, key_hash, full_at in kept:
+            slot = self._find(key_hash)
+            self._hashes[slot], self._full_at[slot], self._used_at[slot] = key_hash, full_at, used_at
+        self._count = len(kept)
 
 
 class Cooldowns:

@@ -3,6 +3,7 @@ Flask-SocketIO's test clients: rates per chat session and per address that
 outlive the connection, connects, history, request sizes and the busy answer.
 The same limits against a real server, with raw sockets: tests/test_hostile.py."""
 import io
+import random
 import threading
 
 import pytest
@@ -39,9 +40,42 @@ def test_buckets_keep_at_most_max_keys():
     buckets = RateBuckets(1.0, 1, max_keys=3, clock=lambda: 0.0)
     for key in "abcd":
         assert buckets.take(key) == 0.0
-    assert len(buckets._buckets) == 3
+    assert len(buckets) == 3
     assert buckets.take("a") == 0.0  # forgotten (the oldest): a fresh bucket
     assert buckets.take("d") > 0  # still counted
+
+
+def test_buckets_answer_as_token_buckets_under_random_use():
+    """Against a plain token bucket per key (tokens, last time), 20,000
+    random takes on 300 keys, time moving on in random steps."""
+    rng = random.Random(7)
+    now = [0.0]
+    rate, burst = 1.5, 4
+    buckets = RateBuckets(rate, burst, clock=lambda: now[0])
+    reference = {}
+    for _ in range(20_000):
+        now[0] += rng.choice((0.0, 0.0, 0.001, 0.05, 0.3, 2.0))
+        key = f"10.0.{rng.randrange(300)}.1"
+        tokens, then = reference.get(key, (float(burst), now[0]))
+        tokens = min(burst, tokens + (now[0] - then) * rate)
+        expected = 0.0 if tokens >= 1 else (1 - tokens) / rate
+        reference[key] = (tokens - 1 if tokens >= 1 else tokens, now[0])
+        assert buckets.take(key) == pytest.approx(expected, abs=1e-6)
+
+
+def test_buckets_that_filled_up_again_are_forgotten():
+    """When the table next needs room: a flood's thousand addresses, once
+    their buckets are full again, do not stay beside the next thousand."""
+    now = [0.0]
+    buckets = RateBuckets(1.0, 2, clock=lambda: now[0])
+    for i in range(1000):
+        buckets.take(f"127.77.{i // 250}.{i % 250}")
+    assert (len(buckets), len(buckets._hashes)) == (1000, 2048)
+    now[0] = 3.0  # every one of them full again
+    for i in range(1000):
+        buckets.take(f"10.1.{i // 250}.{i % 250}")
+    assert (len(buckets), len(buckets._hashes)) == (1000, 2048)
+    assert buckets.take("127.77.0.1") == 0.0 and buckets.take("127.77.0.1") == 0.0  # a full bucket again
 
 
 def test_a_rate_of_zero_is_no_limit():

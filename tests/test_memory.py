@@ -2,6 +2,8 @@
 (fake cgroup trees here, v1 and v2) or the machine, MAX_CONNECTIONS from it,
 the high-water mark and when memory is given back.  Against a real server:
 tests/test_hostile.py."""
+import time
+
 import pytest
 
 from chatbot import memory
@@ -186,3 +188,55 @@ def test_engineio_makes_no_class_for_a_request_through_our_worker():
     middleware(gunicorns, lambda *args: None)
     assert "eventlet.input" not in ours
     assert "eventlet.input" in gunicorns  # what it does with gunicorn's name: the test sees the difference
+
+
+class RecordingSessions(dict):
+    """Engine.IO's table of sessions, recording which ids are looked up."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.looked_up = []
+
+    def get(self, key, default=None):
+        self.looked_up.append(key)
+        return super().get(key, default)
+
+
+class OpenSession:
+    closed = closing = False
+
+    def check_ping_timeout(self):
+        return True
+
+
+def test_the_service_task_lets_go_of_a_wave_of_closed_sessions_ids():
+    """A pass over 200 sessions takes ping_timeout (here 2 s).  When 150 of
+    them close in its first moments, it must not go on holding (and looking
+    up) their ids for the rest of the pass: their strings would pin heap
+    pages that malloc_trim cannot give back."""
+    import threading
+    from types import SimpleNamespace
+
+    from chatbot import guard
+
+    sessions = RecordingSessions({f"sid{i}": OpenSession() for i in range(200)})
+    eio = SimpleNamespace(sockets=sessions, ping_timeout=2, create_event=threading.Event)
+    task = threading.Thread(target=guard._service_task, args=(eio,), daemon=True)
+    task.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(sessions.looked_up) < 5 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        closed = [f"sid{i}" for i in range(50, 200)]
+        for sid in closed:
+            del sessions[sid]
+        mark = len(sessions.looked_up)
+        time.sleep(0.5)  # a quarter of the pass
+        after = sessions.looked_up[mark + 2:]  # one lookup may be under way
+        assert after, "the service task stopped"
+        assert not set(after) & set(closed)
+        assert set(after) <= set(sessions)
+    finally:
+        eio.service_task_event.set()
+        task.join(5)
+    assert not task.is_alive()
