@@ -90,6 +90,18 @@ class RateBuckets:
             self._full_at[slot] = full_at + 1 / self.rate
             return 0.0
 
+    def wait(self, key) -> float:
+        """What ``take`` would answer, without counting anything."""
+        if self.rate <= 0:
+            return 0.0
+        with self._lock:
+            slot = self._find(hash(key) or 1)
+            if not self._hashes[slot]:
+                return 0.0
+            now = self.clock()
+            wait = max(self._full_at[slot], now) - now - (self.burst - 1) / self.rate
+            return wait if wait > 1e-9 else 0.0
+
     def _resize(self, size: int):
         self._hashes = array("q", bytes(8 * size))  # the key's hash; 0: empty
         self._full_at = array("d", bytes(8 * size))  # when the bucket is full again
@@ -172,8 +184,13 @@ class ClientLimits:
 
     def handshake(self, address) -> float:
         """Count an Engine.IO handshake: per address, and from everyone;
-        an address that is cooling down waits for the end of it."""
-        return self.cooldown.left(address) or self.connect.take(address) or self.handshakes.take("all")
+        an address that is cooling down waits for the end of it.  One
+        refused by either bucket is counted by neither: an address that
+        retries while everyone's bucket is empty keeps its own tokens (and
+        its Socket.IO connect), and one over its own limit takes nothing
+        from everyone's."""
+        wait = self.cooldown.left(address) or self.connect.wait(address) or self.handshakes.wait("all")
+        return wait or self.connect.take(address) or self.handshakes.take("all")
 
     def refused(self, address) -> float:
         """Count a ``rate_limited`` answer to ``address``.  When it has had

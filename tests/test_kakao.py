@@ -567,7 +567,11 @@ def test_a_callback_that_fails_twice_leaves_the_answer_for_the_next_message(make
     started = time.monotonic()
     post(client, url, with_callback(skill_payload("배고파", user_id="unlucky"), fake.url()))
     wait_until(lambda: _late_rows(app) == 1)
-    assert fake.tries == 2 and fake.bodies == []  # one retry, then no more
+    # One retry, then no more.  (Not ``fake.bodies``: the fake keeps no body
+    # it answers 500, and keeps a hanging one's body once it wakes, 1.5 s
+    # later, long after the bot gave up on it, which on a busy machine can
+    # come before this line.)
+    assert fake.tries == 2
     assert time.monotonic() - started < 5  # bounded: two tries of 0.3 s (the hanging one answers too late)
     assert texts(post(client, url, skill_payload("고마워", user_id="unlucky"))) == [
         kakao.TEXTS["late"].format(question="배고파", answer=FALLBACK_ANSWER), FALLBACK_ANSWER]

@@ -147,6 +147,31 @@ def test_engineio_handshakes_from_all_addresses_together_are_limited(make_app):
     assert codes == [200, 200, 200, 429]
 
 
+def test_a_handshake_refused_by_one_bucket_is_counted_by_neither(make_app):
+    """While everyone's handshakes are used up, an address's retries do not
+    use up its own; and an address over its own limit takes nothing of
+    everyone's."""
+    app = make_app(HANDSHAKE_TOTAL_RATE=0.01, HANDSHAKE_TOTAL_BURST=2, CONNECT_RATE=0.01, CONNECT_BURST=2)
+    limits = app.extensions["chatbot.limits"]
+    retrying = [limits.handshake("10.4.0.1") for _ in range(5)]
+    assert retrying[:2] == [0.0, 0.0] and min(retrying[2:]) > 0  # its own two went through, then its limit
+    assert min(limits.handshake("10.4.0.2") for _ in range(3)) > 0  # everyone's two are used up
+    assert limits.connect.wait("10.4.0.2") == 0.0  # and those refusals left this address its tokens
+    limits.handshakes = type(limits.handshakes)(0.01, 5)  # everyone's bucket full again
+    assert limits.handshake("10.4.0.1") > 0  # over its own limit
+    assert limits.handshakes.wait("all") == 0.0 and len(limits.handshakes) == 0  # took nothing of everyone's
+
+
+def test_waiting_counts_nothing():
+    now = [0.0]
+    buckets = RateBuckets(1.0, 2, clock=lambda: now[0])
+    assert buckets.wait("a") == 0.0 and len(buckets) == 0
+    assert [buckets.take("a"), buckets.take("a")] == [0.0, 0.0]
+    assert buckets.wait("a") == pytest.approx(1.0) and buckets.wait("a") == pytest.approx(1.0)
+    now[0] = 1.0
+    assert buckets.wait("a") == 0.0 and buckets.take("a") == 0.0 and buckets.take("a") > 0
+
+
 def test_cooldowns_end_and_keep_at_most_max_keys():
     now = [0.0]
     cooldowns = Cooldowns(60, max_keys=2, clock=lambda: now[0])
