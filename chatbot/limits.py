@@ -24,8 +24,8 @@ gunicorn worker (chatbot/worker.py: open connections, header time):
 """
 import json
 import threading
-from array import array
 import time
+from array import array
 from collections import OrderedDict
 
 from flask import current_app, request
@@ -83,12 +83,10 @@ class RateBuckets:
                 self._full_at[slot] = now
                 self._count += 1
             self._used_at[slot] = self._takes
-            full_at = max(self._full_at[slot], now)
-            wait = full_at - now - (self.burst - 1) / self.rate
-            if wait > 1e-9:
-                return wait
-            self._full_at[slot] = full_at + 1 / self.rate
-            return 0.0
+            wait = self._wait_at(self._full_at[slot], now)
+            if not wait:
+                self._full_at[slot] = max(self._full_at[slot], now) + 1 / self.rate
+            return wait
 
     def wait(self, key) -> float:
         """What ``take`` would answer, without counting anything."""
@@ -98,9 +96,12 @@ class RateBuckets:
             slot = self._find(hash(key) or 1)
             if not self._hashes[slot]:
                 return 0.0
-            now = self.clock()
-            wait = max(self._full_at[slot], now) - now - (self.burst - 1) / self.rate
-            return wait if wait > 1e-9 else 0.0
+            return self._wait_at(self._full_at[slot], self.clock())
+
+    def _wait_at(self, full_at: float, now: float) -> float:
+        """The seconds until a bucket full again at ``full_at`` holds a token; 0.0 if it does at ``now``."""
+        wait = max(full_at, now) - now - (self.burst - 1) / self.rate
+        return wait if wait > 1e-9 else 0.0
 
     def _resize(self, size: int):
         self._hashes = array("q", bytes(8 * size))  # the key's hash; 0: empty
