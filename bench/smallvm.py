@@ -40,6 +40,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import psutil  # noqa: E402
+
 from bench.serve import (LOAD_CLIENTS_ENV, MODELS, Server, chatter, client_address, ensure_model,  # noqa: E402
                          percentile_ms, startup)
 
@@ -175,6 +177,18 @@ async def chat_until(url, done, clients, think, seed):
     return stats
 
 
+def server_cpu_seconds(server) -> float:
+    """User and system CPU time of the server's processes so far."""
+    total = 0.0
+    for proc in server.processes():
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def write_pairs(path: Path, data: Path, limit: int | None):
     """The starter pairs plus ``data``'s (the first ``limit`` of them), as one CSV."""
     from chatbot.pairs_csv import read_pairs_csv, write_pairs_csv
@@ -226,18 +240,26 @@ def run(args) -> dict:
         print(f"server up in a {args.limit_mb} MB cgroup (v{cgroup.version}); retraining on {pair_count} pairs "
               f"while {args.clients} clients chat ...", flush=True)
         started = time.monotonic()
+        server_cpu = server_cpu_seconds(server)
         trainer = subprocess.Popen([*cgroup.wrap(), sys.executable, "-m", "flask", "--app", "app", "retrain"],
                                    cwd=ROOT, env=env, stdout=open(work / "retrain.log", "w"), stderr=subprocess.STDOUT)
         stats = asyncio.run(chat_until(server.url, lambda: trainer.poll() is not None, args.clients,
                                        tuple(args.think), args.seed))
         trainer.wait()
         retrain_seconds = round(time.monotonic() - started, 1)
+        server_cpu = server_cpu_seconds(server) - server_cpu
         time.sleep(2)  # the last replies' rows
         status = retrain.read_status(models)
         result["retrain"] = {"exit_code": trainer.returncode, "state": status.get("state"),
                              "message": status.get("message"), "seconds": retrain_seconds,
                              "trainer_peak_mb": status.get("trainer_peak_mb"),
-                             "dev_chrf": status.get("dev_chrf"), "current_dev_chrf": status.get("current_dev_chrf")}
+                             "dev_chrf": status.get("dev_chrf"), "current_dev_chrf": status.get("current_dev_chrf"),
+                             # How the time went: the embedding beside the epochs, each epoch.
+                             "log": [line.strip() for line in (work / "retrain.log").read_text(
+                                 encoding="utf-8", errors="replace").splitlines()
+                                 if line.startswith(("meaning:", "epoch", "best epoch"))]}
+        # The cores the chats took from the retrain, in core-seconds.
+        result["server_cpu_seconds"] = round(server_cpu, 1)
         replies = len(stats["latencies"])
         result["chat"] = {"sent": stats["sent"], "replies": replies, "errors": stats["errors"],
                           "connect_errors": stats["connect_errors"], "p50_ms": percentile_ms(stats["latencies"], 50),
@@ -299,7 +321,10 @@ def main(argv=None) -> int:
           f"| {r.get('trainer_peak_mb')} | {result['peak_mb']} | {result['oom_kills']} | {c.get('p50_ms')} "
           f"| {c.get('p99_ms')} | {c.get('errors')} | {c.get('lost_rows')} | "
           f"{'alive' if result.get('server_alive') else 'DOWN'} |")
-    print(f"first reply {result.get('first_reply_seconds')} s after the server started")
+    print(f"first reply {result.get('first_reply_seconds')} s after the server started; "
+          f"the server used {result.get('server_cpu_seconds')} CPU seconds during the retrain")
+    for line in r.get("log", []):
+        print(f"  {line}")
     print(f"retrain: {r.get('message')}\nwrote {out}")
     return 0
 

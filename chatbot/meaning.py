@@ -39,6 +39,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import unicodedata
 from collections import OrderedDict
@@ -351,28 +352,65 @@ def available() -> bool:
 
 # -- embedding in a child process (the trainer) ----------------------------------------------
 
+class EmbeddingChild:
+    """``cached_vectors`` run by a child process, started now and collected
+    with ``result``.  Why a child: the encoder's memory (its engine, its
+    threads) is given back to the OS when it ends; a 1 GB VM's trainer has
+    no room for the encoder and the network in one process.  Why started
+    early: the trainer's network trains on its own cores meanwhile, so a
+    retrain takes the longer of the two, not their sum."""
+
+    def __init__(self, texts: list[str], cache_file, name: str = DEFAULT_ENCODER, model_file: str | None = None,
+                 threads: int = 1):
+        import json
+
+        self.texts, self.cache_file = texts, cache_file
+        self.seconds = None  # the child's own time, once it is done
+        # Files, not pipes: nobody reads the child's output until it ends.
+        self._files = [tempfile.TemporaryFile() for _ in range(3)]
+        stdin, self._stdout, self._stderr = self._files
+        stdin.write(json.dumps(texts, ensure_ascii=False).encode("utf-8"))
+        stdin.seek(0)
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "chatbot.meaning", str(cache_file), name, model_file or "", str(threads)],
+            stdin=stdin, stdout=self._stdout, stderr=self._stderr,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    def result(self) -> tuple[np.ndarray, int]:
+        """The vectors of the texts and the number newly embedded, once the
+        child is done.  Raises Unavailable (with the child's reason) when
+        the encoder cannot be used."""
+        import numpy as np
+
+        returncode = self._process.wait()
+        self._stdout.seek(0)
+        self._stderr.seek(0)
+        out, err = (f.read().decode("utf-8", "replace") for f in (self._stdout, self._stderr))
+        self.stop()
+        if returncode != 0:
+            lines = err.strip().splitlines()
+            raise Unavailable(lines[-1] if lines else f"the embedding process ended with {returncode}")
+        new, self.seconds = out.strip().splitlines()[-1].split()
+        new, self.seconds = int(new), float(self.seconds)
+        with np.load(self.cache_file, allow_pickle=False) as data:
+            row = {text: i for i, text in enumerate(data["texts"].tolist())}
+            vectors = data["vectors"][[row[normalise(t)] for t in self.texts]] if self.texts else np.zeros((0, DIM))
+        return vectors.astype(np.float32), new
+
+    def stop(self) -> None:
+        """End the child if it still runs (the training failed) and let go of its files."""
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        for f in self._files:
+            f.close()
+
+
 def vectors_in_child(texts: list[str], cache_file, name: str = DEFAULT_ENCODER, model_file: str | None = None,
                      threads: int = 1) -> tuple[np.ndarray, int]:
-    """``cached_vectors`` run by a child process: the vectors of ``texts`` and
-    the number newly embedded.  Why: the encoder's memory (its engine, its
-    threads) is given back to the OS when the child ends, before the trainer
-    builds its network; a 1 GB VM's trainer has no room for both.  Raises
-    Unavailable (with the child's reason) when the encoder cannot be used."""
-    import json
-
-    import numpy as np
-
-    done = subprocess.run([sys.executable, "-m", "chatbot.meaning", str(cache_file), name, model_file or "",
-                           str(threads)], input=json.dumps(texts, ensure_ascii=False), capture_output=True,
-                          text=True, encoding="utf-8", cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    if done.returncode != 0:
-        lines = (done.stderr or "").strip().splitlines()
-        raise Unavailable(lines[-1] if lines else f"the embedding process ended with {done.returncode}")
-    new = int(done.stdout.strip().splitlines()[-1])
-    with np.load(cache_file, allow_pickle=False) as data:
-        row = {text: i for i, text in enumerate(data["texts"].tolist())}
-        vectors = data["vectors"][[row[normalise(t)] for t in texts]] if texts else np.zeros((0, DIM))
-    return vectors.astype(np.float32), new
+    """The vectors of ``texts`` and the number newly embedded, computed by a
+    child process (EmbeddingChild) while the caller waits."""
+    return EmbeddingChild(texts, cache_file, name, model_file, threads).result()
 
 
 def _embed_main(argv) -> int:
@@ -380,13 +418,16 @@ def _embed_main(argv) -> int:
     a JSON list of questions on stdin: the child of ``vectors_in_child``."""
     import json
 
+    import time
+
+    started = time.monotonic()
     cache, name, model_file, threads = argv
     encoder = Encoder(name, model_file or None, int(threads), cache_size=0)
     if not encoder.available():
         print(encoder.status()["error"], file=sys.stderr)
         return 2
     _, new = cached_vectors(encoder, json.loads(sys.stdin.read()), cache)
-    print(new)
+    print(new, round(time.monotonic() - started, 1))
     return 0
 
 

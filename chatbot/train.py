@@ -158,25 +158,32 @@ def tokenize_pairs(pairs, backend: str | None = None):
 
 
 
-def embed_questions(tokenized, models_root, encoder_name: str, threads: int):
-    """The meaning vectors of the tokenized pairs' questions, or None when
-    meaning is off or its encoder cannot be used (the model then matches
-    words alone, and says so in the log).  Vectors of questions a previous
-    training embedded come from the cache beside the models, so a retrain
-    embeds only the new ones.  The encoder runs in a child process, whose
-    memory is back with the OS before the network is built."""
+def start_embedding(tokenized, models_root, encoder_name: str, threads: int):
+    """A child process that embeds the tokenized pairs' questions while the
+    network trains (meaning.EmbeddingChild), or None when meaning is off.
+    Vectors of questions a previous training embedded come from the cache
+    beside the models, so a retrain embeds only the new ones."""
     if encoder_name == meaning_module.OFF or not tokenized:
         return None
-    started = time.time()
-    try:
-        vectors, new = meaning_module.vectors_in_child(
-            [q for _, _, _, q in tokenized], meaning_module.cache_file(models_root, encoder_name), encoder_name,
-            os.environ.get("MEANING_MODEL_FILE") or None, threads)
-    except meaning_module.Unavailable as e:
-        print(f"meaning: off for this model ({e}); known answers by words only", flush=True)
+    return meaning_module.EmbeddingChild(
+        [q for _, _, _, q in tokenized], meaning_module.cache_file(models_root, encoder_name), encoder_name,
+        os.environ.get("MEANING_MODEL_FILE") or None, threads)
+
+
+def finish_embedding(child, log=print):
+    """The vectors of ``start_embedding``'s child, waited for; None when
+    there is none or its encoder cannot be used (the model then matches
+    words alone, and says so in the log)."""
+    if child is None:
         return None
-    print(f"meaning: {len(tokenized)} questions, {new} embedded in {time.time() - started:.1f}s, "
-          f"the rest from the cache", flush=True)
+    waited = time.time()
+    try:
+        vectors, new = child.result()
+    except meaning_module.Unavailable as e:
+        log(f"meaning: off for this model ({e}); known answers by words only")
+        return None
+    log(f"meaning: {len(child.texts)} questions, {new} embedded in {child.seconds:.1f}s beside the training "
+        f"(waited {time.time() - waited:.1f}s for it), the rest from the cache")
     return vectors
 
 
@@ -463,15 +470,21 @@ def run_training(pairs, models_root, **overrides) -> Path:
     release_free_memory()  # MeCab's and the tokenizing's heap
     if not train_tok:
         raise TrainingError(f"the training split is empty ({len(pairs)} pairs, {len(dev_pairs)} held out for dev)")
-    # Before the network takes its memory; the encoder is let go once done.
-    # Nothing else of the trainer runs meanwhile, so the encoder takes every
-    # core (up to 4): 23 ms a question on one thread, 11 ms on two (2 cores).
-    # A retrain's trainer is niced (retrain.TRAINER_NICE), and so its child:
-    # the server's chats come first.
-    meanings = embed_questions(train_tok + dev_tok, models_root, tc.meaning,
-                               tc.threads or max(1, min(4, os.cpu_count() or 1)))
-    if meanings is not None:
-        mc = dataclasses.replace(mc, meaning_encoder=tc.meaning)
+    # The encoder embeds the questions in a child process on the cores the
+    # network leaves (1 of 2) while the network trains: a retrain takes the
+    # longer of the two instead of their sum.  Never more threads than that:
+    # both run niced under a retrain (retrain.TRAINER_NICE), and an OpenMP
+    # thread that waits for a core the server holds stalls its whole team.
+    embedding = start_embedding(train_tok + dev_tok, models_root, tc.meaning,
+                                max(1, min(4, (os.cpu_count() or 2) - threads)))
+    try:
+        return _train_and_publish(tc, mc, device, train_tok, dev_tok, models_root, embedding)
+    finally:
+        if embedding is not None:
+            embedding.stop()
+
+
+def _train_and_publish(tc, mc, device, train_tok, dev_tok, models_root, embedding) -> Path:
     vocab = Vocab.build([t for q, a, _, _ in train_tok for t in (q, a)], tc.min_freq, tc.max_vocab)
     train_ex, dev_ex = make_examples(train_tok, vocab, mc), make_examples(dev_tok, vocab, mc)
 
@@ -486,7 +499,7 @@ def run_training(pairs, models_root, **overrides) -> Path:
                 log_file.flush()
 
             _train(tc, mc, device, vocab, train_tok, dev_tok, train_ex, dev_ex, temp_dir, log,
-                   meanings)  # writes metrics.json
+                   embedding)  # writes metrics.json
         version_dir = versions.publish(temp_dir, models_root)
     except BaseException:
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -498,8 +511,8 @@ def run_training(pairs, models_root, **overrides) -> Path:
 
 
 def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, train_ex, dev_ex, out_dir, log,
-           meanings=None) -> dict:
-    """``meanings``: the meaning vectors of train_tok + dev_tok's questions, or None."""
+           embedding=None) -> dict:
+    """``embedding``: start_embedding's child for train_tok + dev_tok's questions, or None."""
     torch.manual_seed(mc.seed)
     rng = random.Random(mc.seed)
     model = Seq2Seq(mc, len(vocab)).to(device)
@@ -575,6 +588,9 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
         model.load_state_dict(torch.load(best_state, weights_only=True))
         best_state.unlink()
     model.eval()
+    meanings = finish_embedding(embedding, log)
+    if meanings is not None:
+        mc = dataclasses.replace(mc, meaning_encoder=tc.meaning)
     params = model.num_params()
     save_model(out_dir, model.cpu(), vocab, mc)
     network = Network.from_module(model)  # what the server will answer with

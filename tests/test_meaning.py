@@ -269,7 +269,8 @@ def test_the_trainer_embeds_in_a_child_process(tmp_path, monkeypatch, capsys):
         meaning.vectors_in_child(["배고파"], tmp_path / "other.npz", model_file=str(broken))
     monkeypatch.setenv("MEANING_MODEL_FILE", str(broken))
     tokenized = train.tokenize_pairs([("배고파", "밥 드세요.")])
-    assert train.embed_questions(tokenized, tmp_path / "models", meaning.DEFAULT_ENCODER, 1) is None
+    child = train.start_embedding(tokenized, tmp_path / "models", meaning.DEFAULT_ENCODER, 1)
+    assert train.finish_embedding(child) is None
     assert "meaning: off for this model" in capsys.readouterr().out
 
 

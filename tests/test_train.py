@@ -4,12 +4,13 @@ import io
 import json
 import os
 import re
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from chatbot import train, versions
+from chatbot import meaning, train, versions
 from chatbot.bot import Chatbot
 from chatbot.model import Seq2Seq
 from chatbot.model_dir import PAD, ModelConfig
@@ -195,6 +196,60 @@ def test_same_seed_same_metrics(models):
     assert metrics[0]["dev_loss"] != metrics[2]["dev_loss"]
     assert (a / "model.pt").read_bytes() == (b / "model.pt").read_bytes()
     assert versions.current_dir(models) is None
+
+
+class RecordedChild(meaning.EmbeddingChild):
+    """The trainer's embedding child, with when it started and when it was waited for."""
+
+    made = []
+
+    def __init__(self, *args, **kwargs):
+        self.events = [("started", time.monotonic())]
+        super().__init__(*args, **kwargs)
+        RecordedChild.made.append(self)
+
+    def result(self):
+        self.events.append(("waited for", time.monotonic()))
+        return super().result()
+
+
+def test_the_questions_are_embedded_while_the_network_trains(models, monkeypatch):
+    """The embedding child starts before the first training step, still
+    runs when it comes, and is waited for after the last; its vectors
+    still reach the model."""
+    steps = []
+    loss = Seq2Seq.loss
+
+    def timed_loss(self, *args, **kwargs):
+        steps.append((time.monotonic(), RecordedChild.made[0]._process.poll()))
+        return loss(self, *args, **kwargs)
+
+    monkeypatch.setattr(RecordedChild, "made", [])
+    monkeypatch.setattr(train.meaning_module, "EmbeddingChild", RecordedChild)
+    monkeypatch.setattr(Seq2Seq, "loss", timed_loss)
+    version = train.run_training(PAIRS, models, **TINY)
+    [child] = RecordedChild.made
+    (_, started), (_, waited) = child.events
+    assert started < steps[0][0] and steps[-1][0] < waited
+    assert steps[0][1] is None  # the child was still embedding when the network began
+    assert child._process.returncode == 0
+    assert np.load(version / "meaning.npy").shape == (len(PAIRS), meaning.DIM)
+    assert json.loads((version / "config.json").read_text(encoding="utf-8"))["meaning_encoder"] == \
+        meaning.DEFAULT_ENCODER
+    assert "embedded in" in (version / "train.log").read_text(encoding="utf-8")
+
+
+def test_a_failed_training_ends_its_embedding_child(models, monkeypatch):
+    """Training fails while the child still embeds: the child is killed, not left to run."""
+    monkeypatch.setattr(RecordedChild, "made", [])
+    monkeypatch.setattr(train.meaning_module, "EmbeddingChild", RecordedChild)
+    monkeypatch.setattr(train, "_train", lambda *args, **kwargs: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        train.run_training(PAIRS, models, **TINY)
+    [child] = RecordedChild.made
+    assert child._process.returncode is not None  # ended: killed, or done already
+    assert child.events == [("started", child.events[0][1])]  # never waited for: the training failed first
+    assert versions.list_versions(models) == []
 
 
 def test_run_training_rejects_unknown_settings(models):
