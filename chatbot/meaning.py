@@ -395,7 +395,7 @@ class EmbeddingChild:
         with np.load(self.cache_file, allow_pickle=False) as data:
             row = {text: i for i, text in enumerate(data["texts"].tolist())}
             vectors = data["vectors"][[row[normalise(t)] for t in self.texts]] if self.texts else np.zeros((0, DIM))
-        return vectors.astype(np.float32), new
+        return vectors.astype(np.float32, copy=False), new
 
     def stop(self) -> None:
         """End the child if it still runs (the training failed) and let go of its files."""

@@ -588,9 +588,6 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
         model.load_state_dict(torch.load(best_state, weights_only=True))
         best_state.unlink()
     model.eval()
-    meanings = finish_embedding(embedding, log)
-    if meanings is not None:
-        mc = dataclasses.replace(mc, meaning_encoder=tc.meaning)
     params = model.num_params()
     save_model(out_dir, model.cpu(), vocab, mc)
     network = Network.from_module(model)  # what the server will answer with
@@ -598,6 +595,9 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
     # memory back (weights, gradients, Adam's state, the last batch) first.
     model = optimizer = loss = None
     release_free_memory()
+    # The vectors land in the memory the training gave back (its end is
+    # the trainer's peak); config.json gets the encoder's name below.
+    meanings = finish_embedding(embedding, log)
     # Dev questions are answered as the server would, from the training pairs'
     # answers (the dev pairs are not in that index); train chrF is the network
     # alone: did it learn its training answers?
@@ -605,8 +605,9 @@ def _train(tc: TrainConfig, mc: ModelConfig, device, vocab, train_tok, dev_tok, 
     train_meanings = dev_meanings = None
     if meanings is not None:
         train_meanings, dev_meanings = meanings[:len(train_tok)], meanings[len(train_tok):]
-        mc = dataclasses.replace(mc, word_weight=pick_word_weight(train_index, train_meanings, dev_tok, dev_meanings,
-                                                                  tc.word_weights))
+        mc = dataclasses.replace(mc, meaning_encoder=tc.meaning,
+                                 word_weight=pick_word_weight(train_index, train_meanings, dev_tok, dev_meanings,
+                                                              tc.word_weights))
         log(f"known answers by meaning ({mc.meaning_encoder}) and words, word weight {mc.word_weight} (on dev)")
         (out_dir / CONFIG_FILE).write_text(json.dumps(mc.to_dict(), indent=2) + "\n", encoding="utf-8")
     dev_replies = answer_all(Chatbot(network, vocab, mc, answers=train_index, meanings=train_meanings), dev_tok,
