@@ -406,18 +406,10 @@ class EmbeddingChild:
             f.close()
 
 
-def vectors_in_child(texts: list[str], cache_file, name: str = DEFAULT_ENCODER, model_file: str | None = None,
-                     threads: int = 1) -> tuple[np.ndarray, int]:
-    """The vectors of ``texts`` and the number newly embedded, computed by a
-    child process (EmbeddingChild) while the caller waits."""
-    return EmbeddingChild(texts, cache_file, name, model_file, threads).result()
-
-
 def _embed_main(argv) -> int:
     """``python -m chatbot.meaning CACHE_FILE NAME MODEL_FILE THREADS`` with
-    a JSON list of questions on stdin: the child of ``vectors_in_child``."""
+    a JSON list of questions on stdin: the child of ``EmbeddingChild``."""
     import json
-
     import time
 
     started = time.monotonic()

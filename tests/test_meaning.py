@@ -255,18 +255,18 @@ def test_the_trainer_embeds_in_a_child_process(tmp_path, monkeypatch, capsys):
 
     before = len(meaning._encoder._cache) if meaning._encoder else 0
     cache = tmp_path / "cache.npz"
-    vectors, new = meaning.vectors_in_child(["배고파", "안녕", "배고파"], cache)
+    vectors, new = meaning.EmbeddingChild(["배고파", "안녕", "배고파"], cache).result()
     assert new == 2 and vectors.shape == (3, meaning.DIM) and vectors.dtype == np.float32
     assert np.allclose(vectors, meaning.Encoder(cache_size=0).embed_uncached(["배고파", "안녕", "배고파"]), atol=1e-5)
-    assert meaning.vectors_in_child(["안녕"], cache)[1] == 0
-    # The trainer's child takes every core: the same vectors on two threads.
-    two, _ = meaning.vectors_in_child(["배고파", "안녕"], tmp_path / "two.npz", threads=2)
+    assert meaning.EmbeddingChild(["안녕"], cache).result()[1] == 0
+    # On a machine with more cores the child gets more threads: the same vectors.
+    two, _ = meaning.EmbeddingChild(["배고파", "안녕"], tmp_path / "two.npz", threads=2).result()
     assert np.allclose(two, vectors[:2], atol=1e-5)
     assert (len(meaning._encoder._cache) if meaning._encoder else 0) == before  # nothing embedded here
     broken = tmp_path / "broken.bin"
     broken.write_bytes(b"E5S1" + os.urandom(1000))
     with pytest.raises(meaning.Unavailable, match="broken.bin"):
-        meaning.vectors_in_child(["배고파"], tmp_path / "other.npz", model_file=str(broken))
+        meaning.EmbeddingChild(["배고파"], tmp_path / "other.npz", model_file=str(broken)).result()
     monkeypatch.setenv("MEANING_MODEL_FILE", str(broken))
     tokenized = train.tokenize_pairs([("배고파", "밥 드세요.")])
     child = train.start_embedding(tokenized, tmp_path / "models", meaning.DEFAULT_ENCODER, 1)
