@@ -352,6 +352,9 @@ def available() -> bool:
 
 # -- embedding in a child process (the trainer) ----------------------------------------------
 
+EMBEDDING_NICE = 19  # the trainer's embedding child: below the trainer (retrain.TRAINER_NICE) and the server
+
+
 class EmbeddingChild:
     """``cached_vectors`` run by a child process, started now and collected
     with ``result``.  Why a child: the encoder's memory (its engine, its
@@ -414,6 +417,9 @@ def _embed_main(argv) -> int:
 
     started = time.monotonic()
     cache, name, model_file, threads = argv
+    # The network is the longer job: on a small machine's shared cores the
+    # child takes what the trainer leaves, and still ends first.
+    os.nice(EMBEDDING_NICE - os.nice(0))
     encoder = Encoder(name, model_file or None, int(threads), cache_size=0)
     if not encoder.available():
         print(encoder.status()["error"], file=sys.stderr)

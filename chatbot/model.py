@@ -89,33 +89,51 @@ class _LinearCrossEntropy(torch.autograd.Function):
     """The forward pass works out the gradients too, chunk by chunk: a
     chunk's log-probabilities turn into d loss / d logits in place and go
     straight into the gradients of x, weight and bias, which backward then
-    only scales.  (The idea of Liger Kernel's fused linear cross-entropy.)"""
+    only scales.  (The idea of Liger Kernel's fused linear cross-entropy.)
+
+    Every chunk reuses the same two buffers (logits, log-probabilities) and
+    the first chunk writes the weight's gradient instead of adding to zeros:
+    the trainer maps blocks of 1 MB and more afresh
+    (train.allocate_large_blocks_apart), so a new buffer per chunk cost a
+    page fault for every 4 kB of it, most of a step's time in the kernel."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, target, smoothing, rows):
         n, vocab = x.shape[0], weight.shape[0]
         with_grads = any(ctx.needs_input_grad[:3])
+        grad_x = grad_w = grad_b = None
         if with_grads:
-            grad_x, grad_w, grad_b = torch.empty_like(x), torch.zeros_like(weight), torch.zeros_like(bias)
+            grad_x = torch.empty_like(x)
+        logits_buffer, logp_buffer = (x.new_empty(min(rows, n), vocab) for _ in range(2))
         total = x.new_zeros(())
         for i in range(0, n, rows):
             xi, ti = x[i:i + rows], target[i:i + rows, None]
-            z = torch.addmm(bias, xi, weight.t())
-            z -= torch.logsumexp(z, dim=1, keepdim=True)  # log-probabilities
-            total -= (1 - smoothing) * z.gather(1, ti).sum() + smoothing / vocab * z.sum()
+            z, logp = logits_buffer[:len(xi)], logp_buffer[:len(xi)]
+            torch.addmm(bias, xi, weight.t(), out=z)
+            torch.log_softmax(z, dim=1, out=logp)
+            total -= (1 - smoothing) * logp.gather(1, ti).sum() + smoothing / vocab * logp.sum()
             if with_grads:  # d loss / d logits = (softmax - smoothed one-hot target) / n
-                z.exp_().sub_(smoothing / vocab).scatter_add_(1, ti, z.new_full(ti.shape, smoothing - 1)).div_(n)
-                grad_x[i:i + rows] = z @ weight
-                grad_w.addmm_(z.t(), xi)
-                grad_b += z.sum(0)
+                d = logp.exp_().sub_(smoothing / vocab).scatter_add_(1, ti, logp.new_full(ti.shape, smoothing - 1))
+                d.div_(n)
+                torch.mm(d, weight, out=grad_x[i:i + rows])
+                if grad_w is None:
+                    grad_w, grad_b = d.t() @ xi, d.sum(0)
+                else:
+                    grad_w.addmm_(d.t(), xi)
+                    grad_b += d.sum(0)
         if with_grads:
+            if grad_w is None:  # no rows
+                grad_w, grad_b = torch.zeros_like(weight), torch.zeros_like(bias)
             ctx.save_for_backward(grad_x, grad_w, grad_b)
         return total / n
 
     @staticmethod
     def backward(ctx, grad_loss):
+        # Scaled in place: no second copy of the weight's gradient.  A second
+        # backward through the same graph fails on the changed tensors
+        # instead of scaling them twice.
         grad_x, grad_w, grad_b = ctx.saved_tensors
-        return grad_x * grad_loss, grad_w * grad_loss, grad_b * grad_loss, None, None, None
+        return grad_x.mul_(grad_loss), grad_w.mul_(grad_loss), grad_b.mul_(grad_loss), None, None, None
 
 
 class Seq2Seq(nn.Module):

@@ -274,12 +274,28 @@ def test_the_trainer_embeds_in_a_child_process(tmp_path, monkeypatch, capsys):
     assert "meaning: off for this model" in capsys.readouterr().out
 
 
+def test_the_embedding_child_runs_below_the_trainer(tmp_path):
+    """The network is the retrain's longer job: the child embeds at the
+    lowest priority, so that on two shared cores it takes what the trainer
+    leaves instead of slowing its epochs."""
+    import time
+
+    child = meaning.EmbeddingChild([f"오늘 {i}번째 질문이에요" for i in range(40)], tmp_path / "cache.npz")
+    seen = set()
+    while child._process.poll() is None:
+        try:
+            seen.add(os.getpriority(os.PRIO_PROCESS, child._process.pid))
+        except ProcessLookupError:  # it ended between poll and getpriority
+            break
+        time.sleep(0.005)
+    assert child.result()[1] == 40
+    assert meaning.EMBEDDING_NICE == 19 and 19 in seen
+
+
 def test_a_server_whose_encoder_is_broken_still_answers_and_the_admin_says_why(make_app, make_reviewer, tmp_path):
     """The model was trained with meaning; this server's encoder file is
     broken: one error in the log, every question still answered (by words),
     and the admin home page warns the reviewer."""
-    import shutil
-
     from helpers import ask, connect, tiny_model
 
     broken = tmp_path / "e5.bin"

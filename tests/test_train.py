@@ -375,7 +375,7 @@ def test_match_loss_trains_the_encoder_and_a_repeated_answer_is_no_negative():
     assert same.item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_the_trainers_adam_updates_exactly_as_torch_optim_adam():
+def test_the_trainers_adam_updates_exactly_as_torch_optim_adams_fused_update():
     import torch
 
     from chatbot.train import Adam
@@ -385,7 +385,7 @@ def test_the_trainers_adam_updates_exactly_as_torch_optim_adam():
     theirs.load_state_dict(ours.state_dict())
     theirs.bias_hh_l0.requires_grad_(False)  # a frozen parameter is skipped by both
     ours.bias_hh_l0.requires_grad_(False)
-    opt_ours, opt_theirs = Adam(ours.parameters(), lr=0.01), torch.optim.Adam(theirs.parameters(), lr=0.01)
+    opt_ours, opt_theirs = Adam(ours.parameters(), lr=0.01), torch.optim.Adam(theirs.parameters(), lr=0.01, fused=True)
     for step in range(5):
         x = torch.randn(3, 2, 4)
         for model, opt in ((ours, opt_ours), (theirs, opt_theirs)):
