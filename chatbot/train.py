@@ -477,8 +477,9 @@ def run_training(pairs, models_root, **overrides) -> Path:
     # The encoder embeds the questions in a child process on the cores the
     # network leaves (1 of 2) while the network trains: a retrain takes the
     # longer of the two instead of their sum.  Never more threads than that:
-    # both run niced under a retrain (retrain.TRAINER_NICE), and an OpenMP
-    # thread that waits for a core the server holds stalls its whole team.
+    # under a retrain the trainer runs niced (retrain.TRAINER_NICE) and the
+    # child lower still (meaning.EMBEDDING_NICE), and an OpenMP thread that
+    # waits for a core the server holds stalls its whole team.
     embedding = start_embedding(train_tok + dev_tok, models_root, tc.meaning,
                                 max(1, min(4, (os.cpu_count() or 2) - threads)))
     try:

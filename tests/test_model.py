@@ -158,6 +158,12 @@ def test_linear_cross_entropy_is_cross_entropy_of_the_linear_layer(smoothing, ch
     with torch.inference_mode():  # the evaluations: the value alone
         assert linear_cross_entropy(x, layer.weight, layer.bias, target, smoothing, chunk_elements).item() == \
             pytest.approx(expected, abs=1e-6)
+    # backward scales its gradients in place: a second pass through the same
+    # graph must fail, not hand out gradients scaled twice.
+    loss = linear_cross_entropy(x, layer.weight, layer.bias, target, smoothing, chunk_elements)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
 
 
 def test_tied_output_shares_the_embedding():
